@@ -1,0 +1,101 @@
+"""``DataConfig``: where a CALVIN-layout dataset lives and how its windows become training batches.
+
+Groups: ``configs/data/tabletop.yaml`` (our generated tabletop) and ``configs/data/calvin.yaml``
+(the real CALVIN release). Every field is documented where it is declared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from roboflamingo.config import require_choice, require_positive
+
+USE_PACKED_CHOICES = ("auto", "always", "never")
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time image augmentation, drawn once per window so all its frames move together."""
+
+    # Random shift (DrQ's RandomShiftsAug): replicate-pad by this many pixels and crop back at a
+    # random offset. Given at CALVIN resolution (200 px static, 84 px gripper) and scaled to the
+    # actual image size, so a 100 px tabletop image gets 5 px.
+    shift: bool = True
+    static_shift_px: int = 10
+    gripper_shift_px: int = 4
+    # Colour jitter is off by default (the original recipe has none); factors are drawn uniformly
+    # from [1 - x, 1 + x] once per window and camera.
+    color_jitter: bool = False
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+
+    def __post_init__(self) -> None:
+        require_positive("data.augment.static_shift_px", self.static_shift_px, allow_zero=True)
+        require_positive("data.augment.gripper_shift_px", self.gripper_shift_px, allow_zero=True)
+        for name in ("brightness", "contrast", "saturation"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"data.augment.{name} must be in [0, 1), got {value}")
+
+
+@dataclass
+class DataConfig:
+    # Dataset root holding ``<train_split>/`` and ``<val_split>/`` in CALVIN's layout.
+    root: str = "data/tabletop"
+    train_split: str = "training"
+    val_split: str = "validation"
+    # Frames per training window (history length T) and future actions per frame (A).
+    window: int = 12
+    act_steps: int = 1
+    # Step between the start frames of consecutive windows inside a segment (the original uses 1).
+    window_stride: int = 1
+    # None: images stay uint8 at native size, channel-first, and the model preprocesses them on the
+    # accelerator. An int: workers resize to this size and normalize with ``image_mean``/``image_std``
+    # (CLIP's by default), handing float32 tensors to the model.
+    image_size: int | None = None
+    image_mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
+    image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Replace a segment's instruction by a random sentence of the same task (the original's
+    # ``--text_aug``): drawn from the split's own annotations and, when given, ``paraphrase_file``
+    # (YAML/JSON mapping task name -> list of sentences).
+    paraphrase: bool = False
+    paraphrase_file: str | None = None
+    # "auto": read packed shards when ``roboflamingo pack`` made them, else the npz files;
+    # "always": fail if there are none; "never": always read the npz files.
+    use_packed: str = "auto"
+    # Packed shards of split S live in ``<packed_root>/S``; None means ``<root>/S/packed``.
+    packed_root: str | None = None
+    # Check on open that every frame file an annotation needs exists (one directory listing).
+    check_files_on_open: bool = True
+    # DataLoader settings; batch_size is per rank (per GPU).
+    batch_size: int = 8
+    num_workers: int = 2
+    pin_memory: bool = False
+    prefetch_factor: int = 2
+    persistent_workers: bool = True
+    # Training drops the incomplete last batch and the (< world_size) samples that cannot be split
+    # evenly across ranks, so every rank runs the same number of steps.
+    drop_last: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ValueError("data.root must be a non-empty path")
+        for name in ("train_split", "val_split"):
+            if not getattr(self, name):
+                raise ValueError(f"data.{name} must be a non-empty split name")
+        require_positive("data.window", self.window)
+        require_positive("data.act_steps", self.act_steps)
+        require_positive("data.window_stride", self.window_stride)
+        if self.image_size is not None:
+            require_positive("data.image_size", self.image_size)
+        for name in ("image_mean", "image_std"):
+            if len(getattr(self, name)) != 3:
+                raise ValueError(f"data.{name} must have 3 values (RGB), got {list(getattr(self, name))}")
+        if any(s <= 0 for s in self.image_std):
+            raise ValueError(f"data.image_std values must be > 0, got {list(self.image_std)}")
+        require_choice("data.use_packed", self.use_packed, USE_PACKED_CHOICES)
+        require_positive("data.batch_size", self.batch_size)
+        require_positive("data.num_workers", self.num_workers, allow_zero=True)
+        require_positive("data.prefetch_factor", self.prefetch_factor)

@@ -1,0 +1,244 @@
+"""CALVIN's on-disk layout: the split index, frame files, and their validation.
+
+A split directory (``<root>/training`` or ``<root>/validation``) holds::
+
+    episode_%07d.npz                    one frame per file (CALVIN's legacy name), keys below
+    ep_start_end_ids.npy                (N, 2) inclusive [start, end] frame ids of recorded episodes
+    lang_annotations/auto_lang_ann.npy  pickled dict: language.ann (sentences), language.task,
+                                        info.indx (inclusive (start, end) frame ids per sentence)
+    statistics.yaml                     optional normalization statistics
+
+Validation is split so that opening CALVIN's hundreds of GB stays cheap: the index files are
+checked completely on open, the presence of every frame file an annotation needs is checked with
+one directory listing, one frame is probed for keys/shapes/dtypes, and every frame read later is
+checked again (a clear ``DatasetError`` at read time). ``validate_split`` reads every needed frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from roboflamingo.types import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS, ROBOT_OBS_DIM
+
+REL_ACTIONS = "rel_actions"
+ACTION_DIM = 7
+IMAGE_KEYS = (RGB_STATIC, RGB_GRIPPER)
+# What the reader needs from every frame the window observes; later frames need only rel_actions.
+FRAME_KEYS = (RGB_STATIC, RGB_GRIPPER, ROBOT_OBS, REL_ACTIONS)
+VECTOR_DIMS = {ROBOT_OBS: ROBOT_OBS_DIM, REL_ACTIONS: ACTION_DIM}
+
+EP_START_END = "ep_start_end_ids.npy"
+LANG_ANN = os.path.join("lang_annotations", "auto_lang_ann.npy")
+STATISTICS = "statistics.yaml"
+_FRAME_RE = re.compile(r"^episode_(\d{7,})\.npz$")
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, unreadable or malformed; the message names the file and field."""
+
+
+def frame_path(split_dir: str | os.PathLike, frame_id: int) -> Path:
+    return Path(split_dir) / f"episode_{int(frame_id):07d}.npz"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class SplitIndex:
+    """The cheap, fully validated part of a split: episodes and language-annotated segments."""
+
+    split_dir: Path
+    episodes: np.ndarray  # int64 (N, 2) inclusive [start, end], sorted by start
+    segments: np.ndarray  # int64 (M, 2) inclusive [start, end] of each annotation
+    instructions: list[str]  # (M,) the annotation sentence of each segment
+    tasks: list[str]  # (M,) the task name of each segment
+
+    def frame_ids(self) -> np.ndarray:
+        """Sorted unique ids of every frame inside some annotated segment (what the reader touches)."""
+        if len(self.segments) == 0:
+            return np.zeros(0, dtype=np.int64)
+        lo, hi = int(self.segments[:, 0].min()), int(self.segments[:, 1].max())
+        covered = np.zeros(hi - lo + 2, dtype=np.int32)
+        np.add.at(covered, self.segments[:, 0] - lo, 1)
+        np.add.at(covered, self.segments[:, 1] - lo + 1, -1)
+        return np.flatnonzero(np.cumsum(covered)[:-1] > 0).astype(np.int64) + lo
+
+
+def _load_npy(path: Path, allow_pickle: bool = False) -> np.ndarray:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file is missing")
+    try:
+        return np.load(path, allow_pickle=allow_pickle)
+    except Exception as e:  # numpy raises several types for truncated or foreign files
+        raise DatasetError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+
+
+def load_episodes(split_dir: Path) -> np.ndarray:
+    path = split_dir / EP_START_END
+    ids = _load_npy(path)
+    if ids.ndim != 2 or ids.shape[1] != 2 or ids.shape[0] == 0:
+        raise DatasetError(f"{path}: expected an (N, 2) array of [start, end] frame ids, got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise DatasetError(f"{path}: expected integer frame ids, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    bad = np.flatnonzero((ids[:, 0] > ids[:, 1]) | (ids[:, 0] < 0))
+    if len(bad):
+        raise DatasetError(f"{path}: row {bad[0]} = {ids[bad[0]].tolist()} is not a valid [start, end] (start <= end, >= 0)")
+    return ids[np.argsort(ids[:, 0], kind="stable")]
+
+
+def _field(container: object, key: str, path: Path, where: str) -> object:
+    if not isinstance(container, dict) or key not in container:
+        raise DatasetError(f"{path}: missing field '{where}{key}'")
+    return container[key]
+
+
+def load_annotations(split_dir: Path) -> tuple[np.ndarray, list[str], list[str]]:
+    """(segments (M, 2) int64, instructions, tasks) from auto_lang_ann.npy, structure-checked."""
+    path = split_dir / LANG_ANN
+    raw = _load_npy(path, allow_pickle=True)  # CALVIN stores a pickled dict: trusted data only
+    if raw.dtype != object or raw.shape != ():
+        raise DatasetError(f"{path}: expected a pickled dict (load with allow_pickle=True).item(), got {raw.dtype} {raw.shape}")
+    ann = raw.item()
+    language = _field(ann, "language", path, "")
+    info = _field(ann, "info", path, "")
+    sentences = _field(language, "ann", path, "language.")
+    tasks = _field(language, "task", path, "language.")
+    indx = _field(info, "indx", path, "info.")
+    n = len(indx)
+    for name, values in (("language.ann", sentences), ("language.task", tasks)):
+        if len(values) != n:
+            raise DatasetError(f"{path}: field '{name}' has {len(values)} entries but info.indx has {n}")
+    for i, s in enumerate(sentences):
+        if not isinstance(s, str) or not s.strip():
+            raise DatasetError(f"{path}: language.ann[{i}] must be a non-empty string, got {s!r}")
+    try:
+        segments = np.asarray([tuple(int(v) for v in pair) for pair in indx], dtype=np.int64).reshape(n, 2)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{path}: info.indx must be a list of (start, end) frame-id pairs ({e})") from e
+    bad = np.flatnonzero(segments[:, 0] > segments[:, 1])
+    if len(bad):
+        raise DatasetError(f"{path}: info.indx[{bad[0]}] = {segments[bad[0]].tolist()} has start > end")
+    return segments, [str(s) for s in sentences], [str(t) for t in tasks]
+
+
+def _check_segments_in_episodes(split_dir: Path, segments: np.ndarray, episodes: np.ndarray) -> None:
+    if len(segments) == 0:
+        return
+    k = np.searchsorted(episodes[:, 0], segments[:, 0], side="right") - 1
+    inside = k >= 0
+    inside[inside] &= segments[inside, 1] <= episodes[k[inside], 1]
+    bad = np.flatnonzero(~inside)
+    if len(bad):
+        i = bad[0]
+        raise DatasetError(
+            f"{split_dir / LANG_ANN}: info.indx[{i}] = {segments[i].tolist()} is not inside any episode of "
+            f"{split_dir / EP_START_END} ({len(bad)} of {len(segments)} annotations are outside)"
+        )
+
+
+def _check_files_present(index: SplitIndex) -> None:
+    """Every frame an annotation needs exists: one directory listing, no per-file stat."""
+    needed = index.frame_ids()
+    if len(needed) == 0:
+        return
+    with os.scandir(index.split_dir) as it:
+        matches = (_FRAME_RE.match(entry.name) for entry in it)
+        present = np.fromiter((int(m.group(1)) for m in matches if m), dtype=np.int64)
+    missing = needed[~np.isin(needed, present)]
+    if len(missing):
+        f = int(missing[0])
+        seg = int(np.flatnonzero((index.segments[:, 0] <= f) & (index.segments[:, 1] >= f))[0])
+        raise DatasetError(
+            f"{frame_path(index.split_dir, f)}: frame file is missing (needed by {LANG_ANN} info.indx[{seg}] = "
+            f"{index.segments[seg].tolist()}; {len(missing)} of {len(needed)} needed frames are missing)"
+        )
+
+
+def load_split_index(split_dir: str | os.PathLike, check_files: bool = True) -> SplitIndex:
+    """Read and fully validate the index files of a split; optionally check frame files exist."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise DatasetError(f"{split_dir}: split directory does not exist")
+    episodes = load_episodes(split_dir)
+    segments, sentences, tasks = load_annotations(split_dir)
+    _check_segments_in_episodes(split_dir, segments, episodes)
+    index = SplitIndex(split_dir, episodes, segments, sentences, tasks)
+    if check_files:
+        _check_files_present(index)
+    return index
+
+
+def check_array(path: Path | str, key: str, value: np.ndarray, image_shape: tuple[int, ...] | None = None) -> None:
+    """Raise a DatasetError naming ``path`` and ``key`` when one frame's field is malformed."""
+    if key in IMAGE_KEYS:
+        if value.ndim != 3 or value.shape[-1] != 3:
+            raise DatasetError(f"{path}: field '{key}' must be an (H, W, 3) image, got shape {value.shape}")
+        if image_shape is not None and value.shape != image_shape:
+            raise DatasetError(f"{path}: field '{key}' has shape {value.shape}, other frames have {image_shape}")
+        if value.dtype != np.uint8:
+            raise DatasetError(f"{path}: field '{key}' must be uint8, got {value.dtype}")
+        return
+    dim = VECTOR_DIMS[key]
+    if value.shape != (dim,):
+        raise DatasetError(f"{path}: field '{key}' must have shape ({dim},), got {value.shape}")
+    if not np.issubdtype(value.dtype, np.floating):
+        raise DatasetError(f"{path}: field '{key}' must be floating point, got {value.dtype}")
+    if not np.all(np.isfinite(value)):
+        raise DatasetError(f"{path}: field '{key}' contains NaN or inf: {value.tolist()}")
+
+
+def read_frame(
+    path: Path, keys: Iterable[str] = FRAME_KEYS, image_shapes: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, np.ndarray]:
+    """Load and check the given fields of one ``episode_XXXXXXX.npz`` (only those are decompressed)."""
+    out: dict[str, np.ndarray] = {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for key in keys:
+                if key not in z.files:
+                    raise DatasetError(f"{path}: missing field '{key}' (the file has {sorted(z.files)})")
+                out[key] = z[key]
+    except DatasetError:
+        raise
+    except FileNotFoundError as e:
+        raise DatasetError(f"{path}: frame file is missing") from e
+    except Exception as e:  # zipfile/zlib/numpy raise many types for damaged files
+        raise DatasetError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
+    for key, value in out.items():
+        check_array(path, key, value, (image_shapes or {}).get(key))
+    return out
+
+
+def probe_image_shapes(index: SplitIndex) -> dict[str, tuple[int, ...]]:
+    """(H, W, 3) of each camera, from the first annotated frame; also checks that frame completely."""
+    ids = index.frame_ids()
+    if len(ids) == 0:
+        raise DatasetError(f"{index.split_dir / LANG_ANN}: no language annotations (info.indx is empty)")
+    frame = read_frame(frame_path(index.split_dir, int(ids[0])))
+    return {key: tuple(frame[key].shape) for key in IMAGE_KEYS}
+
+
+def validate_split(split_dir: str | os.PathLike, progress: bool = False) -> SplitIndex:
+    """The full pass: index files, then every field of every frame an annotation needs."""
+    from tqdm import tqdm
+
+    index = load_split_index(split_dir, check_files=True)
+    shapes = probe_image_shapes(index)
+    ids = index.frame_ids()
+    for f in tqdm(ids, desc=f"validate {index.split_dir.name}", unit="frame", disable=not progress):
+        read_frame(frame_path(index.split_dir, int(f)), FRAME_KEYS, shapes)
+    return index

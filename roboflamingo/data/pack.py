@@ -1,0 +1,208 @@
+"""``roboflamingo pack``: convert CALVIN-layout splits into packed shards (format: ``data/packed.py``).
+
+Resumable: each shard is built in a temporary directory and renamed into place when complete, with
+the sha256 of each of its files in ``shard.json``. A re-run skips every shard whose files still
+match their checksums and whose frame range is still the one planned, and rebuilds the rest. The
+manifest is written last, so readers never see a half-packed split. Reading validates every frame
+(keys, shapes, dtypes, NaN/inf), so packing is also the full validation pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from roboflamingo.config import require_positive
+from roboflamingo.data.config import DataConfig
+from roboflamingo.data.layout import (
+    EP_START_END,
+    FRAME_KEYS,
+    IMAGE_KEYS,
+    LANG_ANN,
+    DatasetError,
+    SplitIndex,
+    frame_path,
+    load_split_index,
+    probe_image_shapes,
+    read_frame,
+)
+from roboflamingo.data.packed import (
+    FORMAT,
+    MANIFEST,
+    SHARD_META,
+    VERSION,
+    field_layout,
+    frame_ids_digest,
+    packed_dir_for,
+    source_digests,
+    verify_shard,
+)
+from roboflamingo.io import atomic_dir, atomic_write_bytes, atomic_write_json
+
+
+@dataclass
+class Job:
+    data: DataConfig = field(default_factory=DataConfig)
+    # Splits to pack, by name under data.root; the output goes to data.packed_root / the default.
+    splits: list[str] = field(default_factory=lambda: ["training", "validation"])
+    # Frames per shard: 1024 CALVIN frames are about 145 MB of images per shard.
+    shard_frames: int = 1024
+    # Threads decompressing npz files (zlib releases the GIL).
+    threads: int = 4
+    # Re-hash existing shards before skipping them (slower resume, catches bit rot and edits).
+    verify_existing: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.splits:
+            raise ValueError("splits must name at least one split")
+        require_positive("shard_frames", self.shard_frames)
+        require_positive("threads", self.threads)
+
+
+class _NpyWriter:
+    """Streams rows into a ``.npy`` file, hashing as it writes (no re-read for the checksum)."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: str):
+        self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
+        self.rows = 0
+        self.hash = hashlib.sha256()
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+        )
+        self._f: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self._write(header.getvalue())
+
+    def _write(self, data: bytes) -> None:
+        self._f.write(data)
+        self.hash.update(data)
+
+    def append(self, row: np.ndarray) -> None:
+        self._write(np.ascontiguousarray(row, dtype=self.dtype).tobytes())
+        self.rows += 1
+
+    def abort(self) -> None:
+        self._f.close()
+
+    def close(self) -> str:
+        # The shard directory is renamed into place right after; its files must be on disk first.
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        if self.rows != self.shape[0]:
+            raise RuntimeError(f"{self.path}: wrote {self.rows} rows, expected {self.shape[0]}")
+        return self.hash.hexdigest()
+
+
+def _write_shard(
+    tmp: Path, split_dir: Path, ids: np.ndarray, layout: dict[str, dict[str, Any]],
+    shapes: dict[str, tuple[int, ...]], pool: ThreadPoolExecutor, bar: Any,
+) -> dict[str, Any]:
+    writers = {key: _NpyWriter(tmp / f"{key}.npy", (len(ids), *layout[key]["shape"]), layout[key]["dtype"]) for key in FRAME_KEYS}
+    try:
+        # Bounded look-ahead: at most `chunk` decoded frames are in memory at once.
+        chunk = 64
+        for lo in range(0, len(ids), chunk):
+            paths = [frame_path(split_dir, int(f)) for f in ids[lo : lo + chunk]]
+            for frame in pool.map(lambda p: read_frame(p, FRAME_KEYS, shapes), paths):
+                for key in FRAME_KEYS:
+                    value = frame[key].transpose(2, 0, 1) if key in IMAGE_KEYS else frame[key]
+                    writers[key].append(value)
+                bar.update(1)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    digests = {f"{key}.npy": w.close() for key, w in writers.items()}
+    return {
+        "num_frames": len(ids),
+        "first_frame": int(ids[0]),
+        "last_frame": int(ids[-1]),
+        "frame_ids_sha256": frame_ids_digest(ids),
+        "files": digests,
+    }
+
+
+def pack_split(
+    split_dir: str | Path,
+    out_dir: str | Path,
+    shard_frames: int = 1024,
+    threads: int = 4,
+    verify_existing: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Pack one split into ``out_dir``; returns the manifest. Safe to interrupt and re-run."""
+    from tqdm import tqdm
+
+    split_dir, out_dir = Path(split_dir), Path(out_dir)
+    index: SplitIndex = load_split_index(split_dir, check_files=True)
+    shapes = probe_image_shapes(index)
+    layout = field_layout(shapes)
+    ids = index.frame_ids()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = [f"shard_{k:05d}" for k in range(-(-len(ids) // shard_frames))]
+    shards = []
+    done = 0
+    with (
+        ThreadPoolExecutor(max_workers=threads) as pool,
+        tqdm(total=len(ids), desc=f"pack {split_dir.name}", unit="frame", disable=not progress) as bar,
+    ):
+        for k, name in enumerate(names):
+            chunk = ids[k * shard_frames : (k + 1) * shard_frames]
+            meta = verify_shard(out_dir / name, check_checksums=verify_existing)
+            if meta is None or meta.get("frame_ids_sha256") != frame_ids_digest(chunk) or meta.get("fields") != layout:
+                with atomic_dir(out_dir / name) as tmp:
+                    meta = _write_shard(tmp, split_dir, chunk, layout, shapes, pool, bar)
+                    meta["fields"] = layout
+                    atomic_write_json(tmp / SHARD_META, meta)
+            else:
+                done += len(chunk)
+                bar.update(len(chunk))
+            shards.append({"name": name, **{k2: meta[k2] for k2 in ("num_frames", "first_frame", "last_frame", "files")}})
+    # Shards left over from an earlier plan (e.g. another shard_frames) would only waste disk.
+    for stale in sorted(out_dir.glob("shard_*")):
+        if stale.name not in names and stale.is_dir():
+            shutil.rmtree(stale)
+    for name in (EP_START_END, LANG_ANN):
+        atomic_write_bytes(out_dir / name, (split_dir / name).read_bytes())
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "split": split_dir.name,
+        "num_frames": len(ids),
+        "num_segments": len(index.segments),
+        "shard_frames": shard_frames,
+        "frame_ids_sha256": frame_ids_digest(ids),
+        "fields": layout,
+        "source": source_digests(split_dir),
+        "shards": shards,
+        "reused_frames": done,
+    }
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def run(job: Job) -> int:
+    for split in job.splits:
+        split_dir = Path(job.data.root) / split
+        out_dir = packed_dir_for(job.data.root, split, job.data.packed_root)
+        try:
+            manifest = pack_split(split_dir, out_dir, job.shard_frames, job.threads, job.verify_existing, job.progress)
+        except DatasetError as e:
+            print(f"roboflamingo pack: {e}", file=sys.stderr)
+            return 1
+        print(
+            f"packed {split}: {manifest['num_frames']} frames in {len(manifest['shards'])} shards -> {out_dir} "
+            f"({manifest['reused_frames']} frames reused from an earlier run)"
+        )
+    return 0

@@ -1,0 +1,247 @@
+"""The packed format: one split as a few large memory-mapped arrays instead of one npz per frame.
+
+``roboflamingo pack`` (``roboflamingo.data.pack``) writes, for the frames inside annotated segments::
+
+    <packed_dir>/
+      manifest.json                       written last: format, counts, field shapes, checksums
+      ep_start_end_ids.npy                copies of the split's index files, so a packed directory
+      lang_annotations/auto_lang_ann.npy  can be read without the npz files next to it
+      shard_00000/
+        shard.json                        frame range and the sha256 of every file in the shard
+        rgb_static.npy                    uint8   (n, 3, H_s, W_s)  channel-first, as batches want it
+        rgb_gripper.npy                   uint8   (n, 3, H_g, W_g)
+        robot_obs.npy                     float32 (n, 15)
+        rel_actions.npy                   float32 (n, 7)
+
+Row r of the concatenated shards is frame ``SplitIndex.frame_ids()[r]``; shard k holds rows
+``[k * shard_frames, (k + 1) * shard_frames)``. Readers map each ``.npy`` read-only and give the
+pages of every window back to the kernel after copying it (``MADV_DONTNEED``), so the resident
+set stays flat however large the split is; the page cache still keeps hot data.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from roboflamingo.data.layout import (
+    EP_START_END,
+    FRAME_KEYS,
+    IMAGE_KEYS,
+    LANG_ANN,
+    DatasetError,
+    SplitIndex,
+    sha256_file,
+)
+
+FORMAT = "roboflamingo-packed"
+VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_META = "shard.json"
+PACKED_FIELDS = FRAME_KEYS  # rgb_static, rgb_gripper, robot_obs, rel_actions
+
+
+def packed_dir_for(root: str | os.PathLike, split: str, packed_root: str | None = None) -> Path:
+    """``<packed_root>/<split>`` when a packed root is configured, else ``<root>/<split>/packed``."""
+    return Path(packed_root) / split if packed_root else Path(root) / split / "packed"
+
+
+def field_layout(image_shapes: dict[str, tuple[int, ...]]) -> dict[str, dict[str, Any]]:
+    """Per-frame shape and dtype of every packed field, from the (H, W, 3) camera shapes."""
+    layout: dict[str, dict[str, Any]] = {}
+    for key in IMAGE_KEYS:
+        h, w, c = image_shapes[key]
+        layout[key] = {"shape": [c, h, w], "dtype": "uint8"}
+    layout["robot_obs"] = {"shape": [15], "dtype": "float32"}
+    layout["rel_actions"] = {"shape": [7], "dtype": "float32"}
+    return layout
+
+
+def frame_ids_digest(ids: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(ids, dtype="<i8").tobytes()).hexdigest()
+
+
+def source_digests(split_dir: Path) -> dict[str, str]:
+    return {name: sha256_file(split_dir / name) for name in (EP_START_END, LANG_ANN)}
+
+
+def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of a C-ordered ``.npy`` file, reading only its header."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            offset = f.tell()
+    except FileNotFoundError as e:
+        raise DatasetError(f"{path}: packed file is missing") from e
+    except Exception as e:
+        raise DatasetError(f"{path}: not a readable .npy file ({type(e).__name__}: {e})") from e
+    if fortran:
+        raise DatasetError(f"{path}: Fortran-ordered arrays are not supported in packed shards")
+    return tuple(shape), np.dtype(dtype), offset
+
+
+class NpyMap:
+    """A read-only memory map of one ``.npy`` whose pages are released after every read."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int):
+        self.path = path
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self.offset = offset
+        with open(path, "rb") as f:
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.array = np.ndarray(shape, dtype=dtype, buffer=self._mm, offset=offset)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        out = np.array(self.array[start:stop])
+        if hasattr(mmap, "MADV_DONTNEED"):
+            # Dropping the pages from this process costs nothing to correctness (they are file
+            # backed and come back from the page cache); without it RSS grows with every frame read.
+            lo = (self.offset + start * self.row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+            hi = min(self.offset + stop * self.row_bytes, len(self._mm))
+            if hi > lo:
+                self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        return out
+
+
+def load_manifest(packed_dir: Path) -> dict[str, Any]:
+    path = packed_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise DatasetError(f"{path}: no packed manifest (run `roboflamingo pack`)") from e
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: unreadable manifest ({e})") from e
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise DatasetError(
+            f"{path}: field 'format'/'version' must be {FORMAT!r}/{VERSION}, got "
+            f"{manifest.get('format')!r}/{manifest.get('version')!r}"
+        )
+    for key in ("num_frames", "shard_frames", "fields", "shards", "frame_ids_sha256", "source"):
+        if key not in manifest:
+            raise DatasetError(f"{path}: missing field '{key}'")
+    return manifest
+
+
+class PackedSplit:
+    """Reads rows of a packed split; memory maps are opened lazily, once per DataLoader worker."""
+
+    def __init__(self, packed_dir: str | os.PathLike, index: SplitIndex, source_dir: Path | None = None):
+        self.packed_dir = Path(packed_dir)
+        self.manifest = load_manifest(self.packed_dir)
+        ids = index.frame_ids()
+        where = self.packed_dir / MANIFEST
+        if self.manifest["num_frames"] != len(ids) or self.manifest["frame_ids_sha256"] != frame_ids_digest(ids):
+            raise DatasetError(
+                f"{where}: packed frames ({self.manifest['num_frames']}) do not match the annotated frames of "
+                f"{index.split_dir} ({len(ids)}); re-run `roboflamingo pack`"
+            )
+        if source_dir is not None and source_dir.resolve() != self.packed_dir.resolve():
+            current = source_digests(source_dir)
+            for name, digest in current.items():
+                if self.manifest["source"].get(name) != digest:
+                    raise DatasetError(
+                        f"{where}: field 'source.{name}' does not match {source_dir / name}: the split changed "
+                        "after packing; re-run `roboflamingo pack`"
+                    )
+        self.frame_ids = ids
+        self.shard_frames = int(self.manifest["shard_frames"])
+        self.fields = self.manifest["fields"]
+        self.image_shapes = {k: tuple(self.fields[k]["shape"][i] for i in (1, 2, 0)) for k in IMAGE_KEYS}
+        self._shards = [self.packed_dir / s["name"] for s in self.manifest["shards"]]
+        expected_shards = -(-len(ids) // self.shard_frames)
+        if len(self._shards) != expected_shards:
+            raise DatasetError(f"{where}: field 'shards' lists {len(self._shards)} shards, expected {expected_shards}")
+        # Headers only: catches a truncated or swapped file on open without touching the data.
+        self._headers: dict[tuple[int, str], tuple[tuple[int, ...], np.dtype, int]] = {}
+        for k, shard in enumerate(self._shards):
+            n = min(self.shard_frames, len(ids) - k * self.shard_frames)
+            for key in PACKED_FIELDS:
+                path = shard / f"{key}.npy"
+                shape, dtype, offset = read_npy_header(path)
+                want = (n, *self.fields[key]["shape"])
+                if shape != want or dtype != np.dtype(self.fields[key]["dtype"]):
+                    raise DatasetError(f"{path}: expected {self.fields[key]['dtype']} {want}, got {dtype} {shape}")
+                if path.stat().st_size != offset + int(np.prod(shape)) * dtype.itemsize:
+                    raise DatasetError(f"{path}: file size does not match its header (truncated?)")
+                self._headers[(k, key)] = (shape, dtype, offset)
+        self._maps: dict[tuple[int, str], NpyMap] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers re-open their own maps; nothing large crosses the process boundary.
+        state = self.__dict__.copy()
+        state["_maps"] = {}
+        return state
+
+    def row_of(self, frame_id: int) -> int:
+        row = int(np.searchsorted(self.frame_ids, frame_id))
+        if row >= len(self.frame_ids) or self.frame_ids[row] != frame_id:
+            raise DatasetError(f"{self.packed_dir}: frame {frame_id} is not in the packed split")
+        return row
+
+    def _map(self, shard: int, key: str) -> NpyMap:
+        m = self._maps.get((shard, key))
+        if m is None:
+            shape, dtype, offset = self._headers[(shard, key)]
+            m = self._maps[(shard, key)] = NpyMap(self._shards[shard] / f"{key}.npy", shape, dtype, offset)
+        return m
+
+    def read(self, key: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of one field, across shard boundaries if needed."""
+        parts = []
+        row = start
+        while row < stop:
+            shard, local = divmod(row, self.shard_frames)
+            take = min(stop - row, self.shard_frames - local)
+            parts.append(self._map(shard, key).read(local, local + take))
+            row += take
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def read_frames(self, first_frame: int, n_obs: int, n_act: int) -> dict[str, np.ndarray]:
+        """Consecutive frames ``first_frame ..``: images and robot_obs for n_obs, rel_actions for n_act."""
+        row = self.row_of(first_frame)
+        last = row + n_act - 1
+        if last >= len(self.frame_ids) or self.frame_ids[last] != first_frame + n_act - 1:
+            raise DatasetError(f"{self.packed_dir}: frames {first_frame}..{first_frame + n_act - 1} are not all packed")
+        out = {key: self.read(key, row, row + n_obs) for key in ("rgb_static", "rgb_gripper", "robot_obs")}
+        out["rel_actions"] = self.read("rel_actions", row, row + n_act)
+        return out
+
+
+def verify_shard(shard_dir: Path, check_checksums: bool = True) -> dict[str, Any] | None:
+    """The shard's metadata if it is complete and (optionally) every checksum matches, else None."""
+    try:
+        meta = json.loads((shard_dir / SHARD_META).read_text())
+        files = meta["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for name, digest in files.items():
+        path = shard_dir / name
+        if not path.is_file():
+            return None
+        if check_checksums and sha256_file(path) != digest:
+            return None
+    return meta
+
+
+def verify_packed(packed_dir: str | os.PathLike) -> None:
+    """Recompute every checksum in the manifest; raise a DatasetError naming the first bad file."""
+    packed_dir = Path(packed_dir)
+    manifest = load_manifest(packed_dir)
+    for shard in manifest["shards"]:
+        for name, digest in shard["files"].items():
+            path = packed_dir / shard["name"] / name
+            if not path.is_file():
+                raise DatasetError(f"{path}: packed file is missing")
+            if sha256_file(path) != digest:
+                raise DatasetError(f"{path}: sha256 does not match manifest field 'shards[{shard['name']}].files'")
