@@ -1,0 +1,186 @@
+"""Training checkpoints: complete or absent, verified before use.
+
+Layout under ``<run_dir>/checkpoints/``::
+
+    step_0000500/
+      config.yaml, model.safetensors   policy.save_pretrained: trainable weights, normalization and
+                                       the model config that names the frozen pretrained weights
+      trainer.pt                       optimizer, scheduler, data position, RNG states, step
+      manifest.json                    sha256 and size of every file above; written last
+    last -> step_0000500               symlink to the newest complete checkpoint
+
+A checkpoint directory is built under a temporary name and renamed into place, so a crash mid-save
+leaves at most a hidden ``.step_*.tmp`` directory that resuming ignores. A checkpoint whose files do
+not match its manifest (a truncated copy, a flipped bit, a missing file) is refused with an error
+naming the file, and resuming falls back to the previous one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from roboflamingo.io import atomic_dir
+
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer.pt"
+LAST = "last"
+FORMAT_VERSION = 1
+_STEP_RE = re.compile(r"^step_(\d{7,})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or corrupt; the message names the directory and file."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    save_policy: Callable[[Path], None],
+    trainer_state: dict[str, Any],
+    keep: int = 0,
+) -> Path:
+    """Write ``root/step_XXXXXXX`` atomically, point ``root/last`` at it, prune old ones.
+
+    ``save_policy(dir)`` writes the policy files (``policy.save_pretrained``) into the temporary dir.
+    """
+    root = Path(root)
+    final = root / step_dir_name(step)
+    with atomic_dir(final) as tmp:
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a finished checkpoint is shared like any output
+        save_policy(tmp)
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+        files = {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            _fsync_file(path)
+            files[path.relative_to(tmp).as_posix()] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        if not any(f.endswith(".safetensors") for f in files):
+            raise CheckpointError(f"{final}: save_pretrained wrote no .safetensors file (wrote {sorted(files)})")
+        manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _fsync_file(tmp / MANIFEST)
+    _point_last(root, final.name)
+    if keep:
+        prune(root, keep)
+    return final
+
+
+def _point_last(root: Path, name: str) -> None:
+    # A relative symlink swapped in with rename: readers see the old or the new target, never none,
+    # and the run directory can be moved or copied as a whole.
+    tmp = root / f".{LAST}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(name, tmp)
+    os.replace(tmp, root / LAST)
+    _fsync_dir(root)
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Checkpoint directories under ``root``, newest (highest step) first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def prune(root: str | os.PathLike, keep: int) -> None:
+    """Delete all but the newest ``max(keep, 2)`` checkpoints (two survive so a bad newest one has a
+    fallback)."""
+    for path in list_checkpoints(root)[max(keep, 2):]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Check every file against the manifest; return the manifest or raise ``CheckpointError``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        if not isinstance(files, dict) or not files:
+            raise ValueError("'files' must be a non-empty mapping")
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} is unreadable ({e})") from e
+    if TRAINER_STATE not in files:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} does not list {TRAINER_STATE}")
+    for name, meta in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path} is corrupt: {name} is missing")
+        size = file.stat().st_size
+        if size != meta["bytes"]:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: {name} has {size} bytes, the manifest says {meta['bytes']} "
+                "(truncated or partially copied?)"
+            )
+        if sha256_file(file) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {name} does not match its sha256 in {MANIFEST}")
+    return manifest
+
+
+def find_resumable(root: str | os.PathLike, warn: Callable[[str], None] = print) -> Path | None:
+    """The newest checkpoint under ``root`` that verifies; ``None`` when there are none at all.
+
+    Each refused checkpoint is reported through ``warn``. Raises when checkpoints exist but none is
+    usable, rather than silently starting over.
+    """
+    candidates = list_checkpoints(root)
+    errors = []
+    for path in candidates:
+        try:
+            verify_checkpoint(path)
+            return path
+        except CheckpointError as e:
+            errors.append(str(e))
+            warn(f"refusing {e}; falling back to the previous checkpoint")
+    if candidates:
+        raise CheckpointError(f"no usable checkpoint in {root}:\n  " + "\n  ".join(errors))
+    return None
+
+
+def load_trainer_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Verify the checkpoint, then load its ``trainer.pt``."""
+    path = Path(path)
+    verify_checkpoint(path)
+    try:
+        return torch.load(path / TRAINER_STATE, map_location=map_location, weights_only=True)
+    except Exception as e:  # a verified file that still fails to unpickle was written by other code
+        raise CheckpointError(f"checkpoint {path}: {TRAINER_STATE} could not be loaded ({e})") from e

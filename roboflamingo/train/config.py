@@ -1,0 +1,100 @@
+"""``TrainConfig``: the optimisation recipe, the checkpoint cadence and the loggers.
+
+Defaults follow RoboFlamingo's released recipe (reference/roboflamingo.md section 5): AdamW at 1e-4,
+weight decay 0.1 on the cross-attention weights only, a constant schedule after warmup, gradient
+clipping at 1.0. The batch size per process is the data config's (``data.batch_size``); the global
+batch is ``data.batch_size * train.grad_accum * world_size`` (the original: 6 windows x 8 GPUs = 48).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from roboflamingo.config import require_choice, require_positive
+
+SCHEDULES = ("constant", "cosine", "linear")
+PRECISIONS = ("auto", "fp32", "bf16")
+STRATEGIES = ("auto", "ddp", "fsdp")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class TrainConfig:
+    """Training loop settings.
+
+    Args:
+        steps: optimizer steps to train for (the run ends after this many, across resumes).
+        grad_accum: micro-steps per optimizer step; gradients are synchronised only on the last.
+        lr: peak learning rate (the original scales 1e-4 by batch_size/6).
+        weight_decay: AdamW decay, applied to the cross-attention weights only
+            (``policy.optimizer_param_groups``).
+        betas: AdamW (beta1, beta2).
+        eps: AdamW epsilon.
+        warmup_steps: linear warmup from 0 to ``lr``.
+        schedule: what follows warmup: constant | cosine | linear (decay to ``min_lr_ratio * lr``).
+        min_lr_ratio: the floor of the cosine/linear decay as a fraction of ``lr``.
+        grad_clip: max global gradient norm; 0 disables clipping.
+        precision: auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 (autocast; refused on CPU).
+        strategy: multi-process wrapper under torchrun: auto (= ddp) | ddp | fsdp (shards every
+            submodule holding at least ``fsdp_min_params`` parameters; for the 9B backbone).
+        fsdp_min_params: size threshold for a submodule to become its own FSDP unit.
+        find_unused_parameters: DDP option; leave off (unused weights should be frozen instead).
+        log_every: steps between metric lines (metrics.jsonl, TensorBoard, W&B).
+        val_every: steps between validation losses; 0 disables validation.
+        val_batches: batches of the validation split per validation (per process).
+        checkpoint_every: steps between checkpoints (a final one is always written).
+        keep_checkpoints: newest checkpoints to keep; 0 keeps all. At least 2 are kept so a
+            corrupt newest one can fall back to the previous.
+        progress: show the tqdm bar (rank 0 only).
+        tensorboard: write TensorBoard events to ``<run_dir>/tensorboard`` (needs the logging extra).
+        wandb: log to Weights & Biases (needs the logging extra).
+        wandb_project: W&B project name.
+        wandb_mode: offline (default; sync later with ``wandb sync``) | online | disabled.
+        device: torch device; empty picks cuda:<local_rank> when available, else cpu.
+        threads: torch intra-op threads per process; 0 leaves torch's default.
+        run_name: W&B run name; empty uses the run directory's name.
+    """
+
+    steps: int = 1000
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    precision: str = "auto"
+    strategy: str = "auto"
+    fsdp_min_params: int = 10_000_000
+    find_unused_parameters: bool = False
+    log_every: int = 10
+    val_every: int = 0
+    val_batches: int = 4
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    progress: bool = True
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "roboflamingo"
+    wandb_mode: str = "offline"
+    device: str = ""
+    threads: int = 0
+    run_name: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "grad_accum", "log_every", "checkpoint_every", "val_batches"):
+            require_positive(f"train.{name}", getattr(self, name))
+        require_positive("train.lr", self.lr)
+        for name in ("weight_decay", "eps", "warmup_steps", "min_lr_ratio", "grad_clip", "val_every",
+                     "keep_checkpoints", "threads", "fsdp_min_params"):
+            require_positive(f"train.{name}", getattr(self, name), allow_zero=True)
+        if self.min_lr_ratio > 1:
+            raise ValueError(f"train.min_lr_ratio must be <= 1, got {self.min_lr_ratio}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        require_choice("train.schedule", self.schedule, SCHEDULES)
+        require_choice("train.precision", self.precision, PRECISIONS)
+        require_choice("train.strategy", self.strategy, STRATEGIES)
+        require_choice("train.wandb_mode", self.wandb_mode, WANDB_MODES)

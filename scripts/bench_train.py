@@ -1,0 +1,120 @@
+"""Training throughput of the tiny config, and how long each step waits on data.
+
+    python scripts/bench_train.py [--steps 12] [--batch-size 8] [--workers 2] [--root DIR] [--keep]
+
+Data: ``--root`` names an existing CALVIN-layout dataset (``roboflamingo generate`` output); without
+it a synthetic one is written at CALVIN's image sizes (200x200 static, 84x84 gripper, rendered-like
+content that compresses like real frames). The training split is packed with the data pipeline's
+packer, then the same run is timed on the packed shards and on the npz files.
+
+``data_wait_fraction`` = time the loop spends in ``next(batches)`` / step time, measured by the loop
+itself (``metrics.jsonl``), over the steps after the first log window (start-up excluded).
+The last line printed is one JSON object; the target is ``data_wait_fraction <= 0.05`` when packed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET = 0.05
+
+
+def write_dataset(root: Path, episodes: int, frames: int) -> None:
+    from roboflamingo.data.synthetic import TASKS, write_split
+
+    for split, n_eps, first in (("training", episodes, 0), ("validation", 1, 100_000)):
+        eps = [(first + k * frames, first + (k + 1) * frames - 1) for k in range(n_eps)]
+        anns = []
+        for k, (s, e) in enumerate(eps):
+            # CALVIN-like 64-frame annotation windows, overlapping by half.
+            for j, start in enumerate(range(s, e - 63, 32)):
+                task = TASKS[(k + j) % len(TASKS)]
+                anns.append((start, start + 63, task, f"please {task.replace('_', ' ')}"))
+        write_split(root / split, eps, anns, (200, 200), (84, 84), content="scene")
+
+
+def timed_run(root: Path, run_dir: Path, args: argparse.Namespace, packed: bool) -> dict[str, float]:
+    from roboflamingo import cli
+
+    log_every = max(1, args.steps // 6)  # the first window (start-up) is dropped
+    overrides = [
+        "model=tiny", "head=lstm", "train=tiny", f"data.root={root}", f"data.batch_size={args.batch_size}",
+        f"data.num_workers={args.workers}", f"data.use_packed={'always' if packed else 'never'}",
+        f"train.steps={args.steps}", f"train.log_every={log_every}", "train.val_every=0",
+        f"train.checkpoint_every={args.steps}", "train.progress=false", f"run_dir={run_dir}",
+    ]
+    if cli.main(["train", *overrides]) != 0:
+        raise SystemExit("bench_train: the training run failed")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    windows = [r for r in records if "train/step_ms" in r][1:]  # the first window holds start-up
+    steps = total_s = data_s = samples = 0.0
+    prev = log_every
+    for r in windows:
+        n = r["step"] - prev
+        prev = r["step"]
+        step_s = r["train/step_ms"] * n / 1000.0
+        steps += n
+        total_s += step_s
+        data_s += r["train/data_wait_fraction"] * step_s
+        samples += r["train/samples_per_s"] * step_s
+    return {"samples_per_s": samples / total_s, "step_ms": 1000.0 * total_s / steps,
+            "data_wait_fraction": data_s / total_s, "timed_steps": int(steps)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--episodes", type=int, default=2, help="synthetic training episodes")
+    parser.add_argument("--frames", type=int, default=160, help="frames per synthetic episode")
+    parser.add_argument("--root", type=Path, help="an existing CALVIN-layout dataset instead of a synthetic one")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+
+    import torch
+
+    from roboflamingo.data.pack import pack_split
+    from roboflamingo.data.packed import packed_dir_for
+
+    work = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    try:
+        t0 = time.perf_counter()
+        source = "generated"
+        if args.root is None:
+            args.root, source = work / "data", "synthetic"
+            write_dataset(args.root, args.episodes, args.frames)
+        packed_dir = packed_dir_for(args.root, "training")
+        pack_split(args.root / "training", packed_dir, progress=False)
+        prepare_s = time.perf_counter() - t0
+        print(f"bench_train: {source} data at {args.root}, packed in {prepare_s:.1f}s", file=sys.stderr)
+
+        npz = timed_run(args.root, work / "run_npz", args, packed=False)
+        packed = timed_run(args.root, work / "run_packed", args, packed=True)
+        result = {
+            **packed,
+            "format": "packed",
+            "npz_samples_per_s": npz["samples_per_s"],
+            "npz_step_ms": npz["step_ms"],
+            "npz_data_wait_fraction": npz["data_wait_fraction"],
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "data": source,
+            "target_data_wait_fraction": TARGET,
+            "meets_target": packed["data_wait_fraction"] <= TARGET,
+        }
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
