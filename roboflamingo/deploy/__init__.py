@@ -1,0 +1,20 @@
+"""Deployment: a policy server, a ROS control node with a safety layer, and the tabletop as a robot.
+
+Modules:
+    server      ``roboflamingo serve``: websocket + msgpack policy server, one session per client
+    client      ``PolicyClient``: a remote policy that satisfies the ``Policy`` protocol
+    policies    ``resolve_policy_source`` / ``make_policy_factory``: checkpoint, expert, random, remote
+    codec       msgpack with a numpy codec that never unpickles
+    ros_node    ``roboflamingo ros``: rosbridge in, safety-filtered end-effector targets out
+    safety      workspace clamp, step caps, action scale, stale/e-stop/time-limit gate, latency log
+    messages    ROS 1 / ROS 2 message dicts (images, poses, joint states) as rosbridge carries them
+    bridge      roslibpy wrapper that never queues commands while offline
+    sim_robot   ``roboflamingo sim-robot``: the tabletop simulator behind rosbridge
+    relay       a minimal rosbridge v2 relay (no ROS needed) for one-machine runs and tests
+
+The whole ROS path on one machine, in three terminals::
+
+    roboflamingo serve policy=expert                # or checkpoint=runs/train/checkpoints/last
+    roboflamingo sim-robot serve_bridge=true        # the tabletop + an in-process rosbridge relay
+    roboflamingo ros deploy=sim                     # the control node
+"""

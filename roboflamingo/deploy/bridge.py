@@ -1,0 +1,101 @@
+"""A thin roslibpy wrapper: connect, subscribe and publish by ``TopicConfig``, never queue when offline.
+
+roslibpy reconnects by itself after the bridge drops (exponential backoff from
+``deploy.reconnect_delay_s``) and re-sends its subscribe/advertise messages. What it also does is queue
+``publish`` calls made while offline and flush them on reconnect (``send_on_ready``); for robot
+commands that would replay stale targets, so ``publish`` here refuses when the link is down.
+Subscriber callbacks run on roslibpy's network thread and must stay short.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from roboflamingo.deploy.config import BridgeConfig, TopicConfig
+from roboflamingo.deploy.messages import type_name
+
+LOG = logging.getLogger("roboflamingo.bridge")
+
+
+class RosBridge:
+    def __init__(self, cfg: BridgeConfig) -> None:
+        import roslibpy
+        from roslibpy.comm import select_factory
+
+        self.cfg = cfg
+        factory = select_factory(cfg.transport)
+        # Class-level knobs in roslibpy: they apply to every connection of this transport in the process.
+        factory.set_initial_delay(cfg.reconnect_delay_s)
+        factory.set_max_delay(cfg.max_reconnect_delay_s)
+        self._roslibpy = roslibpy
+        self.ros = roslibpy.Ros(cfg.host, cfg.port, transport=cfg.transport)
+        self._subscribed: list[Any] = []
+        self._publishers: dict[str, Any] = {}
+        self.drops = 0
+        self._closing = False
+        self.ros.on("close", self._on_close)
+
+    def _on_close(self, *_: Any) -> None:
+        if self._closing:
+            return
+        self.drops += 1
+        LOG.warning("bridge connection to %s:%d lost; roslibpy will reconnect", self.cfg.host, self.cfg.port)
+
+    def connect(self) -> RosBridge:
+        self.ros.run(timeout=self.cfg.connect_timeout_s)
+        return self
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.ros.is_connected)
+
+    def subscribe(
+        self, topic: TopicConfig, callback: Callable[[dict], None], queue_length: int | None = None
+    ) -> None:
+        t = self._roslibpy.Topic(
+            self.ros,
+            topic.name,
+            type_name(topic.type, self.cfg.ros_version),
+            throttle_rate=self.cfg.throttle_rate_ms,
+            queue_length=self.cfg.queue_length if queue_length is None else queue_length,
+        )
+        t.subscribe(callback)
+        self._subscribed.append(t)
+
+    def advertise(self, topic: TopicConfig, latch: bool = False) -> None:
+        if topic.name in self._publishers:
+            return
+        t = self._roslibpy.Topic(
+            self.ros, topic.name, type_name(topic.type, self.cfg.ros_version), latch=latch
+        )
+        t.advertise()
+        self._publishers[topic.name] = t
+
+    def publish(self, topic: TopicConfig, msg: dict) -> bool:
+        """Send now or not at all; returns False while disconnected."""
+        if not self.connected:
+            return False
+        if topic.name not in self._publishers:
+            self.advertise(topic)
+        self._publishers[topic.name].publish(self._roslibpy.Message(msg))
+        return True
+
+    def close(self) -> None:
+        self._closing = True
+        try:
+            if self.connected:
+                for t in self._subscribed:
+                    t.unsubscribe()
+                for t in self._publishers.values():
+                    t.unadvertise()
+            self.ros.close()
+        except Exception as e:  # closing a half-dead link must not mask the caller's result
+            LOG.warning("closing the bridge connection failed: %s", e)
+        # Without this the factory keeps redialling a bridge that never came up, for the process's life.
+        stop_trying = getattr(self.ros.factory, "stopTrying", None)  # twisted's reconnecting factory
+        if stop_trying is not None:
+            stop_trying()
+        else:
+            self.ros.factory._stop = True  # the asyncio factory has no public switch

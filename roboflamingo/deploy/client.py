@@ -1,0 +1,119 @@
+"""``PolicyClient``: a remote policy behind ``roboflamingo serve``, usable wherever a local one is.
+
+It satisfies the ``Policy`` protocol (``reset()``, ``step(obs, instruction)``), so the ROS node and the
+evaluator drive a policy on a GPU box exactly as they drive one in process. Blocking calls on the
+websockets sync client keep it usable from any thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from typing import Any
+
+import numpy as np
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from roboflamingo.deploy.codec import packb, unpackb
+from roboflamingo.types import ACTION_DIM, Observation
+
+
+class PolicyServerError(RuntimeError):
+    """The server answered a request with an error reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"policy server error [{code}]: {message}")
+        self.code = code
+
+
+class PolicyClient:
+    def __init__(
+        self, url: str = "ws://127.0.0.1:8765", timeout_s: float = 10.0, max_message_bytes: int = 2**24
+    ):
+        self.url = url
+        self.timeout_s = timeout_s
+        self.max_message_bytes = max_message_bytes
+        self._ws: ClientConnection | None = None
+        self._stack: contextlib.ExitStack | None = None
+        self._ids = itertools.count(1)
+        self.metadata: dict[str, Any] = {}
+        self.last_timing: dict[str, float] = {}
+
+    # -- connection -------------------------------------------------------------------------------
+    def connect(self) -> PolicyClient:
+        if self._ws is not None:
+            return self
+        # Entered as a context manager: websockets >= 17.1 deprecates bare connect() objects.
+        stack = contextlib.ExitStack()
+        self._ws = stack.enter_context(
+            connect(self.url, open_timeout=self.timeout_s, max_size=self.max_message_bytes, compression=None)
+        )
+        self._stack = stack
+        hello = unpackb(self._ws.recv(timeout=self.timeout_s))
+        if not isinstance(hello, dict) or hello.get("type") != "metadata":
+            self.close()
+            if isinstance(hello, dict) and hello.get("type") == "error":
+                raise PolicyServerError(str(hello.get("code")), str(hello.get("error")))
+            raise ConnectionError(f"{self.url}: expected a metadata handshake, got {hello!r:.200}")
+        self.metadata = hello
+        return self
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        self._ws, self._stack = None, None
+
+    def __enter__(self) -> PolicyClient:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def session(self) -> int | None:
+        return self.metadata.get("session")
+
+    @property
+    def observation_keys(self) -> tuple[str, ...]:
+        return tuple(self.connect().metadata.get("observation_spec", {}))
+
+    # -- requests ---------------------------------------------------------------------------------
+    def send_raw(self, frame: bytes | str) -> dict[str, Any]:
+        """Send one frame as is and return the decoded reply (error replies are returned, not raised)."""
+        ws = self.connect()._ws
+        assert ws is not None
+        try:
+            ws.send(frame)
+            return unpackb(ws.recv(timeout=self.timeout_s))
+        except (ConnectionClosed, TimeoutError) as e:
+            # The session (and its history) is gone; the next call opens a fresh one.
+            self.close()
+            raise ConnectionError(f"{self.url}: connection lost ({e})") from e
+
+    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        request_id = next(self._ids)
+        reply = self.send_raw(packb({**msg, "id": request_id}))
+        if reply.get("type") == "error":
+            raise PolicyServerError(str(reply.get("code")), str(reply.get("error")))
+        if reply.get("id") != request_id:
+            raise ConnectionError(f"reply id {reply.get('id')} does not match request id {request_id}")
+        return reply
+
+    def health(self) -> dict[str, Any]:
+        return self.request({"type": "health"})
+
+    def reset(self) -> None:
+        self.request({"type": "reset"})
+
+    def step(self, obs: Observation, instruction: str) -> np.ndarray:
+        t0 = time.perf_counter()
+        reply = self.request({"type": "step", "obs": dict(obs), "instruction": instruction})
+        action = np.asarray(reply["action"], dtype=np.float32)
+        if action.shape != (ACTION_DIM,):
+            raise ConnectionError(
+                f"server returned an action of shape {action.shape}, expected ({ACTION_DIM},)"
+            )
+        self.last_timing = {**reply.get("timing", {}), "roundtrip_ms": (time.perf_counter() - t0) * 1000.0}
+        return action

@@ -1,0 +1,113 @@
+"""Bridge and topic configuration shared by the control node and the simulated robot.
+
+The group ``configs/deploy/`` holds one file per ROS generation (``ros1.yaml``, ``ros2.yaml``); both
+nodes compose the same group so their topic names always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from roboflamingo.config import require_choice, require_positive
+from roboflamingo.deploy.messages import base_type
+
+IMAGE_TYPES = ("CompressedImage", "Image")
+FLOAT_TYPES = ("Float32", "Float64", "Float32MultiArray", "Float64MultiArray")
+
+
+@dataclass
+class TopicConfig:
+    name: str = ""  # empty: not used
+    type: str = ""
+
+
+def _topic(name: str, type_: str) -> TopicConfig:
+    return TopicConfig(name, type_)
+
+
+@dataclass
+class TopicsConfig:
+    # Inputs to the control node (published by the robot).
+    rgb_static: TopicConfig = field(
+        default_factory=lambda: _topic("/camera/static/image/compressed", "sensor_msgs/CompressedImage")
+    )
+    rgb_gripper: TopicConfig = field(
+        default_factory=lambda: _topic("/camera/gripper/image/compressed", "sensor_msgs/CompressedImage")
+    )
+    tcp_pose: TopicConfig = field(default_factory=lambda: _topic("/tcp_pose", "geometry_msgs/PoseStamped"))
+    joint_state: TopicConfig = field(
+        default_factory=lambda: _topic("/joint_states", "sensor_msgs/JointState")
+    )
+    # A separate gripper width (m); when empty the width is the sum of the finger joints in joint_state.
+    gripper_width: TopicConfig = field(default_factory=lambda: _topic("", "std_msgs/Float32"))
+    instruction: TopicConfig = field(default_factory=lambda: _topic("/instruction", "std_msgs/String"))
+    estop: TopicConfig = field(default_factory=lambda: _topic("/estop", "std_msgs/Bool"))
+    # Privileged simulator state (CALVIN scene_obs, 24 floats) for the scripted expert; sim only.
+    scene_obs: TopicConfig = field(default_factory=lambda: _topic("", "std_msgs/Float64MultiArray"))
+    # Outputs of the control node (consumed by the robot's controller).
+    target_pose: TopicConfig = field(
+        default_factory=lambda: _topic("/target_pose", "geometry_msgs/PoseStamped")
+    )
+    gripper_command: TopicConfig = field(
+        default_factory=lambda: _topic("/gripper_command", "std_msgs/Float32")
+    )
+
+
+@dataclass
+class BridgeConfig:
+    """Where rosbridge is and how the robot's topics are named (group ``configs/deploy/``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 9090
+    ros_version: int = 1  # 1: pkg/Type names and {secs, nsecs}; 2: pkg/msg/Type and {sec, nanosec}
+    transport: str = "asyncio"  # roslibpy transport: asyncio | twisted (one per process)
+    connect_timeout_s: float = 10.0
+    reconnect_delay_s: float = 0.5  # first retry after a drop; backoff grows from here
+    max_reconnect_delay_s: float = 5.0
+    frame_id: str = "panda_link0"  # base frame of target poses
+    arm_joints: list[str] = field(default_factory=lambda: [f"panda_joint{i}" for i in range(1, 8)])
+    finger_joints: list[str] = field(default_factory=lambda: ["panda_finger_joint1", "panda_finger_joint2"])
+    # Bridge-side queue of 1 so a slow consumer gets the newest frame, not a backlog (roslibpy#41).
+    queue_length: int = 1
+    throttle_rate_ms: int = 0
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
+
+    def __post_init__(self) -> None:
+        if self.ros_version not in (1, 2):
+            raise ValueError(f"deploy.ros_version must be 1 or 2, got {self.ros_version}")
+        require_choice("deploy.transport", self.transport, ("asyncio", "twisted"))
+        if not 0 < self.port < 65536:
+            raise ValueError(f"deploy.port must be in [1, 65535], got {self.port}")
+        require_positive("deploy.connect_timeout_s", self.connect_timeout_s)
+        require_positive("deploy.reconnect_delay_s", self.reconnect_delay_s)
+        require_positive("deploy.max_reconnect_delay_s", self.max_reconnect_delay_s)
+        require_positive("deploy.queue_length", self.queue_length, allow_zero=True)
+        require_positive("deploy.throttle_rate_ms", self.throttle_rate_ms, allow_zero=True)
+        if len(self.arm_joints) != 7:
+            raise ValueError(f"deploy.arm_joints must name the 7 arm joints, got {self.arm_joints}")
+        t = self.topics
+        for key in ("rgb_static", "rgb_gripper", "tcp_pose", "target_pose", "gripper_command"):
+            if not getattr(t, key).name:
+                raise ValueError(f"deploy.topics.{key}.name must be set")
+        checks = {
+            "rgb_static": IMAGE_TYPES,
+            "rgb_gripper": IMAGE_TYPES,
+            "tcp_pose": ("PoseStamped",),
+            "joint_state": ("JointState",),
+            "gripper_width": FLOAT_TYPES,
+            "instruction": ("String",),
+            "estop": ("Bool",),
+            "scene_obs": ("Float32MultiArray", "Float64MultiArray"),
+            "target_pose": ("PoseStamped",),
+            "gripper_command": FLOAT_TYPES,
+        }
+        for key, allowed in checks.items():
+            topic: TopicConfig = getattr(t, key)
+            if topic.name and base_type(topic.type) not in allowed:
+                raise ValueError(
+                    f"deploy.topics.{key}.type must be one of {list(allowed)}, got '{topic.type}'"
+                )
+            if topic.name and self.ros_version == 1 and "/msg/" in topic.type:
+                raise ValueError(
+                    f"deploy.topics.{key}.type '{topic.type}' is a ROS 2 name but deploy.ros_version=1"
+                )

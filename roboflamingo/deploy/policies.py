@@ -1,0 +1,150 @@
+"""Where a deployed policy comes from: one function that turns ``checkpoint=`` / ``policy=`` into a factory.
+
+A policy keeps its history inside the instance, so anything that serves several episodes at once (the
+server's sessions, parallel evaluation workers) must call the factory once per episode stream instead of
+sharing one instance. The heavy imports (torch models, pybullet) happen only when that source is chosen.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from roboflamingo.types import (
+    ACTION_DIM,
+    GRIPPER_CLOSE,
+    GRIPPER_OPEN,
+    RGB_GRIPPER,
+    RGB_STATIC,
+    ROBOT_OBS,
+    ROBOT_OBS_DIM,
+    SCENE_OBS,
+    SCENE_OBS_DIM,
+    Observation,
+    Policy,
+    check_observation,
+)
+
+POLICY_SOURCES = ("checkpoint", "expert", "random")
+
+
+class RandomPolicy:
+    """Uniform relative actions with a random open/close gripper: a baseline and a smoke test."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def step(self, obs: Observation, instruction: str) -> np.ndarray:
+        check_observation(obs, (ROBOT_OBS,))
+        action = self.rng.uniform(-1.0, 1.0, ACTION_DIM).astype(np.float32)
+        action[-1] = GRIPPER_OPEN if action[-1] >= 0 else GRIPPER_CLOSE
+        return action
+
+
+@dataclass
+class PolicySource:
+    """A resolved policy source: how to make a fresh instance and what it needs to see."""
+
+    name: str
+    factory: Callable[[], Policy]
+    observation_keys: tuple[str, ...]
+    info: dict = field(default_factory=dict)
+
+
+def observation_spec(keys: tuple[str, ...]) -> dict[str, dict]:
+    """The handshake's description of each observation entry (-1: any size)."""
+    spec = {
+        RGB_STATIC: {"shape": [-1, -1, 3], "dtype": "uint8"},
+        RGB_GRIPPER: {"shape": [-1, -1, 3], "dtype": "uint8"},
+        ROBOT_OBS: {"shape": [ROBOT_OBS_DIM], "dtype": "float32"},
+        SCENE_OBS: {"shape": [SCENE_OBS_DIM], "dtype": "float32"},
+    }
+    return {k: spec[k] for k in keys}
+
+
+def _checkpoint_factory(checkpoint: str, device: str) -> Callable[[], Policy]:
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"checkpoint={checkpoint}: not a directory (expected config.yaml + model.safetensors)"
+        )
+    from roboflamingo.models.policy import RoboFlamingoPolicy
+
+    base = RoboFlamingoPolicy.from_pretrained(str(path), map_location=device)
+    base.eval()
+    lock = threading.Lock()
+
+    def make() -> Policy:
+        # Weights are loaded once; each caller gets its own copy so histories never mix.
+        with lock:
+            policy = copy.deepcopy(base)
+        policy.reset()
+        return policy
+
+    return make
+
+
+def _expert_factory(scene: str) -> Callable[[], Policy]:
+    from roboflamingo.sim.expert import ScriptedExpert
+
+    return lambda: ScriptedExpert(scene)
+
+
+def resolve_policy_source(
+    policy: str = "",
+    checkpoint: str | None = None,
+    scene: str = "D",
+    device: str = "cpu",
+    seed: int = 0,
+    server: str = "",
+) -> PolicySource:
+    """``checkpoint=<dir>`` (policy empty or "checkpoint"), ``policy=expert``, ``policy=random``, or
+    ``policy=remote`` with ``server=ws://host:port`` (each instance is its own session on that server).
+    """
+    name = policy or ("checkpoint" if checkpoint else "")
+    if name == "remote":
+        if not server.startswith(("ws://", "wss://")):
+            raise ValueError(f"policy=remote needs server=ws://host:port, got '{server}'")
+        from roboflamingo.deploy.client import PolicyClient
+
+        return PolicySource(name, lambda: PolicyClient(server).connect(), (), {"server": server})
+    if name not in POLICY_SOURCES:
+        raise ValueError(
+            f"policy must be one of {[*POLICY_SOURCES, 'remote']} (or give checkpoint=<dir>), got '{policy}'"
+        )
+    if name == "checkpoint":
+        if not checkpoint:
+            raise ValueError("policy=checkpoint needs checkpoint=<dir>")
+        factory = _checkpoint_factory(checkpoint, device)
+        return PolicySource(
+            name, factory, (RGB_STATIC, RGB_GRIPPER, ROBOT_OBS), {"checkpoint": str(checkpoint)}
+        )
+    if checkpoint:
+        raise ValueError(f"checkpoint={checkpoint} was given together with policy={name}; choose one")
+    if name == "expert":
+        # The scripted expert reads the privileged scene state, so a client must send scene_obs.
+        return PolicySource(name, _expert_factory(scene), (ROBOT_OBS, SCENE_OBS), {"scene": scene})
+    counter = itertools.count()
+    return PolicySource(name, lambda: RandomPolicy(seed + next(counter)), (ROBOT_OBS,), {"seed": seed})
+
+
+def make_policy_factory(
+    policy: str = "",
+    checkpoint: str | None = None,
+    scene: str = "D",
+    device: str = "cpu",
+    seed: int = 0,
+    server: str = "",
+) -> Callable[[], Policy]:
+    """The factory alone, for callers (eval) that need nothing else from the source."""
+    return resolve_policy_source(policy, checkpoint, scene, device, seed, server).factory

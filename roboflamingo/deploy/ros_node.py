@@ -1,0 +1,421 @@
+"""``roboflamingo ros``: drive a robot through rosbridge with a policy, behind a safety layer.
+
+Each control cycle (at most ``control.rate_hz``; with ``wait_for_new_obs`` only once per new camera
+frame):
+
+1. hold (publish nothing) on e-stop, time limit, a dropped bridge, or an observation that is missing or
+   older than ``safety.max_obs_age_s`` by its header stamp;
+2. on a new instruction, reset the policy and restart the CALVIN target pose at the measured TCP;
+3. build the CALVIN observation (``rgb_static``, ``rgb_gripper``, ``robot_obs`` (15), and ``scene_obs``
+   when a simulator provides it) and step the policy, in process or through ``roboflamingo serve``;
+4. check the e-stop again (inference may have taken a while), turn the relative action into a clamped,
+   step-capped absolute target, publish the gripper command and then the target pose.
+
+Latency percentiles (decode, inference, observation age at publish, full cycle) are logged every
+``control.log_every_s`` and returned in the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from roboflamingo.config import require_positive
+from roboflamingo.deploy.bridge import RosBridge
+from roboflamingo.deploy.config import BridgeConfig
+from roboflamingo.deploy.messages import (
+    MessageError,
+    decode_float_array,
+    decode_image,
+    decode_joint_state,
+    decode_pose_stamped,
+    encode_float,
+    encode_pose_stamped,
+    header_stamp,
+)
+from roboflamingo.deploy.safety import (
+    HOLD_ESTOP,
+    TERMINAL_HOLDS,
+    CommandGate,
+    LatencyLog,
+    SafetyConfig,
+    SafetyError,
+    SafetyFilter,
+)
+from roboflamingo.io import atomic_write_json
+from roboflamingo.types import (
+    RGB_GRIPPER,
+    RGB_STATIC,
+    ROBOT_OBS,
+    ROBOT_OBS_DIM,
+    SCENE_OBS,
+    SCENE_OBS_DIM,
+    Policy,
+)
+
+LOG = logging.getLogger("roboflamingo.ros")
+COMMAND = "command"
+WAITING = "no_new_observation"
+
+
+@dataclass
+class ControlConfig:
+    rate_hz: float = 15.0  # upper bound on commands per second
+    wait_for_new_obs: bool = True  # never act twice on the same camera frame
+    static_size: int = 200  # images are resized to CALVIN's sizes before the policy sees them
+    gripper_size: int = 84
+    initial_gripper: float = 1.0  # robot_obs[14] before the first command of an episode (open)
+    instruction: str = ""  # fixed instruction; empty: listen on the instruction topic
+    max_commands: int = 0  # stop after this many commands; 0: no limit
+    log_every_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        require_positive("control.rate_hz", self.rate_hz)
+        require_positive("control.static_size", self.static_size, allow_zero=True)
+        require_positive("control.gripper_size", self.gripper_size, allow_zero=True)
+        if self.initial_gripper not in (-1.0, 1.0):
+            raise ValueError(f"control.initial_gripper must be -1 or 1, got {self.initial_gripper}")
+        require_positive("control.max_commands", self.max_commands, allow_zero=True)
+        require_positive("control.log_every_s", self.log_every_s)
+
+
+@dataclass
+class Job:
+    """``roboflamingo ros``: the bridge (group ``deploy``), the loop, safety, and the policy source."""
+
+    deploy: BridgeConfig = field(default_factory=BridgeConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    # The policy: a server URL (default), or in process with checkpoint=<dir> / policy=expert|random.
+    server: str = "ws://127.0.0.1:8765"
+    checkpoint: str | None = None
+    policy: str = ""  # "" | remote | checkpoint | expert | random
+    scene: str = "D"
+    device: str = "cpu"
+    seed: int = 0
+    stats_path: str = ""  # write the run summary (latency percentiles, holds) here as JSON
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("", "remote", "checkpoint", "expert", "random"):
+            raise ValueError(
+                f"policy must be one of ['remote', 'checkpoint', 'expert', 'random'], got '{self.policy}'"
+            )
+        if self.policy_source == "remote" and not self.server.startswith(("ws://", "wss://")):
+            raise ValueError(f"server must be a ws:// or wss:// URL, got '{self.server}'")
+        if self.policy_source == "checkpoint" and not self.checkpoint:
+            raise ValueError("policy=checkpoint needs checkpoint=<dir>")
+
+    @property
+    def policy_source(self) -> str:
+        if self.policy:
+            return self.policy
+        return "checkpoint" if self.checkpoint else "remote"
+
+
+def make_policy(job: Job) -> Policy:
+    from roboflamingo.deploy.policies import resolve_policy_source
+
+    policy = "" if job.policy_source == "checkpoint" else job.policy_source
+    source = resolve_policy_source(policy, job.checkpoint, job.scene, job.device, job.seed, job.server)
+    return source.factory()
+
+
+class _Latest:
+    """Newest message per input, written by the network thread and read by the control thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[str, tuple[dict, float]] = {}
+
+    def put(self, key: str, msg: dict, stamp: float) -> None:
+        with self._lock:
+            self._items[key] = (msg, stamp)
+
+    def stamp(self, key: str) -> float | None:
+        with self._lock:
+            item = self._items.get(key)
+        return None if item is None else item[1]
+
+    def snapshot(self) -> dict[str, tuple[dict, float]]:
+        with self._lock:
+            return dict(self._items)
+
+
+class ControlNode:
+    def __init__(self, job: Job, policy: Policy, bridge: Any = None, clock: Any = time.time) -> None:
+        self.job = job
+        self.policy = policy
+        self.bridge = bridge if bridge is not None else RosBridge(job.deploy)
+        self.clock = clock
+        self.topics = job.deploy.topics
+        self.safety = SafetyFilter(job.safety)
+        self.gate = CommandGate(job.safety.max_obs_age_s, job.safety.max_duration_s)
+        self.latency = LatencyLog()
+        self.holds: Counter[str] = Counter()
+        self.commands = 0
+        self.latest = _Latest()
+        self.instruction = job.control.instruction
+        self.active_instruction: str | None = None
+        self.last_obs_stamp = -math.inf
+        self.last_gripper = job.control.initial_gripper
+        self.stamped = [
+            k
+            for k in ("rgb_static", "rgb_gripper", "tcp_pose", "joint_state")
+            if getattr(self.topics, k).name
+        ]
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.ready = threading.Event()  # set once every subscription has been sent
+        self.estop_at: float | None = None  # time.monotonic() of the first e-stop message
+        self._warned: set[str] = set()
+
+    # -- inputs (network thread) -----------------------------------------------------------------
+    def _stamped_callback(self, key: str):
+        def callback(msg: dict) -> None:
+            stamp = header_stamp(msg)
+            if stamp is None:
+                # Without a stamp the age check would be meaningless; treat it as arriving now.
+                self._warn_once(f"nostamp:{key}", f"{key} messages carry no header stamp; using receive time")
+                stamp = self.clock()
+            self.latest.put(key, msg, stamp)
+            self._wake.set()
+
+        return callback
+
+    def _plain_callback(self, key: str):
+        def callback(msg: dict) -> None:
+            self.latest.put(key, msg, self.clock())
+            self._wake.set()
+
+        return callback
+
+    def _on_instruction(self, msg: dict) -> None:
+        text = msg.get("data")
+        if isinstance(text, str):
+            self.instruction = text.strip()
+            self._wake.set()
+
+    def _on_estop(self, msg: dict) -> None:
+        if msg.get("data") is True:
+            if not self.gate.estopped:
+                self.estop_at = time.monotonic()
+                LOG.error("E-STOP received: no further commands")
+            self.gate.engage_estop()
+            self._wake.set()
+
+    def _warn_once(self, key: str, text: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            LOG.warning(text)
+
+    def start(self) -> None:
+        t = self.topics
+        if hasattr(self.bridge, "connect"):
+            self.bridge.connect()
+        # The e-stop is subscribed first so it is live before anything can be commanded.
+        if t.estop.name:
+            self.bridge.subscribe(t.estop, self._on_estop, queue_length=0)
+        for key in self.stamped:
+            self.bridge.subscribe(getattr(t, key), self._stamped_callback(key))
+        for key in ("gripper_width", "scene_obs"):
+            if getattr(t, key).name:
+                self.bridge.subscribe(getattr(t, key), self._plain_callback(key))
+        if t.instruction.name and not self.job.control.instruction:
+            self.bridge.subscribe(t.instruction, self._on_instruction, queue_length=0)
+        self.bridge.advertise(t.gripper_command)
+        self.bridge.advertise(t.target_pose)
+        self.gate.start(self.clock())
+        self.ready.set()
+
+    # -- one cycle (control thread) --------------------------------------------------------------
+    def _hold(self, reason: str) -> str:
+        if reason != WAITING:
+            self.holds[reason.split(":")[0]] += 1
+        return reason
+
+    def _restart_episode(self) -> None:
+        self.active_instruction = None
+
+    def build_observation(
+        self, items: dict[str, tuple[dict, float]]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """CALVIN observation from the newest messages, and the measured TCP pose (6)."""
+        c, d = self.job.control, self.job.deploy
+        position, euler = decode_pose_stamped(items["tcp_pose"][0])
+        joints, width = np.zeros(7), None
+        if "joint_state" in items:
+            joints, width = decode_joint_state(items["joint_state"][0], d.arm_joints, d.finger_joints)
+        if "gripper_width" in items:
+            width = float(decode_float_array(items["gripper_width"][0], 1)[0])
+        if width is None:
+            self._warn_once("width", "no gripper width (finger joints or gripper_width topic); using 0")
+            width = 0.0
+        robot_obs = np.concatenate([position, euler, [width], joints, [self.last_gripper]]).astype(np.float32)
+        assert robot_obs.shape == (ROBOT_OBS_DIM,)
+        obs = {
+            RGB_STATIC: decode_image(items["rgb_static"][0], c.static_size or None),
+            RGB_GRIPPER: decode_image(items["rgb_gripper"][0], c.gripper_size or None),
+            ROBOT_OBS: robot_obs,
+        }
+        if "scene_obs" in items:
+            obs[SCENE_OBS] = decode_float_array(items["scene_obs"][0], SCENE_OBS_DIM).astype(np.float32)
+        return obs, np.concatenate([position, euler])
+
+    def cycle(self) -> str:
+        """One decision: returns ``"command"`` or the reason for holding."""
+        now = self.clock()
+        stamps = {k: self.latest.stamp(k) for k in self.stamped}
+        reason = self.gate.check(now, stamps)
+        if reason is None and not self.bridge.connected:
+            reason = "disconnected"
+        if reason is not None:
+            if reason == "disconnected":
+                # The arm may have been moved meanwhile: resume from the measured pose, not an old target.
+                # A stale frame only pauses; the robot keeps tracking the last target, as CALVIN's does.
+                self._restart_episode()
+            return self._hold(reason)
+        obs_stamp = min(stamps.values())  # type: ignore[type-var]
+        if self.job.control.wait_for_new_obs and obs_stamp <= self.last_obs_stamp:
+            return self._hold(WAITING)
+        instruction = self.instruction
+        if not instruction:
+            return self._hold("no_instruction")
+        t0 = time.perf_counter()
+        items = self.latest.snapshot()
+        try:
+            if instruction != self.active_instruction:
+                self.last_gripper = self.job.control.initial_gripper
+            obs, tcp = self.build_observation(items)
+            if instruction != self.active_instruction:
+                self.safety.reset(tcp)
+                self.policy.reset()
+                self.active_instruction = instruction
+                LOG.info("episode start: %r", instruction)
+        except (MessageError, KeyError) as e:
+            self._warn_once(f"bad:{type(e).__name__}", f"cannot build an observation: {e}")
+            return self._hold("bad_message")
+        except SafetyError as e:
+            self._warn_once("workspace", str(e))
+            return self._hold("outside_workspace")
+        t1 = time.perf_counter()
+        try:
+            action = self.policy.step(obs, instruction)
+        except Exception as e:  # a remote policy can fail; hold and start over cleanly
+            LOG.warning("policy step failed: %s", e)
+            self._restart_episode()
+            return self._hold("policy_error")
+        t2 = time.perf_counter()
+        if self.gate.estopped:  # the e-stop may have arrived during inference
+            return self._hold(HOLD_ESTOP)
+        try:
+            cmd = self.safety.apply(action)
+        except SafetyError as e:
+            LOG.warning("unsafe action: %s", e)
+            return self._hold("bad_action")
+        t_pub = self.clock()
+        if t_pub - obs_stamp > self.job.safety.max_obs_age_s:
+            # Inference took so long that the action answers a scene that is gone (diffusion_policy drops
+            # such actions too); the next fresh frame gets a new one.
+            return self._hold("stale_action")
+        d = self.job.deploy
+        gripper_msg = encode_float(cmd.gripper, self.topics.gripper_command.type)
+        pose_msg = encode_pose_stamped(cmd.position, cmd.euler, t_pub, d.frame_id, d.ros_version)
+        # Gripper first: a robot that acts on the pose then sees the matching gripper state.
+        if not (
+            self.bridge.publish(self.topics.gripper_command, gripper_msg)
+            and self.bridge.publish(self.topics.target_pose, pose_msg)
+        ):
+            self._restart_episode()
+            return self._hold("disconnected")
+        self.last_gripper = cmd.gripper
+        self.last_obs_stamp = obs_stamp
+        self.commands += 1
+        t3 = time.perf_counter()
+        self.latency.add("decode_ms", (t1 - t0) * 1000)
+        self.latency.add("infer_ms", (t2 - t1) * 1000)
+        self.latency.add("cycle_ms", (t3 - t0) * 1000)
+        self.latency.add("obs_age_ms", (t_pub - obs_stamp) * 1000)
+        return COMMAND
+
+    # -- loop -------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> dict[str, Any]:
+        period = 1.0 / self.job.control.rate_hz
+        result = ""
+        try:
+            self.start()
+            next_allowed = time.monotonic()
+            next_log = time.monotonic() + self.job.control.log_every_s
+            while not self._stop.is_set():
+                delay = next_allowed - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    break
+                self._wake.clear()
+                started = time.monotonic()
+                result = self.cycle()
+                if result == COMMAND:
+                    next_allowed = started + period
+                    if self.job.control.max_commands and self.commands >= self.job.control.max_commands:
+                        result = "max_commands"
+                        break
+                elif result in TERMINAL_HOLDS:
+                    break
+                else:
+                    self._wake.wait(period)  # any new message ends the wait early
+                if time.monotonic() >= next_log:
+                    next_log += self.job.control.log_every_s
+                    LOG.info(
+                        "commands=%d holds=%s latency=%s",
+                        self.commands,
+                        dict(self.holds),
+                        json.dumps(self.latency.summary()),
+                    )
+        finally:
+            self.bridge.close()
+        if self._stop.is_set():
+            result = "stopped"
+        return self.summary(result)
+
+    def summary(self, ended: str = "") -> dict[str, Any]:
+        return {
+            "ended": ended,
+            "commands": self.commands,
+            "holds": dict(self.holds),
+            "bridge_drops": getattr(self.bridge, "drops", 0),
+            "latency": self.latency.summary(),
+        }
+
+
+def run(job: Job) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        policy = make_policy(job)
+    except OSError as e:  # connection refused, unreachable host, handshake timeout
+        print(f"roboflamingo ros: cannot reach the policy server at {job.server}: {e}", file=sys.stderr)
+        return 2
+    node = ControlNode(job, policy)
+    try:
+        summary = node.run()
+    except KeyboardInterrupt:
+        node.stop()
+        summary = node.summary("interrupted")
+    except TimeoutError as e:  # roslibpy's RosTimeoutError: no bridge at deploy.host:deploy.port
+        d = job.deploy
+        print(f"roboflamingo ros: no rosbridge at ws://{d.host}:{d.port} ({e})", file=sys.stderr)
+        return 2
+    if job.stats_path:
+        atomic_write_json(job.stats_path, summary)
+    print(json.dumps(summary), flush=True)
+    return 0 if summary["ended"] != HOLD_ESTOP else 3

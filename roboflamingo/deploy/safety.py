@@ -1,0 +1,201 @@
+"""The safety layer between a policy's relative actions and the commands a robot receives.
+
+Pure and clock-free (time is passed in), so every guarantee is checked by property tests:
+
+* ``SafetyFilter`` turns 7-d relative actions into absolute end-effector targets the way CALVIN's
+  ``use_target_pose`` does (``pos += a[:3] * 0.02``, ``euler += a[3:6] * 0.05``, accumulated on a target
+  that starts at the measured TCP), multiplied by ``action_scale`` for cautious first runs, then
+  clamps the position into the workspace box and caps the change from the previous command (Euclidean
+  translation, per-axis rotation). Because each command is the previous one plus a capped step toward a
+  point inside the (convex) box, no command ever leaves the box or moves further than the caps.
+* ``CommandGate`` decides each cycle whether a command may go out at all: never after the e-stop
+  (latched), never after the time limit, and not while any required observation is missing or older
+  than ``max_obs_age_s`` by its header stamp (stale data means hold, i.e. send nothing).
+* ``LatencyLog`` keeps per-stage timings and reports percentiles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from roboflamingo.config import require_positive
+from roboflamingo.types import (
+    ACTION_DIM,
+    GRIPPER_CLOSE,
+    GRIPPER_INDEX,
+    GRIPPER_OPEN,
+    MAX_REL_ORN,
+    MAX_REL_POS,
+)
+
+
+@dataclass
+class SafetyConfig:
+    """Limits applied to every command; positions in the robot base frame (m), angles in rad."""
+
+    workspace_min: list[float] = field(default_factory=lambda: [-0.6, -0.9, 0.25])
+    workspace_max: list[float] = field(default_factory=lambda: [0.6, 0.5, 1.0])
+    # Per-command caps. A full CALVIN action moves sqrt(3) * 2 cm, so 0.035 passes it unchanged.
+    max_step_m: float = 0.035
+    max_step_rad: float = 0.05
+    action_scale: float = 1.0  # e.g. 0.2-0.5 for a first run on new hardware (openvla#192)
+    max_obs_age_s: float = 0.5  # observations older than this (header stamp) mean hold
+    max_duration_s: float = 0.0  # stop commanding after this long; 0 = no limit
+
+    def __post_init__(self) -> None:
+        for name in ("workspace_min", "workspace_max"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"safety.{name} must be 3 finite numbers (x, y, z), got {list(values)}")
+        for i, axis in enumerate("xyz"):
+            if self.workspace_min[i] >= self.workspace_max[i]:
+                raise ValueError(
+                    f"safety.workspace_min.{axis} must be < workspace_max.{axis}, "
+                    f"got {self.workspace_min[i]} >= {self.workspace_max[i]}"
+                )
+        require_positive("safety.max_step_m", self.max_step_m)
+        require_positive("safety.max_step_rad", self.max_step_rad)
+        require_positive("safety.action_scale", self.action_scale)
+        if self.action_scale > 1.0:
+            raise ValueError(f"safety.action_scale must be <= 1, got {self.action_scale}")
+        require_positive("safety.max_obs_age_s", self.max_obs_age_s)
+        require_positive("safety.max_duration_s", self.max_duration_s, allow_zero=True)
+
+
+class SafetyError(RuntimeError):
+    """The filter cannot produce a safe command (e.g. the robot starts outside the workspace)."""
+
+
+def wrap_angle(x: np.ndarray | float) -> np.ndarray:
+    """Angles to [-pi, pi)."""
+    return (np.asarray(x, dtype=np.float64) + np.pi) % (2 * np.pi) - np.pi
+
+
+@dataclass
+class Command:
+    """An absolute end-effector target: position (3), euler xyz (3), gripper -1 close / +1 open."""
+
+    position: np.ndarray
+    euler: np.ndarray
+    gripper: float
+
+    @property
+    def pose(self) -> np.ndarray:
+        return np.concatenate([self.position, self.euler])
+
+
+class SafetyFilter:
+    def __init__(self, cfg: SafetyConfig) -> None:
+        self.cfg = cfg
+        self.low = np.asarray(cfg.workspace_min, dtype=np.float64)
+        self.high = np.asarray(cfg.workspace_max, dtype=np.float64)
+        self.target: np.ndarray | None = None
+
+    def in_workspace(self, position: np.ndarray) -> bool:
+        p = np.asarray(position, dtype=np.float64)
+        return bool(np.all(p >= self.low) and np.all(p <= self.high))
+
+    def reset(self, tcp_pose: np.ndarray) -> None:
+        """Start accumulating from the measured TCP pose (xyz, euler xyz), as CALVIN does on reset."""
+        pose = np.asarray(tcp_pose, dtype=np.float64).reshape(-1)
+        if pose.shape != (6,) or not np.all(np.isfinite(pose)):
+            raise SafetyError(f"tcp pose must be 6 finite numbers, got {pose}")
+        if not self.in_workspace(pose[:3]):
+            # Jumping into the box would exceed the step cap; a person must move the arm first.
+            raise SafetyError(
+                f"tcp position {np.round(pose[:3], 4).tolist()} is outside the workspace box "
+                f"{self.low.tolist()}..{self.high.tolist()}; move the arm inside before starting"
+            )
+        self.target = np.concatenate([pose[:3], wrap_angle(pose[3:])])
+
+    def apply(self, action: np.ndarray) -> Command:
+        if self.target is None:
+            raise SafetyError("SafetyFilter.apply before reset(tcp_pose)")
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (ACTION_DIM,) or not np.all(np.isfinite(a)):
+            raise SafetyError(f"action must be {ACTION_DIM} finite numbers, got {a}")
+        a = np.clip(a, -1.0, 1.0)
+        scale = self.cfg.action_scale
+        prev_pos, prev_orn = self.target[:3], self.target[3:]
+
+        desired = np.clip(prev_pos + a[:3] * MAX_REL_POS * scale, self.low, self.high)
+        step = desired - prev_pos
+        norm = float(np.linalg.norm(step))
+        if norm > self.cfg.max_step_m:
+            step *= self.cfg.max_step_m / norm
+        position = np.clip(prev_pos + step, self.low, self.high)  # guards against rounding only
+
+        turn = np.clip(
+            wrap_angle(a[3:6] * MAX_REL_ORN * scale), -self.cfg.max_step_rad, self.cfg.max_step_rad
+        )
+        euler = wrap_angle(prev_orn + turn)
+
+        gripper = GRIPPER_OPEN if a[GRIPPER_INDEX] >= 0 else GRIPPER_CLOSE
+        self.target = np.concatenate([position, euler])
+        return Command(position.copy(), euler.copy(), gripper)
+
+
+HOLD_ESTOP = "estop"
+HOLD_TIME_LIMIT = "time_limit"
+TERMINAL_HOLDS = (HOLD_ESTOP, HOLD_TIME_LIMIT)
+
+
+class CommandGate:
+    """Per-cycle go / hold decision. Returns ``None`` to go or a reason string to hold."""
+
+    def __init__(self, max_obs_age_s: float, max_duration_s: float = 0.0) -> None:
+        self.max_obs_age_s = max_obs_age_s
+        self.max_duration_s = max_duration_s
+        self.started: float | None = None
+        self.estopped = False
+
+    def start(self, now: float) -> None:
+        self.started = now
+
+    def engage_estop(self) -> None:
+        # Latched on purpose: releasing needs a deliberate restart, not a stray "false" message.
+        self.estopped = True
+
+    def check(self, now: float, stamps: dict[str, float | None]) -> str | None:
+        if self.estopped:
+            return HOLD_ESTOP
+        if self.started is not None and self.max_duration_s and now - self.started >= self.max_duration_s:
+            return HOLD_TIME_LIMIT
+        for name, stamp in stamps.items():
+            if stamp is None:
+                return f"no_observation:{name}"
+            age = now - stamp
+            if age > self.max_obs_age_s:
+                return f"stale:{name}"
+        return None
+
+
+class LatencyLog:
+    """Per-stage latency samples (ms) with percentile summaries."""
+
+    def __init__(self, max_samples: int = 100_000) -> None:
+        self.max_samples = max_samples
+        self.samples: dict[str, list[float]] = {}
+
+    def add(self, name: str, ms: float) -> None:
+        values = self.samples.setdefault(name, [])
+        if len(values) < self.max_samples:
+            values.append(float(ms))
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, values in self.samples.items():
+            if values:
+                arr = np.asarray(values)
+                p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+                out[name] = {
+                    "count": len(values),
+                    "p50_ms": round(float(p50), 3),
+                    "p90_ms": round(float(p90), 3),
+                    "p99_ms": round(float(p99), 3),
+                    "max_ms": round(float(arr.max()), 3),
+                }
+        return out

@@ -1,0 +1,262 @@
+"""Latency of the deployment path for the tiny policy: bare step, through the server, through rosbridge.
+
+1. ``bare``: ``policy.step`` in process (CALVIN-sized images: 200x200 static, 84x84 gripper).
+2. ``serve``: the same checkpoint behind ``PolicyServer`` (loaded with ``from_pretrained``), one
+   ``PolicyClient`` stepping in a loop: round-trip p50/p99 and steps per second; then 4 clients at once.
+3. ``ros``: the control node with the policy in process, behind the loopback rosbridge relay and the
+   real roslibpy client; a scripted robot publishes JPEG frames, pose and joints, and waits for the
+   command each frame produces. Loop latency = publish of the frame -> arrival of its command.
+
+The last line is JSON: p50_ms / p99_ms (server round trip), throughput_hz (one client),
+bridge_overhead_ms = ROS loop p50 - bare inference p50, and the details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from roboflamingo.config import load_yaml  # noqa: E402
+from roboflamingo.deploy.bridge import RosBridge  # noqa: E402
+from roboflamingo.deploy.client import PolicyClient  # noqa: E402
+from roboflamingo.deploy.config import BridgeConfig  # noqa: E402
+from roboflamingo.deploy.messages import encode_image, encode_joint_state, encode_pose_stamped  # noqa: E402
+from roboflamingo.deploy.policies import resolve_policy_source  # noqa: E402
+from roboflamingo.deploy.relay import RosbridgeRelay  # noqa: E402
+from roboflamingo.deploy.ros_node import ControlConfig, ControlNode, Job  # noqa: E402
+from roboflamingo.deploy.safety import SafetyConfig  # noqa: E402
+from roboflamingo.deploy.server import PolicyServer, ServerThread  # noqa: E402
+from roboflamingo.types import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS  # noqa: E402
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    p50, p99 = np.percentile(ms, [50, 99])
+    return {
+        "p50_ms": round(float(p50), 3),
+        "p99_ms": round(float(p99), 3),
+        "mean_ms": round(float(np.mean(ms)), 3),
+    }
+
+
+def tiny_checkpoint(directory: Path) -> str:
+    from roboflamingo.models.config import HeadConfig, ModelConfig
+    from roboflamingo.models.policy import build_policy
+
+    model = load_yaml(ROOT / "configs/model/tiny.yaml", ModelConfig)
+    head = load_yaml(ROOT / "configs/head/lstm.yaml", HeadConfig)
+    stats = {
+        "action_mean": np.zeros(7, np.float32),
+        "action_std": np.ones(7, np.float32),
+        "robot_obs_mean": np.zeros(15, np.float32),
+        "robot_obs_std": np.ones(15, np.float32),
+    }
+    torch.manual_seed(0)
+    build_policy(model, head, stats).save_pretrained(directory)
+    return str(directory)
+
+
+def observation(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {
+        RGB_STATIC: rng.integers(0, 255, (200, 200, 3), dtype=np.uint8),
+        RGB_GRIPPER: rng.integers(0, 255, (84, 84, 3), dtype=np.uint8),
+        ROBOT_OBS: rng.normal(size=15).astype(np.float32),
+    }
+
+
+def bench_bare(factory, obs, steps: int, warmup: int) -> list[float]:
+    """In process, on a worker thread as in the server's pool and the node's loop.
+
+    On the main thread, torch's OpenMP team spins when the cores are oversubscribed (other jobs on a
+    shared 2-core machine) and a step can take 10x longer, which would make the comparison meaningless.
+    """
+    ms: list[float] = []
+
+    def work() -> None:
+        policy = factory()
+        policy.reset()
+        for i in range(warmup + steps):
+            t0 = time.perf_counter()
+            policy.step(obs, "open the drawer")
+            if i >= warmup:
+                ms.append((time.perf_counter() - t0) * 1000)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    if len(ms) != steps:
+        raise RuntimeError("the bare policy loop failed; see the traceback above")
+    return ms
+
+
+def bench_serve(url: str, obs, steps: int, warmup: int) -> tuple[list[float], float, list[float]]:
+    with PolicyClient(url) as client:
+        client.reset()
+        for _ in range(warmup):
+            client.step(obs, "open the drawer")
+        ms, infer = [], []
+        t_start = time.perf_counter()
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            client.step(obs, "open the drawer")
+            ms.append((time.perf_counter() - t0) * 1000)
+            infer.append(client.last_timing["infer_ms"])
+        return ms, steps / (time.perf_counter() - t_start), infer
+
+
+def bench_concurrent(url: str, obs, clients: int, steps: int) -> float:
+    barrier = threading.Barrier(clients)
+    done = []
+
+    def worker() -> None:
+        with PolicyClient(url) as client:
+            client.step(obs, "open the drawer")
+            barrier.wait(30)
+            for _ in range(steps):
+                client.step(obs, "open the drawer")
+            done.append(time.perf_counter())
+
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join(300)
+    return clients * steps / (max(done) - t0)
+
+
+class ScriptedRobot:
+    """Publishes one observation and waits for the command it produces (lockstep)."""
+
+    def __init__(self, cfg: BridgeConfig, obs) -> None:
+        self.cfg, self.obs = cfg, obs
+        self.bridge = RosBridge(cfg).connect()
+        self.got = threading.Event()
+        t = cfg.topics
+        self.bridge.subscribe(t.target_pose, lambda _m: self.got.set(), queue_length=0)
+        for key in ("rgb_static", "rgb_gripper", "tcp_pose", "joint_state"):
+            self.bridge.advertise(getattr(t, key))
+        self.bridge.advertise(t.instruction, latch=True)
+        time.sleep(0.3)
+        self.bridge.publish(t.instruction, {"data": "open the drawer"})
+
+    def step(self, timeout_s: float = 5.0) -> float | None:
+        t, v, c = self.cfg.topics, self.cfg.ros_version, self.cfg
+        self.got.clear()
+        t0 = time.perf_counter()
+        stamp = time.time()
+        self.bridge.publish(
+            t.rgb_static, encode_image(self.obs[RGB_STATIC], stamp, "cam", v, compressed=True)
+        )
+        self.bridge.publish(
+            t.rgb_gripper, encode_image(self.obs[RGB_GRIPPER], stamp, "cam", v, compressed=True)
+        )
+        self.bridge.publish(
+            t.joint_state, encode_joint_state([*c.arm_joints, *c.finger_joints], [0.0] * 9, stamp, "base", v)
+        )
+        self.bridge.publish(
+            t.tcp_pose, encode_pose_stamped([0.0, -0.3, 0.6], [np.pi, 0, 0], stamp, "base", v)
+        )
+        if not self.got.wait(timeout_s):
+            return None
+        return (time.perf_counter() - t0) * 1000
+
+
+def bench_ros(factory, obs, steps: int, warmup: int) -> tuple[list[float], list[float]]:
+    with RosbridgeRelay() as relay:
+        cfg = BridgeConfig(port=relay.port)
+        # A high rate cap so the loop runs as fast as frames arrive: we measure latency, not the cap.
+        job = Job(deploy=cfg, control=ControlConfig(rate_hz=1000.0), safety=SafetyConfig())
+        node = ControlNode(job, factory())
+        thread = threading.Thread(target=node.run, daemon=True)
+        thread.start()
+        node.ready.wait(30)
+        robot = ScriptedRobot(cfg, obs)
+        loop = []
+        for i in range(warmup + steps):
+            ms = robot.step()
+            if ms is None:
+                raise RuntimeError(f"no command for frame {i}; node holds: {dict(node.holds)}")
+            if i >= warmup:
+                loop.append(ms)
+        node.stop()
+        thread.join(10)
+        robot.bridge.close()
+        infer = node.latency.samples["infer_ms"][warmup:]
+        return loop, infer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads; 1 leaves the 2nd core to the network"
+    )
+    parser.add_argument(
+        "--policy",
+        default="tiny",
+        choices=["tiny", "random"],
+        help="random: the pipeline without a model, to isolate transport costs",
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    obs = observation(rng)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.policy == "tiny":
+            source = resolve_policy_source(checkpoint=tiny_checkpoint(Path(tmp) / "tiny"))
+        else:
+            source = resolve_policy_source("random")
+        bare = bench_bare(source.factory, obs, args.steps, args.warmup)
+        print(f"bare step: {percentiles(bare)}", flush=True)
+
+        with ServerThread(PolicyServer(source, port=0, workers=args.clients)) as server:
+            serve_ms, hz, serve_infer = bench_serve(server.url, obs, args.steps, args.warmup)
+            print(f"server round trip: {percentiles(serve_ms)}  {hz:.1f} Hz", flush=True)
+            hz_concurrent = bench_concurrent(
+                server.url, obs, args.clients, max(args.steps // args.clients, 10)
+            )
+            print(f"{args.clients} clients: {hz_concurrent:.1f} steps/s in total", flush=True)
+
+        loop, ros_infer = bench_ros(source.factory, obs, args.steps, args.warmup)
+        print(f"ros loop: {percentiles(loop)}  infer inside the loop: {percentiles(ros_infer)}", flush=True)
+
+    serve_p = percentiles(serve_ms)
+    result = {
+        "policy": args.policy,
+        "torch_threads": args.threads,
+        "steps": args.steps,
+        "p50_ms": serve_p["p50_ms"],
+        "p99_ms": serve_p["p99_ms"],
+        "throughput_hz": round(hz, 2),
+        f"throughput_hz_{args.clients}_clients": round(hz_concurrent, 2),
+        "bare_infer_p50_ms": percentiles(bare)["p50_ms"],
+        "bare_infer_p99_ms": percentiles(bare)["p99_ms"],
+        "server_infer_p50_ms": percentiles(serve_infer)["p50_ms"],
+        "server_overhead_ms": round(serve_p["p50_ms"] - float(np.median(serve_infer)), 3),
+        "ros_loop_p50_ms": percentiles(loop)["p50_ms"],
+        "ros_loop_p99_ms": percentiles(loop)["p99_ms"],
+        "bridge_overhead_ms": round(percentiles(loop)["p50_ms"] - percentiles(bare)["p50_ms"], 3),
+    }
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Safety properties: every command stays in the workspace box and within the per-step caps."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from roboflamingo.deploy.safety import (
+    HOLD_ESTOP,
+    HOLD_TIME_LIMIT,
+    CommandGate,
+    LatencyLog,
+    SafetyConfig,
+    SafetyError,
+    SafetyFilter,
+    wrap_angle,
+)
+from roboflamingo.types import MAX_REL_ORN, MAX_REL_POS
+
+EPS = 1e-9
+unit = st.floats(-1.0, 1.0)
+wild = st.one_of(unit, st.floats(-1e6, 1e6), st.sampled_from([-1e300, 1e300, 0.0]))
+actions = st.integers(1, 40).flatmap(lambda n: hnp.arrays(np.float64, (n, 7), elements=wild))
+
+
+@st.composite
+def configs(draw):
+    low = np.array([draw(st.floats(-1.0, 0.5)) for _ in range(3)])
+    size = np.array([draw(st.floats(0.01, 1.0)) for _ in range(3)])
+    return SafetyConfig(
+        workspace_min=low.tolist(),
+        workspace_max=(low + size).tolist(),
+        max_step_m=draw(st.floats(1e-4, 0.1)),
+        max_step_rad=draw(st.floats(1e-4, 0.2)),
+        action_scale=draw(st.floats(0.01, 1.0)),
+    )
+
+
+@st.composite
+def start_poses(draw, cfg):
+    low, high = np.array(cfg.workspace_min), np.array(cfg.workspace_max)
+    frac = np.array([draw(st.floats(0.0, 1.0)) for _ in range(3)])
+    euler = [draw(st.floats(-np.pi, np.pi)) for _ in range(3)]
+    return np.concatenate([low + frac * (high - low), euler])
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_commands_never_leave_the_box_or_exceed_the_step_caps(data):
+    cfg = data.draw(configs())
+    start = data.draw(start_poses(cfg))
+    f = SafetyFilter(cfg)
+    f.reset(start)
+    prev = f.target.copy()
+    low, high = np.array(cfg.workspace_min), np.array(cfg.workspace_max)
+    for a in data.draw(actions):
+        cmd = f.apply(a)
+        assert np.all(cmd.position >= low - EPS) and np.all(cmd.position <= high + EPS)
+        assert np.linalg.norm(cmd.position - prev[:3]) <= cfg.max_step_m + EPS
+        turn = np.abs(wrap_angle(cmd.euler - prev[3:]))
+        assert np.all(turn <= cfg.max_step_rad + EPS)
+        # the CALVIN step scaled for first runs bounds it too
+        assert np.all(np.abs(cmd.position - prev[:3]) <= MAX_REL_POS * cfg.action_scale + EPS)
+        assert np.all(turn <= MAX_REL_ORN * cfg.action_scale + EPS)
+        assert cmd.gripper in (-1.0, 1.0)
+        prev = cmd.pose
+
+
+def test_in_limits_actions_follow_calvins_accumulation_exactly():
+    f = SafetyFilter(SafetyConfig())
+    start = np.array([0.1, -0.2, 0.6, 0.3, -0.2, 1.0])
+    f.reset(start)
+    rng = np.random.default_rng(0)
+    expected = start.copy()
+    for _ in range(20):
+        a = rng.uniform(-1, 1, 7)
+        a[:3] *= 0.5  # keep the Euclidean step under the 0.035 m cap
+        expected[:3] += a[:3] * MAX_REL_POS
+        expected[3:] = wrap_angle(expected[3:] + a[3:6] * MAX_REL_ORN)
+        cmd = f.apply(a)
+        np.testing.assert_allclose(cmd.pose, expected, atol=1e-12)
+        assert cmd.gripper == (1.0 if a[6] >= 0 else -1.0)
+
+
+def test_action_scale_shrinks_every_step():
+    f = SafetyFilter(SafetyConfig(action_scale=0.25))
+    f.reset([0, -0.3, 0.6, 0, 0, 0])
+    cmd = f.apply(np.array([1, -1, 0.5, 1, 0, -1, 1.0]))
+    np.testing.assert_allclose(cmd.position, [0.005, -0.305, 0.6025])
+    np.testing.assert_allclose(cmd.euler, [0.0125, 0, -0.0125])
+
+
+def test_the_target_slides_along_the_box_wall():
+    f = SafetyFilter(SafetyConfig(workspace_min=[-0.1, -0.1, 0.5], workspace_max=[0.1, 0.1, 0.7]))
+    f.reset([0.09, 0, 0.6, 0, 0, 0])
+    for _ in range(10):
+        cmd = f.apply(np.array([1, 0.5, 0, 0, 0, 0, 1]))
+    assert cmd.position[0] == pytest.approx(0.1) and cmd.position[1] == pytest.approx(0.1)
+
+
+def test_starting_outside_the_box_or_bad_input_refuses():
+    f = SafetyFilter(SafetyConfig())
+    with pytest.raises(SafetyError, match="before reset"):
+        f.apply(np.zeros(7))
+    with pytest.raises(SafetyError, match="outside the workspace box"):
+        f.reset([5.0, 0, 0.6, 0, 0, 0])
+    f.reset([0, -0.3, 0.6, 0, 0, 0])
+    with pytest.raises(SafetyError, match="finite"):
+        f.apply(np.array([np.nan, 0, 0, 0, 0, 0, 1]))
+    with pytest.raises(SafetyError, match="7 finite"):
+        f.apply(np.zeros(6))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"workspace_min": [0, 0]}, "workspace_min must be 3"),
+        (
+            {"workspace_min": [0, 0, 1], "workspace_max": [1, 1, 0.5]},
+            "workspace_min.z must be < workspace_max.z",
+        ),
+        ({"max_step_m": 0}, "max_step_m must be > 0"),
+        ({"action_scale": 1.5}, "action_scale must be <= 1"),
+        ({"max_obs_age_s": -1}, "max_obs_age_s"),
+    ],
+)
+def test_bad_safety_config_names_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SafetyConfig(**kwargs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ages=st.lists(st.one_of(st.none(), st.floats(0.0, 2.0)), min_size=1, max_size=4),
+    limit=st.floats(0.01, 1.0),
+)
+def test_gate_holds_exactly_when_an_observation_is_missing_or_stale(ages, limit):
+    gate = CommandGate(max_obs_age_s=limit)
+    now = 1000.0
+    stamps = {f"t{i}": (None if a is None else now - a) for i, a in enumerate(ages)}
+    reason = gate.check(now, stamps)
+    should_hold = any(s is None or now - s > limit for s in stamps.values())
+    assert (reason is not None) == should_hold
+    if reason:
+        assert reason.startswith(("no_observation:", "stale:"))
+
+
+def test_estop_latches_and_wins_over_everything():
+    gate = CommandGate(max_obs_age_s=1.0, max_duration_s=10.0)
+    gate.start(0.0)
+    assert gate.check(1.0, {"cam": 1.0}) is None
+    gate.engage_estop()
+    assert gate.check(1.0, {"cam": 1.0}) == HOLD_ESTOP
+    assert gate.check(100.0, {"cam": None}) == HOLD_ESTOP
+
+
+def test_time_limit():
+    gate = CommandGate(max_obs_age_s=1.0, max_duration_s=5.0)
+    gate.start(10.0)
+    assert gate.check(14.9, {"cam": 14.9}) is None
+    assert gate.check(15.0, {"cam": 15.0}) == HOLD_TIME_LIMIT
+
+
+def test_latency_percentiles():
+    log = LatencyLog()
+    for v in range(1, 101):
+        log.add("infer_ms", v)
+    s = log.summary()["infer_ms"]
+    assert s["count"] == 100 and s["p50_ms"] == pytest.approx(50.5) and s["max_ms"] == 100
+    assert s["p90_ms"] <= s["p99_ms"] <= s["max_ms"]
