@@ -1,0 +1,104 @@
+"""Checkpoint directory: ``config.yaml`` (resolved model + head) and ``model.safetensors``.
+
+What the weights file holds: every trainable parameter, the normalization statistics, and every
+frozen parameter that has no other source. A vision encoder or LM loaded from a weights file
+(``model.vision.weights``, ``model.lm.path``) is re-read from there; a random-init one (tiny, mid)
+is saved, so a reload reproduces the exact policy. Loading is strict: a missing or unexpected key
+is an error that lists the keys.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from roboflamingo.config import load_yaml, save_yaml
+from roboflamingo.io import atomic_path
+from roboflamingo.models.config import PolicyConfig
+from roboflamingo.models.normalization import STAT_SHAPES
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "roboflamingo-policy-v1"
+
+
+def _sourced_prefixes(policy) -> tuple[str, ...]:
+    cfg = policy.model_config
+    prefixes = []
+    if cfg.vision.weights:
+        prefixes.append("backbone.vision_encoder.")
+    if cfg.lm.path:
+        prefixes.append("backbone.lang_encoder.")
+    return tuple(prefixes)
+
+
+def checkpoint_tensors(policy) -> dict[str, torch.Tensor]:
+    """name -> tensor of everything the weights file holds (shared parameters under their first name)."""
+    sourced = _sourced_prefixes(policy)
+    out: dict[str, torch.Tensor] = {}
+    for name, p in policy.named_parameters():
+        if p.requires_grad or not name.startswith(sourced):
+            out[name] = p
+    param_names = {n for n, _ in policy.named_parameters(remove_duplicate=False)}
+    for name, b in policy.state_dict(keep_vars=True).items():
+        if name not in param_names and not name.startswith(sourced):
+            out[name] = b
+    return out
+
+
+def save_policy(policy, directory: str | os.PathLike) -> None:
+    """Write the two files (each atomically) into ``directory``; other files there are left alone."""
+    policy.normalizer.check()  # a checkpoint without statistics could never run
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint_tensors(policy).items()}
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    save_yaml(PolicyConfig(model=policy.model_config, head=policy.head_config), directory / CONFIG_FILE)
+
+
+def _list(keys: list[str], limit: int = 20) -> str:
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_tensors(policy, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Strictly copy ``tensors`` into ``policy``."""
+    stat_keys = [f"normalizer.{k}" for k in STAT_SHAPES]
+    absent = [k for k in stat_keys if k not in tensors]
+    if absent:
+        raise ValueError(f"{source}: no normalization statistics (missing {absent})")
+    expected = checkpoint_tensors(policy)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} does not match the policy built from its config: "
+            f"missing keys [{_list(missing)}]; unexpected keys [{_list(unexpected)}]"
+        )
+    for name, value in tensors.items():
+        if tuple(value.shape) != tuple(expected[name].shape):
+            raise ValueError(f"{source}: '{name}' has shape {tuple(value.shape)}, expected {tuple(expected[name].shape)}")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            expected[name].copy_(value)
+    policy.normalizer._ready = None
+    try:
+        policy.normalizer.check()
+    except RuntimeError as e:
+        raise ValueError(f"{source}: normalization statistics are not set (NaN)") from e
+
+
+def load_policy(directory: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    from roboflamingo.models.policy import RoboFlamingoPolicy
+
+    directory = Path(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{directory}: not a policy checkpoint (no {WEIGHTS_FILE})")
+    cfg = load_yaml(directory / CONFIG_FILE, PolicyConfig)
+    policy = RoboFlamingoPolicy(cfg.model, cfg.head)
+    load_tensors(policy, load_file(str(weights)), str(weights))
+    return policy.to(map_location).eval()

