@@ -1,0 +1,287 @@
+"""CALVIN-style long-horizon chains: symbolic initial states and 5-task sequences.
+
+Follows calvin_agent/evaluation/multistep_sequences.py: the 192 symbolic initial states (1-2 blocks
+on the table, at most one block on each side of the shelf, 16 door/drawer/light combinations), and
+for state ``i`` a RandomState seeded with ``i`` (plus ``1000 * seed``) draws 5 distinct task names
+until the sequence is valid: every task matches exactly one rule of ``envs/tasks.yaml`` and the 5
+tasks come from 5 different categories. The chains are then shuffled with ``seed``.
+``initial_state_to_obs`` turns a symbolic state into (robot_obs, scene_obs) with CALVIN's fixed slots,
+shuffled with the FNV-1 32-bit hash of the state (reimplemented, no pyhash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import itertools
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from roboflamingo.io import atomic_write_text
+from roboflamingo.sim.scene import BLOCK_NAMES, Scene, load_scene
+from roboflamingo.sim.tasks import TaskOracle
+
+SEQUENCE_LENGTH = 5
+BLOCK_YAW_RANGE = (np.pi / 2 - np.pi / 8, np.pi / 2 + np.pi / 8)
+SHELF_YAW_RANGE = (np.pi / 2 - np.pi / 6, np.pi / 2 + np.pi / 6)
+DOOR_LEFT, DRAWER_OPEN, SWITCH_ON = 0.28, 0.22, 0.088
+
+
+@dataclass
+class Chain:
+    initial_state: dict
+    tasks: list[str] = field(default_factory=list)
+
+
+def fnv1_32(data: bytes | str) -> int:
+    """FNV-1 (multiply, then xor) 32-bit hash, as ``pyhash.fnv1_32``."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    h = 0x811C9DC5
+    for byte in data:
+        h = (h * 0x01000193) & 0xFFFFFFFF
+        h ^= byte
+    return h
+
+
+def _state_key(state: dict) -> str:
+    # CALVIN hashes str(dict.values()), e.g. "dict_values([0, 1, 'right', ...])", with the values in
+    # its variable order; the order is fixed here so that a state read back from JSON hashes the same
+    keys = list(_oracle().symbolic_state)
+    ordered = {k: state[k] for k in keys if k in state}
+    return str(ordered.values())
+
+
+@lru_cache(maxsize=4)
+def _oracle(path: str | None = None) -> TaskOracle:
+    return TaskOracle.from_file(path)
+
+
+def initial_states(oracle: TaskOracle | None = None) -> list[dict]:
+    """CALVIN's symbolic initial states, in itertools.product order (192 with the default variables)."""
+    oracle = oracle or _oracle()
+    space = oracle.symbolic_state
+    keys = list(space)
+    states = []
+    for values in itertools.product(*space.values()):
+        state = dict(zip(keys, values))
+        blocks = [state[b] for b in BLOCK_NAMES]
+        if blocks.count("table") in (1, 2) and blocks.count("slider_right") < 2 and blocks.count("slider_left") < 2:
+            states.append(state)
+    return states
+
+
+def sample_initial_state(rng: np.random.Generator, oracle: TaskOracle | None = None) -> dict:
+    states = initial_states(oracle)
+    return dict(states[int(rng.integers(len(states)))])
+
+
+def _matches(state: dict, condition: dict) -> bool:
+    for k, v in condition.items():
+        if isinstance(v, list):
+            if state[k] not in v:
+                return False
+        elif state[k] != v:
+            return False
+    return True
+
+
+def next_states(state: dict, task: str, oracle: TaskOracle | None = None) -> list[dict]:
+    """Symbolic states after ``task`` from ``state``: one per rule whose condition holds."""
+    oracle = oracle or _oracle()
+    out = []
+    for rule in oracle.specs[task].rules:
+        if _matches(state, rule["condition"]):
+            nxt = copy.deepcopy(state)
+            nxt.update(rule["effect"])
+            out.append(nxt)
+    return out
+
+
+def check_sequence(state: dict, tasks: list[str], oracle: TaskOracle | None = None) -> bool:
+    oracle = oracle or _oracle()
+    for task in tasks:
+        nxt = next_states(state, task, oracle)
+        if len(nxt) != 1:
+            return False
+        state = nxt[0]
+    categories = [oracle.specs[t].category for t in tasks]
+    return len(set(categories)) == len(categories)
+
+
+class _Transitions:
+    """Symbolic transition table over every state reachable from the initial states.
+
+    ``table[s, t]`` is the state after task ``t`` from state ``s``, or the dead row (index
+    ``len(states)``) when no rule or more than one rule applies; this lets the rejection sampler
+    check thousands of candidate sequences at once in numpy.
+    """
+
+    def __init__(self, oracle: TaskOracle):
+        self.names = oracle.tasks
+        self.cats = np.array([oracle.specs[t].category for t in self.names])
+        keys = list(oracle.symbolic_state)
+        ids: dict[tuple, int] = {}
+        frontier = [tuple(st[k] for k in keys) for st in initial_states(oracle)]
+        for st in frontier:
+            ids.setdefault(st, len(ids))
+        edges: dict[tuple[int, int], tuple] = {}
+        while frontier:
+            new = []
+            for st in frontier:
+                sd = dict(zip(keys, st))
+                for t, name in enumerate(self.names):
+                    nxt = next_states(sd, name, oracle)
+                    if len(nxt) == 1:
+                        ns = tuple(nxt[0][k] for k in keys)
+                        if ns not in ids:
+                            ids[ns] = len(ids)
+                            new.append(ns)
+                        edges[(ids[st], t)] = ns
+            frontier = new
+        dead = len(ids)
+        self.table = np.full((dead + 1, len(self.names)), dead, dtype=np.int64)
+        for (sid, t), ns in edges.items():
+            self.table[sid, t] = ids[ns]
+        self.dead = dead
+        self.ids = ids
+        self.keys = keys
+
+    def state_id(self, state: dict) -> int:
+        return self.ids[tuple(state[k] for k in self.keys)]
+
+
+_TRANSITIONS: dict[int, _Transitions] = {}
+
+
+def _transitions(oracle: TaskOracle) -> _Transitions:
+    if id(oracle) not in _TRANSITIONS:
+        _TRANSITIONS[id(oracle)] = _Transitions(oracle)
+    return _TRANSITIONS[id(oracle)]
+
+
+def sequences_for_state(state: dict, num: int, rng_seed: int, oracle: TaskOracle | None = None) -> list[list[str]]:
+    """CALVIN's get_sequences_for_state2: uniform draws of 5 distinct tasks until ``num`` are valid.
+
+    Draws are made 4096 at a time (argsort of uniform keys gives uniform random permutations) and
+    checked in numpy through the transition table; CALVIN's one-draw-at-a-time loop takes minutes
+    for 1000 chains.
+    """
+    oracle = oracle or _oracle()
+    tr = _transitions(oracle)
+    rng = np.random.RandomState(rng_seed)
+    start = tr.state_id(state)
+    out: list[list[str]] = []
+    while len(out) < num:
+        draws = np.argsort(rng.random_sample((4096, len(tr.names))), axis=1)[:, :SEQUENCE_LENGTH]
+        c = np.sort(tr.cats[draws], axis=1)
+        ok = np.all(c[:, 1:] != c[:, :-1], axis=1)
+        s = np.full(len(draws), start)
+        for k in range(SEQUENCE_LENGTH):
+            s = tr.table[s, draws[:, k]]
+        ok &= s != tr.dead
+        for idx in draws[ok][: num - len(out)]:
+            out.append([tr.names[i] for i in idx])
+    return out
+
+
+def sample_chains(num: int, seed: int = 0, oracle: TaskOracle | None = None) -> list[Chain]:
+    """``num`` chains spread over all initial states (np.array_split), deterministic for ``seed``."""
+    oracle = oracle or _oracle()
+    digest = hashlib.sha1(Path(oracle.path).read_bytes()).hexdigest()[:12]
+    cache = _cache_dir() / "chains" / f"{digest}_{num}_{seed}.json"
+    if cache.is_file():
+        try:
+            return [Chain(c["initial_state"], c["tasks"]) for c in json.loads(cache.read_text())]
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged cache file is recomputed below
+    chains = _sample_chains(num, seed, oracle)
+    with contextlib.suppress(OSError):
+        atomic_write_text(cache, json.dumps([{"initial_state": c.initial_state, "tasks": c.tasks} for c in chains]))
+    return [Chain(dict(c.initial_state), list(c.tasks)) for c in chains]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("ROBOFLAMINGO_CACHE", Path(tempfile.gettempdir()) / f"roboflamingo-{os.getuid()}"))
+
+
+def _sample_chains(num: int, seed: int, oracle: TaskOracle | None) -> list[Chain]:
+    if num <= 0:
+        raise ValueError(f"sample_chains: num must be > 0, got {num}")
+    oracle = oracle or _oracle()
+    states = initial_states(oracle)
+    counts = [len(part) for part in np.array_split(np.arange(num), len(states))]
+    chains = []
+    for i, (state, n) in enumerate(zip(states, counts)):
+        if n:
+            chains += [Chain(dict(state), seq) for seq in sequences_for_state(state, n, 1000 * seed + i, oracle)]
+    order = np.random.RandomState(seed).permutation(len(chains))
+    return [chains[i] for i in order]
+
+
+def neutral_robot_obs(scene: Scene) -> np.ndarray:
+    """The fixed robot start of every chain: neutral joints, gripper open (TCP fields precomputed)."""
+    tcp = scene.raw["robot"].get("neutral_tcp", [0.0] * 6)
+    return np.array([*tcp, 0.08, *scene.neutral_joints, 1.0], dtype=np.float64)
+
+
+def initial_state_to_obs(initial_state: dict, scene: Scene | str, rng: np.random.Generator | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(robot_obs, scene_obs) for a symbolic state.
+
+    Without ``rng`` this is CALVIN's deterministic mapping: the table slots are shuffled and block
+    yaws drawn with the FNV-1 hash of the state as seed. With ``rng`` (random resets, demonstration
+    data) blocks are placed anywhere on their surface with any yaw and the joints get small jitter.
+    """
+    scene = load_scene(scene) if isinstance(scene, str) else scene
+    robot_obs = neutral_robot_obs(scene)
+    scene_obs = np.zeros(24)
+    det = np.random.RandomState(fnv1_32(_state_key(initial_state)))
+    table_slots = [np.array(s, dtype=float) for s in scene.raw["slots"]["table"]]
+    order = det.permutation(len(table_slots))
+    table_slots = [table_slots[i] for i in order]
+    scene_obs[0] = DOOR_LEFT if initial_state["slider"] == "left" else 0.0
+    scene_obs[1] = DRAWER_OPEN if initial_state["drawer"] == "open" else 0.0
+    scene_obs[3] = SWITCH_ON if initial_state["lightbulb"] == 1 else 0.0
+    scene_obs[4] = float(initial_state["lightbulb"])
+    scene_obs[5] = float(initial_state["led"])
+    if rng is not None:
+        travel = np.array([scene.raw["door"]["travel"], scene.raw["drawer"]["travel"]])
+        jitter = rng.uniform(0.0, 0.03, size=2)
+        scene_obs[0:2] = np.where(scene_obs[0:2] > 0, travel - jitter, jitter)
+        scene_obs[3] = scene.raw["switch"]["travel"] - rng.uniform(0, 0.02) if scene_obs[4] else rng.uniform(0, 0.02)
+    placed: list[np.ndarray] = []
+    for k, name in enumerate(BLOCK_NAMES):
+        where = initial_state[name]
+        size = scene.blocks[name].size
+        # half a millimetre into the surface, as a resting block settles: touching at exactly zero
+        # distance is no contact for PyBullet, and the oracle needs the block's start contacts
+        z = scene.surface_z(where) + size[2] / 2 - 0.0005
+        if rng is None:
+            xy = table_slots.pop(0) if where == "table" else np.array(scene.raw["slots"][where], dtype=float)
+            yaw = det.uniform(*BLOCK_YAW_RANGE)
+        else:
+            xy = _sample_free(rng, scene, where, placed)
+            # on the shelf the long side faces the robot, as in CALVIN's initial states: the hand
+            # then reaches the block without touching the door behind it
+            yaw = rng.uniform(-np.pi, np.pi) if where == "table" else rng.uniform(*SHELF_YAW_RANGE)
+        placed.append(xy)
+        scene_obs[6 + 6 * k: 12 + 6 * k] = [xy[0], xy[1], z, 0.0, 0.0, yaw]
+    return robot_obs, scene_obs
+
+
+def _sample_free(rng: np.random.Generator, scene: Scene, surface: str, placed: list[np.ndarray]) -> np.ndarray:
+    (x0, x1), (y0, y1) = scene.region(surface)
+    xy = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
+    for _ in range(1000):  # rejection sampling so that no two blocks touch, as calvin_env's reset
+        if all(np.linalg.norm(xy - q) > 0.1 for q in placed):
+            break
+        xy = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
+    return xy

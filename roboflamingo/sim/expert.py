@@ -1,0 +1,437 @@
+"""``ScriptedExpert``: waypoint demonstrations for all 34 tasks, acting exactly like a policy.
+
+The expert reads only what a policy sees about the state (``robot_obs``, ``scene_obs``) plus the scene
+geometry from the scene YAML, plans a short list of TCP waypoints for the task when a subtask starts
+(``reset()``), and emits CALVIN's 7-d relative actions towards them. It integrates its own actions
+into the same target pose the simulator accumulates (``use_target_pose``), so it never overshoots a
+waypoint because the arm lags behind the target.
+
+Conventions: the TCP points down with euler ``(pi, 0, yaw)``; the fingers close along world
+``(sin yaw, -cos yaw)``, so a block with yaw ``theta`` is grasped across its width with
+``yaw = theta (mod pi)``. Yaws are kept within ``3pi/4`` of the neutral yaw so joint 7 stays in range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from roboflamingo import types as T
+from roboflamingo.sim.instructions import task_for_instruction
+from roboflamingo.sim.scene import BLOCK_NAMES, Scene, load_scene, workspace_bounds
+
+OPEN, CLOSE = T.GRIPPER_OPEN, T.GRIPPER_CLOSE
+GRASP_DEPTH = 0.003  # TCP below the block centre when grasping (fingertips end ~8 mm above the surface)
+ROTATE_BY = np.radians(80)  # the oracle needs 60 deg; 80 leaves room for slip and finishes sooner
+PUSH_BY = 0.14  # the oracle needs 0.10 m
+FINGER_HALF = 0.012  # half thickness of a finger across its thin side
+FINGERS_HALF_WIDTH = 0.024  # half extent of the two closed fingers side by side
+
+
+def wrap(x):
+    return (np.asarray(x) + np.pi) % (2 * np.pi) - np.pi
+
+
+@dataclass
+class Waypoint:
+    pos: np.ndarray
+    yaw: float
+    grip: float
+    speed: float = 0.02  # largest target displacement per step (m); 0.02 = a full-scale action
+    tol: float = 0.012  # how close the measured TCP must come before moving on (m)
+    settle: int = 0  # extra steps to stay once reached (gripper closing, objects settling)
+    max_steps: int = 0  # 0: derived from the distance
+
+
+class ScriptedExpert:
+    """Satisfies the ``Policy`` protocol: ``reset()``, ``step(obs, instruction) -> action``."""
+
+    def __init__(self, scene: str | Scene = "D", task: str | None = None, noise: float = 0.0, seed: int | None = None):
+        self.scene = load_scene(scene) if isinstance(scene, str) else scene
+        self.ws_low, self.ws_high = workspace_bounds(self.scene)
+        self.neutral_yaw = float(self.scene.raw["robot"]["neutral_tcp"][5])
+        self.T = self.scene.table_height
+        self.z_up = self.T + 0.14
+        self.noise = float(noise)
+        self.rng = np.random.default_rng(seed)
+        self._fixed_task = None
+        if task is not None:
+            self.set_task(task)
+        self.reset()
+
+    # ------------------------------------------------------------------ Policy protocol
+    def set_task(self, name: str) -> None:
+        from roboflamingo.sim.tasks import TaskOracle
+
+        TaskOracle.from_file().check_names([name], source="ScriptedExpert.set_task")
+        self._fixed_task = name
+        self.reset()
+
+    def reset(self) -> None:
+        self._plan: list[Waypoint] | None = None
+        self._task: str | None = None
+        self._i = 0
+        self._count = 0
+        self._reached = 0
+
+    @property
+    def done(self) -> bool:
+        """True once every waypoint of the current plan has been reached."""
+        return self._plan is not None and self._i >= len(self._plan)
+
+    def step(self, obs: T.Observation, instruction: str) -> np.ndarray:
+        robot_obs = np.asarray(obs[T.ROBOT_OBS], dtype=float)
+        scene_obs = np.asarray(obs[T.SCENE_OBS], dtype=float)
+        task = self._fixed_task or task_for_instruction(instruction)
+        if self._plan is None or task != self._task:
+            self._task = task
+            self._plan = self.plan(task, robot_obs, scene_obs)
+            self._i = self._count = self._reached = 0
+            self.target_pos = robot_obs[:3].copy()
+            self.target_euler = robot_obs[3:6].copy()
+            self._grip = OPEN if robot_obs[14] >= 0 else CLOSE
+        return self._act(robot_obs)
+
+    # ------------------------------------------------------------------ waypoint following
+    def _act(self, robot_obs: np.ndarray) -> np.ndarray:
+        action = np.zeros(T.ACTION_DIM, dtype=np.float32)
+        if self._i >= len(self._plan):
+            action[6] = self._grip
+            return action
+        wp = self._plan[self._i]
+        delta = wp.pos - self.target_pos
+        dist = np.linalg.norm(delta)
+        if dist > wp.speed:
+            delta = delta * (wp.speed / dist)
+        a_pos = np.clip(delta / T.MAX_REL_POS, -1, 1)
+        d_orn = np.array([
+            wrap(np.pi - self.target_euler[0]),
+            wrap(0.0 - self.target_euler[1]),
+            wrap(wp.yaw - self.neutral_yaw) - wrap(self.target_euler[2] - self.neutral_yaw),
+        ])
+        a_orn = np.clip(d_orn / T.MAX_REL_ORN, -1, 1)
+        self.target_pos = np.clip(self.target_pos + a_pos * T.MAX_REL_POS, self.ws_low, self.ws_high)
+        self.target_euler = wrap(self.target_euler + a_orn * T.MAX_REL_ORN)
+        self._grip = wp.grip
+        action[:3], action[3:6], action[6] = a_pos, a_orn, wp.grip
+        self._count += 1
+        at_target = np.linalg.norm(wp.pos - self.target_pos) < 1e-6 and np.all(np.abs(d_orn - a_orn * T.MAX_REL_ORN) < 1e-6)
+        if at_target and np.linalg.norm(robot_obs[:3] - wp.pos) < wp.tol:
+            self._reached += 1
+        limit = wp.max_steps or int(np.ceil(dist / wp.speed)) + 20
+        if self._reached > wp.settle or self._count > limit + wp.settle:
+            self._i += 1
+            self._count = self._reached = 0
+        return action
+
+    # ------------------------------------------------------------------ scene reading
+    def _block(self, scene_obs: np.ndarray, name: str) -> tuple[np.ndarray, float, tuple]:
+        k = BLOCK_NAMES.index(name)
+        pose = scene_obs[6 + 6 * k: 12 + 6 * k]
+        return pose[:3].copy(), float(pose[5]), self.scene.blocks[name].size
+
+    def _grasp_yaw(self, block_yaw: float, size, rot: float = 0.0, prefer: float | None = None) -> float:
+        """Gripper yaw closing across the block's width, nearest the neutral yaw (also after ``rot``)."""
+        period = np.pi / 2 if abs(size[0] - size[1]) < 0.005 else np.pi
+        best, best_cost = 0.0, np.inf
+        for k in range(-4, 5):
+            psi = block_yaw + k * period
+            rel = wrap(psi - self.neutral_yaw)
+            cost = max(abs(rel), abs(rel + rot))
+            if prefer is not None:
+                cost = abs(wrap(psi - prefer))
+            if cost < best_cost - 1e-9:
+                best, best_cost = self.neutral_yaw + rel, cost
+        return float(best)
+
+    def _held_block(self, robot_obs, scene_obs) -> str | None:
+        if robot_obs[14] >= 0 or robot_obs[6] < 0.01:
+            return None
+        dists = {n: np.linalg.norm(self._block(scene_obs, n)[0] - robot_obs[:3]) for n in BLOCK_NAMES}
+        name = min(dists, key=dists.get)
+        return name if dists[name] < 0.06 else None
+
+    def _on_table(self, scene_obs, name) -> bool:
+        pos, _, size = self._block(scene_obs, name)
+        (x0, x1), y0 = self.scene.raw["table"]["x"], self.scene.raw["table"]["y"][0]
+        plank_y0 = self.scene.raw["plank"]["y"][0]
+        return bool(x0 < pos[0] < x1 and y0 < pos[1] < plank_y0 and abs(pos[2] - self.T - size[2] / 2) < 0.01)
+
+    def _free_spot(self, scene_obs, exclude: str, near: np.ndarray) -> np.ndarray:
+        """A table position far from the other blocks (and from the pushing lanes), near ``near``."""
+        (x0, x1), (y0, y1) = self.scene.region("table")
+        others = [self._block(scene_obs, n)[0][:2] for n in BLOCK_NAMES if n != exclude]
+        best, best_score = None, -np.inf
+        for x in np.linspace(x0, x1, 7):
+            for y in np.linspace(y0, y1, 3):
+                p = np.array([x, y])
+                clearance = min([np.linalg.norm(p - o) for o in others] + [0.2])
+                score = min(clearance, 0.14) - 0.05 * np.linalg.norm(p - near[:2])
+                if score > best_score:
+                    best, best_score = p, score
+        return best
+
+    # ------------------------------------------------------------------ plans
+    def _wp(self, pos, yaw, grip, **kw) -> Waypoint:
+        return Waypoint(np.asarray(pos, dtype=float), float(yaw), float(grip), **kw)
+
+    def _up(self, robot_obs, yaw=None, grip=None) -> list[Waypoint]:
+        """Rise to the travel height first when low, so lateral moves clear the furniture."""
+        pos = robot_obs[:3]
+        yaw = robot_obs[5] if yaw is None else yaw
+        grip = (OPEN if robot_obs[14] >= 0 else CLOSE) if grip is None else grip
+        if pos[2] >= self.z_up - 0.03:
+            return []
+        return [self._wp([pos[0], pos[1], self.z_up], self._near_neutral(yaw), grip, tol=0.03)]
+
+    def _near_neutral(self, yaw: float) -> float:
+        return float(self.neutral_yaw + np.clip(wrap(yaw - self.neutral_yaw), -2.3, 2.3))
+
+    def _pick(self, pos, yaw, lift_to: float, speed_down: float = 0.012) -> list[Waypoint]:
+        above = [pos[0], pos[1], max(pos[2] + 0.09, self.z_up)]
+        grasp = [pos[0], pos[1], pos[2] - GRASP_DEPTH]
+        return [
+            self._wp(above, yaw, OPEN, tol=0.02),
+            self._wp(grasp, yaw, OPEN, speed=speed_down, tol=0.006, settle=2),
+            self._wp(grasp, yaw, CLOSE, settle=5),
+            self._wp([pos[0], pos[1], lift_to], yaw, CLOSE, speed=0.015, tol=0.02),
+        ]
+
+    def _place(self, xy, z_tcp, yaw, rise: float = 0.08) -> list[Waypoint]:
+        return [
+            self._wp([xy[0], xy[1], self.z_up], yaw, CLOSE, tol=0.02),
+            self._wp([xy[0], xy[1], z_tcp], yaw, CLOSE, speed=0.012, tol=0.008, settle=1),
+            self._wp([xy[0], xy[1], z_tcp], yaw, OPEN, settle=4),
+            self._wp([xy[0], xy[1], z_tcp + rise], yaw, OPEN, speed=0.015, tol=0.03),
+        ]
+
+    def _release_prelude(self, task, robot_obs, scene_obs) -> list[Waypoint]:
+        """A block left in the hand by a previous subtask is put down on the table first."""
+        holding = task in ("place_in_slider", "place_in_drawer", "stack_block")
+        held = self._held_block(robot_obs, scene_obs)
+        if holding or robot_obs[14] >= 0:
+            return []
+        yaw = self._near_neutral(robot_obs[5])
+        resting = held is not None and abs(self._block(scene_obs, held)[0][2] - self.T
+                                           - self.scene.blocks[held].size[2] / 2) < 0.01
+        if held is None or resting:  # let go where it is, then rise
+            return [self._wp(robot_obs[:3], yaw, OPEN, settle=3)] + self._up(robot_obs, yaw, OPEN)
+        spot = self._free_spot(scene_obs, held, robot_obs[:3])
+        size = self.scene.blocks[held].size
+        return self._up(robot_obs, yaw, CLOSE) + self._place(spot, self.T + size[2] / 2 - GRASP_DEPTH + 0.004, yaw)
+
+    def plan(self, task: str, robot_obs: np.ndarray, scene_obs: np.ndarray) -> list[Waypoint]:
+        pre = self._release_prelude(task, robot_obs, scene_obs)
+        if not pre:
+            pre = self._up(robot_obs)
+        body = self._plan_task(task, robot_obs, scene_obs)
+        here = pre[-1].pos if pre else robot_obs[:3]
+        if body and np.linalg.norm(body[0].pos[:2] - here[:2]) > 0.4:
+            # a long move (say from the switch to the drawer) passes over the neutral pose, where
+            # IK's null space brings the arm back to its usual configuration; without it the arm
+            # can arrive folded the other way and fall short of low targets near its base
+            home = np.array(self.scene.raw["robot"]["neutral_tcp"][:3], dtype=float)
+            home[2] = self.z_up
+            pre = pre + [self._wp(home, body[0].yaw, body[0].grip, tol=0.04)]
+        plan = pre + body
+        if self.noise > 0:
+            for wp in plan[:-1]:
+                if wp.tol >= 0.02:  # perturb only free-space waypoints, never contact-critical ones
+                    wp.pos = wp.pos + self.rng.normal(0, self.noise, 3) * np.array([1, 1, 0.5])
+        return plan
+
+    def _plan_task(self, task: str, robot_obs, scene_obs) -> list[Waypoint]:
+        if task.startswith("lift_"):
+            name = task.split("_")[1] + "_block"
+            pos, yaw, size = self._block(scene_obs, name)
+            prefer = np.pi / 2 if task.endswith(("slider", "drawer")) else None
+            return self._pick(pos, self._grasp_yaw(yaw, size, prefer=prefer), self.z_up)
+        if task.startswith("rotate_"):
+            return self._rotate(task, scene_obs)
+        if task.startswith("push_") and task != "push_into_drawer":
+            return self._push(task, scene_obs)
+        if task in ("move_slider_left", "move_slider_right"):
+            return self._slider(task, scene_obs)
+        if task in ("open_drawer", "close_drawer"):
+            return self._drawer(task, scene_obs)
+        if task in ("turn_on_lightbulb", "turn_off_lightbulb"):
+            return self._switch(task, scene_obs)
+        if task in ("turn_on_led", "turn_off_led"):
+            return self._button()
+        if task in ("place_in_slider", "place_in_drawer", "stack_block"):
+            return self._place_task(task, robot_obs, scene_obs)
+        if task == "push_into_drawer":
+            return self._push_into_drawer(scene_obs)
+        if task == "unstack_block":
+            return self._unstack(scene_obs)
+        raise ValueError(f"ScriptedExpert: no plan for task {task!r}")
+
+    def _rotate(self, task, scene_obs) -> list[Waypoint]:
+        name = task.split("_")[1] + "_block"
+        rot = -ROTATE_BY if task.endswith("right") else ROTATE_BY
+        pos, yaw, size = self._block(scene_obs, name)
+        psi = self._grasp_yaw(yaw, size, rot=rot)
+        grasp_z = pos[2] - GRASP_DEPTH
+        plan = self._pick(pos, psi, grasp_z + 0.02)
+        plan += [
+            self._wp([pos[0], pos[1], grasp_z + 0.02], psi + rot, CLOSE, tol=0.02),
+            self._wp([pos[0], pos[1], grasp_z + 0.003], psi + rot, CLOSE, speed=0.01, tol=0.01),
+            self._wp([pos[0], pos[1], grasp_z + 0.003], psi + rot, OPEN, settle=3),
+            self._wp([pos[0], pos[1], grasp_z + 0.08], psi + rot, OPEN, speed=0.015, tol=0.03),
+        ]
+        return plan
+
+    def _push(self, task, scene_obs) -> list[Waypoint]:
+        name = task.split("_")[1] + "_block"
+        direction = 1.0 if task.endswith("right") else -1.0
+        pos, yaw, size = self._block(scene_obs, name)
+        half_x = abs(np.cos(yaw)) * size[0] / 2 + abs(np.sin(yaw)) * size[1] / 2
+        psi = self._grasp_yaw(0.0, (1.0, 0.0, 0.0))  # fingers side by side along y: a wide pusher
+        z = self.T + 0.022
+        start = pos[0] - direction * (half_x + FINGER_HALF + 0.02)
+        end = start + direction * (PUSH_BY + 0.02)
+        return [
+            self._wp([start, pos[1], self.z_up], psi, CLOSE, tol=0.02),
+            self._wp([start, pos[1], z], psi, CLOSE, speed=0.015, tol=0.008),
+            self._wp([end, pos[1], z], psi, CLOSE, speed=0.012, tol=0.01),
+            self._wp([end, pos[1], z + 0.08], psi, CLOSE, speed=0.015, tol=0.03),
+        ]
+
+    def _slider(self, task, scene_obs) -> list[Waypoint]:
+        g = self.scene.door_geometry()
+        q = scene_obs[0]
+        knob_x = g["x"] - q
+        psi = self._grasp_yaw(np.pi / 2, (1.0, 0.0, 0.0), prefer=np.pi / 2)  # fingers side by side along x
+        offset = 0.015 + FINGERS_HALF_WIDTH
+        z = g["knob_z"]
+        if task == "move_slider_left":  # push the knob towards -x, from its +x side
+            start, end = knob_x + offset + 0.02, g["x"] - g["travel"] + offset - 0.01
+        else:
+            start, end = knob_x - offset - 0.02, g["x"] - offset + 0.01
+        return [
+            self._wp([start, g["y"], z + 0.08], psi, CLOSE, tol=0.02),
+            self._wp([start, g["y"], z], psi, CLOSE, speed=0.015, tol=0.01),
+            self._wp([end, g["y"], z], psi, CLOSE, speed=0.015, tol=0.015),
+            self._wp([end, g["y"], z + 0.08], psi, CLOSE, speed=0.015, tol=0.03),
+        ]
+
+    def _drawer(self, task, scene_obs) -> list[Waypoint]:
+        g = self.scene.drawer_geometry()
+        q = scene_obs[1]
+        psi = self._grasp_yaw(np.pi / 2, (1.0, 0.0, 0.0), prefer=np.pi / 2)  # thin side of the fingers along y
+        z = g["handle_z"] + 0.006
+        # the fingers go into the gap between the drawer front and its handle bar: pulling hooks the
+        # bar, pushing presses on the front (the hand stops short of the desk edge: the drawer ends
+        # about 2 cm from fully closed)
+        gap_y = (g["handle_y"] + 0.006 + g["front_y"]) / 2 - 0.008
+        y = gap_y - q
+        end = gap_y - g["travel"] - 0.01 if task == "open_drawer" else gap_y + 0.012
+        above = self.T + 0.06
+        return [
+            self._wp([g["x"], y, above], psi, CLOSE, tol=0.02),
+            self._wp([g["x"], y, z], psi, CLOSE, speed=0.015, tol=0.008),
+            self._wp([g["x"], end, z], psi, CLOSE, speed=0.015, tol=0.015),
+            self._wp([g["x"], end, above], psi, CLOSE, speed=0.015, tol=0.03),
+        ]
+
+    def _switch(self, task, scene_obs) -> list[Waypoint]:
+        g = self.scene.switch_geometry()
+        q = scene_obs[3]
+        psi = self._grasp_yaw(np.pi / 2, (1.0, 0.0, 0.0), prefer=np.pi / 2)
+        offset = 0.01 + FINGER_HALF
+        knob_y = g["y"] + q
+        z = g["knob_z"] - 0.008
+        if task == "turn_on_lightbulb":  # push towards +y from the -y side
+            start, end = knob_y - offset - 0.02, g["y"] + g["travel"] - offset + 0.008
+        else:
+            start, end = knob_y + offset + 0.02, g["y"] + offset - 0.008
+        return [
+            self._wp([g["x"], start, z + 0.08], psi, CLOSE, tol=0.02),
+            self._wp([g["x"], start, z], psi, CLOSE, speed=0.015, tol=0.008),
+            self._wp([g["x"], end, z], psi, CLOSE, speed=0.012, tol=0.012),
+            self._wp([g["x"], end, z + 0.08], psi, CLOSE, speed=0.015, tol=0.03),
+        ]
+
+    def _button(self) -> list[Waypoint]:
+        g = self.scene.button_geometry()
+        psi = self.neutral_yaw
+        press = g["top"] - g["travel"] - 0.004 + 0.011  # fingertips 11 mm below the TCP
+        return [
+            self._wp([g["x"], g["y"], g["top"] + 0.06], psi, CLOSE, tol=0.015),
+            self._wp([g["x"], g["y"], press], psi, CLOSE, speed=0.012, tol=0.006, settle=1),
+            self._wp([g["x"], g["y"], g["top"] + 0.06], psi, CLOSE, speed=0.015, tol=0.02),
+        ]
+
+    def _place_task(self, task, robot_obs, scene_obs) -> list[Waypoint]:
+        held = self._held_block(robot_obs, scene_obs)
+        if held is None:
+            return []
+        pos, _, size = self._block(scene_obs, held)
+        # keep the block's offset in the hand: place the block, not the TCP
+        offset_z = robot_obs[2] - pos[2]
+        yaw = self._near_neutral(robot_obs[5])
+        if task == "place_in_slider":
+            side = "slider_right" if scene_obs[0] < self.scene.raw["door"]["travel"] / 2 else "slider_left"
+            xy = self._shelf_spot(scene_obs, held, side)
+            yaw = self._grasp_yaw(np.pi / 2, (1.0, 0.0, 0.0))
+            z = self.scene.plank_top + size[2] / 2 + 0.006 + offset_z
+            return self._up(robot_obs, yaw, CLOSE) + self._place(xy, z, yaw)
+        if task == "place_in_drawer":
+            g = self.scene.drawer_geometry()
+            xy = self._drawer_spot(scene_obs)
+            yaw = self._grasp_yaw(np.pi / 2, (1.0, 0.0, 0.0))
+            z = g["bottom"] + 0.01 + size[2] / 2 + 0.01 + offset_z
+            return self._up(robot_obs, yaw, CLOSE) + self._place(xy, z, yaw)
+        targets = [n for n in BLOCK_NAMES if n != held and self._on_table(scene_obs, n)]
+        if not targets:
+            return []
+        target = min(targets, key=lambda n: np.linalg.norm(self._block(scene_obs, n)[0][:2] - pos[:2]))
+        tpos, tyaw, tsize = self._block(scene_obs, target)
+        z = tpos[2] + tsize[2] / 2 + size[2] / 2 + 0.006 + offset_z
+        return self._up(robot_obs, yaw, CLOSE) + self._place(tpos[:2], z, yaw, rise=0.06)
+
+    def _shelf_spot(self, scene_obs, held, side) -> np.ndarray:
+        (x0, x1), (y0, y1) = self.scene.region(side)
+        others = [self._block(scene_obs, n)[0][:2] for n in BLOCK_NAMES if n != held]
+        cands = [np.array([x, (y0 + y1) / 2]) for x in np.linspace(x0, x1, 5)]
+        return max(cands, key=lambda p: min([np.linalg.norm(p - o) for o in others] + [0.3]))
+
+    def _drawer_spot(self, scene_obs) -> list[float]:
+        """Middle of the drawer, but in its part outside the desk when it is only partly open."""
+        g = self.scene.drawer_geometry()
+        return [g["x"], min(g["front_y"] - scene_obs[1] + g["depth"] / 2 + 0.01, g["front_y"] - 0.075)]
+
+    def _push_into_drawer(self, scene_obs) -> list[Waypoint]:
+        # the block on the table is carried low over the desk edge and let go above the open drawer
+        name = next((n for n in BLOCK_NAMES if self._on_table(scene_obs, n)), None)
+        if name is None:
+            return []
+        pos, yaw, size = self._block(scene_obs, name)
+        psi = self._grasp_yaw(yaw, size)
+        g = self.scene.drawer_geometry()
+        xy = self._drawer_spot(scene_obs)
+        drop = g["bottom"] + 0.01 + size[2] / 2 + 0.02
+        carry = self.T + size[2] / 2 + 0.02
+        plan = self._pick(pos, psi, carry)
+        # turned on the way so the hand's long side runs along the desk edge above the drawer
+        turn = self._grasp_yaw(np.pi / 2, (1.0, 0.0, 0.0))
+        plan += [
+            self._wp([xy[0], xy[1], carry], turn, CLOSE, tol=0.02),
+            self._wp([xy[0], xy[1], drop], turn, CLOSE, speed=0.012, tol=0.01),
+            self._wp([xy[0], xy[1], drop], turn, OPEN, settle=4),
+            self._wp([xy[0], xy[1], self.T + 0.08], turn, OPEN, speed=0.015, tol=0.03),
+        ]
+        return plan
+
+    def _unstack(self, scene_obs) -> list[Waypoint]:
+        tops = [n for n in BLOCK_NAMES if self._block(scene_obs, n)[0][2] > self.T + 0.045
+                and self._block(scene_obs, n)[0][1] < self.scene.raw["plank"]["y"][0]]
+        if not tops:
+            return []
+        name = max(tops, key=lambda n: self._block(scene_obs, n)[0][2])
+        pos, yaw, size = self._block(scene_obs, name)
+        psi = self._grasp_yaw(yaw, size)
+        spot = self._free_spot(scene_obs, name, pos)
+        plan = self._pick(pos, psi, pos[2] + 0.06)
+        return plan + self._place(spot, self.T + size[2] / 2 - GRASP_DEPTH + 0.004, psi)

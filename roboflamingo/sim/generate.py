@@ -1,0 +1,325 @@
+"""``roboflamingo generate``: roll out the scripted expert into a CALVIN-layout dataset.
+
+Output (CALVIN's layout, one split per directory)::
+
+    <root>/training/ and <root>/validation/
+        episode_%07d.npz        one frame: rgb_static, rgb_gripper (uint8 HWC), robot_obs (15),
+                                scene_obs (24), actions (7: next frame's TCP xyz + euler, gripper),
+                                rel_actions (7: the relative action the expert sent)
+        ep_start_end_ids.npy    (N, 2) inclusive first/last frame of each contiguous recording
+        ep_lens.npy             (N,)
+        scene_info.npy          {"calvin_scene_<X>": [first, last]} per scene
+        statistics.yaml         robot_obs / scene_obs NormalizeVector mean+std, act_min/max_bound
+        lang_annotations/auto_lang_ann.npy
+                                {"language": {"ann", "task", "emb"}, "info": {"indx", "episodes"}};
+                                "emb" is zeros (N, 1, 384): no sentence encoder runs here, so
+                                consumers embed "ann" themselves.
+        env_config.yaml         the simulator settings used (with the renderer actually used)
+    <root>/manifest.json        the job and what each split holds
+
+A *unit* of work is one recording: a 5-task chain (``mode: chains``) or one task with the prefix it
+needs (``mode: single``). Every successful subtask becomes a language-annotated segment of its own
+frames (the expert finishes a task in about 25-100 steps). Units are independent and seeded from
+(seed, split, scene, index), so the dataset does not depend on the number of workers. Each unit is
+written into ``<root>/.work/<split>/`` under a temporary name and renamed when complete; an
+interrupted run resumes from the completed units. The splits are assembled (hard links) under
+temporary names and renamed into place at the end, so nothing half-written is ever visible.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from roboflamingo import types as T
+from roboflamingo.config import require_choice, require_positive
+from roboflamingo.io import atomic_write_json, atomic_write_yaml
+
+MODES = ("chains", "single")
+SPLITS = (("training", "train_scenes"), ("validation", "val_scenes"))
+EMB_DIM = 384
+
+
+@dataclass
+class Job:
+    """root: output directory. train_scenes / val_scenes: scenes per split (ABC -> D by default).
+    mode: ``chains`` (5-task chains from CALVIN's initial states) or ``single`` (one task per unit).
+    tasks: tasks to annotate (and, in ``single`` mode, to demonstrate); empty = all 34.
+    episodes_per_task / val_episodes_per_task: ``single`` units per task and scene.
+    chains_per_scene / val_chains_per_scene: ``chains`` units per scene.
+    noise: std (m) of the jitter added to the expert's free-space waypoints, for diversity.
+    """
+
+    root: str = "data/tabletop"
+    train_scenes: list[str] = field(default_factory=lambda: ["A", "B", "C"])
+    val_scenes: list[str] = field(default_factory=lambda: ["D"])
+    mode: str = "chains"
+    tasks: list[str] = field(default_factory=list)
+    episodes_per_task: int = 10
+    val_episodes_per_task: int = 2
+    chains_per_scene: int = 100
+    val_chains_per_scene: int = 20
+    static_size: int = 200
+    gripper_size: int = 84
+    renderer: str = "tiny"
+    max_steps: int = 360
+    noise: float = 0.01
+    workers: int = 2
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        require_choice("mode", self.mode, MODES)
+        require_choice("renderer", self.renderer, ("auto", "egl", "tiny"))
+        for name in ("episodes_per_task", "chains_per_scene", "static_size", "gripper_size", "max_steps", "workers"):
+            require_positive(name, getattr(self, name))
+        for name in ("val_episodes_per_task", "val_chains_per_scene", "noise"):
+            require_positive(name, getattr(self, name), allow_zero=True)
+        if not self.train_scenes:
+            raise ValueError("train_scenes must name at least one scene")
+        from roboflamingo.sim.scene import load_scene
+        from roboflamingo.sim.tasks import TaskOracle
+
+        for scene in [*self.train_scenes, *self.val_scenes]:
+            load_scene(scene)  # a bad scene fails here, naming its file and field
+        TaskOracle.from_file().check_names(self.tasks, source="generate.tasks")
+
+
+@dataclass(frozen=True)
+class Unit:
+    split: str
+    scene: str
+    index: int  # within (split, scene)
+
+    @property
+    def name(self) -> str:
+        return f"{self.scene}_{self.index:06d}"
+
+
+def plan_units(job: Job, tasks: list[str]) -> list[Unit]:
+    units = []
+    for split, attr in SPLITS:
+        for scene in getattr(job, attr):
+            if job.mode == "single":
+                n = (job.episodes_per_task if split == "training" else job.val_episodes_per_task) * len(tasks)
+            else:
+                n = job.chains_per_scene if split == "training" else job.val_chains_per_scene
+            units += [Unit(split, scene, i) for i in range(n)]
+    return units
+
+
+# ------------------------------------------------------------------ one unit (in a worker process)
+_ENVS: dict = {}
+
+
+def _env(job: Job, scene: str):
+    from roboflamingo.sim.config import EnvConfig
+    from roboflamingo.sim.env import TabletopEnv
+
+    if scene not in _ENVS:
+        _ENVS[scene] = TabletopEnv(EnvConfig(scene=scene, static_size=job.static_size, gripper_size=job.gripper_size,
+                                             renderer=job.renderer, max_episode_steps=job.max_steps))
+    return _ENVS[scene]
+
+
+def _unit_tasks(job: Job, unit: Unit, tasks: list[str], rng: np.random.Generator, oracle):
+    from roboflamingo.sim.chains import sample_initial_state, sequences_for_state
+    from roboflamingo.sim.rollout import Episode, sample_episode
+
+    if job.mode == "single":
+        return sample_episode(tasks[unit.index % len(tasks)], rng, oracle)
+    state = sample_initial_state(rng, oracle)
+    (seq,) = sequences_for_state(state, 1, int(rng.integers(2**31)), oracle)
+    return Episode(state, seq)
+
+
+def run_unit(job: Job, unit: Unit, tasks: list[str], out_dir: Path) -> dict:
+    """Roll out one unit into ``out_dir`` (frames numbered from 0) and return its metadata."""
+    from roboflamingo.sim.expert import ScriptedExpert
+    from roboflamingo.sim.instructions import load_instructions
+    from roboflamingo.sim.rollout import reset_to_episode, run_subtask
+    from roboflamingo.sim.tasks import TaskOracle
+
+    split_id = [s for s, _ in SPLITS].index(unit.split)
+    rng = np.random.default_rng([job.seed, split_id, ord(unit.scene[0]) if unit.scene else 0, unit.index])
+    oracle = TaskOracle.from_file()
+    sentences = load_instructions("train")
+    env = _env(job, unit.scene)
+    expert = ScriptedExpert(env.scene, noise=job.noise, seed=int(rng.integers(2**31)))
+    episode = _unit_tasks(job, unit, tasks, rng, oracle)
+    obs, _ = reset_to_episode(env, episode, rng)
+    frames: list[dict] = []
+    segments = []
+    for task in episode.tasks:
+        buf: list[dict] = []
+
+        def record(o, a, nxt, buf=buf):
+            absolute = np.concatenate([nxt[T.ROBOT_OBS][:6], [a[6]]])
+            buf.append({T.RGB_STATIC: o[T.RGB_STATIC], T.RGB_GRIPPER: o[T.RGB_GRIPPER],
+                        T.ROBOT_OBS: o[T.ROBOT_OBS], T.SCENE_OBS: o[T.SCENE_OBS],
+                        T.ACTIONS: absolute, T.REL_ACTIONS: np.asarray(a, dtype=np.float64)})
+
+        expert.set_task(task)
+        ok, obs, _ = run_subtask(env, expert, oracle, task, task, obs, job.max_steps, on_step=record)
+        if not ok:
+            break  # the recording ends with the last completed subtask
+        if task in tasks:
+            ann = sentences[task][int(rng.integers(len(sentences[task])))]
+            segments.append({"start": len(frames), "end": len(frames) + len(buf) - 1, "task": task, "ann": ann})
+        frames += buf
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        np.savez_compressed(out_dir / f"episode_{i:07d}.npz", **f)
+    meta = {"unit": asdict(unit), "frames": len(frames), "segments": segments, "tasks": episode.tasks,
+            "renderer": env.renderer_used, "stats": _frame_stats(frames)}
+    (out_dir / "meta.json").write_text(json.dumps(meta))
+    return meta
+
+
+def _frame_stats(frames: list[dict]) -> dict:
+    if not frames:
+        return {}
+    r = np.stack([f[T.ROBOT_OBS] for f in frames])
+    s = np.stack([f[T.SCENE_OBS] for f in frames])
+    a = np.stack([f[T.ACTIONS] for f in frames])
+    return {"n": len(frames), "robot_sum": r.sum(0).tolist(), "robot_sq": (r**2).sum(0).tolist(),
+            "scene_sum": s.sum(0).tolist(), "scene_sq": (s**2).sum(0).tolist(),
+            "act_min": a.min(0).tolist(), "act_max": a.max(0).tolist()}
+
+
+def _work(args) -> tuple[Unit, int]:
+    job, unit, tasks, work = args
+    done = work / unit.split / f"{unit.name}.done"
+    tmp = work / unit.split / f"{unit.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    meta = run_unit(job, unit, tasks, tmp)
+    os.replace(tmp, done)
+    return unit, meta["frames"]
+
+
+# ------------------------------------------------------------------ assembling the splits
+def _assemble_split(root: Path, work: Path, split: str, units: list[Unit]) -> dict:
+    final = root / split
+    tmp = root / f".{split}.assembling"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "lang_annotations").mkdir(parents=True)
+    offset = 0
+    ep_ids, ann, task_names, indx, scene_info = [], [], [], [], {}
+    n_stats, robot_sum, robot_sq, scene_sum, scene_sq = 0, 0.0, 0.0, 0.0, 0.0
+    act_min, act_max = np.full(7, np.inf), np.full(7, -np.inf)
+    renderers = set()
+    for unit in units:
+        src = work / split / f"{unit.name}.done"
+        meta = json.loads((src / "meta.json").read_text())
+        renderers.add(meta["renderer"])
+        n = meta["frames"]
+        if n == 0:
+            continue
+        for i in range(n):
+            os.link(src / f"episode_{i:07d}.npz", tmp / f"episode_{offset + i:07d}.npz")
+        ep_ids.append([offset, offset + n - 1])
+        first, last = scene_info.get(f"calvin_scene_{unit.scene}", [offset, offset])
+        scene_info[f"calvin_scene_{unit.scene}"] = [min(first, offset), max(last, offset + n - 1)]
+        for seg in meta["segments"]:
+            ann.append(seg["ann"])
+            task_names.append(seg["task"])
+            indx.append((offset + seg["start"], offset + seg["end"]))
+        st = meta["stats"]
+        n_stats += st["n"]
+        robot_sum = robot_sum + np.array(st["robot_sum"])
+        robot_sq = robot_sq + np.array(st["robot_sq"])
+        scene_sum = scene_sum + np.array(st["scene_sum"])
+        scene_sq = scene_sq + np.array(st["scene_sq"])
+        act_min = np.minimum(act_min, st["act_min"])
+        act_max = np.maximum(act_max, st["act_max"])
+        offset += n
+    if offset == 0:
+        raise RuntimeError(f"generate: split '{split}' has no frames (every rollout failed)")
+    ep_ids = np.array(ep_ids, dtype=np.int64)
+    np.save(tmp / "ep_start_end_ids.npy", ep_ids)
+    np.save(tmp / "ep_lens.npy", ep_ids[:, 1] - ep_ids[:, 0] + 1)
+    np.save(tmp / "scene_info.npy", scene_info, allow_pickle=True)
+    lang = {"language": {"ann": ann, "task": task_names, "emb": np.zeros((len(ann), 1, EMB_DIM), np.float32)},
+            "info": {"indx": indx, "episodes": []}}
+    np.save(tmp / "lang_annotations" / "auto_lang_ann.npy", lang, allow_pickle=True)
+
+    def normalize(total, sq):
+        mean = total / n_stats
+        std = np.sqrt(np.maximum(sq / n_stats - mean**2, 0.0))
+        return [{"_target_": "calvin_models.calvin_agent.utils.transforms.NormalizeVector",
+                 "mean": mean.tolist(), "std": np.maximum(std, 1e-6).tolist()}]
+
+    stats = {"robot_obs": normalize(robot_sum, robot_sq), "scene_obs": normalize(scene_sum, scene_sq),
+             "act_min_bound": act_min.tolist(), "act_max_bound": act_max.tolist()}
+    atomic_write_yaml(tmp / "statistics.yaml", stats)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return {"frames": offset, "recordings": len(ep_ids), "annotations": len(ann), "scenes": scene_info,
+            "renderers": sorted(renderers)}
+
+
+def run(job: Job) -> int:
+    from roboflamingo.config import save_yaml
+    from roboflamingo.sim.config import EnvConfig
+    from roboflamingo.sim.scene import load_scene
+    from roboflamingo.sim.tasks import TaskOracle
+
+    for scene in [*job.train_scenes, *job.val_scenes]:
+        load_scene(scene)  # a bad scene fails here, naming its file and field
+    oracle = TaskOracle.from_file()
+    tasks = list(job.tasks) or oracle.tasks
+    oracle.check_names(tasks, source="generate.tasks")
+    root = Path(job.root)
+    work = root / ".work"
+    job_file = work / "job.json"
+    job_record = asdict(job)
+    job_record.pop("workers")
+    job_record.pop("progress")
+    if job_file.is_file():
+        previous = json.loads(job_file.read_text())
+        if previous != job_record:
+            raise ValueError(f"{root}: holds an interrupted run of a different job ({job_file}); "
+                             f"delete {work} or rerun with the same settings")
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(job_file, job_record)
+    units = plan_units(job, tasks)
+    for split, _ in SPLITS:
+        (work / split).mkdir(exist_ok=True)
+        for stale in (work / split).glob("*.tmp*"):  # left by an interrupted worker
+            shutil.rmtree(stale, ignore_errors=True)
+    todo = [u for u in units if not (work / u.split / f"{u.name}.done").is_dir()]
+    bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="generate", unit="rollout",
+               disable=not job.progress)
+    args = [(job, u, tasks, work) for u in todo]
+    if job.workers > 1 and len(todo) > 1:
+        with mp.get_context("spawn").Pool(min(job.workers, len(todo))) as pool:
+            for _ in pool.imap_unordered(_work, args):
+                bar.update()
+    else:
+        for a in args:
+            _work(a)
+            bar.update()
+    bar.close()
+    summary = {}
+    for split, attr in SPLITS:
+        split_units = [u for u in units if u.split == split]
+        if not split_units:
+            continue
+        summary[split] = _assemble_split(root, work, split, split_units)
+        renderer = summary[split]["renderers"][0] if summary[split]["renderers"] else job.renderer
+        env_cfg = EnvConfig(scene=getattr(job, attr)[0], static_size=job.static_size,
+                            gripper_size=job.gripper_size, renderer=renderer, max_episode_steps=job.max_steps)
+        save_yaml(env_cfg, root / split / "env_config.yaml")
+    atomic_write_json(root / "manifest.json", {"job": asdict(job), "tasks": tasks, "splits": summary})
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({"root": str(root), **{k: {"frames": v["frames"], "annotations": v["annotations"]}
+                                            for k, v in summary.items()}}))
+    return 0

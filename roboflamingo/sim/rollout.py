@@ -1,0 +1,84 @@
+"""Rolling the scripted expert out on the tabletop: shared by ``generate`` and ``expert-check``.
+
+A task that cannot start from one of CALVIN's initial states (``place_in_drawer`` needs a block in
+the hand, ``lift_red_block_drawer`` a block in the drawer, ``unstack_block`` a stack) is reached
+through the shortest symbolic prefix of other tasks (for example ``lift_red_block_table`` before
+``place_in_drawer``), which the expert performs first.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from roboflamingo.sim.chains import initial_state_to_obs, initial_states, next_states
+from roboflamingo.sim.tasks import TaskOracle
+
+MAX_PREFIX = 3
+
+
+@dataclass
+class Episode:
+    """A symbolic initial state and the tasks to perform from it (``prefix`` + [task])."""
+
+    initial_state: dict
+    tasks: list[str] = field(default_factory=list)
+
+
+def shortest_prefix(state: dict, task: str, oracle: TaskOracle, rng: np.random.Generator) -> list[str] | None:
+    """The shortest task sequence after which ``task`` is valid (ties broken by ``rng``), or None."""
+    queue: deque[tuple[dict, list[str]]] = deque([(state, [])])
+    names = oracle.tasks
+    while queue:
+        cur, path = queue.popleft()
+        if len(next_states(cur, task, oracle)) == 1:
+            return path
+        if len(path) >= MAX_PREFIX:
+            continue
+        for i in rng.permutation(len(names)):
+            nxt = next_states(cur, names[i], oracle)
+            if len(nxt) == 1 and names[i] != task:
+                queue.append((nxt[0], [*path, names[i]]))
+    return None
+
+
+def sample_episode(task: str, rng: np.random.Generator, oracle: TaskOracle) -> Episode:
+    """A random initial state where ``task`` is valid; if there is none, the shortest prefix."""
+    states = initial_states(oracle)
+    direct = [s for s in states if len(next_states(s, task, oracle)) == 1]
+    if direct:
+        return Episode(dict(direct[int(rng.integers(len(direct)))]), [task])
+    for _ in range(100):
+        state = states[int(rng.integers(len(states)))]
+        prefix = shortest_prefix(state, task, oracle, rng)
+        if prefix is not None:
+            return Episode(dict(state), [*prefix, task])
+    raise RuntimeError(f"no symbolic initial state leads to task {task!r}")
+
+
+def reset_to_episode(env, episode: Episode, rng: np.random.Generator):
+    robot_obs, scene_obs = initial_state_to_obs(episode.initial_state, env.scene, rng=rng)
+    return env.reset(options={"robot_obs": robot_obs, "scene_obs": scene_obs})
+
+
+def run_subtask(env, policy, oracle: TaskOracle, task: str, instruction: str, obs: dict, max_steps: int,
+                on_step: Callable[[dict, np.ndarray, dict], None] | None = None) -> tuple[bool, dict, int]:
+    """CALVIN's rollout of one subtask: ``policy.reset()``, then step until the oracle reports success.
+
+    ``on_step(obs, action, next_obs)`` sees every transition (for recording). Returns (success, last
+    observation, steps taken).
+    """
+    policy.reset()
+    start_info = env.get_info()
+    for t in range(max_steps):
+        action = policy.step(obs, instruction)
+        next_obs, _, _, _, info = env.step(action)
+        if on_step is not None:
+            on_step(obs, action, next_obs)
+        obs = next_obs
+        if oracle.successful(start_info, info, {task}):
+            return True, obs, t + 1
+    return False, obs, max_steps
