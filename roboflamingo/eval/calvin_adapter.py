@@ -1,0 +1,226 @@
+"""The real ``calvin_env`` as an ``EvalEnv``, with CALVIN's own task oracle, so scores compare with
+the published ones.
+
+What it bridges (``../shared/reference/calvin.md`` §2-5):
+
+- observations: CALVIN's nested ``{'rgb_obs': {'rgb_static', 'rgb_gripper'}, 'depth_obs': ...,
+  'robot_obs', 'scene_obs'}`` becomes our flat ``{rgb_static, rgb_gripper, robot_obs, scene_obs}``;
+- actions: our 7-d relative action goes in as a fresh length-7 float array (read as relative by both
+  the pinned 1431a46 and HEAD ``robot.apply_action``), position/orientation clipped to [-1, 1] and the
+  gripper snapped to exactly -1/+1 at 0 (``apply_action`` asserts it). A fresh array each step also
+  keeps the pinned ``relative_to_absolute``, which edits its argument in place, off the policy's data;
+- initial states: ``calvin_agent.evaluation.utils.get_env_state_for_initial_condition`` (neutral robot
+  pose, fixed block slots, block order and yaw from a seed hashed from the symbolic state);
+- success: ``calvin_env.envs.tasks.Tasks`` built from ``new_playtable_tasks.yaml``, asked with
+  ``get_task_info_for_set(start_info, info, {task})`` after every step, as the original does.
+
+``calvin_env`` is imported only when ``CalvinEnv`` is built; without it the error says how to install it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from roboflamingo.eval.protocol import side_by_side
+from roboflamingo.types import (
+    ACTION_DIM,
+    GRIPPER_CLOSE,
+    GRIPPER_INDEX,
+    GRIPPER_OPEN,
+    RGB_GRIPPER,
+    RGB_STATIC,
+    ROBOT_OBS,
+    ROBOT_OBS_DIM,
+    SCENE_OBS,
+    SCENE_OBS_DIM,
+    Observation,
+)
+
+INSTALL_HINT = (
+    "the real CALVIN simulator is not installed. Install it with\n"
+    "  git clone --recursive https://github.com/mees/calvin_env && pip install -e calvin_env/tacto "
+    "&& pip install -e calvin_env\n"
+    "or leave eval.calvin_dataset empty to evaluate on the built-in tabletop."
+)
+
+# calvin_agent/evaluation/utils.py: the neutral pose every chain starts from.
+NEUTRAL_ROBOT_OBS = np.array(
+    [
+        0.02586889, -0.2313129, 0.5712808, 3.09045411, -0.02908596, 1.50013585, 0.07999963,
+        -1.21779124, 1.03987629, 2.11978254, -2.34205014, -0.87015899, 1.64119093, 0.55344928, 1.0,
+    ]
+)
+BLOCK_SLIDER_LEFT = np.array([-2.40851662e-01, 9.24044687e-02, 4.60990009e-01])
+BLOCK_SLIDER_RIGHT = np.array([7.03416330e-02, 9.24044687e-02, 4.60990009e-01])
+BLOCK_TABLE = (
+    np.array([5.00000896e-02, -1.20000177e-01, 4.59990009e-01]),
+    np.array([2.29995412e-01, -1.19995140e-01, 4.59990010e-01]),
+)
+BLOCK_YAW_RANGE = (np.pi / 2 - np.pi / 8, np.pi / 2 + np.pi / 8)
+# The key order of the generator's state dicts (multistep_sequences.get_sequences); the seed hashes
+# str(dict.values()), so the order is part of the result.
+STATE_KEYS = ("led", "lightbulb", "slider", "drawer", "red_block", "blue_block", "pink_block", "grasped")
+
+
+class CalvinNotInstalled(ImportError):
+    """``calvin_env`` (or its dependencies) cannot be imported."""
+
+
+def fnv1_32(data: bytes) -> int:
+    """32-bit FNV-1 (multiply, then xor): CALVIN seeds block layouts with ``pyhash.fnv1_32``, whose
+    build breaks with setuptools >= 58 (calvin.md pitfall 7)."""
+    h = 0x811C9DC5
+    for byte in data:
+        h = ((h * 0x01000193) & 0xFFFFFFFF) ^ byte
+    return h
+
+
+@contextlib.contextmanager
+def _temp_numpy_seed(seed: int):
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def calvin_initial_state_to_obs(initial_state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """CALVIN's continuous (robot_obs, scene_obs) for a symbolic initial state."""
+    missing = [k for k in STATE_KEYS if k not in initial_state]
+    if missing:
+        raise ValueError(f"initial state is missing {missing} (expected keys {list(STATE_KEYS)})")
+    state = {k: initial_state[k] for k in STATE_KEYS}
+    seed = fnv1_32(str(state.values()).encode("utf-8"))
+    table = list(BLOCK_TABLE)
+    with _temp_numpy_seed(seed):
+        # The same sequence of global-RNG draws as the original, so the same layouts come out.
+        np.random.shuffle(table)
+        scene = np.zeros(SCENE_OBS_DIM)
+        if state["slider"] == "left":
+            scene[0] = 0.28
+        if state["drawer"] == "open":
+            scene[1] = 0.22
+        if state["lightbulb"] == 1:
+            scene[3] = 0.088
+        scene[4] = state["lightbulb"]
+        scene[5] = state["led"]
+        slots = {"slider_right": BLOCK_SLIDER_RIGHT, "slider_left": BLOCK_SLIDER_LEFT}
+        scene[6:9] = slots.get(state["red_block"], table[0])
+        scene[11] = np.random.uniform(*BLOCK_YAW_RANGE)
+        if state["blue_block"] in slots:
+            scene[12:15] = slots[state["blue_block"]]
+        else:
+            scene[12:15] = table[1] if state["red_block"] == "table" else table[0]
+        scene[17] = np.random.uniform(*BLOCK_YAW_RANGE)
+        scene[18:21] = slots.get(state["pink_block"], table[1])
+        scene[23] = np.random.uniform(*BLOCK_YAW_RANGE)
+    return NEUTRAL_ROBOT_OBS.copy(), scene
+
+
+def convert_obs(calvin_obs: dict[str, Any]) -> Observation:
+    """CALVIN's nested observation as our flat one (depth and tactile are dropped)."""
+    try:
+        rgb = calvin_obs["rgb_obs"]
+        obs = {
+            RGB_STATIC: np.asarray(rgb["rgb_static"], dtype=np.uint8),
+            RGB_GRIPPER: np.asarray(rgb["rgb_gripper"], dtype=np.uint8),
+            ROBOT_OBS: np.asarray(calvin_obs["robot_obs"], dtype=np.float32),
+            SCENE_OBS: np.asarray(calvin_obs["scene_obs"], dtype=np.float32),
+        }
+    except KeyError as e:
+        raise ValueError(
+            f"calvin_env observation lacks {e}; expected {{'rgb_obs': {{'rgb_static', 'rgb_gripper'}}, "
+            "'robot_obs', 'scene_obs'}} (are both cameras in the dataset's merged_config.yaml?)"
+        ) from e
+    if obs[ROBOT_OBS].shape != (ROBOT_OBS_DIM,) or obs[SCENE_OBS].shape != (SCENE_OBS_DIM,):
+        raise ValueError(
+            f"calvin_env robot_obs/scene_obs have shapes {obs[ROBOT_OBS].shape}/{obs[SCENE_OBS].shape}, "
+            f"expected ({ROBOT_OBS_DIM},)/({SCENE_OBS_DIM},)"
+        )
+    return obs
+
+
+def convert_action(action: np.ndarray) -> np.ndarray:
+    """Our 7-d relative action as the fresh float64 array ``calvin_env`` reads as relative."""
+    a = np.array(action, dtype=np.float64).reshape(-1)
+    if a.shape != (ACTION_DIM,):
+        raise ValueError(f"action must have {ACTION_DIM} values, got shape {np.shape(action)}")
+    a[:GRIPPER_INDEX] = np.clip(a[:GRIPPER_INDEX], -1.0, 1.0)
+    a[GRIPPER_INDEX] = GRIPPER_OPEN if a[GRIPPER_INDEX] >= 0 else GRIPPER_CLOSE
+    return a
+
+
+def _import(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise CalvinNotInstalled(f"cannot import {name} ({e}): {INSTALL_HINT}") from e
+
+
+def default_tasks_config() -> Path:
+    """``conf/tasks/new_playtable_tasks.yaml`` beside the installed ``calvin_env`` package."""
+    package = _import("calvin_env")
+    return Path(package.__file__).resolve().parents[1] / "conf" / "tasks" / "new_playtable_tasks.yaml"
+
+
+class CalvinEnv:
+    """``calvin_env``'s ``PlayTableSimEnv`` built from a dataset split, as an ``EvalEnv``."""
+
+    def __init__(self, dataset_dir: str, tasks_config: str | None = None):
+        play_table_env = _import("calvin_env.envs.play_table_env")
+        dataset = Path(dataset_dir)
+        merged = dataset / ".hydra" / "merged_config.yaml"
+        if not merged.is_file():
+            raise FileNotFoundError(
+                f"eval.calvin_dataset={dataset_dir}: {merged} not found; point it at a CALVIN split "
+                "directory such as task_D_D/validation"
+            )
+        tasks_path = Path(tasks_config) if tasks_config else default_tasks_config()
+        if not tasks_path.is_file():
+            raise FileNotFoundError(
+                f"eval.calvin_tasks_config: {tasks_path} not found; pass CALVIN's new_playtable_tasks.yaml"
+            )
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        self.oracle = instantiate(OmegaConf.load(tasks_path))
+        self.env = play_table_env.get_env(str(dataset), show_gui=False)
+        self._info: Any = None
+
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.oracle.tasks)
+
+    def reset_to(self, initial_state: dict[str, Any], seed: int) -> Observation:
+        # CALVIN's reset is fully determined by (robot_obs, scene_obs); ``seed`` has nothing to seed.
+        robot_obs, scene_obs = calvin_initial_state_to_obs(initial_state)
+        self.env.reset(robot_obs=robot_obs, scene_obs=scene_obs)
+        self._info = None
+        return convert_obs(self.env.get_obs())
+
+    def step(self, action: np.ndarray) -> Observation:
+        obs, _reward, _done, info = self.env.step(convert_action(action))
+        self._info = info
+        return convert_obs(obs)
+
+    def info(self) -> Any:
+        # env.step already returned get_info() for the current state; asking again would only redo
+        # the contact queries.
+        if self._info is None:
+            self._info = self.env.get_info()
+        return self._info
+
+    def successful(self, start_info: Any, task: str) -> bool:
+        return task in self.oracle.get_task_info_for_set(start_info, self.info(), {task})
+
+    def frame(self, obs: Observation) -> np.ndarray:
+        return side_by_side(obs)
+
+    def close(self) -> None:
+        self.env.close()

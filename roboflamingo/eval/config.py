@@ -1,0 +1,92 @@
+"""``EvalConfig``: how closed-loop evaluation runs (the ``eval/`` config group).
+
+The defaults are CALVIN's published protocol (``calvin_agent/evaluation/evaluate_policy.py``):
+1000 chains of 5 subtasks, 360 control steps (12 s at 30 Hz) per subtask. Everything else (workers,
+videos, progress bar) changes how fast and how visibly the evaluation runs, never what it measures,
+so only the protocol fields enter the resume fingerprint (see ``runner.evaluate_items``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from roboflamingo.config import require_choice, require_positive
+
+MODES = ("chains", "single_task")
+START_METHODS = ("spawn", "forkserver")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class EvalConfig:
+    """Closed-loop evaluation settings.
+
+    Args:
+        mode: ``chains`` runs CALVIN's long-horizon protocol (chains of 5 subtasks, stop at the first
+            failure); ``single_task`` runs ``episodes_per_task`` independent one-subtask episodes per
+            task, each from an initial state where the task is feasible.
+        num_chains: chains sampled from the sequence generator (CALVIN: 1000).
+        chain_seed: seed of the sequence generator; the same seed gives the same chains.
+        ep_len: control steps allowed per subtask (CALVIN's ``EP_LEN``).
+        episodes_per_task: single-task mode only: episodes per task.
+        tasks: single-task mode only: the tasks to evaluate; empty means all tasks of the oracle.
+        workers: processes on this machine, each with its own environment and policy. ``1`` runs in
+            the calling process. Under ``torchrun`` every rank starts this many.
+        start_method: multiprocessing start method for the workers. ``fork`` is not offered: a forked
+            child inherits pybullet/EGL/CUDA state that is not fork-safe.
+        device: where a checkpoint policy runs; ``auto`` picks CUDA when available.
+        torch_threads: intra-op threads per worker for a checkpoint policy; 0 splits the machine's
+            cores evenly between the workers so they do not oversubscribe it.
+        num_videos: rollout videos for the first K chains (by chain index); 0 disables them.
+        video_fps: frame rate of the videos (the simulator runs at 30 Hz).
+        video_stride: keep every n-th control step in the video.
+        progress: show a tqdm bar with the running success rates.
+        overwrite: discard results of an earlier, different evaluation in the same run directory
+            instead of refusing to mix them.
+        calvin_dataset: a CALVIN dataset split directory (``.../validation``) holding
+            ``.hydra/merged_config.yaml``. When set, the real ``calvin_env`` is used (it must be
+            installed) with CALVIN's own task oracle, instead of the built-in tabletop.
+        calvin_tasks_config: CALVIN's task-oracle config (``new_playtable_tasks.yaml``); empty looks
+            for it next to the installed ``calvin_env`` package (``conf/tasks/``).
+        calvin_instructions: a YAML file ``{task: [sentence, ...]}`` with the evaluation sentences
+            (CALVIN's ``new_playtable_validation.yaml``); empty uses ours (``envs/instructions/eval.yaml``).
+        dist_timeout_min: how long ranks under ``torchrun`` wait for each other at the final merge.
+    """
+
+    mode: str = "chains"
+    num_chains: int = 1000
+    chain_seed: int = 0
+    ep_len: int = 360
+    episodes_per_task: int = 10
+    tasks: list[str] = field(default_factory=list)
+    workers: int = 1
+    start_method: str = "spawn"
+    device: str = "auto"
+    torch_threads: int = 0
+    num_videos: int = 0
+    video_fps: int = 30
+    video_stride: int = 1
+    progress: bool = True
+    overwrite: bool = False
+    calvin_dataset: str | None = None
+    calvin_tasks_config: str | None = None
+    calvin_instructions: str | None = None
+    dist_timeout_min: int = 24 * 60
+
+    def __post_init__(self) -> None:
+        require_choice("eval.mode", self.mode, MODES)
+        require_choice("eval.start_method", self.start_method, START_METHODS)
+        require_choice("eval.device", self.device, DEVICES)
+        require_positive("eval.num_chains", self.num_chains)
+        require_positive("eval.ep_len", self.ep_len)
+        require_positive("eval.episodes_per_task", self.episodes_per_task)
+        require_positive("eval.workers", self.workers)
+        require_positive("eval.torch_threads", self.torch_threads, allow_zero=True)
+        require_positive("eval.num_videos", self.num_videos, allow_zero=True)
+        require_positive("eval.video_fps", self.video_fps)
+        require_positive("eval.video_stride", self.video_stride)
+        require_positive("eval.dist_timeout_min", self.dist_timeout_min)
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"eval.tasks must not repeat a task, got {list(self.tasks)}")
+        if self.mode == "chains" and self.tasks:
+            raise ValueError("eval.tasks selects tasks for eval.mode=single_task only; chains come from the generator")

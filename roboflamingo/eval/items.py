@@ -1,0 +1,84 @@
+"""The work list: CALVIN chains from the sequence generator, or single-task episodes.
+
+Chains come from ``roboflamingo.sim.chains.sample_chains`` (CALVIN's generator: 192 symbolic initial
+states, 5 tasks from 5 categories, each valid from the state reached by the previous ones). A
+single-task episode starts from a generator state in which its task is valid, drawn per task with
+``chain_seed``, so the same config always evaluates the same episodes. The instruction is the task's
+evaluation sentence (``load_instructions('eval')`` or ``eval.calvin_instructions``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from roboflamingo.eval.config import EvalConfig
+from roboflamingo.eval.protocol import EvalItem
+
+
+def evaluation_sentences(path: str | None = None) -> dict[str, str]:
+    """Task -> its evaluation sentence (the first one listed, as CALVIN's evaluator takes)."""
+    if not path:
+        from roboflamingo.sim.instructions import load_instructions
+
+        return {task: sentences[0] for task, sentences in load_instructions("eval").items()}
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"eval.calvin_instructions: {file} not found")
+    raw = yaml.safe_load(file.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{file}: expected a mapping task -> [sentence, ...]")
+    out = {}
+    for task, sentences in raw.items():
+        if isinstance(sentences, str):
+            sentences = [sentences]
+        if not isinstance(sentences, list) or not sentences or not isinstance(sentences[0], str):
+            raise ValueError(f"{file}: field '{task}' must be a sentence or a non-empty list of sentences")
+        out[str(task)] = sentences[0]
+    return out
+
+
+def _sentences_for(tasks: list[str], sentences: dict[str, str], where: str) -> list[str]:
+    missing = [t for t in tasks if t not in sentences]
+    if missing:
+        raise ValueError(f"{where}: no evaluation sentence for tasks {missing}")
+    return [sentences[t] for t in tasks]
+
+
+def chain_items(num: int, seed: int, sentences: dict[str, str]) -> list[EvalItem]:
+    from roboflamingo.sim.chains import sample_chains
+
+    return [
+        EvalItem(i, dict(c.initial_state), list(c.tasks), _sentences_for(list(c.tasks), sentences, f"chain {i}"))
+        for i, c in enumerate(sample_chains(num, seed))
+    ]
+
+
+def single_task_items(tasks: list[str], episodes: int, seed: int, sentences: dict[str, str]) -> list[EvalItem]:
+    """``episodes`` one-task items per task, from generator states where the task is valid."""
+    from roboflamingo.sim.chains import initial_states, next_states
+    from roboflamingo.sim.tasks import TaskOracle
+
+    oracle = TaskOracle.from_file()
+    names = list(tasks) or list(oracle.tasks)
+    oracle.check_names(names, source="eval.tasks")
+    states = initial_states(oracle)
+    items = []
+    for t, task in enumerate(names):
+        feasible = [s for s in states if len(next_states(s, task, oracle)) == 1]
+        if not feasible:
+            raise ValueError(f"eval.tasks: no initial state of the generator allows '{task}'")
+        rng = np.random.RandomState(seed * 1000 + t)
+        picks = rng.choice(len(feasible), size=episodes, replace=episodes > len(feasible))
+        sentence = _sentences_for([task], sentences, "eval.tasks")
+        items += [EvalItem(t * episodes + k, dict(feasible[p]), [task], sentence) for k, p in enumerate(picks)]
+    return items
+
+
+def build_items(cfg: EvalConfig) -> list[EvalItem]:
+    sentences = evaluation_sentences(cfg.calvin_instructions)
+    if cfg.mode == "chains":
+        return chain_items(cfg.num_chains, cfg.chain_seed, sentences)
+    return single_task_items(list(cfg.tasks), cfg.episodes_per_task, cfg.chain_seed, sentences)

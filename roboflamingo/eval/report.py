@@ -1,0 +1,103 @@
+"""The report of an evaluation: ``results.json``, ``results.md`` and ``results.png`` in the run directory.
+
+``results.json`` keeps CALVIN's numbers under plain names (``avg_len``, ``success_rates`` for 1..5,
+``per_task`` with success/total/rate, ``num_chains``) plus how fast the evaluation ran. The plot uses
+matplotlib's object API on the Agg canvas, so it never touches a display or global pyplot state.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from roboflamingo.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+RESULTS_PNG = "results.png"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def markdown(summary: dict[str, Any], title: str = "Evaluation") -> str:
+    """A Markdown report: the leaderboard row, then per-task success."""
+    lines = [f"# {title}", ""]
+    if summary["mode"] == "chains":
+        rates = summary["success_rates"]
+        header = " | ".join(str(i) for i in range(1, len(rates) + 1))
+        lines += [
+            f"{summary['num_chains']} chains of {len(rates)} tasks; success rate after i tasks in a row, "
+            "and the average number completed.",
+            "",
+            f"| {header} | Avg. Len |",
+            "|" + "---|" * (len(rates) + 1),
+            "| " + " | ".join(_pct(r) for r in rates) + f" | {summary['avg_len']:.2f} |",
+        ]
+    else:
+        lines += [
+            f"{summary['num_episodes']} single-task episodes: success {_pct(summary['success_rate'])} "
+            f"pooled, {_pct(summary['task_average'])} averaged over tasks.",
+        ]
+    lines += ["", "| task | success | attempted | rate |", "|---|---|---|---|"]
+    for task, c in summary["per_task"].items():
+        lines.append(f"| {task} | {c['success']} | {c['total']} | {_pct(c['rate'])} |")
+    speed = summary.get("speed")
+    if speed:
+        lines += [
+            "",
+            f"Speed: {speed['chains_per_min']:.2f} chains/min, {speed['env_steps_per_s']:.1f} env steps/s "
+            f"({speed['workers']} worker(s) x {speed['world_size']} rank(s)); policy "
+            f"{speed['policy_ms_per_step']:.2f} ms/step, simulator {speed['env_ms_per_step']:.2f} ms/step.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_png(summary: dict[str, Any], title: str = "Evaluation") -> bytes:
+    """Success vs chain length (chains mode) beside per-task success bars, as PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    per_task = summary["per_task"]
+    chains = summary["mode"] == "chains"
+    height = max(4.0, 0.22 * len(per_task) + 1.5)
+    fig = Figure(figsize=(12 if chains else 7, height))
+    FigureCanvasAgg(fig)
+    if chains:
+        ax_len, ax_task = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
+        rates = summary["success_rates"]
+        xs = list(range(1, len(rates) + 1))
+        ax_len.plot(xs, [100 * r for r in rates], marker="o")
+        ax_len.set_xticks(xs)
+        ax_len.set_ylim(0, 105)
+        ax_len.set_xlabel("tasks completed in a row")
+        ax_len.set_ylabel("success rate (%)")
+        ax_len.set_title(f"avg len {summary['avg_len']:.2f} over {summary['num_chains']} chains")
+        ax_len.grid(alpha=0.3)
+    else:
+        ax_task = fig.subplots(1, 1)
+    names = list(per_task)
+    ax_task.barh(range(len(names)), [100 * per_task[t]["rate"] for t in names])
+    ax_task.set_yticks(range(len(names)))
+    ax_task.set_yticklabels([f"{t} ({per_task[t]['total']})" for t in names], fontsize=7)
+    ax_task.invert_yaxis()
+    ax_task.set_xlim(0, 100)
+    ax_task.set_xlabel("success rate (%) over attempts")
+    ax_task.set_title("per task")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def write_report(run_dir: str | Path, summary: dict[str, Any], title: str = "Evaluation") -> dict[str, Path]:
+    """Write the three report files atomically; return their paths."""
+    run_dir = Path(run_dir)
+    paths = {"json": run_dir / RESULTS_JSON, "md": run_dir / RESULTS_MD, "png": run_dir / RESULTS_PNG}
+    atomic_write_json(paths["json"], summary)
+    atomic_write_text(paths["md"], markdown(summary, title))
+    atomic_write_bytes(paths["png"], plot_png(summary, title))
+    return paths

@@ -1,0 +1,117 @@
+"""``roboflamingo eval``: closed-loop evaluation with CALVIN's long-horizon protocol.
+
+    roboflamingo eval checkpoint=runs/train/checkpoints/last       # a trained policy
+    roboflamingo eval policy=expert eval.num_chains=100            # the scripted expert
+    roboflamingo eval policy=random eval.workers=4                 # the floor
+    roboflamingo eval checkpoint=... eval.calvin_dataset=task_D_D/validation   # the real calvin_env
+    torchrun --nproc_per_node=8 -m roboflamingo.cli eval checkpoint=...        # chains split over ranks
+
+Rerunning the same command resumes: finished chains are read back from ``<run_dir>/records/`` and
+skipped. The report (``results.json``, ``results.md``, ``results.png``, ``videos/``) lands in ``run_dir``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from roboflamingo.config import require_choice, save_yaml
+from roboflamingo.eval.calvin_adapter import INSTALL_HINT
+from roboflamingo.eval.config import EvalConfig
+from roboflamingo.eval.envs import EnvSpec
+from roboflamingo.eval.items import build_items
+from roboflamingo.eval.policies import POLICY_KINDS, PolicySpec, default_torch_threads
+from roboflamingo.eval.report import markdown, write_report
+from roboflamingo.eval.runner import distributed_rank_world, evaluate_items
+from roboflamingo.sim.config import EnvConfig
+
+
+@dataclass
+class Job:
+    """The ``eval`` command's config (``configs/eval.yaml``).
+
+    Args:
+        env: the tabletop simulator (ignored when ``eval.calvin_dataset`` selects the real CALVIN).
+        eval: protocol, parallelism and report settings.
+        policy: ``checkpoint`` (with ``checkpoint=<dir>``), ``expert`` or ``random``.
+        checkpoint: a directory written by ``RoboFlamingoPolicy.save_pretrained`` (e.g. a training
+            run's ``checkpoints/last``).
+        run_dir: where records, report and videos go; rerunning into it resumes.
+        seed: seed of the random policy.
+    """
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    policy: str = "checkpoint"
+    checkpoint: str | None = None
+    run_dir: str = "runs/eval"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require_choice("policy", self.policy, POLICY_KINDS)
+
+
+def make_specs(job: Job) -> tuple[PolicySpec, EnvSpec]:
+    """The picklable policy and environment factories a job describes (ValueError when inconsistent)."""
+    cfg = job.eval
+    threads = cfg.torch_threads or default_torch_threads(cfg.workers)
+    policy = PolicySpec(
+        kind=job.policy,
+        checkpoint=job.checkpoint,
+        device=cfg.device,
+        torch_threads=threads,
+        scene=job.env.scene,
+        seed=job.seed,
+    )
+    if cfg.calvin_dataset:
+        env = EnvSpec("calvin", job.env, cfg.calvin_dataset, cfg.calvin_tasks_config)
+    else:
+        env = EnvSpec("tabletop", job.env)
+    return policy, env
+
+
+def title(job: Job) -> str:
+    who = f"checkpoint {job.checkpoint}" if job.policy == "checkpoint" else f"{job.policy} policy"
+    where = f"CALVIN ({job.eval.calvin_dataset})" if job.eval.calvin_dataset else f"tabletop scene {job.env.scene}"
+    return f"{who} on {where}"
+
+
+def run(job: Job) -> int:
+    try:
+        policy_spec, env_spec = make_specs(job)
+    except ValueError as e:
+        print(f"roboflamingo eval: {e}", file=sys.stderr)
+        return 2
+    if env_spec.kind == "calvin" and importlib.util.find_spec("calvin_env") is None:
+        print(f"roboflamingo eval: eval.calvin_dataset is set, but {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    items = build_items(job.eval)
+    identity: dict[str, Any] = {"policy": policy_spec.identity(), "env": env_spec.identity()}
+    run_dir = Path(job.run_dir)
+    rank, _ = distributed_rank_world()
+    if rank == 0:
+        save_yaml(job, run_dir / "config.yaml")
+    summary = evaluate_items(items, policy_spec, env_spec, job.eval, run_dir, identity)
+    if summary is None:  # ranks > 0: rank 0 merges and reports
+        return 0
+    summary.update(
+        {
+            "title": title(job),
+            "policy": identity["policy"],
+            "env": identity["env"],
+            "protocol": {
+                "mode": job.eval.mode,
+                "ep_len": job.eval.ep_len,
+                "num_chains": job.eval.num_chains,
+                "chain_seed": job.eval.chain_seed,
+                "episodes_per_task": job.eval.episodes_per_task,
+            },
+        }
+    )
+    paths = write_report(run_dir, summary, title(job))
+    print(markdown(summary, title(job)))
+    print(f"report: {paths['json']}, {paths['md']}, {paths['png']}")
+    return 0

@@ -1,0 +1,430 @@
+"""Run many chains: in this process, in worker processes, and across ``torchrun`` ranks; resumable.
+
+Layout of the work:
+
+- ``torchrun`` ranks split the chains by index (chain i belongs to rank ``i % world_size``); each rank
+  appends its results to its own record file (``store.ResultStore``) and, at the end, rank 0 merges
+  every rank's records after a barrier. Chains already recorded by an earlier run, under any world
+  size, are skipped.
+- Within a rank, ``workers`` processes (``spawn``/``forkserver``) each build their own environment and
+  policy from picklable factories and pull chains from a shared queue; only the rank's main process
+  writes records, so a line is never interleaved. ``workers=1`` runs in the calling process.
+- Workers watch their parent: if the main process is killed, they stop after the chain in flight
+  instead of lingering as orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import queue
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from roboflamingo.eval.config import EvalConfig
+from roboflamingo.eval.metrics import ChainResult, running_postfix, summarize_chains, summarize_episodes
+from roboflamingo.eval.protocol import EvalEnv, EvalItem, rollout_chain
+from roboflamingo.eval.store import ResultStore, fingerprint
+from roboflamingo.eval.video import VideoWriter
+from roboflamingo.types import Policy
+
+VIDEOS_DIR = "videos"
+PolicyFactory = Callable[[int], Policy]  # called with the worker index
+EnvFactory = Callable[[], EvalEnv]
+
+
+def video_name(result: ChainResult) -> str:
+    """``chain0003_2of5_fail-open_drawer.mp4`` / ``episode0007_open_drawer_success.mp4``."""
+    if len(result.tasks) == 1:
+        ok = "success" if result.completed else "fail"
+        return f"episode{result.index:04d}_{result.tasks[0]}_{ok}.mp4"
+    return f"chain{result.index:04d}_{result.completed}of{len(result.tasks)}_{result.outcome}.mp4"
+
+
+class _Recorder:
+    """Renders and encodes every ``stride``-th observation; the others are never rendered."""
+
+    def __init__(self, env: EvalEnv, writer: VideoWriter, stride: int):
+        self.env, self.writer, self.stride, self.seen = env, writer, stride, 0
+
+    def __call__(self, obs: Any) -> None:
+        if self.seen % self.stride == 0:
+            self.writer.add(self.env.frame(obs))
+        self.seen += 1
+
+
+def execute_item(env: EvalEnv, policy: Policy, item: EvalItem, cfg: EvalConfig, video_dir: Path | None) -> ChainResult:
+    """One chain, recorded to video when it is among the first ``num_videos``."""
+    if video_dir is None or item.index >= cfg.num_videos:
+        return rollout_chain(env, policy, item, cfg.ep_len)
+    writer = VideoWriter(video_dir / f".item{item.index:04d}.partial.mp4", cfg.video_fps)
+    try:
+        result = rollout_chain(env, policy, item, cfg.ep_len, on_obs=_Recorder(env, writer, cfg.video_stride))
+    except BaseException:
+        writer.discard()
+        raise
+    result.video = str(writer.finish(video_dir / video_name(result)).relative_to(video_dir.parent))
+    return result
+
+
+def _parent_alive() -> bool:
+    parent = mp.parent_process()
+    return parent is None or parent.is_alive()
+
+
+def _worker_main(
+    worker: int,
+    policy_factory: PolicyFactory,
+    env_factory: EnvFactory,
+    cfg: EvalConfig,
+    video_dir: Path | None,
+    tasks: Any,
+    results: Any,
+) -> None:
+    env = None
+    try:
+        env = env_factory()
+        policy = policy_factory(worker)
+        results.put(("ready", worker, None))
+        while True:
+            try:
+                item = tasks.get(timeout=1.0)
+            except queue.Empty:
+                if not _parent_alive():
+                    return
+                continue
+            if item is None:
+                return
+            result = execute_item(env, policy, item, cfg, video_dir)
+            results.put(("result", worker, result.to_record()))
+            if not _parent_alive():
+                return
+    except BaseException:
+        results.put(("error", worker, traceback.format_exc()))
+    finally:
+        if env is not None:
+            env.close()
+
+
+@contextlib.contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Children start with one BLAS/OpenMP/render thread each unless the user chose otherwise, so N
+    workers on N cores do not fight over them (a torch policy sets its own thread count explicitly)."""
+    # LP_NUM_THREADS: Mesa's llvmpipe, the software EGL renderer, otherwise rasterizes on every core.
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LP_NUM_THREADS")
+    saved = {n: os.environ.get(n) for n in names}
+    for n in names:
+        os.environ.setdefault(n, "1")
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+
+
+class _Progress:
+    """tqdm bar with CALVIN's running success rates; silent when disabled."""
+
+    def __init__(self, total: int, initial: list[ChainResult], mode: str, enabled: bool):
+        self.results = list(initial)
+        self.mode = mode
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=len(initial), desc="eval", unit="chain", dynamic_ncols=True)
+            self._refresh()
+
+    def _refresh(self) -> None:
+        if self.bar is None or not self.results:
+            return
+        if self.mode == "chains":
+            self.bar.set_postfix_str(running_postfix(self.results), refresh=False)
+        else:
+            self.bar.set_postfix_str(f"success {summarize_episodes(self.results)['success_rate']:.0%}", refresh=False)
+
+    def add(self, result: ChainResult) -> None:
+        self.results.append(result)
+        if self.bar is not None:
+            self._refresh()
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run_inline(
+    items: Sequence[EvalItem],
+    policy_factory: PolicyFactory,
+    env_factory: EnvFactory,
+    cfg: EvalConfig,
+    video_dir: Path | None,
+    on_result: Callable[[ChainResult], None],
+) -> float:
+    start = time.perf_counter()
+    env = env_factory()
+    try:
+        policy = policy_factory(0)
+        startup = time.perf_counter() - start
+        for item in items:
+            on_result(execute_item(env, policy, item, cfg, video_dir))
+    finally:
+        env.close()
+    return startup
+
+
+def _drain_results(results: Any, on_result: Callable[[ChainResult], None]) -> None:
+    """Record chains other workers already finished before giving up, so a rerun need not redo them."""
+    while True:
+        try:
+            kind, _, payload = results.get(timeout=0.1)
+        except queue.Empty:
+            return
+        if kind == "result":
+            on_result(ChainResult.from_record(payload))
+
+
+def _run_workers(
+    items: Sequence[EvalItem],
+    policy_factory: PolicyFactory,
+    env_factory: EnvFactory,
+    cfg: EvalConfig,
+    video_dir: Path | None,
+    on_result: Callable[[ChainResult], None],
+) -> float:
+    ctx = mp.get_context(cfg.start_method)
+    tasks, results = ctx.Queue(), ctx.Queue()
+    n = min(cfg.workers, len(items))
+    for item in items:
+        tasks.put(item)
+    for _ in range(n):
+        tasks.put(None)
+    start = time.perf_counter()
+    startup = 0.0
+    with _single_threaded_children():
+        procs = [
+            ctx.Process(
+                target=_worker_main,
+                args=(w, policy_factory, env_factory, cfg, video_dir, tasks, results),
+                name=f"eval-worker-{w}",
+                daemon=True,
+            )
+            for w in range(n)
+        ]
+        for p in procs:
+            p.start()
+    try:
+        pending, ready = len(items), 0
+        while pending:
+            try:
+                kind, worker, payload = results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [(i, p.exitcode) for i, p in enumerate(procs) if not p.is_alive()]
+                if any(code != 0 for _, code in dead) or len(dead) == n:
+                    _drain_results(results, on_result)
+                    raise RuntimeError(
+                        f"eval worker(s) exited before finishing their chains: {dead} (worker, exit code); "
+                        "finished chains are recorded, rerun to resume"
+                    ) from None
+                continue
+            if kind == "error":
+                _drain_results(results, on_result)
+                raise RuntimeError(f"eval worker {worker} failed:\n{payload}")
+            if kind == "ready":
+                ready += 1
+                if ready == n:
+                    startup = time.perf_counter() - start
+                continue
+            pending -= 1
+            on_result(ChainResult.from_record(payload))
+        for p in procs:
+            p.join(timeout=30)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=10)
+    return startup
+
+
+def distributed_rank_world() -> tuple[int, int]:
+    """(rank, world_size) as ``torchrun`` exports them; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+_OWN_PROCESS_GROUP = False
+
+
+def _barrier(world_size: int, timeout_min: int) -> None:
+    global _OWN_PROCESS_GROUP
+    if world_size <= 1:
+        return
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        # gloo: the barrier only synchronizes CPU processes, and works with or without GPUs.
+        dist.init_process_group("gloo", timeout=timedelta(minutes=timeout_min))
+        _OWN_PROCESS_GROUP = True
+    dist.barrier()
+
+
+def _release_process_group() -> None:
+    """Tear down the process group if this module created it (a caller's own group is left alone)."""
+    global _OWN_PROCESS_GROUP
+    if _OWN_PROCESS_GROUP:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        _OWN_PROCESS_GROUP = False
+
+
+def speed_figures(new: list[ChainResult], wall_s: float, startup_s: float, cfg: EvalConfig, world: int) -> dict:
+    """Throughput of this run (resumed chains excluded); rates use the time after start-up."""
+    steps = sum(r.env_steps for r in new)
+    busy = max(wall_s - startup_s, 1e-9)
+    return {
+        "chains_this_run": len(new),
+        "wall_s": wall_s,
+        "startup_s": startup_s,
+        "chains_per_min": 60.0 * len(new) / busy if new else 0.0,
+        "env_steps_per_s": steps / busy if new else 0.0,
+        "policy_ms_per_step": 1e3 * sum(r.policy_s for r in new) / steps if steps else 0.0,
+        "env_ms_per_step": 1e3 * sum(r.env_s for r in new) / steps if steps else 0.0,
+        "cpu_s_per_chain": sum(r.cpu_s for r in new) / len(new) if new else 0.0,
+        "wall_s_per_chain": sum(r.wall_s for r in new) / len(new) if new else 0.0,
+        "workers": cfg.workers,
+        "world_size": world,
+    }
+
+
+def summarize(results: list[ChainResult], mode: str) -> dict[str, Any]:
+    return summarize_chains(results) if mode == "chains" else summarize_episodes(results)
+
+
+def evaluate_items(
+    items: Sequence[EvalItem],
+    policy_factory: PolicyFactory,
+    env_factory: EnvFactory,
+    cfg: EvalConfig,
+    run_dir: str | os.PathLike,
+    identity: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Evaluate ``items`` (resuming from ``run_dir``); return the merged summary on rank 0, else None.
+
+    ``identity`` describes the policy and environment; together with the protocol settings it forms
+    the fingerprint that keeps results of different evaluations apart.
+    """
+    indices = [it.index for it in items]
+    if len(set(indices)) != len(indices):
+        raise ValueError("chain indices must be unique")
+    rank, world = distributed_rank_world()
+    run_dir = Path(run_dir)
+    chains = [[it.index, it.initial_state, it.tasks, it.instructions] for it in items]
+    protocol = {"mode": cfg.mode, "ep_len": cfg.ep_len, "items": chains}
+    fp = fingerprint({"identity": identity, "protocol": protocol})
+    store = ResultStore(run_dir, fp, rank)
+    if rank == 0:
+        foreign = store.foreign_fingerprints()
+        if foreign and cfg.overwrite:
+            store.clear()
+            for video in (run_dir / VIDEOS_DIR).glob("*.mp4"):
+                video.unlink()
+        elif foreign:
+            raise ValueError(
+                f"{store.dir} holds results of a different evaluation ({sorted(foreign)}, this one is {fp}); "
+                "use another run_dir or eval.overwrite=true"
+            )
+    _barrier(world, cfg.dist_timeout_min)
+
+    before = store.load()
+    mine = [it for it in items if it.index % world == rank]
+    todo = [it for it in mine if it.index not in before]
+    video_dir = run_dir / VIDEOS_DIR if cfg.num_videos else None
+    if video_dir is not None:
+        video_dir.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(
+        len(mine), [before[it.index] for it in mine if it.index in before], cfg.mode, cfg.progress and rank == 0
+    )
+
+    def on_result(result: ChainResult) -> None:
+        store.append(result)
+        progress.add(result)
+
+    start = time.perf_counter()
+    startup = 0.0
+    try:
+        if todo:
+            run = _run_inline if cfg.workers == 1 else _run_workers
+            startup = run(todo, policy_factory, env_factory, cfg, video_dir, on_result)
+    finally:
+        progress.close()
+        store.close()
+    wall = time.perf_counter() - start
+
+    _barrier(world, cfg.dist_timeout_min)
+    _release_process_group()
+    if rank != 0:
+        return None
+    done = store.load()
+    wanted = set(indices)
+    results = [done[i] for i in sorted(done) if i in wanted]
+    missing = sorted(wanted - set(done))
+    if missing:
+        raise RuntimeError(f"chains {missing[:10]}{'...' if len(missing) > 10 else ''} have no record after the run")
+    new = [r for r in results if r.index not in before]
+    summary = summarize(results, cfg.mode)
+    summary["speed"] = speed_figures(new, wall, startup, cfg, world)
+    summary["fingerprint"] = fp
+    return summary
+
+
+def describe(factory: Any) -> Any:
+    """A factory's ``identity()`` or, failing that, its import path: stable across runs, unlike
+    ``repr`` (which may carry a memory address and would make every rerun look like a new evaluation)."""
+    if hasattr(factory, "identity"):
+        return factory.identity()
+    target = getattr(factory, "func", factory)  # functools.partial
+    name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(target).__qualname__)}"
+    if target is not factory:
+        return {"factory": name, "args": repr(factory.args), "keywords": repr(sorted(factory.keywords.items()))}
+    return {"factory": name}
+
+
+def evaluate_chains(
+    policy_factory: PolicyFactory,
+    env_factory: EnvFactory,
+    cfg: EvalConfig,
+    items: Sequence[EvalItem] | None = None,
+    run_dir: str | os.PathLike | None = None,
+    identity: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Evaluate a policy with CALVIN's protocol and return the summary (``None`` on ranks > 0).
+
+    ``policy_factory(worker)`` and ``env_factory()`` must be picklable when ``cfg.workers > 1`` (for
+    instance ``PolicySpec`` and ``EnvSpec``). Without ``items`` the chains (or single-task episodes)
+    come from the simulator's sequence generator and the evaluation sentences, as ``cfg`` says.
+    Without ``run_dir`` the records go to a temporary directory (nothing to resume from).
+    """
+    if items is None:
+        from roboflamingo.eval.items import build_items
+
+        items = build_items(cfg)
+    if identity is None:
+        identity = {"policy": describe(policy_factory), "env": describe(env_factory)}
+    if run_dir is not None:
+        return evaluate_items(items, policy_factory, env_factory, cfg, run_dir, identity)
+    with tempfile.TemporaryDirectory(prefix="roboflamingo-eval-") as tmp:
+        return evaluate_items(items, policy_factory, env_factory, cfg, tmp, identity)
+
+
