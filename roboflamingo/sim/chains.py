@@ -167,21 +167,33 @@ def _transitions(oracle: TaskOracle) -> _Transitions:
     return _TRANSITIONS[id(oracle)]
 
 
-def sequences_for_state(state: dict, num: int, rng_seed: int, oracle: TaskOracle | None = None) -> list[list[str]]:
+def sequences_for_state(state: dict, num: int, rng_seed: int, oracle: TaskOracle | None = None,
+                        tasks: list[str] | None = None) -> list[list[str]]:
     """CALVIN's get_sequences_for_state2: uniform draws of 5 distinct tasks until ``num`` are valid.
 
     Draws are made 4096 at a time (argsort of uniform keys gives uniform random permutations) and
     checked in numpy through the transition table; CALVIN's one-draw-at-a-time loop takes minutes
     for 1000 chains.
+
+    ``tasks`` restricts the draws to a subset (a demo's task set). A subset that spans fewer than 5
+    categories cannot satisfy CALVIN's 5-distinct-categories rule, so there the rule becomes: 5
+    distinct tasks, no two consecutive ones of the same category.
     """
     oracle = oracle or _oracle()
     tr = _transitions(oracle)
+    pool = _task_pool(tr, tasks)
+    distinct_categories = len(set(tr.cats[pool].tolist())) >= SEQUENCE_LENGTH
     rng = np.random.RandomState(rng_seed)
     start = tr.state_id(state)
     out: list[list[str]] = []
-    while len(out) < num:
-        draws = np.argsort(rng.random_sample((4096, len(tr.names))), axis=1)[:, :SEQUENCE_LENGTH]
-        c = np.sort(tr.cats[draws], axis=1)
+    for _ in range(10_000):
+        if len(out) >= num:
+            break
+        draws = pool[np.argsort(rng.random_sample((4096, len(pool))), axis=1)[:, :SEQUENCE_LENGTH]]
+        if distinct_categories:
+            c = np.sort(tr.cats[draws], axis=1)
+        else:
+            c = tr.cats[draws]
         ok = np.all(c[:, 1:] != c[:, :-1], axis=1)
         s = np.full(len(draws), start)
         for k in range(SEQUENCE_LENGTH):
@@ -189,20 +201,39 @@ def sequences_for_state(state: dict, num: int, rng_seed: int, oracle: TaskOracle
         ok &= s != tr.dead
         for idx in draws[ok][: num - len(out)]:
             out.append([tr.names[i] for i in idx])
+    if len(out) < num:
+        raise ValueError(f"no valid 5-task sequence of tasks {tasks} starts from state {state}")
     return out
 
 
-def sample_chains(num: int, seed: int = 0, oracle: TaskOracle | None = None) -> list[Chain]:
-    """``num`` chains spread over all initial states (np.array_split), deterministic for ``seed``."""
+def _task_pool(tr: _Transitions, tasks: list[str] | None) -> np.ndarray:
+    if not tasks:
+        return np.arange(len(tr.names))
+    unknown = [t for t in tasks if t not in tr.names]
+    if unknown:
+        raise ValueError(f"chain tasks: unknown task names {unknown} (see envs/tasks.yaml)")
+    if len(set(tasks)) < SEQUENCE_LENGTH:
+        raise ValueError(f"chain tasks: need at least {SEQUENCE_LENGTH} distinct tasks, got {list(tasks)}")
+    return np.array(sorted({tr.names.index(t) for t in tasks}))
+
+
+def sample_chains(num: int, seed: int = 0, oracle: TaskOracle | None = None,
+                  tasks: list[str] | None = None) -> list[Chain]:
+    """``num`` chains spread over the initial states (np.array_split), deterministic for ``seed``.
+
+    With ``tasks``, chains use only those tasks and start only from initial states where such a
+    chain exists.
+    """
     oracle = oracle or _oracle()
     digest = hashlib.sha1(Path(oracle.path).read_bytes()).hexdigest()[:12]
-    cache = _cache_dir() / "chains" / f"{digest}_{num}_{seed}.json"
+    subset = "" if not tasks else "_" + hashlib.sha1(",".join(sorted(tasks)).encode()).hexdigest()[:8]
+    cache = _cache_dir() / "chains" / f"{digest}_{num}_{seed}{subset}.json"
     if cache.is_file():
         try:
             return [Chain(c["initial_state"], c["tasks"]) for c in json.loads(cache.read_text())]
         except (ValueError, KeyError, TypeError):
             pass  # a damaged cache file is recomputed below
-    chains = _sample_chains(num, seed, oracle)
+    chains = _sample_chains(num, seed, oracle, tasks)
     with contextlib.suppress(OSError):
         atomic_write_text(cache, json.dumps([{"initial_state": c.initial_state, "tasks": c.tasks} for c in chains]))
     return [Chain(dict(c.initial_state), list(c.tasks)) for c in chains]
@@ -212,18 +243,43 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("ROBOFLAMINGO_CACHE", Path(tempfile.gettempdir()) / f"roboflamingo-{os.getuid()}"))
 
 
-def _sample_chains(num: int, seed: int, oracle: TaskOracle | None) -> list[Chain]:
+def _sample_chains(num: int, seed: int, oracle: TaskOracle | None, tasks: list[str] | None = None) -> list[Chain]:
     if num <= 0:
         raise ValueError(f"sample_chains: num must be > 0, got {num}")
     oracle = oracle or _oracle()
     states = initial_states(oracle)
+    if tasks:
+        states = [st for st in states if _has_sequence(st, tasks, oracle)]
     counts = [len(part) for part in np.array_split(np.arange(num), len(states))]
     chains = []
     for i, (state, n) in enumerate(zip(states, counts)):
         if n:
-            chains += [Chain(dict(state), seq) for seq in sequences_for_state(state, n, 1000 * seed + i, oracle)]
+            chains += [Chain(dict(state), seq)
+                       for seq in sequences_for_state(state, n, 1000 * seed + i, oracle, tasks)]
     order = np.random.RandomState(seed).permutation(len(chains))
     return [chains[i] for i in order]
+
+
+def _has_sequence(state: dict, tasks: list[str], oracle: TaskOracle) -> bool:
+    """Whether some valid 5-task chain of ``tasks`` starts from ``state`` (depth-first search)."""
+    tr = _transitions(oracle)
+    pool = _task_pool(tr, tasks).tolist()
+    distinct_categories = len({int(tr.cats[t]) for t in pool}) >= SEQUENCE_LENGTH
+
+    def extend(sid: int, used: list[int]) -> bool:
+        if len(used) == SEQUENCE_LENGTH:
+            return True
+        for t in pool:
+            if t in used or tr.table[sid, t] == tr.dead:
+                continue
+            cats = [int(tr.cats[u]) for u in used]
+            if (distinct_categories and int(tr.cats[t]) in cats) or (cats and cats[-1] == int(tr.cats[t])):
+                continue
+            if extend(int(tr.table[sid, t]), [*used, t]):
+                return True
+        return False
+
+    return extend(tr.state_id(state), [])
 
 
 def neutral_robot_obs(scene: Scene) -> np.ndarray:

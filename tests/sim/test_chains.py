@@ -84,3 +84,26 @@ def test_initial_state_mapping_ignores_key_order():
     fresh = sample_chains(12, seed=3)
     cached = sample_chains(12, seed=3)  # read back from the on-disk cache
     assert [list(c.initial_state) for c in fresh] == [list(c.initial_state) for c in cached]
+
+
+def test_chains_over_a_task_subset_use_only_those_tasks_and_stay_valid():
+    subset = ["move_slider_left", "move_slider_right", "open_drawer", "close_drawer",
+              "turn_on_led", "turn_off_led", "turn_on_lightbulb", "turn_off_lightbulb"]
+    oracle = TaskOracle.from_file()
+    chains = sample_chains(30, seed=1, tasks=subset)
+    assert len(chains) == 30
+    for chain in chains:
+        assert set(chain.tasks) <= set(subset) and len(set(chain.tasks)) == 5
+        state = chain.initial_state
+        for task in chain.tasks:  # every task applies in the state the previous ones leave
+            (state,) = next_states(state, task, oracle)
+        cats = [oracle.specs[t].category for t in chain.tasks]
+        assert all(a != b for a, b in zip(cats, cats[1:]))  # 4 categories: no repeat in a row
+    assert [c.tasks for c in sample_chains(30, seed=1, tasks=subset)] == [c.tasks for c in chains]
+
+
+def test_task_subset_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown task names"):
+        sample_chains(3, tasks=["open_drawer", "fly", "close_drawer", "turn_on_led", "turn_off_led"])
+    with pytest.raises(ValueError, match="at least 5 distinct"):
+        sample_chains(3, tasks=["open_drawer", "close_drawer"])
