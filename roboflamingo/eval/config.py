@@ -29,7 +29,8 @@ class EvalConfig:
         chain_seed: seed of the sequence generator; the same seed gives the same chains.
         ep_len: control steps allowed per subtask (CALVIN's ``EP_LEN``).
         episodes_per_task: single-task mode only: episodes per task.
-        tasks: single-task mode only: the tasks to evaluate; empty means all tasks of the oracle.
+        tasks: the tasks to evaluate; empty means all tasks of the oracle. In chains mode the chains
+            are drawn from these tasks only (at least 5; see ``sim.chains.sample_chains``).
         workers: processes on this machine, each with its own environment and policy. ``1`` runs in
             the calling process. Under ``torchrun`` every rank starts this many.
         start_method: multiprocessing start method for the workers. ``fork`` is not offered: a forked
@@ -88,5 +89,5 @@ class EvalConfig:
         require_positive("eval.dist_timeout_min", self.dist_timeout_min)
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"eval.tasks must not repeat a task, got {list(self.tasks)}")
-        if self.mode == "chains" and self.tasks:
-            raise ValueError("eval.tasks selects tasks for eval.mode=single_task only; chains come from the generator")
+        if self.mode == "chains" and 0 < len(self.tasks) < 5:
+            raise ValueError(f"eval.tasks: chains of 5 need at least 5 tasks, got {list(self.tasks)}")

@@ -47,12 +47,12 @@ def _sentences_for(tasks: list[str], sentences: dict[str, str], where: str) -> l
     return [sentences[t] for t in tasks]
 
 
-def chain_items(num: int, seed: int, sentences: dict[str, str]) -> list[EvalItem]:
+def chain_items(num: int, seed: int, sentences: dict[str, str], tasks: list[str] | None = None) -> list[EvalItem]:
     from roboflamingo.sim.chains import sample_chains
 
     return [
         EvalItem(i, dict(c.initial_state), list(c.tasks), _sentences_for(list(c.tasks), sentences, f"chain {i}"))
-        for i, c in enumerate(sample_chains(num, seed))
+        for i, c in enumerate(sample_chains(num, seed, tasks=list(tasks) if tasks else None))
     ]
 
 
@@ -80,5 +80,5 @@ def single_task_items(tasks: list[str], episodes: int, seed: int, sentences: dic
 def build_items(cfg: EvalConfig) -> list[EvalItem]:
     sentences = evaluation_sentences(cfg.calvin_instructions)
     if cfg.mode == "chains":
-        return chain_items(cfg.num_chains, cfg.chain_seed, sentences)
+        return chain_items(cfg.num_chains, cfg.chain_seed, sentences, cfg.tasks)
     return single_task_items(list(cfg.tasks), cfg.episodes_per_task, cfg.chain_seed, sentences)
