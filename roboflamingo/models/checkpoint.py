@@ -10,6 +10,7 @@ is an error that lists the keys.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -49,12 +50,34 @@ def checkpoint_tensors(policy) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_policy(policy, directory: str | os.PathLike) -> None:
-    """Write the two files (each atomically) into ``directory``; other files there are left alone."""
+def _from_state_dict(policy, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors looked up by name in a full state dict (shared tensors under any name)."""
+    names = checkpoint_tensors(policy)
+    missing = sorted(k for k in names if k not in state_dict)
+    if missing:
+        raise ValueError(f"save_pretrained: the given state_dict lacks [{_list(missing)}]")
+    out = {}
+    for k, own in names.items():
+        value = state_dict[k]
+        if tuple(value.shape) != tuple(own.shape):
+            # A shard instead of the full tensor would be saved silently otherwise.
+            raise ValueError(f"save_pretrained: state_dict['{k}'] has shape {tuple(value.shape)}, "
+                             f"expected {tuple(own.shape)} (pass the full, gathered state dict)")
+        out[k] = value
+    return out
+
+
+def save_policy(policy, directory: str | os.PathLike, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Write the two files (each atomically) into ``directory``; other files there are left alone.
+
+    ``state_dict``: a full state dict to take the tensors from (FSDP-gathered weights); the policy's
+    own tensors otherwise.
+    """
     policy.normalizer.check()  # a checkpoint without statistics could never run
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in checkpoint_tensors(policy).items()}
+    source = checkpoint_tensors(policy) if state_dict is None else _from_state_dict(policy, state_dict)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
     save_yaml(PolicyConfig(model=policy.model_config, head=policy.head_config), directory / CONFIG_FILE)

@@ -147,7 +147,12 @@ def build_lm(cfg: LMConfig, vocab: int, load_weights: bool = True) -> nn.Module:
         path = resolve_path(cfg.path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model.lm.path: {path} is not a HuggingFace model directory (no config.json)")
-        if load_weights:
+        from roboflamingo.models.published import is_mosaic_gpt, load_mosaic_gpt
+
+        if is_mosaic_gpt(path):
+            # MPT-1B ships as remote code (MosaicGPT): renamed onto transformers' MPT, none of it run.
+            lm = load_mosaic_gpt(path, load_weights=load_weights)
+        elif load_weights:
             lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="float32")
         else:
             lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True))

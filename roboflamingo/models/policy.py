@@ -272,10 +272,13 @@ class RoboFlamingoPolicy(nn.Module):
 
     # -- checkpoints --------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
+    def save_pretrained(self, directory: str | os.PathLike,
+                        state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Write ``config.yaml`` and ``model.safetensors``; ``state_dict``: take the tensors from this
+        full state dict (e.g. gathered from FSDP shards) instead of from the module's own parameters."""
         from roboflamingo.models.checkpoint import save_policy
 
-        save_policy(self, directory)
+        save_policy(self, directory, state_dict=state_dict)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> RoboFlamingoPolicy:

@@ -110,15 +110,18 @@ def _fully_shard(policy: nn.Module, min_params: int) -> nn.Module:
     first (the decoder layers of a 7B LM become one unit each), then the root for the rest."""
     from torch.distributed.fsdp import fully_shard
 
-    def visit(module: nn.Module) -> int:
-        count = sum(visit(child) for child in module.children())
+    def visit(module: nn.Module, parent: nn.Module | None) -> int:
+        count = sum(visit(child, module) for child in module.children())
         count += sum(p.numel() for p in module.parameters(recurse=False))
-        if module is not policy and count >= min_params:
+        # fully_shard refuses containers, and MultiheadAttention reads out_proj's weight directly
+        # (never calling its forward), so a sharded out_proj would never be unsharded.
+        container = isinstance(module, (nn.ModuleList, nn.ModuleDict)) or isinstance(parent, nn.MultiheadAttention)
+        if module is not policy and count >= min_params and not container:
             fully_shard(module)
             return 0
         return count
 
-    visit(policy)
+    visit(policy, None)
     fully_shard(policy)
     return policy
 

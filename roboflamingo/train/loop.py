@@ -23,7 +23,6 @@ the RNG states of every rank reproduces the uninterrupted run bit for bit on the
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 import sys
@@ -142,10 +141,6 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
         policy = _build_policy(job.model, job.head, distributed.broadcast_object(stats, info))
     policy.to(info.device)
     policy.train()
-    fsdp = cfg.strategy == "fsdp" and info.enabled
-    if fsdp and "state_dict" not in inspect.signature(policy.save_pretrained).parameters:
-        raise ConfigError("train.strategy=fsdp needs the policy's save_pretrained(directory, state_dict=...) to save "
-                          "weights gathered from the shards; use train.strategy=ddp")
     model = distributed.wrap(policy, cfg, info)
     optimizer = build_optimizer(policy, cfg)
     scheduler = build_scheduler(optimizer, cfg)

@@ -1,8 +1,8 @@
 """The FSDP option (``train.strategy=fsdp``): sharded training, full checkpoints, exact resume.
 
-The shipped policy cannot be saved from shards yet (its ``save_pretrained`` takes no gathered
-``state_dict``; the loop refuses FSDP for it with a clear error), so this test drives the loop's
-FSDP path with a small stand-in policy that has the same interface.
+The test drives the loop's FSDP path with a small stand-in policy that has the policy's interface
+(``save_pretrained(directory, state_dict)`` taking the gathered weights), which keeps a
+2-process CPU run fast.
 """
 
 from __future__ import annotations

@@ -1,0 +1,469 @@
+"""Published weights in their original layouts, mapped strictly onto our policy.
+
+Three sources, each loaded with every key accounted for:
+
+- an **OpenFlamingo** ``checkpoint.pt`` (3B / 4B / 9B): ``perceiver.*``,
+  ``lang_encoder.gated_cross_attn_layers.N.*`` and the LM's input embedding;
+- a released **RoboFlamingo** ``.pth`` (``{epoch, model_state_dict, optimizer_state_dict,
+  lr_scheduler_state_dict}``, keys prefixed ``module.``): the same plus the ``lm_head.*`` policy head;
+- **MosaicGPT** (the remote code MPT-1B ships with) parameter names, renamed onto transformers' MPT.
+
+What the original files hold besides the trainable tensors (open_flamingo #210): open_flamingo wraps
+every decoder layer in a ``FlamingoLayer`` and keeps the old list as ``old_decoder_blocks``, so each
+cross-attention block is saved twice (``gated_cross_attn_layers.N`` and
+``<layers>.N.gated_cross_attn_layer``) and the frozen decoder weights survive under
+``old_decoder_blocks.N`` (``get_checkpoint`` deletes only the first name of a shared tensor). The
+duplicates must equal their primary copy, and the frozen LM copies must equal the LM read from
+``model.lm.path``; anything else in the file is an error that names the keys. The only tensors
+allowed to be absent are the frozen vision encoder and LM, which the original never saved and which
+come from ``model.vision.weights`` / ``model.lm.path`` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from roboflamingo.models.config import FUSIONS, HeadConfig, ModelConfig
+from roboflamingo.types import ACTION_DIM, POSE_DIM, ROBOT_OBS_DIM
+
+# The original's normalization: none (CALVIN's rel_actions are already scaled into [-1, 1]).
+IDENTITY_STATS = {
+    "action_mean": np.zeros(ACTION_DIM, np.float32),
+    "action_std": np.ones(ACTION_DIM, np.float32),
+    "robot_obs_mean": np.zeros(ROBOT_OBS_DIM, np.float32),
+    "robot_obs_std": np.ones(ROBOT_OBS_DIM, np.float32),
+}
+
+
+def _list(keys, limit: int = 20) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+# -- reading files ----------------------------------------------------------------------------------
+
+def read_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The model tensors of a published file, ``module.`` stripped.
+
+    Accepts a bare state dict or a training checkpoint holding ``model_state_dict`` / ``state_dict``
+    (the optimizer and scheduler states are not needed). Memory-mapped where possible: a released
+    3B ``.pth`` is 17.6 GB, most of it Adam state that is never touched.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj: object = load_file(str(path))
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            # Files written by torch < 1.6 (not a zip archive) cannot be memory-mapped.
+            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        except Exception as e:
+            if trust_pickle:
+                raise
+            raise ValueError(
+                f"{path}: cannot be read as plain tensors ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                f"if you trust this file, pass trust_pickle=true to unpickle it fully"
+            ) from e
+    if isinstance(obj, dict):
+        for key in ("model_state_dict", "state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(
+            f"{path}: expected a state dict of tensors (or a dict with 'model_state_dict'), "
+            f"got {type(obj).__name__} with keys {_list(map(str, obj)) if isinstance(obj, dict) else '-'}"
+        )
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+# -- MosaicGPT (MPT-1B's remote code) -> transformers' MPT ------------------------------------------
+
+MOSAIC_MODEL_TYPES = ("mosaic_gpt",)
+
+# Block-level renames (MosaicGPT GPTBlock -> transformers MptBlock); the model level is below.
+_MOSAIC_BLOCK = {
+    "ln_1.weight": "norm_1.weight",
+    "attn.Wqkv.weight": "attn.Wqkv.weight",
+    "attn.out_proj.weight": "attn.out_proj.weight",
+    "ln_2.weight": "norm_2.weight",
+    "mlp.mlp_up.weight": "ffn.up_proj.weight",
+    "mlp.mlp_down.weight": "ffn.down_proj.weight",
+}
+_MOSAIC_BLOCK_KEY = re.compile(r"^(transformer\.blocks\.\d+)\.(.+)$")
+
+
+def mosaic_to_mpt_key(name: str) -> str | None:
+    """The transformers MPT name of a MosaicGPT parameter, or None if MPT has no such parameter.
+
+    MPT keys pass through unchanged, so a state dict may mix both spellings.
+    """
+    if name in ("transformer.wte.weight", "lm_head.weight"):
+        return name
+    if name in ("transformer.ln_f.weight", "transformer.norm_f.weight"):
+        return "transformer.norm_f.weight"
+    m = _MOSAIC_BLOCK_KEY.match(name)
+    if m:
+        rest = m.group(2)
+        if rest in _MOSAIC_BLOCK:
+            return f"{m.group(1)}.{_MOSAIC_BLOCK[rest]}"
+        if rest in _MOSAIC_BLOCK.values():
+            return name
+    return None
+
+
+def mosaic_to_mpt_config(cfg: dict):
+    """transformers ``MptConfig`` equivalent to a MosaicGPT ``config.json``; raises for what MPT lacks."""
+    from transformers import MptConfig
+
+    problems = []
+    if not cfg.get("alibi", False):
+        problems.append("alibi=false (learned positions; transformers' MPT always uses ALiBi)")
+    if cfg.get("alibi_bias_max", 8) != 8:
+        problems.append(f"alibi_bias_max={cfg.get('alibi_bias_max')} (transformers' MPT fixes 8)")
+    if cfg.get("attn_qk_ln", False):
+        problems.append("attn_qk_ln=true (transformers' MPT has no q/k LayerNorm)")
+    if not cfg.get("no_bias", False):
+        problems.append("no_bias=false (transformers' MPT has no biases)")
+    if cfg.get("mlp_ratio", 4) != 4:
+        problems.append(f"mlp_ratio={cfg.get('mlp_ratio')} (transformers' MPT fixes 4)")
+    if problems:
+        raise ValueError(f"this MosaicGPT cannot be mapped onto transformers' MPT: {'; '.join(problems)}")
+    for key in ("d_model", "n_heads", "n_layers", "max_seq_len", "vocab_size"):
+        if key not in cfg:
+            raise ValueError(f"MosaicGPT config.json has no '{key}'")
+    return MptConfig(
+        d_model=cfg["d_model"], n_heads=cfg["n_heads"], n_layers=cfg["n_layers"], expansion_ratio=4,
+        max_seq_len=cfg["max_seq_len"], vocab_size=cfg["vocab_size"], no_bias=True,
+        attn_config={"softmax_scale": cfg.get("softmax_scale"), "clip_qkv": cfg.get("attn_clip_qkv"),
+                     "alibi": True, "alibi_bias_max": 8},
+        logit_scale=cfg.get("logit_scale"), tie_word_embeddings=True,
+    )
+
+
+def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a HuggingFace model directory (single or sharded, safetensors or .bin)."""
+    from safetensors.torch import load_file
+
+    for index_name, loader in (("model.safetensors.index.json", "st"), ("pytorch_model.bin.index.json", "pt")):
+        index = directory / index_name
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            out: dict[str, torch.Tensor] = {}
+            for f in files:
+                out.update(load_file(str(directory / f)) if loader == "st"
+                           else torch.load(directory / f, map_location="cpu", weights_only=True))
+            return out
+    if (directory / "model.safetensors").is_file():
+        return load_file(str(directory / "model.safetensors"))
+    if (directory / "pytorch_model.bin").is_file():
+        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin (or sharded index)")
+
+
+def load_mosaic_gpt(directory: str | Path, load_weights: bool = True) -> nn.Module:
+    """A MosaicGPT directory (``model_type: mosaic_gpt``) as a transformers ``MptForCausalLM``.
+
+    No remote code is run: the config is translated and every weight renamed; a MosaicGPT weight with
+    no MPT counterpart, or an MPT weight the file lacks, is an error naming it.
+    """
+    from transformers import MptForCausalLM
+
+    directory = Path(directory)
+    config = mosaic_to_mpt_config(json.loads((directory / "config.json").read_text()))
+    lm = MptForCausalLM(config)
+    if not load_weights:
+        return lm
+    raw = read_hf_weights(directory)
+    state, unknown = {}, []
+    for name, value in raw.items():
+        target = mosaic_to_mpt_key(name.removeprefix("model."))
+        if target is None:
+            unknown.append(name)
+        else:
+            state[target] = value
+    state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))  # tied, as in MosaicGPT
+    expected = lm.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if unknown or missing:
+        raise ValueError(f"{directory}: MosaicGPT weights do not map onto transformers' MPT: "
+                         f"unmapped keys [{_list(unknown)}]; missing keys [{_list(missing)}]")
+    for name, value in state.items():
+        if tuple(value.shape) != tuple(expected[name].shape):
+            raise ValueError(f"{directory}: '{name}' has shape {tuple(value.shape)}, "
+                             f"expected {tuple(expected[name].shape)}")
+    lm.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return lm
+
+
+def is_mosaic_gpt(directory: Path) -> bool:
+    config = directory / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") in MOSAIC_MODEL_TYPES
+
+
+# -- RoboFlamingo file names ------------------------------------------------------------------------
+
+# llm_name in the file name -> (our model config, LM family, cross_attn_every_n_layers) of mpt_dict.
+BACKBONES = {
+    "mpt_3b": ("of3b_mpt1b", "mpt", 1),
+    "mpt_dolly_3b": ("of3b_mpt1b", "mpt", 1),
+    "mpt_base_4b": ("of4b", "gpt_neox", 2),
+    "mpt_4b": ("of4b", "gpt_neox", 2),
+    "mpt_9b": ("of9b_mpt7b", "mpt", 4),
+}
+
+
+@dataclass
+class PublishedName:
+    """What a released checkpoint's file name says about how it was trained (eval_ckpts.py parses it)."""
+
+    backbone: str  # llm_name, a key of BACKBONES
+    model_config: str  # configs/model/<name>.yaml
+    family: str
+    cross_attn_every_n_layers: int
+    fusion: str
+    window: int
+    act_steps: int
+
+
+def parse_checkpoint_name(name: str) -> PublishedName:
+    """``checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_ws_12_mpt_3b_4.pth`` -> post, W=12, mpt_3b."""
+    stem = Path(name).name
+    # The longest llm_name first: 'mpt_dolly_3b' must not be read as 'mpt_3b'.
+    found = [k for k in sorted(BACKBONES, key=len, reverse=True) if re.search(rf"_{k}_\d+\.pth", stem)]
+    if "llama" in stem:
+        raise ValueError(f"{stem}: llama backbones are not supported (the original's llama path is broken)")
+    if not found:
+        raise ValueError(f"{stem}: no backbone in the file name (expected one of {list(BACKBONES)} "
+                         f"before the epoch, as in ..._ws_12_mpt_3b_4.pth)")
+    for unsupported in ("two_way", "vit_concat", "_gpt_", "_fc_", "diff", "_sep_", "state"):
+        if unsupported in stem:
+            raise ValueError(f"{stem}: '{unsupported.strip('_')}' variants are not supported "
+                             f"(only the LSTM head with post/pre fusion and one shared resampler)")
+    fusion = next((f for f in FUSIONS if f"_{f}_" in f"_{stem}"), None)
+    if fusion is None:
+        raise ValueError(f"{stem}: no fusion mode in the file name (expected one of {list(FUSIONS)})")
+    ws = re.search(r"_ws_(\d+)", stem)
+    if ws is None:
+        raise ValueError(f"{stem}: no window size in the file name (expected '_ws_<N>')")
+    fur = re.search(r"_(\d+)_fur_step", stem)
+    model_config, family, every = BACKBONES[found[0]]
+    return PublishedName(found[0], model_config, family, every, fusion, int(ws.group(1)),
+                         int(fur.group(1)) if fur else 1)
+
+
+# -- the original's LSTM head -----------------------------------------------------------------------
+
+_HEAD_LINEAR = re.compile(r"^(actions|gripper)\.mlp\.(\d+)\.(weight|bias)$")
+_HEAD_RNN = re.compile(r"^rnn\.(weight|bias)_(ih|hh)_l(\d+)$")
+
+
+def head_config_from_state(head: dict[str, torch.Tensor], dropout: float = 0.1) -> HeadConfig:
+    """The HeadConfig that reproduces the original DeterministicDecoder held in ``head`` (``lm_head.*``).
+
+    Sizes come from the tensors; ``pose_tanh`` and no input norm are what MLPTanhHead / the
+    original do; ``sliding`` history is its inference behaviour.
+    """
+    layers = sorted({int(m.group(3)) for k in head if (m := _HEAD_RNN.match(k))})
+    if not layers or layers != list(range(len(layers))) or not {"actions.mlp.0.weight", "gripper.mlp.0.weight"} <= set(head):
+        raise ValueError(f"not the original LSTM head (DeterministicDecoder): keys [{_list(head)}]")
+    hidden = head["rnn.weight_hh_l0"].shape[1]
+    linears = sorted({int(m.group(2)) for k in head if (m := _HEAD_LINEAR.match(k)) and m.group(1) == "actions"})
+    widths = [int(head[f"actions.mlp.{i}.weight"].shape[0]) for i in linears[:-1]]
+    return HeadConfig(type="lstm", hidden_size=int(hidden), num_layers=len(layers), dropout=dropout,
+                      mlp_widths=widths, input_norm=False, pose_tanh=True, lstm_history="sliding")
+
+
+def map_head(head: dict[str, torch.Tensor], act_steps: int) -> dict[str, torch.Tensor]:
+    """Original ``lm_head.*`` tensors -> our ``action_head.*`` tensors.
+
+    The original's MLPs are ``Sequential(Linear, ReLU, ..., Linear, Tanh|Sigmoid)`` with the Linears at
+    even indices, as ours (without the final squashing). Its gripper is one sigmoid unit per step; ours
+    is two logits per step, so the unit z becomes logits (0, z): softmax gives p(open) = sigmoid(z)
+    exactly, and argmax picks open exactly when the original's sigmoid(z) > 0.5 does.
+    """
+    out: dict[str, torch.Tensor] = {}
+    last = max(int(m.group(2)) for k in head if (m := _HEAD_LINEAR.match(k)) and m.group(1) == "gripper")
+    for key, value in head.items():
+        m = _HEAD_LINEAR.match(key)
+        if m and m.group(1) == "gripper" and int(m.group(2)) == last:
+            if value.shape[0] != act_steps:
+                raise ValueError(f"lm_head.{key} has {value.shape[0]} outputs, expected one per action step "
+                                 f"({act_steps})")
+            two = value.new_zeros((2 * act_steps, *value.shape[1:]))
+            two[1::2] = value  # row 2a = logit of "close" (0), row 2a+1 = the original's logit
+            out[f"action_head.{key}"] = two
+        elif m or _HEAD_RNN.match(key):
+            out[f"action_head.{key}"] = value
+        else:
+            raise ValueError(f"lm_head.{key}: not a parameter of the original LSTM head; only "
+                             f"rnn.*, actions.mlp.* and gripper.mlp.* are supported")
+    return out
+
+
+# -- flamingo backbone keys -------------------------------------------------------------------------
+
+def _lm_key(name: str, family: str) -> str:
+    return (mosaic_to_mpt_key(name) or name) if family == "mpt" else name
+
+
+def split_flamingo_state(state: dict[str, torch.Tensor], policy) -> tuple[dict, dict, dict, list]:
+    """Sort the keys of an (OpenFlamingo or RoboFlamingo) state dict, ``module.`` already stripped.
+
+    Returns ``(load, aliases, frozen, unexpected)``: ``load`` maps our policy key -> tensor for
+    what the file provides; ``aliases`` maps a duplicate's file key -> (our key, tensor);
+    ``frozen`` maps our (frozen, file-sourced) key -> the file's copy; ``unexpected`` lists file keys
+    that are none of these.
+    """
+    from roboflamingo.models.lm_adapters import get_adapter
+
+    bb = policy.backbone
+    family = bb.cfg.lm.family
+    layers = get_adapter(family).layers_path
+    ours = dict(policy.named_parameters())
+    xattn = re.compile(rf"^lang_encoder\.(?:gated_cross_attn_layers\.(\d+)|{re.escape(layers)}\.(\d+)"
+                       rf"\.gated_cross_attn_layer)\.(.+)$")
+    old_block = re.compile(rf"^lang_encoder\.(?:old_decoder_blocks\.(\d+)|{re.escape(layers)}\.(\d+)"
+                           rf"\.decoder_layer)\.(.+)$")
+    load: dict[str, torch.Tensor] = {}
+    aliases: dict[str, tuple[str, torch.Tensor]] = {}
+    frozen: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    head: dict[str, torch.Tensor] = {}
+    # RoboFlamingo keeps the whole CLIP model under vision_encoder (image tower at visual.*, the text
+    # tower beside it); OpenFlamingo only the image tower.
+    full_clip = any(k.startswith("vision_encoder.visual.") for k in state)
+    for key, value in state.items():
+        if key.startswith("lm_head."):
+            head[key[len("lm_head."):]] = value
+            continue
+        if key.startswith("perceiver."):
+            target, primary = f"backbone.{key}", True
+        elif m := xattn.match(key):
+            idx = m.group(1) or m.group(2)
+            target, primary = f"backbone.gated_cross_attn_layers.{idx}.{m.group(3)}", m.group(1) is not None
+        elif m := old_block.match(key):
+            idx = m.group(1) or m.group(2)
+            target = f"backbone.lang_encoder.{_lm_key(f'{layers}.{idx}.{m.group(3)}', family)}"
+            primary = False
+        elif key.startswith("lang_encoder."):
+            target, primary = f"backbone.lang_encoder.{_lm_key(key[len('lang_encoder.'):], family)}", True
+        elif key.startswith("vision_encoder.visual." if full_clip else "vision_encoder."):
+            sub = key.removeprefix("vision_encoder.").removeprefix("visual." if full_clip else "")
+            target, primary = f"backbone.vision_encoder.{sub}", True
+        else:
+            unexpected.append(key)
+            continue
+        if target not in ours:
+            unexpected.append(key)
+        elif not ours[target].requires_grad:
+            frozen[target] = value
+        elif primary:
+            load[target] = value
+        else:
+            aliases[key] = (target, value)
+    # Head parameters of variants we do not build (use_state embeddings, ...) are unexpected keys.
+    unexpected += [f"lm_head.{k}" for k in head if not (_HEAD_LINEAR.match(k) or _HEAD_RNN.match(k))]
+    head = {k: v for k, v in head.items() if _HEAD_LINEAR.match(k) or _HEAD_RNN.match(k)}
+    if head:
+        load.update(map_head(head, policy.model_config.act_steps))
+    return load, aliases, frozen, unexpected
+
+
+def load_flamingo_state(policy, state: dict[str, torch.Tensor], source: str, with_head: bool,
+                        check_frozen: bool = True) -> dict[str, int]:
+    """Strictly copy an original-layout state dict into ``policy`` (its trainable tensors).
+
+    Every trainable tensor of the backbone (and of the head when ``with_head``) must be in the file;
+    every key of the file must be one of those, a duplicate equal to one, or a frozen copy equal to
+    what was read from ``model.vision.weights`` / ``model.lm.path`` (checked unless
+    ``check_frozen=False``). Returns counts of what was loaded / checked.
+    """
+    load, aliases, frozen, unexpected = split_flamingo_state(state, policy)
+    required = {n for n, p in policy.named_parameters() if p.requires_grad}
+    if not with_head:
+        required = {n for n in required if not n.startswith("action_head.")}
+        unexpected += sorted(f"lm_head.{k[len('action_head.'):]}" for k in load if k.startswith("action_head."))
+        load = {k: v for k, v in load.items() if not k.startswith("action_head.")}
+    missing = sorted(required - set(load))
+    extra = sorted(set(load) - required) + unexpected
+    if missing or extra:
+        raise ValueError(
+            f"{source} does not match the policy built from its config: missing keys [{_list(missing)}]; "
+            f"unexpected keys [{_list(extra)}]"
+        )
+    params = dict(policy.named_parameters())
+    for name, value in load.items():
+        if tuple(value.shape) != tuple(params[name].shape):
+            raise ValueError(f"{source}: '{name}' has shape {tuple(value.shape)}, "
+                             f"expected {tuple(params[name].shape)}")
+    for key, (target, value) in aliases.items():
+        if not torch.equal(value, load[target]):
+            raise ValueError(f"{source}: '{key}' is a duplicate of '{target}' but holds different values")
+    if check_frozen:
+        differ = [k for k, v in frozen.items()
+                  if tuple(v.shape) != tuple(params[k].shape) or not torch.equal(v.to(params[k].dtype), params[k].data)]
+        if differ:
+            raise ValueError(
+                f"{source}: frozen weights saved in the file differ from the ones read from "
+                f"model.vision.weights / model.lm.path, so the file was trained on another backbone: "
+                f"[{_list(differ)}] (check_frozen=false skips this check)"
+            )
+    with torch.no_grad():
+        for name, value in load.items():
+            params[name].copy_(value.to(params[name].dtype))
+    return {"loaded": len(load), "aliases_checked": len(aliases), "frozen_checked": len(frozen) if check_frozen else 0}
+
+
+def load_openflamingo(policy, path: str | Path, check_frozen: bool = True, trust_pickle: bool = False) -> dict:
+    """An OpenFlamingo ``checkpoint.pt`` into ``policy.backbone`` (perceiver, cross-attention,
+    embeddings); the head is left as it is."""
+    return load_flamingo_state(policy, read_state_dict(path, trust_pickle), str(path), with_head=False,
+                               check_frozen=check_frozen)
+
+
+def head_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len("lm_head."):]: v for k, v in state.items() if k.startswith("lm_head.")}
+
+
+def embedding_key_present(state: dict[str, torch.Tensor]) -> bool:
+    """Whether the file holds the LM input embeddings (absent when trained with ``--freeze_embed``)."""
+    return any(k.startswith("lang_encoder.") and k.endswith(("wte.weight", "embed_tokens.weight", "embed_in.weight"))
+               for k in state)
+
+
+def roboflamingo_model_config(model: ModelConfig, name: PublishedName, state: dict[str, torch.Tensor]) -> ModelConfig:
+    """``model`` with what the released file says: fusion, window, act_steps and trainable embeddings."""
+    if model.lm.family != name.family or model.lm.cross_attn_every_n_layers != name.cross_attn_every_n_layers:
+        raise ValueError(
+            f"the file name says backbone '{name.backbone}' (model={name.model_config}: family "
+            f"{name.family}, cross-attention every {name.cross_attn_every_n_layers} layers) but the model "
+            f"config has family {model.lm.family}, every {model.lm.cross_attn_every_n_layers}"
+        )
+    from dataclasses import replace
+
+    return replace(model, fusion=name.fusion, window=name.window, act_steps=name.act_steps,
+                   use_state=False, train_embeddings=embedding_key_present(state),
+                   freeze_resampler=False, unfreeze_vision=False)
+
+
+def pose_dim_check(head: dict[str, torch.Tensor], act_steps: int) -> None:
+    last = max(int(m.group(2)) for k in head if (m := _HEAD_LINEAR.match(k)) and m.group(1) == "actions")
+    rows = head[f"actions.mlp.{last}.weight"].shape[0]
+    if rows != POSE_DIM * act_steps:
+        raise ValueError(f"lm_head.actions.mlp.{last}.weight has {rows} outputs, expected "
+                         f"{POSE_DIM} x act_steps ({act_steps}) = {POSE_DIM * act_steps}")
