@@ -14,41 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
+from roboflamingo.eval.policies import RandomPolicy  # one baseline for evaluation and serving
 from roboflamingo.types import (
-    ACTION_DIM,
-    GRIPPER_CLOSE,
-    GRIPPER_OPEN,
     RGB_GRIPPER,
     RGB_STATIC,
     ROBOT_OBS,
     ROBOT_OBS_DIM,
     SCENE_OBS,
     SCENE_OBS_DIM,
-    Observation,
     Policy,
-    check_observation,
 )
 
 POLICY_SOURCES = ("checkpoint", "expert", "random")
-
-
-class RandomPolicy:
-    """Uniform relative actions with a random open/close gripper: a baseline and a smoke test."""
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
-
-    def reset(self) -> None:
-        self.rng = np.random.default_rng(self.seed)
-
-    def step(self, obs: Observation, instruction: str) -> np.ndarray:
-        check_observation(obs, (ROBOT_OBS,))
-        action = self.rng.uniform(-1.0, 1.0, ACTION_DIM).astype(np.float32)
-        action[-1] = GRIPPER_OPEN if action[-1] >= 0 else GRIPPER_CLOSE
-        return action
 
 
 @dataclass

@@ -24,9 +24,10 @@ POLICY_KINDS = ("checkpoint", "expert", "random")
 
 
 class RandomPolicy:
-    """Uniform random relative actions with a random open/close gripper."""
+    """Uniform random relative actions with a random open/close gripper: the floor of every score."""
 
     def __init__(self, seed: int = 0):
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
 
     def reset(self) -> None:
