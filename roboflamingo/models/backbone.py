@@ -147,6 +147,9 @@ class FlamingoBackbone(nn.Module):
         if self.cfg.lm.pooling == "last":
             last = mask.long().sum(dim=1).clamp(min=1) - 1  # right padding: last real token
             return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        if self.cfg.lm.pooling == "mean":
+            weight = mask[..., None].to(hidden.dtype)
+            return (hidden * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
         # Max over real tokens only; the original pooled over padding too.
         return hidden.masked_fill(~mask[..., None], torch.finfo(hidden.dtype).min).amax(dim=1)
 

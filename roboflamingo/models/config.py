@@ -26,7 +26,7 @@ from roboflamingo.config import require_choice, require_positive
 
 LM_FAMILIES = ("mpt", "llama", "gpt_neox", "gpt2", "opt", "bert")
 FUSIONS = ("post", "pre")
-POOLINGS = ("max", "last")
+POOLINGS = ("max", "last", "mean")
 HEAD_TYPES = ("lstm", "transformer", "mlp")
 LSTM_HISTORIES = ("sliding", "running")
 BUILTIN_TOKENIZER = "clip_bpe"
@@ -118,7 +118,8 @@ class LMConfig:
             ``(i + 1) % n == 0``.
         xattn_heads, xattn_dim_head, xattn_ff_mult: the cross-attention blocks' sizes.
         max_text_length: instructions are truncated to this many tokens (32 in the original).
-        pooling: ``max`` over the real (non-padding) tokens' last hidden states, or ``last`` token.
+        pooling: ``max`` over the real (non-padding) tokens' last hidden states, ``last`` token, or
+            ``mean`` over the real tokens (the original's ``--pooling avg``, without the padding).
     """
 
     family: str = "llama"

@@ -77,7 +77,7 @@ def test_conditioning_is_cleared_when_the_lm_raises():
     assert bb._conditioning is None
 
 
-@pytest.mark.parametrize("pooling", ["max", "last"])
+@pytest.mark.parametrize("pooling", ["max", "last", "mean"])
 def test_pooling_ignores_padding(pooling):
     torch.manual_seed(0)
     cfg = micro_config(lm=LMConfig(**{**micro_config().lm.__dict__, "pooling": pooling}))
