@@ -20,6 +20,8 @@ class Command:
     module: str
     config: str
     help: str
+    # Config keys that bare arguments (no "=") fill in order: `convert SRC DST`.
+    positional: tuple[str, ...] = ()
 
 
 COMMANDS: dict[str, Command] = {
@@ -33,7 +35,8 @@ COMMANDS: dict[str, Command] = {
     "serve": Command("roboflamingo.deploy.server", "serve", "websocket policy server"),
     "ros": Command("roboflamingo.deploy.ros_node", "ros", "control a robot through rosbridge"),
     "sim-robot": Command("roboflamingo.deploy.sim_robot", "sim_robot", "serve the tabletop as a robot over rosbridge"),
-    "convert": Command("roboflamingo.models.convert", "convert", "convert published weights to our checkpoint format"),
+    "convert": Command("roboflamingo.models.convert", "convert", "convert published weights to our checkpoint format",
+                       positional=("src", "dst")),
 }
 
 
@@ -55,7 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cmd = COMMANDS[name]
     show_cfg = "--cfg" in args
-    overrides = [a for a in args if a != "--cfg"]
+    args = [a for a in args if a != "--cfg"]
+    bare = [a for a in args if "=" not in a]
+    if len(bare) > len(cmd.positional):
+        expected = " ".join(k.upper() for k in cmd.positional) or "only key=value overrides"
+        print(f"roboflamingo {name}: unexpected argument(s) {bare}; expected {expected}", file=sys.stderr)
+        return 2
+    overrides = [f"{key}={value}" for key, value in zip(cmd.positional, bare)]
+    overrides += [a for a in args if "=" in a]
     module = importlib.import_module(cmd.module)
     try:
         job = load(cmd.config, module.Job, overrides)

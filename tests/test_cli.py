@@ -37,3 +37,13 @@ def test_cfg_prints_the_composed_config_and_bad_override_exits_2(capsys):
     assert "model" in capsys.readouterr().out
     assert cli.main(["inspect", "no_such_key=1"]) == 2
     assert "invalid config" in capsys.readouterr().err
+
+
+def test_bare_arguments_fill_positional_keys(capsys):
+    assert cli.main(["convert", "in.pth", "out_dir", "--cfg"]) == 0
+    out = capsys.readouterr().out
+    assert "src: in.pth" in out and "dst: out_dir" in out
+    assert cli.main(["convert", "a", "b", "c"]) == 2
+    assert "expected SRC DST" in capsys.readouterr().err
+    assert cli.main(["inspect", "tiny"]) == 2
+    assert "only key=value overrides" in capsys.readouterr().err
