@@ -28,15 +28,11 @@ import torch
 
 from roboflamingo.config import load
 from roboflamingo.models.inspect import Job
+from roboflamingo.models.normalization import identity_stats
 from roboflamingo.models.policy import build_policy
 from roboflamingo.transforms import preprocess_images
 
 INSTRUCTION = "push the blue block to the left"
-
-
-def _stats() -> dict[str, np.ndarray]:
-    return {"action_mean": np.zeros(7, np.float32), "action_std": np.ones(7, np.float32),
-            "robot_obs_mean": np.zeros(15, np.float32), "robot_obs_std": np.ones(15, np.float32)}
 
 
 def _sync(device: torch.device) -> None:
@@ -47,7 +43,7 @@ def _sync(device: torch.device) -> None:
 def bench(model: str, head: str, device: torch.device, reps: int) -> dict:
     job = load("inspect", Job, [f"model={model}", f"head={head}"])
     torch.manual_seed(0)
-    policy = build_policy(job.model, job.head, _stats(), device=device)
+    policy = build_policy(job.model, job.head, identity_stats(), device=device)
     rng = np.random.default_rng(0)
 
     def obs() -> dict[str, np.ndarray]:

@@ -52,18 +52,13 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 def tiny_checkpoint(directory: Path) -> str:
     from roboflamingo.models.config import HeadConfig, ModelConfig
+    from roboflamingo.models.normalization import identity_stats
     from roboflamingo.models.policy import build_policy
 
     model = load_yaml(ROOT / "configs/model/tiny.yaml", ModelConfig)
     head = load_yaml(ROOT / "configs/head/lstm.yaml", HeadConfig)
-    stats = {
-        "action_mean": np.zeros(7, np.float32),
-        "action_std": np.ones(7, np.float32),
-        "robot_obs_mean": np.zeros(15, np.float32),
-        "robot_obs_std": np.ones(15, np.float32),
-    }
     torch.manual_seed(0)
-    build_policy(model, head, stats).save_pretrained(directory)
+    build_policy(model, head, identity_stats()).save_pretrained(directory)
     return str(directory)
 
 

@@ -80,6 +80,7 @@ def convert(job: Job) -> dict:
 
     from roboflamingo.models import published
     from roboflamingo.models.checkpoint import WEIGHTS_FILE
+    from roboflamingo.models.normalization import identity_stats
     from roboflamingo.models.policy import RoboFlamingoPolicy
 
     if not job.src or not job.dst:
@@ -106,7 +107,8 @@ def convert(job: Job) -> dict:
     policy = RoboFlamingoPolicy(model, head)
     counts = published.load_flamingo_state(policy, state, job.src, with_head=kind == "roboflamingo",
                                            check_frozen=job.check_frozen)
-    policy.set_normalization(published.IDENTITY_STATS)
+    # The original normalizes nothing (CALVIN's rel_actions are already scaled into [-1, 1]).
+    policy.set_normalization(identity_stats())
     policy.save_pretrained(dst)
     return {"format": kind, "src": job.src, "dst": str(dst), "fusion": model.fusion, "window": model.window,
             "act_steps": model.act_steps, "train_embeddings": model.train_embeddings,

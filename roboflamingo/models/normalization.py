@@ -23,6 +23,14 @@ STAT_SHAPES = {
 MIN_STD = 1e-3
 
 
+def identity_stats() -> dict[str, np.ndarray]:
+    """Statistics that leave actions and state as they are: CALVIN's rel_actions are already in
+    [-1, 1] (the original normalizes nothing), and random-init models have no data to measure."""
+    return {
+        key: (np.zeros if key.endswith("_mean") else np.ones)(dim, np.float32) for key, dim in STAT_SHAPES.items()
+    }
+
+
 class Normalizer(nn.Module):
     def __init__(self):
         super().__init__()

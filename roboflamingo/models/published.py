@@ -26,20 +26,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from roboflamingo.models.config import FUSIONS, HeadConfig, ModelConfig
-from roboflamingo.types import ACTION_DIM, POSE_DIM, ROBOT_OBS_DIM
-
-# The original's normalization: none (CALVIN's rel_actions are already scaled into [-1, 1]).
-IDENTITY_STATS = {
-    "action_mean": np.zeros(ACTION_DIM, np.float32),
-    "action_std": np.ones(ACTION_DIM, np.float32),
-    "robot_obs_mean": np.zeros(ROBOT_OBS_DIM, np.float32),
-    "robot_obs_std": np.ones(ROBOT_OBS_DIM, np.float32),
-}
+from roboflamingo.types import POSE_DIM
 
 
 def _list(keys, limit: int = 20) -> str:

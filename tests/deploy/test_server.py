@@ -262,19 +262,14 @@ def test_a_checkpoint_is_served_with_one_policy_copy_per_session(tmp_path):
     torch = pytest.importorskip("torch")
     from roboflamingo.config import load_yaml
     from roboflamingo.models.config import HeadConfig, ModelConfig
+    from roboflamingo.models.normalization import identity_stats
     from roboflamingo.models.policy import RoboFlamingoPolicy, build_policy
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     model = load_yaml(configs / "model/tiny.yaml", ModelConfig)
     head = load_yaml(configs / "head/lstm.yaml", HeadConfig)
-    stats = {
-        "action_mean": np.zeros(7, np.float32),
-        "action_std": np.ones(7, np.float32),
-        "robot_obs_mean": np.zeros(15, np.float32),
-        "robot_obs_std": np.ones(15, np.float32),
-    }
     torch.manual_seed(0)
-    build_policy(model, head, stats).save_pretrained(tmp_path / "ckpt")
+    build_policy(model, head, identity_stats()).save_pretrained(tmp_path / "ckpt")
     rng = np.random.default_rng(0)
     frames = [
         {
