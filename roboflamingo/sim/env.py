@@ -46,6 +46,7 @@ velocities and contacts) that ``TaskOracle`` compares between a subtask's start 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
 import pkgutil
@@ -102,6 +103,19 @@ def panda_urdf() -> str:
 
 def wrap_pi(x: np.ndarray) -> np.ndarray:
     return (np.asarray(x) + np.pi) % (2 * np.pi) - np.pi
+
+
+GL_SCISSOR_TEST = 0x0C11
+
+
+def _gl_library() -> ctypes.CDLL | None:
+    """The process's OpenGL entry points (glvnd's libOpenGL, else libGL), or None where neither loads."""
+    for name in ("libOpenGL.so.0", "libGL.so.1"):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
 
 
 @contextlib.contextmanager
@@ -168,7 +182,14 @@ class TabletopEnv(gym.Env):
                 raise RuntimeError("env.renderer=egl: PyBullet's eglRenderer plugin did not load on this machine "
                                    "(use renderer=tiny or renderer=auto)")
         self.renderer_used = ("egl" if self._egl_plugin >= 0 else "tiny") if self.cfg.render else "none"
-        self._render_flag = pybullet.ER_BULLET_HARDWARE_OPENGL if self._egl_plugin >= 0 else pybullet.ER_TINY_RENDERER
+        self._camera_args = self._renderer_args()
+        # The EGL plugin clears its whole 1024x768 window before every image, however small: 1-2 ms per
+        # image on llvmpipe here. Its GL context is current on this thread once loaded, so a scissor box
+        # (set per image in _camera) confines the clear to the image; the image itself is drawn and
+        # read back from the same bottom-left corner, so it is unchanged.
+        self._gl = _gl_library() if self._egl_plugin >= 0 else None
+        if self._gl is not None:
+            self._gl.glEnable(GL_SCISSOR_TEST)
         sc, t = self.scene, self.scene.table_height
 
         floor_vis = p.createVisualShape(pybullet.GEOM_BOX, halfExtents=[2, 2, 0.005], rgbaColor=sc.raw["floor_color"])
@@ -214,6 +235,23 @@ class TabletopEnv(gym.Env):
         self._static_proj = p.computeProjectionMatrixFOV(cam["fov"], 1.0, 0.01, 10.0)
         self._gripper_proj = p.computeProjectionMatrixFOV(75, 1.0, 0.01, 2.0)
         self._clean_state = p.saveState()
+
+    def _renderer_args(self) -> dict[str, Any]:
+        """``getCameraImage`` arguments shared by both cameras for the renderer in use."""
+        if self._egl_plugin < 0:
+            return {"renderer": pybullet.ER_TINY_RENDERER, "flags": pybullet.ER_NO_SEGMENTATION_MASK}
+        # The EGL plugin's default pass first draws a 4096x4096 shadow map on every call: on Mesa's
+        # llvmpipe, clearing it alone costs ~20 ms per image whatever the image size. The projective
+        # texture pass draws no shadow map, so no cast shadows, under the same light otherwise. It
+        # looks textures up by world position through (view, proj), which we make a top-down map of
+        # the desk top so that a scene's desk texture covers it once, fixed to the desk in every camera.
+        (x0, x1), (y0, y1) = self.scene.raw["table"]["x"], self.scene.raw["table"]["y"]
+        sx, sy = 1.0 / (x1 - x0), 1.0 / (y1 - y0)
+        world_to_uv = [sx, 0, 0, 0, 0, sy, 0, 0, 0, 0, 0, 0, -x0 * sx, -y0 * sy, 0, 1]  # column-major, as GL
+        identity = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]
+        return {"renderer": pybullet.ER_BULLET_HARDWARE_OPENGL,
+                "flags": pybullet.ER_NO_SEGMENTATION_MASK | pybullet.ER_USE_PROJECTIVE_TEXTURE,
+                "projectiveTextureView": identity, "projectiveTextureProj": world_to_uv}
 
     def _load_egl(self) -> int:
         loader = pkgutil.get_loader("eglRenderer")
@@ -327,8 +365,9 @@ class TabletopEnv(gym.Env):
         return np.array(obs, dtype=np.float64)
 
     def _camera(self, view, proj, size: int) -> np.ndarray:
-        _, _, rgba, _, _ = self._p.getCameraImage(size, size, view, proj, renderer=self._render_flag,
-                                                  flags=pybullet.ER_NO_SEGMENTATION_MASK)
+        if self._gl is not None:
+            self._gl.glScissor(0, 0, size, size)
+        _, _, rgba, _, _ = self._p.getCameraImage(size, size, view, proj, **self._camera_args)
         return np.asarray(rgba, dtype=np.uint8).reshape(size, size, 4)[..., :3].copy()
 
     def gripper_view(self) -> list[float]:
