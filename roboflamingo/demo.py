@@ -8,8 +8,9 @@ Stages, each kept under ``run_dir`` and skipped on a rerun once complete::
     eval/policy_*   the trained policy: 5-task chains and single-task episodes
     report/         results.json, results.md, results.png, a rollout frame strip
 
-The demo trains and evaluates on one scene with the evaluation sentences, which never appear in the
-training annotations, so what it measures is instruction following on unseen wording.
+The demo trains and evaluates on one scene (``configs/experiment/abc_to_d.yaml``: trains on three,
+evaluates on the fourth), always with the evaluation sentences, which never appear in the training
+annotations, so what it measures is instruction following on unseen wording.
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ class Job:
     Args:
         run_dir: every stage's output; delete a stage's folder to redo it.
         tasks: the demo's task set (demonstrated, trained and evaluated).
-        episodes_per_task / val_episodes_per_task: expert demonstrations per task.
+        train_scenes: scenes of the training demonstrations; empty = ``env.scene``, the evaluation
+            scene (``[A, B, C]`` with ``env.scene: D`` is CALVIN's ABC->D generalization split).
+        episodes_per_task / val_episodes_per_task: expert demonstrations per task and scene, each
+            from the neutral pose (where every evaluation chain starts).
+        train_chains / val_chains: expert 5-task chains over ``tasks`` per scene, recorded whole, so
+            that subtasks also start where a previous one ended, as a chain's later subtasks do.
         eval_chains: 5-task chains per evaluated policy (chains drawn from ``tasks`` only).
         eval_episodes_per_task: single-task episodes per task and evaluated policy.
         workers: processes for generation and evaluation.
@@ -62,8 +68,11 @@ class Job:
 
     run_dir: str = "runs/demo"
     tasks: list[str] = field(default_factory=lambda: list(DEMO_TASKS))
-    episodes_per_task: int = 40
-    val_episodes_per_task: int = 3
+    train_scenes: list[str] = field(default_factory=list)
+    episodes_per_task: int = 32
+    val_episodes_per_task: int = 2
+    train_chains: int = 24
+    val_chains: int = 4
     eval_chains: int = 50
     eval_episodes_per_task: int = 10
     ep_len: int = 360
@@ -82,7 +91,8 @@ class Job:
             raise ValueError("tasks must name at least one task")
         for name in ("episodes_per_task", "eval_chains", "eval_episodes_per_task", "ep_len", "workers"):
             require_positive(name, getattr(self, name))
-        require_positive("val_episodes_per_task", self.val_episodes_per_task)
+        for name in ("val_episodes_per_task", "train_chains", "val_chains"):
+            require_positive(name, getattr(self, name), allow_zero=True)
         require_positive("num_videos", self.num_videos, allow_zero=True)
         if self.data.window != self.model.window or self.data.act_steps != self.model.act_steps:
             raise ValueError("data.window/act_steps must equal model.window/act_steps")
@@ -102,10 +112,12 @@ def stage_data(job: Job, root: Path) -> None:
     else:
         _banner("data", f"expert demonstrations of {len(job.tasks)} tasks -> {root}")
         gen = generate.Job(
-            root=str(root), train_scenes=[job.env.scene], val_scenes=[job.env.scene], mode="single",
-            tasks=list(job.tasks), episodes_per_task=job.episodes_per_task,
-            val_episodes_per_task=job.val_episodes_per_task, static_size=job.env.static_size,
-            gripper_size=job.env.gripper_size, renderer=job.env.renderer, max_steps=job.ep_len,
+            root=str(root), train_scenes=list(job.train_scenes or [job.env.scene]), val_scenes=[job.env.scene],
+            mode="both", tasks=list(job.tasks), episodes_per_task=job.episodes_per_task,
+            val_episodes_per_task=job.val_episodes_per_task, chains_per_scene=job.train_chains,
+            val_chains_per_scene=job.val_chains,
+            static_size=job.env.static_size,
+            gripper_size=job.env.gripper_size, renderer=job.env.renderer,
             workers=job.workers, seed=job.seed, progress=job.progress,
         )
         if generate.run(gen):
@@ -211,13 +223,14 @@ def write_report(job: Job, report_dir: Path, policy: dict[str, Any], expert: dic
         },
         "tasks": list(job.tasks),
         "scene": job.env.scene,
+        "train_scenes": list(job.train_scenes or [job.env.scene]),
         "stage_seconds": timings,
     }
     report_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(report_dir / "results.json", results)
     md = (
         "# roboflamingo demo\n\n"
-        f"Scene {job.env.scene}, tasks: {', '.join(job.tasks)}; evaluation sentences unseen in training.\n\n"
+        f"Trained on scene(s) {', '.join(job.train_scenes or [job.env.scene])}, evaluated on scene {job.env.scene}; tasks: {', '.join(job.tasks)}; evaluation sentences unseen in training.\n\n"
         + summary_table(policy, expert) + "\n\n" + per_task_table(policy, expert, job.tasks) + "\n"
     )
     atomic_write_text(report_dir / "results.md", md)

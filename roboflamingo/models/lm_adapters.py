@@ -141,6 +141,7 @@ def build_lm(cfg: LMConfig, vocab: int, load_weights: bool = True) -> nn.Module:
     ``load_weights=False`` builds ``cfg.path``'s architecture without reading its weights (meta device).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     adapter = get_adapter(cfg.family)
     if cfg.path:
@@ -152,10 +153,21 @@ def build_lm(cfg: LMConfig, vocab: int, load_weights: bool = True) -> nn.Module:
         if is_mosaic_gpt(path):
             # MPT-1B ships as remote code (MosaicGPT): renamed onto transformers' MPT, none of it run.
             lm = load_mosaic_gpt(path, load_weights=load_weights)
-        elif load_weights:
-            lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="float32")
         else:
-            lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+            # The LM head's weights are never used (features are pooled hidden states), so an
+            # encoder checkpoint without them (MiniLM) is expected: its missing-key report is noise.
+            verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+            try:
+                if load_weights:
+                    lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="float32")
+                else:
+                    lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+            finally:
+                hf_logging.set_verbosity(verbosity)
+                if bars:
+                    hf_logging.enable_progress_bar()
         found = adapter_for_model(lm)
         if found.family != adapter.family:
             raise ValueError(f"model.lm.family is '{cfg.family}' but {path} holds a '{found.family}' model")

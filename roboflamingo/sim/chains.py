@@ -78,8 +78,12 @@ def initial_states(oracle: TaskOracle | None = None) -> list[dict]:
     return states
 
 
-def sample_initial_state(rng: np.random.Generator, oracle: TaskOracle | None = None) -> dict:
+def sample_initial_state(rng: np.random.Generator, oracle: TaskOracle | None = None,
+                         tasks: list[str] | None = None) -> dict:
+    """A uniform draw over CALVIN's initial states (with ``tasks``: those that start a chain of them)."""
     states = initial_states(oracle)
+    if tasks:
+        states = [st for st in states if _has_sequence(st, tasks, oracle or _oracle())]
     return dict(states[int(rng.integers(len(states)))])
 
 

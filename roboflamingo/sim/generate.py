@@ -42,7 +42,7 @@ from roboflamingo import types as T
 from roboflamingo.config import require_choice, require_positive
 from roboflamingo.io import atomic_write_json, atomic_write_yaml
 
-MODES = ("chains", "single")
+MODES = ("chains", "single", "both")
 SPLITS = (("training", "train_scenes"), ("validation", "val_scenes"))
 EMB_DIM = 384
 
@@ -50,8 +50,10 @@ EMB_DIM = 384
 @dataclass
 class Job:
     """root: output directory. train_scenes / val_scenes: scenes per split (ABC -> D by default).
-    mode: ``chains`` (5-task chains from CALVIN's initial states) or ``single`` (one task per unit).
-    tasks: tasks to annotate (and, in ``single`` mode, to demonstrate); empty = all 34.
+    mode: ``chains`` (5-task chains from CALVIN's initial states), ``single`` (one task per unit), or
+        ``both`` (the single units, then the chains: most subtasks start from the neutral pose, the
+        chains' later ones from wherever the previous subtask ended).
+    tasks: the tasks demonstrated and annotated (``chains``: chains drawn from these only); empty = all 34.
     episodes_per_task / val_episodes_per_task: ``single`` units per task and scene.
     chains_per_scene / val_chains_per_scene: ``chains`` units per scene.
     noise: std (m) of the jitter added to the expert's free-space waypoints, for diversity.
@@ -78,8 +80,11 @@ class Job:
     def __post_init__(self) -> None:
         require_choice("mode", self.mode, MODES)
         require_choice("renderer", self.renderer, ("auto", "egl", "tiny"))
-        for name in ("episodes_per_task", "chains_per_scene", "static_size", "gripper_size", "max_steps", "workers"):
+        for name in ("static_size", "gripper_size", "max_steps", "workers"):
             require_positive(name, getattr(self, name))
+        # Zero is a valid count for the kind of unit that `both` mixes in, never for the only kind.
+        for name, needed in (("episodes_per_task", "single"), ("chains_per_scene", "chains")):
+            require_positive(name, getattr(self, name), allow_zero=self.mode not in (needed,))
         for name in ("val_episodes_per_task", "val_chains_per_scene", "noise"):
             require_positive(name, getattr(self, name), allow_zero=True)
         if not self.train_scenes:
@@ -103,14 +108,20 @@ class Unit:
         return f"{self.scene}_{self.index:06d}"
 
 
+def _single_units(job: Job, split: str, tasks: list[str]) -> int:
+    if job.mode == "chains":
+        return 0
+    return (job.episodes_per_task if split == "training" else job.val_episodes_per_task) * len(tasks)
+
+
 def plan_units(job: Job, tasks: list[str]) -> list[Unit]:
+    """Per (split, scene): the single-task units first (indices 0..S-1), then the chains."""
     units = []
     for split, attr in SPLITS:
         for scene in getattr(job, attr):
-            if job.mode == "single":
-                n = (job.episodes_per_task if split == "training" else job.val_episodes_per_task) * len(tasks)
-            else:
-                n = job.chains_per_scene if split == "training" else job.val_chains_per_scene
+            n = _single_units(job, split, tasks)
+            if job.mode != "single":
+                n += job.chains_per_scene if split == "training" else job.val_chains_per_scene
             units += [Unit(split, scene, i) for i in range(n)]
     return units
 
@@ -133,10 +144,13 @@ def _unit_tasks(job: Job, unit: Unit, tasks: list[str], rng: np.random.Generator
     from roboflamingo.sim.chains import sample_initial_state, sequences_for_state
     from roboflamingo.sim.rollout import Episode, sample_episode
 
-    if job.mode == "single":
+    if unit.index < _single_units(job, unit.split, tasks):
         return sample_episode(tasks[unit.index % len(tasks)], rng, oracle)
-    state = sample_initial_state(rng, oracle)
-    (seq,) = sequences_for_state(state, 1, int(rng.integers(2**31)), oracle)
+    # With a task subset, chains are drawn from that subset only (as evaluation draws them), so
+    # every subtask is demonstrated and annotated, each starting where the previous one ended.
+    subset = list(job.tasks) or None
+    state = sample_initial_state(rng, oracle, subset)
+    (seq,) = sequences_for_state(state, 1, int(rng.integers(2**31)), oracle, subset)
     return Episode(state, seq)
 
 

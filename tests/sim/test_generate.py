@@ -113,11 +113,34 @@ def test_resumes_after_interruption_with_same_result(dataset, tmp_path, monkeypa
 
 def test_job_validation():
     with pytest.raises(ValueError, match="mode"):
-        generate.Job(mode="both")
+        generate.Job(mode="mixed")
     with pytest.raises(ValueError, match="episodes_per_task"):
-        generate.Job(episodes_per_task=0)
+        generate.Job(mode="single", episodes_per_task=0)
+    with pytest.raises(ValueError, match="chains_per_scene"):
+        generate.Job(mode="chains", chains_per_scene=0)
+    generate.Job(mode="both", chains_per_scene=0)  # `both` may leave out either kind
 
 
 def test_unknown_task_is_named(tmp_path):
     with pytest.raises(ValueError, match="unknown task 'fly_away'"):
         generate.run(tiny_job(tmp_path / "x", tasks=["fly_away"]))
+
+
+def test_both_modes_mix_single_units_and_chains_over_a_task_subset(tmp_path):
+    subset = ["move_slider_left", "move_slider_right", "open_drawer", "close_drawer", "turn_on_led", "turn_off_led"]
+    job = tiny_job(tmp_path / "data", mode="both", tasks=subset, train_scenes=["D"], episodes_per_task=1,
+                   val_episodes_per_task=0, chains_per_scene=2, val_chains_per_scene=1)
+    units = generate.plan_units(job, subset)
+    assert sum(u.split == "training" for u in units) == len(subset) + 2
+    assert sum(u.split == "validation" for u in units) == 1
+    assert generate.run(job) == 0
+    assert set(np.load(tmp_path / "data" / "training" / "lang_annotations" / "auto_lang_ann.npy",
+                       allow_pickle=True).item()["language"]["task"]) == set(subset)
+    for split in ("training", "validation"):
+        ids, lang, frames = load_split(tmp_path / "data" / split)
+        assert set(lang["language"]["task"]) <= set(subset)
+        # a chain's later subtasks start where the previous one ended, away from the neutral pose
+        # that every recording starts from (frame 0)
+        neutral = np.load(frames[0])[T.ROBOT_OBS][:3]
+        starts = [s for s, _ in lang["info"]["indx"]]
+        assert max(np.linalg.norm(np.load(frames[s])[T.ROBOT_OBS][:3] - neutral) for s in starts) > 0.05
