@@ -69,13 +69,13 @@ class Job:
     run_dir: str = "runs/demo"
     tasks: list[str] = field(default_factory=lambda: list(DEMO_TASKS))
     train_scenes: list[str] = field(default_factory=list)
-    episodes_per_task: int = 32
+    episodes_per_task: int = 40
     val_episodes_per_task: int = 2
-    train_chains: int = 24
+    train_chains: int = 12
     val_chains: int = 4
     eval_chains: int = 50
     eval_episodes_per_task: int = 10
-    ep_len: int = 360
+    ep_len: int = 240
     workers: int = 2
     num_videos: int = 2
     seed: int = 0
