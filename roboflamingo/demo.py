@@ -70,9 +70,9 @@ class Job:
     tasks: list[str] = field(default_factory=lambda: list(DEMO_TASKS))
     train_scenes: list[str] = field(default_factory=list)
     episodes_per_task: int = 40
-    val_episodes_per_task: int = 2
-    train_chains: int = 12
-    val_chains: int = 4
+    val_episodes_per_task: int = 3
+    train_chains: int = 0
+    val_chains: int = 0
     eval_chains: int = 50
     eval_episodes_per_task: int = 10
     ep_len: int = 240
