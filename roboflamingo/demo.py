@@ -3,7 +3,7 @@
 Stages, each kept under ``run_dir`` and skipped on a rerun once complete::
 
     data/           expert demonstrations in CALVIN's layout (``roboflamingo generate``), packed
-    train/          the tiny policy (``roboflamingo train``), checkpoints/last
+    train/          the policy (``roboflamingo train``), checkpoints/last
     eval/expert_*   the scripted expert under the same protocol, for reference
     eval/policy_*   the trained policy: 5-task chains and single-task episodes
     report/         results.json, results.md, results.png, a rollout frame strip
@@ -115,8 +115,7 @@ def stage_data(job: Job, root: Path) -> None:
             root=str(root), train_scenes=list(job.train_scenes or [job.env.scene]), val_scenes=[job.env.scene],
             mode="both", tasks=list(job.tasks), episodes_per_task=job.episodes_per_task,
             val_episodes_per_task=job.val_episodes_per_task, chains_per_scene=job.train_chains,
-            val_chains_per_scene=job.val_chains,
-            static_size=job.env.static_size,
+            val_chains_per_scene=job.val_chains, static_size=job.env.static_size,
             gripper_size=job.env.gripper_size, renderer=job.env.renderer,
             workers=job.workers, seed=job.seed, progress=job.progress,
         )
@@ -180,17 +179,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-def summary_table(policy: dict[str, Any], expert: dict[str, Any]) -> str:
+def summary_table(policy: dict[str, Any], expert: dict[str, Any], name: str = "policy") -> str:
     head = "| policy | 1/5 | 2/5 | 3/5 | 4/5 | 5/5 | avg len | single-task (mean over tasks) |"
     rows = [head, "|" + "---|" * 8]
-    for name, res in (("tiny policy", policy), ("scripted expert", expert)):
+    for who, res in ((f"{name} policy", policy), ("scripted expert", expert)):
         rates = " | ".join(_pct(r) for r in res["chains"]["success_rates"])
-        rows.append(f"| {name} | {rates} | {res['chains']['avg_len']:.2f} | {_pct(res['single_task']['task_average'])} |")
+        rows.append(f"| {who} | {rates} | {res['chains']['avg_len']:.2f} | {_pct(res['single_task']['task_average'])} |")
     return "\n".join(rows)
 
 
-def per_task_table(policy: dict[str, Any], expert: dict[str, Any], tasks: list[str]) -> str:
-    rows = ["| task | tiny policy | scripted expert |", "|---|---|---|"]
+def per_task_table(policy: dict[str, Any], expert: dict[str, Any], tasks: list[str], name: str = "policy") -> str:
+    rows = [f"| task | {name} policy | scripted expert |", "|---|---|---|"]
     for task in tasks:
         cells = []
         for res in (policy, expert):
@@ -231,7 +230,7 @@ def write_report(job: Job, report_dir: Path, policy: dict[str, Any], expert: dic
     md = (
         "# roboflamingo demo\n\n"
         f"Trained on scene(s) {', '.join(job.train_scenes or [job.env.scene])}, evaluated on scene {job.env.scene}; tasks: {', '.join(job.tasks)}; evaluation sentences unseen in training.\n\n"
-        + summary_table(policy, expert) + "\n\n" + per_task_table(policy, expert, job.tasks) + "\n"
+        + summary_table(policy, expert, job.model.name) + "\n\n" + per_task_table(policy, expert, job.tasks, job.model.name) + "\n"
     )
     atomic_write_text(report_dir / "results.md", md)
     png = eval_dirs["policy_chains"] / "results.png"
@@ -285,7 +284,7 @@ def run(job: Job) -> int:
         print(f"roboflamingo demo: {e}", file=sys.stderr)
         return 2
     report = write_report(job, root / "report", results["policy"], results["expert"], dirs, timings)
-    print("\n" + summary_table(results["policy"], results["expert"]))
+    print("\n" + summary_table(results["policy"], results["expert"], job.model.name))
     print(f"\nreport: {root / 'report'}")
     print(json.dumps({k: report[k] for k in ("avg_len", "success_rates", "num_chains")}
                      | {"single_task_average": report["single_task"]["task_average"],
