@@ -81,10 +81,15 @@ def initial_states(oracle: TaskOracle | None = None) -> list[dict]:
 def sample_initial_state(rng: np.random.Generator, oracle: TaskOracle | None = None,
                          tasks: list[str] | None = None) -> dict:
     """A uniform draw over CALVIN's initial states (with ``tasks``: those that start a chain of them)."""
-    states = initial_states(oracle)
-    if tasks:
-        states = [st for st in states if _has_sequence(st, tasks, oracle or _oracle())]
+    states = chain_start_states(oracle, tasks)
     return dict(states[int(rng.integers(len(states)))])
+
+
+def chain_start_states(oracle: TaskOracle | None = None, tasks: list[str] | None = None) -> list[dict]:
+    """CALVIN's initial states; with ``tasks``, only those from which a chain of those tasks exists."""
+    oracle = oracle or _oracle()
+    states = initial_states(oracle)
+    return [st for st in states if _has_sequence(st, tasks, oracle)] if tasks else states
 
 
 def _matches(state: dict, condition: dict) -> bool:
@@ -251,9 +256,7 @@ def _sample_chains(num: int, seed: int, oracle: TaskOracle | None, tasks: list[s
     if num <= 0:
         raise ValueError(f"sample_chains: num must be > 0, got {num}")
     oracle = oracle or _oracle()
-    states = initial_states(oracle)
-    if tasks:
-        states = [st for st in states if _has_sequence(st, tasks, oracle)]
+    states = chain_start_states(oracle, tasks)
     counts = [len(part) for part in np.array_split(np.arange(num), len(states))]
     chains = []
     for i, (state, n) in enumerate(zip(states, counts)):

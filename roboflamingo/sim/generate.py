@@ -84,7 +84,7 @@ class Job:
             require_positive(name, getattr(self, name))
         # Zero is a valid count for the kind of unit that `both` mixes in, never for the only kind.
         for name, needed in (("episodes_per_task", "single"), ("chains_per_scene", "chains")):
-            require_positive(name, getattr(self, name), allow_zero=self.mode not in (needed,))
+            require_positive(name, getattr(self, name), allow_zero=self.mode != needed)
         for name in ("val_episodes_per_task", "val_chains_per_scene", "noise"):
             require_positive(name, getattr(self, name), allow_zero=True)
         if not self.train_scenes:
