@@ -55,7 +55,9 @@ class Job:
         train_scenes: scenes of the training demonstrations; empty = ``env.scene``, the evaluation
             scene (``[A, B, C]`` with ``env.scene: D`` is CALVIN's ABC->D generalization split).
         episodes_per_task / val_episodes_per_task: expert demonstrations per task and scene, each
-            from the neutral pose (where every evaluation chain starts).
+            from the neutral pose (where every evaluation chain starts) or, a ``handover`` fraction of
+            them, from where another task ended (where a chain's later subtasks start); with
+            ``handover_home`` the expert then returns to the neutral pose before the task.
         train_chains / val_chains: expert 5-task chains over ``tasks`` per scene, recorded whole, so
             that subtasks also start where a previous one ended, as a chain's later subtasks do.
         eval_chains: 5-task chains per evaluated policy (chains drawn from ``tasks`` only).
@@ -71,6 +73,8 @@ class Job:
     train_scenes: list[str] = field(default_factory=list)
     episodes_per_task: int = 40
     val_episodes_per_task: int = 3
+    handover: float = 0.0
+    handover_home: bool = False
     train_chains: int = 0
     val_chains: int = 0
     eval_chains: int = 50
@@ -114,7 +118,8 @@ def stage_data(job: Job, root: Path) -> None:
         gen = generate.Job(
             root=str(root), train_scenes=list(job.train_scenes or [job.env.scene]), val_scenes=[job.env.scene],
             mode="both", tasks=list(job.tasks), episodes_per_task=job.episodes_per_task,
-            val_episodes_per_task=job.val_episodes_per_task, chains_per_scene=job.train_chains,
+            val_episodes_per_task=job.val_episodes_per_task, handover=job.handover,
+            handover_home=job.handover_home, chains_per_scene=job.train_chains,
             val_chains_per_scene=job.val_chains, static_size=job.env.static_size,
             gripper_size=job.env.gripper_size, renderer=job.env.renderer,
             workers=job.workers, seed=job.seed, progress=job.progress,
@@ -150,8 +155,8 @@ def stage_train(job: Job, data_root: Path, train_dir: Path) -> Path:
         _banner("train", f"{train_dir} finished {done} steps, skipped")
         return train_dir / "checkpoints" / "last"
     _banner("train", f"{job.model.name} policy, {job.train.steps} steps -> {train_dir}")
-    tjob = loop.Job(model=job.model, head=job.head, data=_data_cfg(job, data_root), train=job.train,
-                    run_dir=str(train_dir), seed=job.seed, resume=done is not None)
+    tjob = loop.Job(model=job.model, head=job.head, data=_data_cfg(job, data_root),
+                    train=replace(job.train, progress=job.train.progress and job.progress), run_dir=str(train_dir), seed=job.seed, resume=done is not None)
     if loop.run(tjob):
         raise RuntimeError("train failed")
     return train_dir / "checkpoints" / "last"

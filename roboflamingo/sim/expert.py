@@ -27,6 +27,7 @@ ROTATE_BY = np.radians(80)  # the oracle needs 60 deg; 80 leaves room for slip a
 PUSH_BY = 0.14  # the oracle needs 0.10 m
 FINGER_HALF = 0.012  # half thickness of a finger across its thin side
 FINGERS_HALF_WIDTH = 0.024  # half extent of the two closed fingers side by side
+HOME_TOL = 0.02  # a subtask starting this close to the neutral TCP position needs no homing
 
 
 def wrap(x):
@@ -47,13 +48,18 @@ class Waypoint:
 class ScriptedExpert:
     """Satisfies the ``Policy`` protocol: ``reset()``, ``step(obs, instruction) -> action``."""
 
-    def __init__(self, scene: str | Scene = "D", task: str | None = None, noise: float = 0.0, seed: int | None = None):
+    def __init__(self, scene: str | Scene = "D", task: str | None = None, noise: float = 0.0, seed: int | None = None,
+                 home: bool = False):
+        """home: begin every subtask by returning to the neutral pose (open hand, travel height first)
+        unless already there or holding a block, then plan the task as from a neutral start."""
         self.scene = load_scene(scene) if isinstance(scene, str) else scene
         self.ws_low, self.ws_high = workspace_bounds(self.scene)
         self.neutral_yaw = float(self.scene.raw["robot"]["neutral_tcp"][5])
         self.T = self.scene.table_height
         self.z_up = self.T + 0.14
         self.noise = float(noise)
+        self.home = bool(home)
+        self.neutral_pos = np.array(self.scene.raw["robot"]["neutral_tcp"][:3], dtype=float)
         self.rng = np.random.default_rng(seed)
         self._fixed_task = None
         if task is not None:
@@ -71,6 +77,7 @@ class ScriptedExpert:
     def reset(self) -> None:
         self._plan: list[Waypoint] | None = None
         self._task: str | None = None
+        self._homing = False
         self._i = 0
         self._count = 0
         self._reached = 0
@@ -86,12 +93,22 @@ class ScriptedExpert:
         task = self._fixed_task or task_for_instruction(instruction)
         if self._plan is None or task != self._task:
             self._task = task
-            self._plan = self.plan(task, robot_obs, scene_obs)
+            self._homing = (self.home and np.linalg.norm(robot_obs[:3] - self.neutral_pos) > HOME_TOL
+                            and self._held_block(robot_obs, scene_obs) is None)
+            self._plan = self._home_plan(robot_obs) if self._homing else self.plan(task, robot_obs, scene_obs)
             self._i = self._count = self._reached = 0
             self.target_pos = robot_obs[:3].copy()
             self.target_euler = robot_obs[3:6].copy()
             self._grip = OPEN if robot_obs[14] >= 0 else CLOSE
+        elif self._homing and self.done:
+            # planned only now, from the neutral pose, so the rest is exactly a neutral start's plan
+            self._homing = False
+            self._plan = self.plan(task, robot_obs, scene_obs)
+            self._i = self._count = self._reached = 0
         return self._act(robot_obs)
+
+    def _home_plan(self, robot_obs: np.ndarray) -> list[Waypoint]:
+        return [*self._up(robot_obs, grip=OPEN), self._wp(self.neutral_pos, self.neutral_yaw, OPEN, tol=HOME_TOL / 2)]
 
     # ------------------------------------------------------------------ waypoint following
     def _act(self, robot_obs: np.ndarray) -> np.ndarray:

@@ -57,6 +57,12 @@ class Job:
     episodes_per_task / val_episodes_per_task: ``single`` units per task and scene.
     chains_per_scene / val_chains_per_scene: ``chains`` units per scene.
     noise: std (m) of the jitter added to the expert's free-space waypoints, for diversity.
+    handover: fraction of the ``single`` units whose task starts where another task (of another
+        category, performed but not recorded) ended, as a chain's later subtasks start; the rest start
+        from the neutral pose. A policy that saw only neutral starts rarely completes a chain's second task.
+    handover_home: in those units the expert first returns to the neutral pose and then performs the
+        task as from a neutral start (the policy learns one task-independent way back, instead of a
+        way to each task from everywhere).
     """
 
     root: str = "data/tabletop"
@@ -73,6 +79,8 @@ class Job:
     renderer: str = "tiny"
     max_steps: int = 360
     noise: float = 0.01
+    handover: float = 0.0
+    handover_home: bool = False
     workers: int = 2
     seed: int = 0
     progress: bool = True
@@ -87,6 +95,10 @@ class Job:
             require_positive(name, getattr(self, name), allow_zero=self.mode != needed)
         for name in ("val_episodes_per_task", "val_chains_per_scene", "noise"):
             require_positive(name, getattr(self, name), allow_zero=True)
+        if not 0.0 <= self.handover <= 1.0:
+            raise ValueError(f"handover must be a fraction in [0, 1], got {self.handover}")
+        if self.handover_home and not self.handover:
+            raise ValueError("handover_home applies to handover units: set handover > 0")
         if not self.train_scenes:
             raise ValueError("train_scenes must name at least one scene")
         from roboflamingo.sim.scene import load_scene
@@ -94,7 +106,14 @@ class Job:
 
         for scene in [*self.train_scenes, *self.val_scenes]:
             load_scene(scene)  # a bad scene fails here, naming its file and field
-        TaskOracle.from_file().check_names(self.tasks, source="generate.tasks")
+        oracle = TaskOracle.from_file()
+        oracle.check_names(self.tasks, source="generate.tasks")
+        if self.handover:
+            tasks = self.tasks or oracle.tasks
+            for task in tasks:
+                if all(oracle.specs[t].category == oracle.specs[task].category for t in tasks):
+                    raise ValueError(f"handover > 0 needs, for every task, another task of another category "
+                                     f"to start from; {task!r} has none in tasks {tasks}")
 
 
 @dataclass(frozen=True)
@@ -142,10 +161,13 @@ def _env(job: Job, scene: str):
 
 def _unit_tasks(job: Job, unit: Unit, tasks: list[str], rng: np.random.Generator, oracle):
     from roboflamingo.sim.chains import sample_initial_state, sequences_for_state
-    from roboflamingo.sim.rollout import Episode, sample_episode
+    from roboflamingo.sim.rollout import Episode, sample_episode, sample_handover
 
     if unit.index < _single_units(job, unit.split, tasks):
-        return sample_episode(tasks[unit.index % len(tasks)], rng, oracle)
+        task = tasks[unit.index % len(tasks)]
+        if job.handover and rng.random() < job.handover:
+            return sample_handover(task, rng, oracle, tasks)
+        return sample_episode(task, rng, oracle)
     # With a task subset, chains are drawn from that subset only (as evaluation draws them), so
     # every subtask is demonstrated and annotated, each starting where the previous one ended.
     subset = list(job.tasks) or None
@@ -168,10 +190,12 @@ def run_unit(job: Job, unit: Unit, tasks: list[str], out_dir: Path) -> dict:
     env = _env(job, unit.scene)
     expert = ScriptedExpert(env.scene, noise=job.noise, seed=int(rng.integers(2**31)))
     episode = _unit_tasks(job, unit, tasks, rng, oracle)
+    homing = (ScriptedExpert(env.scene, noise=job.noise, seed=int(rng.integers(2**31)), home=True)
+              if job.handover_home and episode.unrecorded else None)
     obs, _ = reset_to_episode(env, episode, rng)
     frames: list[dict] = []
     segments = []
-    for task in episode.tasks:
+    for k, task in enumerate(episode.tasks):
         buf: list[dict] = []
 
         def record(o, a, nxt, buf=buf):
@@ -180,10 +204,15 @@ def run_unit(job: Job, unit: Unit, tasks: list[str], out_dir: Path) -> dict:
                         T.ROBOT_OBS: o[T.ROBOT_OBS], T.SCENE_OBS: o[T.SCENE_OBS],
                         T.ACTIONS: absolute, T.REL_ACTIONS: np.asarray(a, dtype=np.float64)})
 
-        expert.set_task(task)
-        ok, obs, _ = run_subtask(env, expert, oracle, task, task, obs, job.max_steps, on_step=record)
+        recorded = k >= episode.unrecorded
+        actor = homing if homing is not None and recorded else expert
+        actor.set_task(task)
+        ok, obs, _ = run_subtask(env, actor, oracle, task, task, obs, job.max_steps,
+                                 on_step=record if recorded else None)
         if not ok:
             break  # the recording ends with the last completed subtask
+        if not recorded:
+            continue
         if task in tasks:
             ann = sentences[task][int(rng.integers(len(sentences[task])))]
             segments.append({"start": len(frames), "end": len(frames) + len(buf) - 1, "task": task, "ann": ann})

@@ -22,10 +22,14 @@ MAX_PREFIX = 3
 
 @dataclass
 class Episode:
-    """A symbolic initial state and the tasks to perform from it (``prefix`` + [task])."""
+    """A symbolic initial state and the tasks to perform from it (``prefix`` + [task]).
+
+    ``unrecorded``: how many leading tasks only set up the start (performed, never recorded).
+    """
 
     initial_state: dict
     tasks: list[str] = field(default_factory=list)
+    unrecorded: int = 0
 
 
 def shortest_prefix(state: dict, task: str, oracle: TaskOracle, rng: np.random.Generator) -> list[str] | None:
@@ -57,6 +61,24 @@ def sample_episode(task: str, rng: np.random.Generator, oracle: TaskOracle) -> E
         if prefix is not None:
             return Episode(dict(state), [*prefix, task])
     raise RuntimeError(f"no symbolic initial state leads to task {task!r}")
+
+
+def sample_handover(task: str, rng: np.random.Generator, oracle: TaskOracle, tasks: list[str]) -> Episode:
+    """``task`` starting where another task of ``tasks`` ended, as a chain's later subtasks start.
+
+    The task before it is of another category (as in CALVIN's chains) and is performed, not recorded:
+    the arm starts by that task's object instead of at the neutral pose.
+    """
+    states = initial_states(oracle)
+    category = oracle.specs[task].category
+    before = [t for t in tasks if oracle.specs[t].category != category]
+    for _ in range(1000):
+        state = states[int(rng.integers(len(states)))]
+        first = before[int(rng.integers(len(before)))] if before else None
+        nxt = next_states(state, first, oracle) if first else []
+        if len(nxt) == 1 and len(next_states(nxt[0], task, oracle)) == 1:
+            return Episode(dict(state), [first, task], unrecorded=1)
+    raise RuntimeError(f"no task of {tasks} (another category than {task!r}) leads to a state where {task!r} is valid")
 
 
 def reset_to_episode(env, episode: Episode, rng: np.random.Generator):

@@ -60,3 +60,20 @@ def test_expert_check_command_prints_table_and_json(capsys):
     assert set(summary["per_task"]) == {"turn_on_led", "move_slider_left"}
     assert summary["min_success"] == 1.0 and summary["mean_success"] == 1.0
     assert any(ln.startswith("turn_on_led") for ln in lines[:-1])
+
+
+def test_homing_expert_returns_to_the_neutral_pose_then_does_the_task(env):
+    from roboflamingo.sim.rollout import sample_handover
+
+    rng = np.random.default_rng(3)
+    episode = sample_handover("turn_on_led", rng, ORACLE, ["open_drawer", "turn_on_led"])
+    obs, _ = reset_to_episode(env, episode, rng)
+    ok, obs, _ = run_subtask(env, ScriptedExpert("D", task=episode.tasks[0]), ORACLE, episode.tasks[0],
+                             episode.tasks[0], obs, 360)
+    assert ok
+    expert = ScriptedExpert("D", task="turn_on_led", home=True)
+    dist = []
+    ok, _, _ = run_subtask(env, expert, ORACLE, "turn_on_led", "turn_on_led", obs, 360,
+                           on_step=lambda o, a, n: dist.append(np.linalg.norm(o[T.ROBOT_OBS][:3] - expert.neutral_pos)))
+    assert ok
+    assert dist[0] > 0.1 and min(dist) < 0.02

@@ -144,3 +144,44 @@ def test_both_modes_mix_single_units_and_chains_over_a_task_subset(tmp_path):
         neutral = np.load(frames[0])[T.ROBOT_OBS][:3]
         starts = [s for s, _ in lang["info"]["indx"]]
         assert max(np.linalg.norm(np.load(frames[s])[T.ROBOT_OBS][:3] - neutral) for s in starts) > 0.05
+
+
+def test_handover_units_start_where_an_unrecorded_task_of_another_category_ended(tmp_path):
+    from roboflamingo.sim.rollout import sample_handover
+    from roboflamingo.sim.tasks import TaskOracle
+
+    oracle = TaskOracle.from_file()
+    tasks = ["open_drawer", "close_drawer", "turn_on_led", "turn_off_led"]
+    rng = np.random.default_rng(0)
+    for task in tasks:
+        episode = sample_handover(task, rng, oracle, tasks)
+        assert episode.tasks[-1] == task and episode.unrecorded == 1
+        assert oracle.specs[episode.tasks[0]].category != oracle.specs[task].category
+    with pytest.raises(RuntimeError, match="another category"):
+        sample_handover("turn_on_led", rng, oracle, ["turn_on_led", "turn_off_led"])
+
+    with pytest.raises(ValueError, match="'turn_on_led' has none"):  # the LED tasks share one category
+        tiny_job(tmp_path / "data", tasks=tasks[2:], handover=0.5)
+    from roboflamingo.sim.chains import neutral_robot_obs
+    from roboflamingo.sim.scene import load_scene
+
+    neutral = neutral_robot_obs(load_scene("D"))[:3]
+    for home in (False, True):
+        root = tmp_path / f"home_{home}"
+        job = tiny_job(root, tasks=["open_drawer", "turn_on_led"], train_scenes=["D"], val_episodes_per_task=0,
+                       val_scenes=[], handover=1.0, handover_home=home)
+        assert generate.run(job) == 0
+        ids, lang, frames = load_split(root / "training")
+        # one recording per unit, holding only the handed-over task: nothing of the task before it
+        assert len(ids) == 2 and sorted(lang["language"]["task"]) == ["open_drawer", "turn_on_led"]
+        assert [tuple(i) for i in lang["info"]["indx"]] == [tuple(i) for i in ids]
+        for start, end in ids:
+            dist = [np.linalg.norm(np.load(frames[i])[T.ROBOT_OBS][:3] - neutral) for i in range(start, end + 1)]
+            assert dist[0] > 0.05
+            # homing: the recording passes through the neutral pose on its way to the task (within
+            # the few centimetres that position control leaves; without homing it stays >= 10 cm off)
+            assert (min(dist) < 0.04) == home
+    with pytest.raises(ValueError, match="handover"):
+        tiny_job(tmp_path / "x", handover=1.5)
+    with pytest.raises(ValueError, match="handover_home"):
+        tiny_job(tmp_path / "x", handover_home=True)
