@@ -108,7 +108,9 @@ class ScriptedExpert:
         return self._act(robot_obs)
 
     def _home_plan(self, robot_obs: np.ndarray) -> list[Waypoint]:
-        return [*self._up(robot_obs, grip=OPEN), self._wp(self.neutral_pos, self.neutral_yaw, OPEN, tol=HOME_TOL / 2)]
+        # settle: come to rest there, as a neutral start does, before the task's plan begins
+        return [*self._up(robot_obs, grip=OPEN),
+                self._wp(self.neutral_pos, self.neutral_yaw, OPEN, tol=HOME_TOL / 2, settle=3)]
 
     # ------------------------------------------------------------------ waypoint following
     def _act(self, robot_obs: np.ndarray) -> np.ndarray:
