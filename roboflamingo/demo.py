@@ -155,8 +155,9 @@ def stage_train(job: Job, data_root: Path, train_dir: Path) -> Path:
         _banner("train", f"{train_dir} finished {done} steps, skipped")
         return train_dir / "checkpoints" / "last"
     _banner("train", f"{job.model.name} policy, {job.train.steps} steps -> {train_dir}")
-    tjob = loop.Job(model=job.model, head=job.head, data=_data_cfg(job, data_root),
-                    train=replace(job.train, progress=job.train.progress and job.progress), run_dir=str(train_dir), seed=job.seed, resume=done is not None)
+    train = replace(job.train, progress=job.train.progress and job.progress)
+    tjob = loop.Job(model=job.model, head=job.head, data=_data_cfg(job, data_root), train=train,
+                    run_dir=str(train_dir), seed=job.seed, resume=done is not None)
     if loop.run(tjob):
         raise RuntimeError("train failed")
     return train_dir / "checkpoints" / "last"

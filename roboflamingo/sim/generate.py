@@ -61,8 +61,8 @@ class Job:
         category, performed but not recorded) ended, as a chain's later subtasks start; the rest start
         from the neutral pose. A policy that saw only neutral starts rarely completes a chain's second task.
     handover_home: in those units the expert first returns to the neutral pose and then performs the
-        task as from a neutral start (the policy learns one task-independent way back, instead of a
-        way to each task from everywhere).
+        task as from a neutral start: one way back for every task instead of a way to each task from
+        everywhere (in the demo it trained worse policies than plain handover; README, "The demo").
     """
 
     root: str = "data/tabletop"
