@@ -73,7 +73,7 @@ class Job:
     train_scenes: list[str] = field(default_factory=list)
     episodes_per_task: int = 40
     val_episodes_per_task: int = 3
-    handover: float = 0.0
+    handover: float = 0.3
     handover_home: bool = False
     train_chains: int = 0
     val_chains: int = 0
