@@ -1,18 +1,31 @@
 """``roboflamingo <command> [overrides]``: the one place that wires the layers together.
 
 Each command names a module exposing a ``Job`` dataclass (its config schema) and ``run(job)``, and a
-primary config ``configs/<config>.yaml``. Arguments are Hydra overrides (``model=tiny head=lstm
-train.steps=100``). ``--cfg`` prints the composed, validated config instead of running.
+primary config ``configs/<config>.yaml`` (None: the Job's own defaults). Arguments are Hydra
+overrides (``model=tiny head=lstm train.steps=100``). ``--cfg`` prints the composed, validated config
+instead of running; ``--help`` describes the command, its config groups and every key, generated from
+the Job dataclass and its docstrings, so a new command gets it by being registered here.
 Modules are imported only when their command runs, so ``roboflamingo inspect`` never loads pybullet.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
+import textwrap
 from dataclasses import dataclass
 
-from roboflamingo.config import ConfigError, load, to_yaml
+from roboflamingo.config import (
+    ConfigError,
+    command_groups,
+    compose,
+    load,
+    schema_keys,
+    schema_sections,
+    summary,
+    to_yaml,
+)
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,8 @@ class Command:
     help: str
     # Config keys that bare arguments (no "=") fill in order: `convert SRC DST`.
     positional: tuple[str, ...] = ()
+    # Boolean config keys that `--key` sets to true: `env --json`.
+    flags: tuple[str, ...] = ()
 
 
 COMMANDS: dict[str, Command] = {
@@ -37,13 +52,96 @@ COMMANDS: dict[str, Command] = {
     "sim-robot": Command("roboflamingo.deploy.sim_robot", "sim_robot", "serve the tabletop as a robot over rosbridge"),
     "convert": Command("roboflamingo.models.convert", "convert", "convert published weights to our checkpoint format",
                        positional=("src", "dst")),
+    "env": Command("roboflamingo.envinfo", None, "what this machine offers: versions, device, renderer, calvin_env, disk",
+                   flags=("json",)),
 }
+
+HELP_FLAGS = ("-h", "--help")
+WIDTH = 100
 
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: roboflamingo <command> [key=value ...] [--cfg]", "", "commands:"]
+    lines = ["usage: roboflamingo <command> [key=value ...] [--cfg] [-h]", "", "commands:"]
     lines += [f"  {name:<{width}}  {cmd.help}" for name, cmd in COMMANDS.items()]
+    lines += ["", "`roboflamingo <command> --help` lists the command's config groups and every key."]
+    return "\n".join(lines)
+
+
+def format_value(value) -> str:
+    """A config value as it would be typed in an override (YAML flow style)."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value if value else '""'
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str).replace('"', "")
+    return str(value)
+
+
+def _values(cmd: Command, job_cls: type, overrides: list[str]) -> tuple[dict[str, str], str]:
+    """Every key's value as the command would run it (``path -> text``), and a note on where from."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
+
+    tree = OmegaConf.structured(job_cls)
+    note = "the Job's defaults"
+    if cmd.config is not None:
+        tree = OmegaConf.merge(tree, compose(cmd.config, overrides))
+        note = f"configs/{cmd.config}.yaml" + (f" with {' '.join(overrides)}" if overrides else "")
+    values = {}
+    for key in schema_keys(job_cls):
+        try:
+            values[key.path] = format_value(OmegaConf.select(tree, key.path, throw_on_missing=True))
+        except MissingMandatoryValue:
+            values[key.path] = "??? (required)"
+    return values, note
+
+
+def _rst(text: str) -> str:
+    return text.replace("``", "`")
+
+
+def command_help(name: str, cmd: Command, overrides: list[str] | None = None) -> str:
+    """What ``roboflamingo <name> --help`` prints, read from the Job dataclass and the config tree."""
+    overrides = list(overrides or [])
+    job_cls = importlib.import_module(cmd.module).Job
+    values, note = _values(cmd, job_cls, overrides)
+    usage_line = " ".join(["usage: roboflamingo", name, *(k.upper() for k in cmd.positional),
+                           "[key=value ...]", *(f"[--{f}]" for f in cmd.flags), "[--cfg] [-h]"])
+    lines = [usage_line, "", f"{cmd.help}."]
+    if summary(job_cls):
+        lines += textwrap.wrap(_rst(summary(job_cls)), WIDTH)
+    if cmd.positional:
+        lines += ["", "positional: " + ", ".join(f"{k.upper()} fills {k}=" for k in cmd.positional)]
+    if cmd.flags:
+        lines += ["", "flags: " + ", ".join(f"--{f} sets {f}=true" for f in cmd.flags)]
+    groups = command_groups(cmd.config, job_cls)
+    if groups:
+        lines += ["", "config groups (group=option, * marks the default; +group=option adds one not picked):"]
+        width = max(len(g.name) for g in groups)
+        for g in groups:
+            opts = ", ".join(o + ("*" if o == g.default else "") for o in g.options)
+            lines.append(f"  {(g.name if g.default else '+' + g.name):<{width + 1}}  {opts}")
+    lines += ["", f"keys (key: type = value from {note}):"]
+    keys = schema_keys(job_cls)
+    for path, cls in schema_sections(job_cls):
+        own = [k for k in keys if k.path.rpartition(".")[0] == path]
+        if not own:
+            continue
+        if path:
+            lines += [""] + textwrap.wrap(f"{path} ({cls.__name__}): {_rst(summary(cls))}".rstrip(": "), WIDTH,
+                                          subsequent_indent="    ")
+        for k in own:
+            lines.append(f"  {k.path}: {k.type} = {values[k.path]}")
+            if k.doc:
+                lines += textwrap.wrap(_rst(k.doc), WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines)
 
 
@@ -58,19 +156,32 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cmd = COMMANDS[name]
     show_cfg = "--cfg" in args
-    args = [a for a in args if a != "--cfg"]
+    show_help = any(a in HELP_FLAGS for a in args)
+    args = [a for a in args if a != "--cfg" and a not in HELP_FLAGS]
+    overrides = []
+    for a in [a for a in args if a.startswith("--")]:
+        if a[2:] not in cmd.flags:
+            known = " ".join([*(f"--{f}" for f in cmd.flags), "--cfg", "--help"])
+            print(f"roboflamingo {name}: unknown option '{a}'; expected key=value overrides, {known}", file=sys.stderr)
+            return 2
+        overrides.append(f"{a[2:]}=true")
+    args = [a for a in args if not a.startswith("--")]
     bare = [a for a in args if "=" not in a]
     if len(bare) > len(cmd.positional):
         expected = " ".join(k.upper() for k in cmd.positional) or "only key=value overrides"
         print(f"roboflamingo {name}: unexpected argument(s) {bare}; expected {expected}", file=sys.stderr)
         return 2
-    overrides = [f"{key}={value}" for key, value in zip(cmd.positional, bare)]
+    overrides += [f"{key}={value}" for key, value in zip(cmd.positional, bare)]
     overrides += [a for a in args if "=" in a]
     module = importlib.import_module(cmd.module)
     try:
+        if show_help:
+            print(command_help(name, cmd, overrides))
+            return 0
         job = load(cmd.config, module.Job, overrides)
     except ConfigError as e:
-        print(f"roboflamingo {name}: invalid config: {e}", file=sys.stderr)
+        print(f"roboflamingo {name}: invalid config: {e}\n(`roboflamingo {name} --help` lists every key)",
+              file=sys.stderr)
         return 2
     if show_cfg:
         print(to_yaml(job))
