@@ -108,6 +108,12 @@ def _rst(text: str) -> str:
     return text.replace("``", "`")
 
 
+def _wrap(text: str, indent: int = 0, hang: int | None = None) -> list[str]:
+    # never split a word (`non-causal`, a path): the text must read back exactly as the docstring
+    return textwrap.wrap(text, WIDTH, initial_indent=" " * indent, subsequent_indent=" " * (hang or indent),
+                         break_on_hyphens=False, break_long_words=False)
+
+
 def command_help(name: str, cmd: Command, overrides: list[str] | None = None) -> str:
     """What ``roboflamingo <name> --help`` prints, read from the Job dataclass and the config tree."""
     overrides = list(overrides or [])
@@ -117,7 +123,7 @@ def command_help(name: str, cmd: Command, overrides: list[str] | None = None) ->
                            "[key=value ...]", *(f"[--{f}]" for f in cmd.flags), "[--cfg] [-h]"])
     lines = [usage_line, "", f"{cmd.help}."]
     if summary(job_cls):
-        lines += textwrap.wrap(_rst(summary(job_cls)), WIDTH)
+        lines += _wrap(_rst(summary(job_cls)))
     if cmd.positional:
         lines += ["", "positional: " + ", ".join(f"{k.upper()} fills {k}=" for k in cmd.positional)]
     if cmd.flags:
@@ -136,12 +142,11 @@ def command_help(name: str, cmd: Command, overrides: list[str] | None = None) ->
         if not own:
             continue
         if path:
-            lines += [""] + textwrap.wrap(f"{path} ({cls.__name__}): {_rst(summary(cls))}".rstrip(": "), WIDTH,
-                                          subsequent_indent="    ")
+            lines += [""] + _wrap(f"{path} ({cls.__name__}): {_rst(summary(cls))}".rstrip(": "), 0, 4)
         for k in own:
             lines.append(f"  {k.path}: {k.type} = {values[k.path]}")
             if k.doc:
-                lines += textwrap.wrap(_rst(k.doc), WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6)
+                lines += _wrap(_rst(k.doc), 6)
     return "\n".join(lines)
 
 

@@ -248,7 +248,7 @@ def unknown_key_message(schema: type, key: str, extra: tuple[str, ...] = ()) -> 
     cls = schema
     for part in parent.split(".") if parent else []:
         cls = _dataclass_of(_fields(cls)[part][1])  # type: ignore[assignment]
-    names = list(_fields(cls)) + ([] if parent else list(extra))
+    names = list(dict.fromkeys([*_fields(cls), *([] if parent else extra)]))  # groups are often fields too
     siblings = [f"{parent}.{n}" if parent else n for n in names]
     # leaf against leaf: a shared dotted prefix would make every sibling look close
     close = [f"{parent}.{n}" if parent else n for n in difflib.get_close_matches(leaf, names, n=3, cutoff=0.6)]

@@ -4,7 +4,20 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from roboflamingo.config import ConfigError, compose, load, load_yaml, save_yaml, to_dataclass
+from roboflamingo.config import (
+    ConfigError,
+    Group,
+    command_groups,
+    compose,
+    field_docs,
+    load,
+    load_yaml,
+    save_yaml,
+    schema_keys,
+    schema_sections,
+    summary,
+    to_dataclass,
+)
 
 
 @dataclass
@@ -77,3 +90,92 @@ def test_load_yaml_errors_name_the_file(tmp_path):
 
 def test_to_dataclass_from_plain_dict():
     assert to_dataclass({"inner": {"width": 2}}, Job).inner.width == 2
+
+
+# ------------------------------------------------------------------ schema introspection, typo suggestions
+
+
+@dataclass
+class Documented:
+    """One line of summary,
+    continued here.
+
+    Args:
+        alpha: the first field; its text runs on
+            over a second line, which reads ``beta: not an entry`` at its start:
+            beta: still alpha's.
+        beta, gamma: shared by two fields.
+        delta / epsilon: shared with a slash.
+        zeta: one sentence. eta: a second entry on the same line.
+    """
+
+    alpha: int = 1
+    beta: str = "b"
+    gamma: float = 0.5
+    delta: bool = False
+    epsilon: list[int] = field(default_factory=lambda: [1, 2])
+    zeta: str = ""
+    eta: int = 0
+    undocumented: int = 3
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_field_docs_read_each_entry_and_its_continuations():
+    docs = field_docs(Documented)
+    assert docs["alpha"] == ("the first field; its text runs on over a second line, which reads ``beta: not an "
+                             "entry`` at its start: beta: still alpha's.")
+    assert docs["beta"] == docs["gamma"] == "shared by two fields."
+    assert docs["delta"] == docs["epsilon"] == "shared with a slash."
+    assert docs["zeta"] == "one sentence."
+    assert docs["eta"] == "a second entry on the same line."
+    assert "undocumented" not in docs
+    assert summary(Documented) == "One line of summary, continued here."
+
+
+def test_schema_keys_flatten_nested_dataclasses_with_types_and_defaults():
+    keys = {k.path: k for k in schema_keys(Documented)}
+    assert list(keys)[-2:] == ["inner.width", "inner.kind"]
+    assert (keys["epsilon"].type, keys["epsilon"].default) == ("list[int]", [1, 2])
+    assert (keys["inner.width"].type, keys["inner.width"].default) == ("int", 8)
+    assert [p for p, _ in schema_sections(Documented)] == ["", "inner"]
+
+
+def test_mistyped_keys_get_the_closest_valid_ones(config_root):
+    with pytest.raises(ConfigError, match=r"unknown key 'nmae'; did you mean 'name'\?"):
+        load("job", Job, ["nmae=x"])
+    with pytest.raises(ConfigError, match=r"unknown key 'inner\.widht'; did you mean 'inner\.width'\?"):
+        load("job", Job, ["inner.widht=3"])
+    with pytest.raises(ConfigError, match=r"unknown key 'inenr' \(in 'inenr\.width'\); did you mean 'inner'\?"):
+        load("job", Job, ["inenr.width=3"])
+    with pytest.raises(ConfigError, match=r"unknown key 'widht'; did you mean 'inner\.width'\?"):
+        load("job", Job, ["widht=3"])  # the right name without its parent
+    with pytest.raises(ConfigError, match=r"unknown key 'zzz'; valid keys at the top level: inner, name"):
+        load("job", Job, ["~zzz"])
+    with pytest.raises(ConfigError, match="job.yaml.*no key"):
+        load("job", Job, ["=3"])
+
+
+def test_a_saved_config_with_a_typo_gets_the_suggestion(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("inner:\n  widht: 3\nname: x\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml: unknown key 'inner\.widht'; did you mean 'inner\.width'\?"):
+        load_yaml(path, Job)
+
+
+def test_groups_of_a_command(config_root):
+    (config_root / "extra").mkdir()
+    (config_root / "extra" / "renamed.yaml").write_text("# @package _global_\nname: from_extra\n")
+    (config_root / "other").mkdir()  # a _global_ group setting keys Job lacks does not apply to it
+    (config_root / "other" / "x.yaml").write_text("# @package _global_\nsteps: 3\n")
+    groups = {g.name: g for g in command_groups("job", Job)}
+    assert groups["inner"] == Group("inner", ("big", "small"), "small")
+    assert groups["extra"] == Group("extra", ("renamed",), None)
+    assert "other" not in groups
+    assert load("job", Job, ["+extra=renamed"]).name == "from_extra"
+
+
+def test_load_without_a_config_file_uses_the_schema_defaults():
+    assert load(None, Job, []) == Job()
+    assert load(None, Job, ["inner.width=3"]).inner.width == 3
+    with pytest.raises(ConfigError, match="did you mean 'name'"):
+        load(None, Job, ["nmae=x"])
