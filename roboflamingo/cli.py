@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from roboflamingo.config import (
     ConfigError,
+    check_override_keys,
     command_groups,
     compose,
     load,
@@ -93,6 +94,8 @@ def _values(cmd: Command, job_cls: type, overrides: list[str]) -> tuple[dict[str
     tree = OmegaConf.structured(job_cls)
     note = "the Job's defaults"
     if cmd.config is not None:
+        groups = tuple(g.name for g in command_groups(cmd.config, job_cls))
+        check_override_keys(job_cls, overrides, groups, source=f"configs/{cmd.config}.yaml")
         tree = OmegaConf.merge(tree, compose(cmd.config, overrides))
         note = f"configs/{cmd.config}.yaml" + (f" with {' '.join(overrides)}" if overrides else "")
     values = {}

@@ -129,6 +129,8 @@ def test_mistyped_key_gets_the_closest_valid_keys(override, message, capsys):
     assert message in err
     assert "+modle" not in err and "To append" not in err  # not Hydra's advice
     assert "roboflamingo train --help" in err
+    assert cli.main(["train", override, "--help"]) == 2  # help with the typo says the same
+    assert message in capsys.readouterr().err
 
 
 def test_flags(capsys):
