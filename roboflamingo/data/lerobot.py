@@ -188,6 +188,23 @@ def read_tasks(root: Path) -> list[str]:
     return out
 
 
+def source_digests(root: Path) -> dict[str, str]:
+    """sha256 of the metadata a packed copy was built from: ``info.json`` and the episode table
+    (cheap to re-check on every open, unlike the frame data; LeRobot rewrites both on any edit)."""
+    from roboflamingo.data.layout import sha256_file
+
+    paths = [root / INFO_PATH, *sorted((root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))]
+    return {str(p.relative_to(root)): sha256_file(p) for p in paths if p.is_file()}
+
+
+def check_packed_source(root: str | os.PathLike, manifest: dict[str, Any], where: Path) -> None:
+    """Refuse a packed copy of a LeRobot dataset whose metadata changed after packing."""
+    current = source_digests(Path(root))
+    if manifest.get("source") != current:
+        raise DatasetError(f"{where}: field 'source' does not match {root}/meta: the LeRobot dataset changed "
+                           "after packing; re-run `roboflamingo pack`")
+
+
 @dataclass
 class _VideoRef:
     path: Path
@@ -294,12 +311,7 @@ class LeRobotSplit:
                           np.asarray(segments, dtype=np.int64).reshape(-1, 2), sentences, list(sentences))
 
     def source_digests(self) -> dict[str, str]:
-        """sha256 of the metadata a packed copy was built from (``info.json`` and the episode table)."""
-        paths = [self.root / INFO_PATH, *sorted((self.root / EPISODES_DIR).glob("chunk-*/file-*.parquet")),
-                 *self.data_files]
-        from roboflamingo.data.layout import sha256_file
-
-        return {str(p.relative_to(self.root)): sha256_file(p) for p in paths}
+        return source_digests(self.root)
 
     # -- frames --------------------------------------------------------------------------------
     def frames(self, first: int, n: int) -> Iterator[dict[str, np.ndarray]]:
