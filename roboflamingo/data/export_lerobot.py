@@ -85,8 +85,6 @@ class Job:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not self.out:
-            raise ValueError("out must name the output dataset directory")
         require_choice("vcodec", self.vcodec, CODECS)
         require_choice("pix_fmt", self.pix_fmt, PIX_FMTS)
         require_positive("crf", self.crf, allow_zero=True)
@@ -264,6 +262,8 @@ def _write_tasks(path: Path, tasks: list[str]) -> None:
 
 def export_split(job: Job) -> dict[str, Any]:
     """Export ``job.split``; returns the written ``info.json`` contents."""
+    if not job.out:
+        raise ValueError("out must name the output dataset directory")
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -356,6 +356,9 @@ def export_split(job: Job) -> dict[str, Any]:
 
 
 def run(job: Job) -> int:
+    if not job.out:
+        print("roboflamingo export-lerobot: give the output directory (export-lerobot OUT or out=DIR)", file=sys.stderr)
+        return 2
     try:
         info = export_split(job)
     except DatasetError as e:

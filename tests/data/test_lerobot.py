@@ -192,6 +192,17 @@ def test_reads_the_dataset_written_by_lerobot():
         assert psnr(want.astype(np.uint8), got) >= 30.0
 
 
+def test_cli_export_lerobot(tmp_path, capsys):
+    from roboflamingo import cli
+
+    write_split(tmp_path / "src" / "training", EPISODES[:1], ANNOTATIONS[:2], (32, 32), (16, 16), content="scene")
+    out = tmp_path / "exp"
+    assert cli.main(["export-lerobot", str(out), f"data.root={tmp_path / 'src'}", "progress=false"]) == 0
+    assert "exported training: 2 episodes, 48 frames" in capsys.readouterr().out
+    assert LeRobotSplit(out).index.instructions == [a[3] for a in ANNOTATIONS[:2]]
+    assert cli.main(["export-lerobot", f"data.root={tmp_path / 'src'}"]) == 2
+
+
 def test_eval_info_has_lerobots_shape():
     summary = {"mode": "chains", "avg_len": 1.5, "num_chains": 4, "success_rates": [0.75, 0.5],
                "per_task": {"open_drawer": {"success": 3, "total": 4, "rate": 0.75},
