@@ -82,7 +82,7 @@ def lerobot_run(args: argparse.Namespace, work: Path) -> dict[str, float]:
     root, packed_root = work / "lerobot", work / "lerobot_packed"
     export(Job(data=DataConfig(root=str(args.root)), split="training", out=str(root / "training"), progress=False))
     pack_split(root / "training", packed_root / "training", progress=False, lerobot=LeRobotConfig())
-    extra = ("data.format=lerobot", f"data.packed_root={packed_root}")
+    extra = ("data=lerobot", f"data.packed_root={packed_root}")
     r = timed_run(root, work / "run_lerobot", args, packed=True, extra=extra)
     return {"lerobot_samples_per_s": r["samples_per_s"], "lerobot_step_ms": r["step_ms"],
             "lerobot_data_wait_fraction": r["data_wait_fraction"],
