@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,8 +100,9 @@ class Source:
 
     index: SplitIndex
     image_shapes: dict[str, tuple[int, ...]]
-    frames: Any  # Callable[[int, int], Iterator[dict[str, np.ndarray]]]
+    frames: Callable[[int, int], Iterator[dict[str, np.ndarray]]]
     fps: int
+    close: Callable[[], None] = lambda: None
 
 
 def open_source(data: DataConfig, split: str, threads: int = 4) -> Source:
@@ -117,7 +118,7 @@ def open_source(data: DataConfig, split: str, threads: int = 4) -> Source:
         paths = [frame_path(split_dir, f) for f in range(first, first + n)]
         yield from pool.map(lambda p: read_frame(p, FRAME_KEYS, shapes), paths)
 
-    return Source(index, shapes, frames, data.lerobot.fps)
+    return Source(index, shapes, frames, data.lerobot.fps, pool.shutdown)
 
 
 class _VideoWriter:
@@ -264,11 +265,19 @@ def export_split(job: Job) -> dict[str, Any]:
     """Export ``job.split``; returns the written ``info.json`` contents."""
     if not job.out:
         raise ValueError("out must name the output dataset directory")
+
+    source = open_source(job.data, job.split, job.threads)
+    try:
+        return _export(job, source)
+    finally:
+        source.close()
+
+
+def _export(job: Job, source: Source) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    source = open_source(job.data, job.split, job.threads)
     fps = source.fps
     segments, instructions = source.index.segments, source.index.instructions
     if len(segments) == 0:

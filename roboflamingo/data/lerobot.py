@@ -316,7 +316,7 @@ class LeRobotSplit:
     # -- frames --------------------------------------------------------------------------------
     def frames(self, first: int, n: int) -> Iterator[dict[str, np.ndarray]]:
         """Frames ``first .. first + n - 1``: images (H, W, 3) uint8, robot_obs (15,), rel_actions (7,)."""
-        if not 0 <= first and first + n <= len(self.episode_index):
+        if first < 0 or n < 0 or first + n > len(self.episode_index):
             raise IndexError(f"frames {first}..{first + n - 1} out of range for {len(self.episode_index)} frames")
         streams = {ours: self._camera(getattr(self.mapping, ours), ours, first, n) for ours in IMAGE_KEYS}
         try:

@@ -100,6 +100,21 @@ def test_packed_lerobot_split_gives_the_npz_windows(exported, tmp_path):
         assert psnr(a["rgb_static"].numpy(), b["rgb_static"].numpy()) >= 40.0
 
 
+def test_repack_reuses_shards_and_a_changed_dataset_is_refused(exported, tmp_path):
+    _, out = exported
+    ds_dir = _copy_with_info(out, tmp_path / "lr" / "training", lambda i: None)
+    packed = tmp_path / "packed" / "training"
+    first = pack_split(ds_dir, packed, shard_frames=32, progress=False, lerobot=LeRobotConfig())
+    again = pack_split(ds_dir, packed, shard_frames=32, progress=False, lerobot=LeRobotConfig())
+    assert first["reused_frames"] == 0 and again["reused_frames"] == again["num_frames"] == first["num_frames"]
+    cfg = DataConfig(root=str(ds_dir.parent), format="lerobot", packed_root=str(packed.parent), window=6, num_workers=0)
+    assert len(CalvinDataset(cfg)) > 0
+    info = json.loads((ds_dir / INFO_PATH).read_text())
+    (ds_dir / INFO_PATH).write_text(json.dumps({**info, "robot_type": "another"}))
+    with pytest.raises(DatasetError, match="changed after packing"):
+        CalvinDataset(cfg)
+
+
 def test_lerobot_split_must_be_packed_first(exported):
     _, out = exported
     with pytest.raises(DatasetError, match="roboflamingo pack"):
