@@ -51,7 +51,7 @@ def lerobot_load(root: str) -> dict:
         item = ds[i]
         row = {"task": item["task"], "episode_index": int(item["episode_index"]),
                "state": item["observation.state"].numpy().tolist(), "action": item["action"].numpy().tolist()}
-        if i in (0, ds.num_frames // 2):
+        if i in (0, ds.num_frames // 2, ds.num_frames - 1):
             # LeRobot returns float images (C, H, W) in [0, 1].
             row["rgb_static"] = (item["observation.images.rgb_static"].numpy() * 255).round().astype(np.uint8).tolist()
         out["frames"].append(row)
@@ -141,7 +141,9 @@ def main() -> int:
                     [(0, 19, "open_drawer", "open the drawer"), (20, 39, "lift", "lift the red block"),
                      (45, 69, "open_drawer", "pull the handle")], (96, 96), (48, 48), content="scene")
         out = tmp / "export"
-        export_split(Job(data=DataConfig(root=str(tmp / "src")), out=str(out), progress=False))
+        # Tiny size caps, so the export spans several data and video files as a large one would.
+        export_split(Job(data=DataConfig(root=str(tmp / "src")), out=str(out), data_file_mb=0.001,
+                         video_file_mb=0.01, progress=False))
         ours = LeRobotSplit(out)
         theirs = _in_lerobot(args.lerobot_python, "load", out)
         ours_frames = list(ours.frames(0, len(ours.robot_obs)))
@@ -162,7 +164,8 @@ def main() -> int:
                 psnrs.append(float("inf") if mse == 0 else round(float(10 * np.log10(255**2 / mse)), 2))
         checks["video_same_as_ours"] = all(p >= 45 for p in psnrs)
         psnrs = ["identical" if p == float("inf") else p for p in psnrs]
-        result["lerobot_loads_our_export"] = {"ok": all(checks.values()), "checks": checks,
+        files = {d: len(list((out / d).rglob("file-*.*"))) for d in ("data", "videos")}
+        result["lerobot_loads_our_export"] = {"ok": all(checks.values()), "checks": checks, "files": files,
                                               "num_frames": theirs["num_frames"], "num_episodes": theirs["num_episodes"],
                                               "features": theirs["features"], "decode_psnr_vs_ours_db": psnrs}
 

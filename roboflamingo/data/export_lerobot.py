@@ -23,7 +23,6 @@ GOP 2 is LeRobot's: random access decodes at most one extra frame.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -79,8 +78,8 @@ class Job:
     crf: int = 10
     gop: int = 2
     # LeRobot's caps: a new data / video file is started once the current one passes these.
-    data_file_mb: int = 100
-    video_file_mb: int = 200
+    data_file_mb: float = 100
+    video_file_mb: float = 200
     threads: int = 4
     progress: bool = True
 
@@ -129,7 +128,7 @@ class _VideoWriter:
         self.h, self.w = shape[0], shape[1]
         self.file_index = -1
         self.container = None
-        self.frames_in_file = 0
+        self.frames_in_file = self.bytes = 0
 
     def _path(self, file_index: int) -> Path:
         c, f = divmod(file_index, CHUNKS_SIZE)
@@ -149,11 +148,13 @@ class _VideoWriter:
         codec = "libx264" if self.job.vcodec == "h264" else self.job.vcodec
         self.stream = self.container.add_stream(codec, rate=self.fps, options=options)
         self.stream.width, self.stream.height, self.stream.pix_fmt = self.w, self.h, self.job.pix_fmt
-        self.frames_in_file = 0
+        self.frames_in_file = self.bytes = 0
 
     def start_episode(self) -> dict[str, Any]:
         """Open a new file if needed; returns the episode's ``videos/<key>/...`` location fields."""
-        if self.container is None or os.path.getsize(self._path(self.file_index)) >= self.job.video_file_mb * 2**20:
+        # Bytes muxed so far, not the file's size: the encoder's look-ahead and the muxer's buffer
+        # keep the file behind by up to a few dozen frames.
+        if self.container is None or self.bytes >= self.job.video_file_mb * 2**20:
             self._open()
         c, f = divmod(self.file_index, CHUNKS_SIZE)
         return {f"videos/{self.key}/chunk_index": c, f"videos/{self.key}/file_index": f,
@@ -164,15 +165,19 @@ class _VideoWriter:
 
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         frame.pts = self.frames_in_file
-        self.container.mux(self.stream.encode(frame))
+        self._mux(self.stream.encode(frame))
         self.frames_in_file += 1
+
+    def _mux(self, packets: list[Any]) -> None:
+        self.bytes += sum(p.size for p in packets)
+        self.container.mux(packets)
 
     def end_episode(self) -> dict[str, Any]:
         return {f"videos/{self.key}/to_timestamp": self.frames_in_file / self.fps}
 
     def close(self) -> None:
         if self.container is not None:
-            self.container.mux(self.stream.encode())
+            self._mux(self.stream.encode())
             self.container.close()
             self.container = None
 
@@ -273,42 +278,87 @@ def export_split(job: Job) -> dict[str, Any]:
         source.close()
 
 
+class _DataWriter:
+    """Frame rows into ``data/chunk-*/file-*.parquet``, a new file once the current one passes the cap."""
+
+    def __init__(self, root: Path, job: Job):
+        self.root, self.cap, self.schema = root, job.data_file_mb * 2**20, _frame_schema(job)
+        self.file_index, self.writer, self.rows = -1, None, 0
+
+    def _path(self) -> Path:
+        c, f = divmod(self.file_index, CHUNKS_SIZE)
+        return self.root / DATA_PATH.format(chunk_index=c, file_index=f)
+
+    def start_episode(self, n: int) -> dict[str, Any]:
+        import pyarrow.parquet as pq
+
+        if self.writer is None or self._path().stat().st_size >= self.cap:
+            self.close()
+            self.file_index += 1
+            self._path().parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self._path(), self.schema, compression="snappy")
+        c, f = divmod(self.file_index, CHUNKS_SIZE)
+        return {"data/chunk_index": c, "data/file_index": f,
+                "dataset_from_index": self.rows, "dataset_to_index": self.rows + n}
+
+    def write(self, columns: dict[str, Any]) -> None:
+        import pyarrow as pa
+
+        self.writer.write_table(pa.table(columns, schema=self.schema))
+        self.rows += len(columns["index"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _frame_columns(f: LeRobotConfig, obs: np.ndarray, act: np.ndarray, episode: int, first_row: int,
+                   task: int, fps: int) -> dict[str, Any]:
+    import pyarrow as pa
+
+    n, k = len(obs), np.arange(len(obs))
+    return {
+        f.robot_obs: pa.FixedSizeListArray.from_arrays(pa.array(obs.reshape(-1)), obs.shape[1]),
+        f.rel_actions: pa.FixedSizeListArray.from_arrays(pa.array(act.reshape(-1)), act.shape[1]),
+        "timestamp": pa.array((k / fps).astype(np.float32)),
+        "frame_index": pa.array(k, pa.int64()), "episode_index": pa.array(np.full(n, episode), pa.int64()),
+        "index": pa.array(first_row + k, pa.int64()), "task_index": pa.array(np.full(n, task), pa.int64()),
+    }
+
+
+def _index_stats(episodes: list[dict[str, Any]], task_ids: dict[str, int], fps: int) -> dict[str, Any]:
+    frame = np.concatenate([np.arange(ep["length"]) for ep in episodes])
+    episode = np.concatenate([np.full(ep["length"], ep["episode_index"]) for ep in episodes])
+    task = np.concatenate([np.full(ep["length"], task_ids[ep["tasks"][0]]) for ep in episodes])
+    return {"timestamp": _vector_stats(frame / fps), "frame_index": _vector_stats(frame),
+            "episode_index": _vector_stats(episode), "index": _vector_stats(np.arange(len(frame))),
+            "task_index": _vector_stats(task)}
+
+
 def _export(job: Job, source: Source) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    fps = source.fps
+    fps, f = source.fps, job.features
     segments, instructions = source.index.segments, source.index.instructions
     if len(segments) == 0:
         raise DatasetError(f"{Path(job.data.root) / job.split}: no language-annotated segments to export")
     task_ids: dict[str, int] = {}
     for sentence in instructions:
         task_ids.setdefault(sentence, len(task_ids))
-    f = job.features
-    schema = _frame_schema(job)
-    out = Path(job.out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(Path(job.out)) as tmp:
         videos = {ours: _VideoWriter(tmp, getattr(f, ours), job, fps, source.image_shapes[ours]) for ours in IMAGE_KEYS}
         image_stats = {ours: _ImageStats() for ours in IMAGE_KEYS}
+        data = _DataWriter(tmp, job)
         episodes: list[dict[str, Any]] = []
         all_obs, all_act = [], []
-        writer, data_file, data_rows = None, -1, 0
         total = int((segments[:, 1] - segments[:, 0] + 1).sum())
         with tqdm(total=total, desc=f"export {job.split}", unit="frame", disable=not job.progress) as bar:
             for e, ((s, end), sentence) in enumerate(zip(segments, instructions)):
                 n = int(end - s + 1)
-                path = tmp / DATA_PATH.format(chunk_index=max(data_file, 0) // CHUNKS_SIZE, file_index=max(data_file, 0) % CHUNKS_SIZE)
-                if writer is None or path.stat().st_size >= job.data_file_mb * 2**20:
-                    if writer is not None:
-                        writer.close()
-                    data_file += 1
-                    path = tmp / DATA_PATH.format(chunk_index=data_file // CHUNKS_SIZE, file_index=data_file % CHUNKS_SIZE)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    writer = pq.ParquetWriter(path, schema, compression="snappy")
-                ep: dict[str, Any] = {"episode_index": e, "tasks": [sentence], "length": n,
-                                      "data/chunk_index": data_file // CHUNKS_SIZE, "data/file_index": data_file % CHUNKS_SIZE,
-                                      "dataset_from_index": data_rows, "dataset_to_index": data_rows + n}
+                ep: dict[str, Any] = {"episode_index": e, "tasks": [sentence], "length": n, **data.start_episode(n)}
                 for ours in IMAGE_KEYS:
                     ep.update(videos[ours].start_episode())
                 obs, act = np.empty((n, len(f.state_names)), np.float32), np.empty((n, len(f.action_names)), np.float32)
@@ -320,31 +370,15 @@ def _export(job: Job, source: Source) -> dict[str, Any]:
                     bar.update(1)
                 for ours in IMAGE_KEYS:
                     ep.update(videos[ours].end_episode())
-                k = np.arange(n)
-                writer.write_table(pa.table({
-                    f.robot_obs: pa.FixedSizeListArray.from_arrays(pa.array(obs.reshape(-1)), obs.shape[1]),
-                    f.rel_actions: pa.FixedSizeListArray.from_arrays(pa.array(act.reshape(-1)), act.shape[1]),
-                    "timestamp": pa.array((k / fps).astype(np.float32)),
-                    "frame_index": pa.array(k, pa.int64()), "episode_index": pa.array(np.full(n, e), pa.int64()),
-                    "index": pa.array(data_rows + k, pa.int64()),
-                    "task_index": pa.array(np.full(n, task_ids[sentence]), pa.int64()),
-                }, schema=schema))
-                ep["meta/episodes/chunk_index"], ep["meta/episodes/file_index"] = 0, 0
-                episodes.append(ep)
+                data.write(_frame_columns(f, obs, act, e, ep["dataset_from_index"], task_ids[sentence], fps))
+                episodes.append({**ep, "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
                 all_obs.append(obs)
                 all_act.append(act)
-                data_rows += n
-        writer.close()
+        data.close()
         for v in videos.values():
             v.close()
-        obs, act = np.concatenate(all_obs), np.concatenate(all_act)
-        frame_idx = np.concatenate([np.arange(ep["length"]) for ep in episodes])
-        ep_idx = np.concatenate([np.full(ep["length"], ep["episode_index"]) for ep in episodes])
-        task_idx = np.concatenate([np.full(ep["length"], task_ids[ep["tasks"][0]]) for ep in episodes])
-        stats = {f.robot_obs: _vector_stats(obs), f.rel_actions: _vector_stats(act),
-                 "timestamp": _vector_stats(frame_idx / fps), "frame_index": _vector_stats(frame_idx),
-                 "episode_index": _vector_stats(ep_idx), "index": _vector_stats(np.arange(data_rows)),
-                 "task_index": _vector_stats(task_idx)}
+        stats = {f.robot_obs: _vector_stats(np.concatenate(all_obs)), f.rel_actions: _vector_stats(np.concatenate(all_act)),
+                 **_index_stats(episodes, task_ids, fps)}
         for ours in IMAGE_KEYS:
             stats[getattr(f, ours)] = image_stats[ours].result()
         ep_path = tmp / EPISODES_DIR / "chunk-000" / "file-000.parquet"
@@ -353,7 +387,7 @@ def _export(job: Job, source: Source) -> dict[str, Any]:
         _write_tasks(tmp / TASKS_PATH, list(task_ids))
         info = {
             "codebase_version": CODEBASE_VERSION, "robot_type": job.robot_type,
-            "total_episodes": len(episodes), "total_frames": data_rows, "total_tasks": len(task_ids),
+            "total_episodes": len(episodes), "total_frames": data.rows, "total_tasks": len(task_ids),
             "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": job.data_file_mb,
             "video_files_size_in_mb": job.video_file_mb, "fps": fps,
             "splits": {"train": f"0:{len(episodes)}"}, "data_path": DATA_PATH, "video_path": VIDEO_PATH,
