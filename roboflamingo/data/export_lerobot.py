@@ -1,7 +1,8 @@
 """``roboflamingo export-lerobot``: any split we read (CALVIN npz layout, a LeRobot set) as LeRobotDataset v3.
 
-Each language-annotated segment becomes one LeRobot episode whose task is its instruction (what
-LeRobot's own CALVIN conversions do: ABC's 17,870 annotations are 17,870 episodes), with features::
+Each language-annotated segment becomes one LeRobot episode whose task is its instruction (the
+CALVIN conversions on the Hugging Face Hub list 17,870 episodes for ABC, which matches one episode per
+annotation; their files could not be inspected offline), with features::
 
     observation.images.rgb_static    video (H_s, W_s, 3)   PyAV, one stream per camera
     observation.images.rgb_gripper   video (H_g, W_g, 3)
@@ -70,7 +71,8 @@ class Job:
     split: str = "training"
     # Output dataset directory (replaced atomically if it exists).
     out: str = ""
-    # Output feature names; the defaults are LeRobot's CALVIN conversions' names.
+    # Output feature names: LeRobot's conventions (observation.images.<camera>, observation.state,
+    # action) with CALVIN's camera names. Match a particular Hub conversion by overriding them.
     features: LeRobotConfig = field(default_factory=LeRobotConfig)
     robot_type: str = "franka"
     vcodec: str = "h264"
