@@ -3,8 +3,7 @@
 LeRobot's packages pin ``huggingface-hub<0.36`` (and ``av<16``), which our environment (transformers
 5) cannot take, so LeRobot runs in its own venv and this script drives it in a subprocess::
 
-    python -m venv /work/venvs/lerobot
-    /work/venvs/lerobot/bin/pip install lerobot-dataset==0.4.4 torchcodec   # + a torch/torchvision pair
+    bash scripts/setup_lerobot_venv.sh /work/venvs/lerobot   # lerobot-dataset 0.4.4 + torchcodec
 
     python scripts/lerobot_interop.py [--lerobot-python /work/venvs/lerobot/bin/python] [--fixture DIR]
 
