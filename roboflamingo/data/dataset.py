@@ -126,7 +126,7 @@ class CalvinDataset(Dataset):
             # Decoding video per window would make training speed depend on the codec.
             raise DatasetError(
                 f"{self.packed_dir / MANIFEST}: data.format=lerobot reads packed shards; run "
-                f"`roboflamingo pack data.format=lerobot data.root={cfg.root} splits=[{self.split}]` first"
+                f"`roboflamingo pack data=lerobot data.root={cfg.root} splits=[{self.split}]` first"
             )
         self.use_packed = has_packed and (cfg.use_packed != "never" or lerobot)
         calvin_dir = self.split_dir.is_dir() and not lerobot
