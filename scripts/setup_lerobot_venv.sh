@@ -11,7 +11,7 @@ VENV=${1:-/work/venvs/lerobot}
 MAIN=${MAIN_VENV:-/work/main/.venv}
 apt-get install -y -q libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4 libavdevice59 libavfilter8
 python3.11 -m venv "$VENV"
-"$VENV/bin/pip" install -q lerobot-dataset==0.4.4 pillow
+"$VENV/bin/pip" install -q lerobot-dataset==0.4.4 pillow sympy networkx jinja2 filelock  # + torch's own deps
 "$VENV/bin/pip" install -q --no-deps torchcodec==0.17.0
 "$VENV/bin/pip" uninstall -y -q torch torchvision 2>/dev/null || true
 SITE_MAIN=$("$MAIN/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
