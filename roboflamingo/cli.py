@@ -45,6 +45,8 @@ COMMANDS: dict[str, Command] = {
     "generate": Command("roboflamingo.sim.generate", "generate", "roll out the scripted expert into a CALVIN-layout dataset"),
     "expert-check": Command("roboflamingo.sim.expert_check", "expert_check", "success of the scripted expert per task"),
     "pack": Command("roboflamingo.data.pack", "pack", "convert a CALVIN-layout split into packed shards"),
+    "export-lerobot": Command("roboflamingo.data.export_lerobot", "export_lerobot",
+                              "export a split as a LeRobotDataset v3 (videos, parquet, meta/)", positional=("out",)),
     "train": Command("roboflamingo.train.loop", "train", "train a policy"),
     "eval": Command("roboflamingo.eval.run", "eval", "closed-loop evaluation with CALVIN's long-horizon protocol"),
     "demo": Command("roboflamingo.demo", "demo", "generate, train, evaluate and report on the built-in tabletop"),

@@ -4,7 +4,9 @@ Builds a CALVIN-layout training split (default 5,120 frames at CALVIN's 200x200 
 gripper resolution, compressed like CALVIN) in a temporary directory, packs it, then reads the same
 windows (same sampler, same seed, same count) through both paths in this process (num_workers=0,
 so the figures are per core). Also reads every frame of the packed split once and reports how much
-the resident set grew, to show memory stays flat. The last line is JSON.
+the resident set grew, to show memory stays flat. ``lerobot_pack_frames_per_s``: the split exported
+as a LeRobotDataset v3 (H.264 videos), then packed from it: frames decoded and packed per second.
+The last line is JSON.
 
     .venv/bin/python scripts/bench_data.py [--frames 5120] [--samples 150] [--keep DIR]
 """
@@ -20,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from roboflamingo.data.config import DataConfig
+from roboflamingo.data.config import DataConfig, LeRobotConfig
 from roboflamingo.data.dataset import CalvinDataset, WindowSampler
+from roboflamingo.data.export_lerobot import Job, export_split
 from roboflamingo.data.pack import pack_split
 from roboflamingo.data.synthetic import TASKS, write_split
 
@@ -85,6 +88,13 @@ def main() -> None:
         manifest = pack_split(root / "training", root / "training" / "packed", shard_frames=1024, progress=False)
         pack_s = time.perf_counter() - t0
 
+        # The same split as a LeRobot dataset (one episode per annotated segment), packed from there.
+        export_split(Job(data=DataConfig(root=str(root)), out=str(root / "lerobot" / "training"), progress=False))
+        t0 = time.perf_counter()
+        lr_manifest = pack_split(root / "lerobot" / "training", root / "lerobot_packed" / "training",
+                                 shard_frames=1024, progress=False, lerobot=LeRobotConfig())
+        lerobot_pack_s = time.perf_counter() - t0
+
         build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         reset_peak_rss()
         results = {}
@@ -124,6 +134,9 @@ def main() -> None:
             "npz_gb": round(sum(p.stat().st_size for p in (root / "training").glob("episode_*.npz")) / 1e9, 3),
             "build_s": round(build_s, 1),
             "pack_s": round(pack_s, 1),
+            "pack_frames_per_s": round(manifest["num_frames"] / pack_s, 1),
+            "lerobot_frames": int(lr_manifest["num_frames"]),
+            "lerobot_pack_frames_per_s": round(lr_manifest["num_frames"] / lerobot_pack_s, 1),
             "rss_after_imports_mb": round(imports_rss, 1),
             "build_and_pack_peak_rss_mb": round(build_peak, 1),
             # Peak while reading (both paths, the full packed sweep): what a training worker holds.

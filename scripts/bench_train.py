@@ -10,6 +10,9 @@ packer, then the same run is timed on the packed shards and on the npz files.
 ``data_wait_fraction`` = time the loop spends in ``next(batches)`` / step time, measured by the loop
 itself (``metrics.jsonl``), over the steps after the first log window (start-up excluded).
 The last line printed is one JSON object; the target is ``data_wait_fraction <= 0.05`` when packed.
+``--lerobot`` also exports the training split as a LeRobotDataset v3, packs that (video decoded
+once) and times a third run on it (``lerobot_*`` fields): training from LeRobot data must wait on
+data no more than training from npz does.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ def write_dataset(root: Path, episodes: int, frames: int) -> None:
         write_split(root / split, eps, anns, (200, 200), (84, 84), content="scene")
 
 
-def timed_run(root: Path, run_dir: Path, args: argparse.Namespace, packed: bool) -> dict[str, float]:
+def timed_run(
+    root: Path, run_dir: Path, args: argparse.Namespace, packed: bool, extra: tuple[str, ...] = ()
+) -> dict[str, float]:
     from roboflamingo import cli
 
     log_every = max(1, args.steps // 6)  # the first window (start-up) is dropped
@@ -47,7 +52,7 @@ def timed_run(root: Path, run_dir: Path, args: argparse.Namespace, packed: bool)
         "model=tiny", "head=lstm", "train=tiny", f"data.root={root}", f"data.batch_size={args.batch_size}",
         f"data.num_workers={args.workers}", f"data.use_packed={'always' if packed else 'never'}",
         f"train.steps={args.steps}", f"train.log_every={log_every}", "train.val_every=0",
-        f"train.checkpoint_every={args.steps}", "train.progress=false", f"run_dir={run_dir}",
+        f"train.checkpoint_every={args.steps}", "train.progress=false", f"run_dir={run_dir}", *extra,
     ]
     if cli.main(["train", *overrides]) != 0:
         raise SystemExit("bench_train: the training run failed")
@@ -67,6 +72,23 @@ def timed_run(root: Path, run_dir: Path, args: argparse.Namespace, packed: bool)
             "data_wait_fraction": data_s / total_s, "timed_steps": int(steps)}
 
 
+def lerobot_run(args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """Export the training split to LeRobotDataset v3, pack it, and time training on the shards."""
+    from roboflamingo.data.config import DataConfig, LeRobotConfig
+    from roboflamingo.data.export_lerobot import Job
+    from roboflamingo.data.export_lerobot import export_split as export
+    from roboflamingo.data.pack import pack_split
+
+    root, packed_root = work / "lerobot", work / "lerobot_packed"
+    export(Job(data=DataConfig(root=str(args.root)), split="training", out=str(root / "training"), progress=False))
+    pack_split(root / "training", packed_root / "training", progress=False, lerobot=LeRobotConfig())
+    extra = ("data=lerobot", f"data.packed_root={packed_root}")
+    r = timed_run(root, work / "run_lerobot", args, packed=True, extra=extra)
+    return {"lerobot_samples_per_s": r["samples_per_s"], "lerobot_step_ms": r["step_ms"],
+            "lerobot_data_wait_fraction": r["data_wait_fraction"],
+            "lerobot_meets_target": r["data_wait_fraction"] <= TARGET}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
@@ -76,6 +98,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=160, help="frames per synthetic episode")
     parser.add_argument("--root", type=Path, help="an existing CALVIN-layout dataset instead of a synthetic one")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--lerobot", action="store_true", help="also train from a LeRobot export, packed")
     args = parser.parse_args()
 
     import torch
@@ -110,6 +133,8 @@ def main() -> None:
             "target_data_wait_fraction": TARGET,
             "meets_target": packed["data_wait_fraction"] <= TARGET,
         }
+        if args.lerobot:
+            result.update(lerobot_run(args, work))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -11,6 +11,15 @@ from dataclasses import dataclass, field
 from roboflamingo.config import require_choice, require_positive
 
 USE_PACKED_CHOICES = ("auto", "always", "never")
+FORMAT_CHOICES = ("calvin", "lerobot")
+# CALVIN's robot_obs layout (calvin_env robot.get_observation), the declared meaning of the state vector.
+ROBOT_OBS_NAMES = [
+    "tcp_pos.x", "tcp_pos.y", "tcp_pos.z", "tcp_orn.x", "tcp_orn.y", "tcp_orn.z", "gripper_opening_width",
+    "arm_joint_0", "arm_joint_1", "arm_joint_2", "arm_joint_3", "arm_joint_4", "arm_joint_5", "arm_joint_6",
+    "gripper_action",
+]
+# The 7-d relative action (calvin_env: scaled TCP position and orientation deltas, gripper +-1).
+REL_ACTION_NAMES = ["rel_pos.x", "rel_pos.y", "rel_pos.z", "rel_orn.x", "rel_orn.y", "rel_orn.z", "gripper"]
 
 
 @dataclass
@@ -40,9 +49,43 @@ class AugmentConfig:
 
 
 @dataclass
+class LeRobotConfig:
+    """How a LeRobotDataset v3's features map onto our vocabulary (``roboflamingo.data.lerobot``).
+
+    Opening a dataset checks every named feature against its ``meta/info.json``: present, of the
+    right dtype and shape (state: ``len(state_names)``, action: ``len(action_names)``), and the
+    dataset's fps equal to ``fps``. The task string of each frame becomes the instruction.
+    """
+
+    rgb_static: str = "observation.images.rgb_static"
+    rgb_gripper: str = "observation.images.rgb_gripper"
+    robot_obs: str = "observation.state"
+    rel_actions: str = "action"
+    # The declared layout of the state vector; its length is the state dimension the reader requires.
+    state_names: list[str] = field(default_factory=lambda: list(ROBOT_OBS_NAMES))
+    action_names: list[str] = field(default_factory=lambda: list(REL_ACTION_NAMES))
+    # CALVIN (and our tabletop) run at 30 Hz; a dataset recorded at another rate needs this set.
+    fps: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("rgb_static", "rgb_gripper", "robot_obs", "rel_actions"):
+            if not getattr(self, name):
+                raise ValueError(f"data.lerobot.{name} must name a feature of the dataset")
+        require_positive("data.lerobot.fps", self.fps)
+        if len(self.action_names) != 7:
+            raise ValueError(f"data.lerobot.action_names must have 7 entries (the relative action), got {len(self.action_names)}")
+        if len(self.state_names) != 15:
+            raise ValueError(f"data.lerobot.state_names must have 15 entries (robot_obs), got {len(self.state_names)}")
+
+
+@dataclass
 class DataConfig:
-    # Dataset root holding ``<train_split>/`` and ``<val_split>/`` in CALVIN's layout.
+    # Dataset root holding ``<train_split>/`` and ``<val_split>/`` in CALVIN's layout, or (format
+    # "lerobot") each of them a LeRobotDataset v3 directory, read through ``lerobot`` and trained
+    # on after ``roboflamingo pack`` (video is decoded once, while packing).
     root: str = "data/tabletop"
+    format: str = "calvin"
+    lerobot: LeRobotConfig = field(default_factory=LeRobotConfig)
     train_split: str = "training"
     val_split: str = "validation"
     # Frames per training window (history length T) and future actions per frame (A).
@@ -96,6 +139,7 @@ class DataConfig:
         if any(s <= 0 for s in self.image_std):
             raise ValueError(f"data.image_std values must be > 0, got {list(self.image_std)}")
         require_choice("data.use_packed", self.use_packed, USE_PACKED_CHOICES)
+        require_choice("data.format", self.format, FORMAT_CHOICES)
         require_positive("data.batch_size", self.batch_size)
         require_positive("data.num_workers", self.num_workers, allow_zero=True)
         require_positive("data.prefetch_factor", self.prefetch_factor)

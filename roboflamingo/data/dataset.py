@@ -121,13 +121,25 @@ class CalvinDataset(Dataset):
                 f"{self.packed_dir / MANIFEST}: data.use_packed=always but the split is not packed "
                 "(run `roboflamingo pack`)"
             )
-        self.use_packed = has_packed and cfg.use_packed != "never"
-        source = self.split_dir if self.split_dir.is_dir() or not self.use_packed else self.packed_dir
+        lerobot = cfg.format == "lerobot"
+        if lerobot and not has_packed:
+            # Decoding video per window would make training speed depend on the codec.
+            raise DatasetError(
+                f"{self.packed_dir / MANIFEST}: data.format=lerobot reads packed shards; run "
+                f"`roboflamingo pack data=lerobot data.root={cfg.root} splits=[{self.split}]` first"
+            )
+        self.use_packed = has_packed and (cfg.use_packed != "never" or lerobot)
+        calvin_dir = self.split_dir.is_dir() and not lerobot
+        source = self.split_dir if calvin_dir or not self.use_packed else self.packed_dir
         self.index = load_split_index(source, check_files=cfg.check_files_on_open and not self.use_packed)
         if self.use_packed:
             self.packed: PackedSplit | None = PackedSplit(
-                self.packed_dir, self.index, self.split_dir if self.split_dir.is_dir() else None
+                self.packed_dir, self.index, self.split_dir if calvin_dir else None
             )
+            if lerobot:
+                from roboflamingo.data.lerobot import check_packed_source
+
+                check_packed_source(self.split_dir, self.packed.manifest, self.packed_dir / MANIFEST)
             self.image_shapes = self.packed.image_shapes
         else:
             self.packed = None

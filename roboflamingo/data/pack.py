@@ -5,6 +5,10 @@ the sha256 of each of its files in ``shard.json``. A re-run skips every shard wh
 match their checksums and whose frame range is still the one planned, and rebuilds the rest. The
 manifest is written last, so readers never see a half-packed split. Reading validates every frame
 (keys, shapes, dtypes, NaN/inf), so packing is also the full validation pass.
+
+With ``data.format=lerobot`` each split is a LeRobotDataset v3 directory (``data/lerobot.py``): its
+videos are decoded once here, and the packed directory gets the index files written from the
+dataset's episodes and tasks, so training reads it exactly like a packed CALVIN split.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import io
 import os
 import shutil
 import sys
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +27,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from roboflamingo.config import require_positive
-from roboflamingo.data.config import DataConfig
+from roboflamingo.data.config import DataConfig, LeRobotConfig
 from roboflamingo.data.layout import (
     EP_START_END,
     FRAME_KEYS,
@@ -104,21 +109,28 @@ class _NpyWriter:
         return self.hash.hexdigest()
 
 
+def _npz_frames(
+    split_dir: Path, ids: np.ndarray, shapes: dict[str, tuple[int, ...]], pool: ThreadPoolExecutor
+) -> Iterator[dict[str, np.ndarray]]:
+    # Bounded look-ahead: at most `chunk` decoded frames are in memory at once.
+    chunk = 64
+    for lo in range(0, len(ids), chunk):
+        paths = [frame_path(split_dir, int(f)) for f in ids[lo : lo + chunk]]
+        yield from pool.map(lambda p: read_frame(p, FRAME_KEYS, shapes), paths)
+
+
 def _write_shard(
     tmp: Path, split_dir: Path, ids: np.ndarray, layout: dict[str, dict[str, Any]],
     shapes: dict[str, tuple[int, ...]], pool: ThreadPoolExecutor, bar: Any,
+    frames: Iterable[dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     writers = {key: _NpyWriter(tmp / f"{key}.npy", (len(ids), *layout[key]["shape"]), layout[key]["dtype"]) for key in FRAME_KEYS}
     try:
-        # Bounded look-ahead: at most `chunk` decoded frames are in memory at once.
-        chunk = 64
-        for lo in range(0, len(ids), chunk):
-            paths = [frame_path(split_dir, int(f)) for f in ids[lo : lo + chunk]]
-            for frame in pool.map(lambda p: read_frame(p, FRAME_KEYS, shapes), paths):
-                for key in FRAME_KEYS:
-                    value = frame[key].transpose(2, 0, 1) if key in IMAGE_KEYS else frame[key]
-                    writers[key].append(value)
-                bar.update(1)
+        for frame in frames if frames is not None else _npz_frames(split_dir, ids, shapes, pool):
+            for key in FRAME_KEYS:
+                value = frame[key].transpose(2, 0, 1) if key in IMAGE_KEYS else frame[key]
+                writers[key].append(value)
+            bar.update(1)
     except BaseException:
         for w in writers.values():
             w.abort()
@@ -140,13 +152,25 @@ def pack_split(
     threads: int = 4,
     verify_existing: bool = True,
     progress: bool = True,
+    lerobot: LeRobotConfig | None = None,
 ) -> dict[str, Any]:
-    """Pack one split into ``out_dir``; returns the manifest. Safe to interrupt and re-run."""
+    """Pack one split into ``out_dir``; returns the manifest. Safe to interrupt and re-run.
+
+    ``lerobot``: the split is a LeRobotDataset v3 directory read with this feature mapping.
+    """
     from tqdm import tqdm
 
     split_dir, out_dir = Path(split_dir), Path(out_dir)
-    index: SplitIndex = load_split_index(split_dir, check_files=True)
-    shapes = probe_image_shapes(index)
+    source = None
+    if lerobot is not None:
+        from roboflamingo.data.lerobot import LeRobotSplit
+
+        source = LeRobotSplit(split_dir, lerobot)
+        index: SplitIndex = source.index
+        shapes = source.image_shapes
+    else:
+        index = load_split_index(split_dir, check_files=True)
+        shapes = probe_image_shapes(index)
     layout = field_layout(shapes)
     ids = index.frame_ids()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +186,9 @@ def pack_split(
             meta = verify_shard(out_dir / name, check_checksums=verify_existing)
             if meta is None or meta.get("frame_ids_sha256") != frame_ids_digest(chunk) or meta.get("fields") != layout:
                 with atomic_dir(out_dir / name) as tmp:
-                    meta = _write_shard(tmp, split_dir, chunk, layout, shapes, pool, bar)
+                    # A LeRobot split's frame ids are its rows 0..N-1, so a shard is one contiguous run.
+                    frames = source.frames(int(chunk[0]), len(chunk)) if source is not None else None
+                    meta = _write_shard(tmp, split_dir, chunk, layout, shapes, pool, bar, frames)
                     meta["fields"] = layout
                     atomic_write_json(tmp / SHARD_META, meta)
             else:
@@ -173,8 +199,11 @@ def pack_split(
     for stale in sorted(out_dir.glob("shard_*")):
         if stale.name not in names and stale.is_dir():
             shutil.rmtree(stale)
-    for name in (EP_START_END, LANG_ANN):
-        atomic_write_bytes(out_dir / name, (split_dir / name).read_bytes())
+    if source is not None:
+        write_index_files(out_dir, index)
+    else:
+        for name in (EP_START_END, LANG_ANN):
+            atomic_write_bytes(out_dir / name, (split_dir / name).read_bytes())
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -184,7 +213,7 @@ def pack_split(
         "shard_frames": shard_frames,
         "frame_ids_sha256": frame_ids_digest(ids),
         "fields": layout,
-        "source": source_digests(split_dir),
+        "source": source.source_digests() if source is not None else source_digests(split_dir),
         "shards": shards,
         "reused_frames": done,
     }
@@ -192,12 +221,30 @@ def pack_split(
     return manifest
 
 
+def write_index_files(out_dir: Path, index: SplitIndex) -> None:
+    """CALVIN's two index files for a split known only by its ``SplitIndex`` (a LeRobot source)."""
+    buf = io.BytesIO()
+    np.save(buf, index.episodes.astype(np.int64))
+    atomic_write_bytes(out_dir / EP_START_END, buf.getvalue())
+    ann = {
+        "language": {"ann": list(index.instructions), "task": list(index.tasks)},
+        "info": {"indx": [tuple(int(v) for v in seg) for seg in index.segments]},
+    }
+    buf = io.BytesIO()
+    np.save(buf, np.array(ann, dtype=object), allow_pickle=True)
+    (out_dir / LANG_ANN).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / LANG_ANN, buf.getvalue())
+
+
 def run(job: Job) -> int:
     for split in job.splits:
         split_dir = Path(job.data.root) / split
         out_dir = packed_dir_for(job.data.root, split, job.data.packed_root)
+        lerobot = job.data.lerobot if job.data.format == "lerobot" else None
         try:
-            manifest = pack_split(split_dir, out_dir, job.shard_frames, job.threads, job.verify_existing, job.progress)
+            manifest = pack_split(
+                split_dir, out_dir, job.shard_frames, job.threads, job.verify_existing, job.progress, lerobot
+            )
         except DatasetError as e:
             print(f"roboflamingo pack: {e}", file=sys.stderr)
             return 1

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from roboflamingo.data.layout import (
+    EP_START_END,
     REL_ACTIONS,
     STATISTICS,
     DatasetError,
@@ -66,7 +67,9 @@ def read_statistics_yaml(path: str | os.PathLike) -> dict[str, np.ndarray] | Non
 
 
 def _sample_frames(split_dir: Path, max_frames: int, packed_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    index = load_split_index(split_dir, check_files=False)
+    # A LeRobot split has no CALVIN index files; its packed copy carries them.
+    calvin = (split_dir / EP_START_END).is_file() or packed_dir is None
+    index = load_split_index(split_dir if calvin else packed_dir, check_files=False)
     ids = index.frame_ids()
     if len(ids) == 0:
         raise DatasetError(f"{split_dir}: no annotated frames to compute statistics from")
@@ -74,7 +77,7 @@ def _sample_frames(split_dir: Path, max_frames: int, packed_dir: Path | None) ->
     if packed_dir is not None and (packed_dir / "manifest.json").is_file():
         from roboflamingo.data.packed import PackedSplit
 
-        packed = PackedSplit(packed_dir, index, split_dir)
+        packed = PackedSplit(packed_dir, index, split_dir if calvin else None)
         # Whole-field reads are fine: robot_obs and rel_actions are 88 bytes a frame.
         obs = packed.read(ROBOT_OBS, 0, len(ids))[pick]
         act = packed.read(REL_ACTIONS, 0, len(ids))[pick]

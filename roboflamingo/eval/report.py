@@ -1,7 +1,10 @@
 """The report of an evaluation: ``results.json``, ``results.md`` and ``results.png`` in the run directory.
 
 ``results.json`` keeps CALVIN's numbers under plain names (``avg_len``, ``success_rates`` for 1..5,
-``per_task`` with success/total/rate, ``num_chains``) plus how fast the evaluation ran. The plot uses
+``per_task`` with success/total/rate, ``num_chains``) plus how fast the evaluation ran. ``eval_info.json``
+repeats the per-task and overall success in the shape LeRobot's ``lerobot-eval`` writes (``per_task``
+entries of ``task_group``/``task_id``/``metrics``, ``per_group``, ``overall``, rates as ``pc_success``
+in percent), so tools that read LeRobot evaluations can read ours. The plot uses
 matplotlib's object API on the Agg canvas, so it never touches a display or global pyplot state.
 """
 
@@ -16,6 +19,7 @@ from roboflamingo.io import atomic_write_bytes, atomic_write_json, atomic_write_
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 RESULTS_PNG = "results.png"
+EVAL_INFO_JSON = "eval_info.json"
 
 
 def _pct(x: float) -> str:
@@ -93,11 +97,39 @@ def plot_png(summary: dict[str, Any], title: str = "Evaluation") -> bytes:
     return buf.getvalue()
 
 
+def eval_info(summary: dict[str, Any], task_group: str = "calvin") -> dict[str, Any]:
+    """``summary`` in LeRobot's ``eval_info.json`` shape (``scripts/lerobot_eval.py``, ``eval_policy_all``).
+
+    We keep success counts, not per-episode rewards, so each task's ``metrics`` carries
+    ``pc_success`` and ``n_episodes`` (LeRobot's aggregate keys) rather than per-episode lists.
+    """
+    per_task = summary["per_task"]
+    success = sum(int(c["success"]) for c in per_task.values())
+    total = sum(int(c["total"]) for c in per_task.values())
+    overall: dict[str, Any] = {"pc_success": 100.0 * success / total if total else float("nan"), "n_episodes": total}
+    if summary.get("mode") == "chains":
+        overall["avg_len"] = summary["avg_len"]
+    speed = summary.get("speed") or {}
+    if "wall_s" in speed:
+        overall["eval_s"] = speed["wall_s"]
+    return {
+        "per_task": [
+            {"task_group": task_group, "task_id": task,
+             "metrics": {"pc_success": 100.0 * c["rate"], "n_episodes": int(c["total"])}}
+            for task, c in per_task.items()
+        ],
+        "per_group": {task_group: dict(overall)},
+        "overall": overall,
+    }
+
+
 def write_report(run_dir: str | Path, summary: dict[str, Any], title: str = "Evaluation") -> dict[str, Path]:
-    """Write the three report files atomically; return their paths."""
+    """Write the report files (results.json/.md/.png, eval_info.json) atomically; return their paths."""
     run_dir = Path(run_dir)
-    paths = {"json": run_dir / RESULTS_JSON, "md": run_dir / RESULTS_MD, "png": run_dir / RESULTS_PNG}
+    paths = {"json": run_dir / RESULTS_JSON, "md": run_dir / RESULTS_MD, "png": run_dir / RESULTS_PNG,
+             "eval_info": run_dir / EVAL_INFO_JSON}
     atomic_write_json(paths["json"], summary)
+    atomic_write_json(paths["eval_info"], eval_info(summary))
     atomic_write_text(paths["md"], markdown(summary, title))
     atomic_write_bytes(paths["png"], plot_png(summary, title))
     return paths
