@@ -144,6 +144,7 @@ class CalvinEnv:
     def __init__(self, dataset_dir: str, tasks_config: str | None = None):
         play_table_env = _import("calvin_env.envs.play_table_env")
         dataset = Path(dataset_dir)
+        self.dataset_dir = str(dataset)
         merged = dataset / ".hydra" / "merged_config.yaml"
         if not merged.is_file():
             raise FileNotFoundError(
@@ -162,7 +163,12 @@ class CalvinEnv:
         # Only the two RGB cameras: a split's config also lists the tactile sensor, which would need
         # tacto (its urdfpy breaks on current numpy, and it opens a GUI window); nothing reads it.
         prepare_egl()  # calvin_env loads the EGL plugin while it builds the env
+        from hydra.core.global_hydra import GlobalHydra
+
+        hydra_was_set_up = GlobalHydra.instance().is_initialized()
         self.env = play_table_env.get_env(str(dataset), obs_space=RGB_OBS_SPACE, show_gui=False)
+        if not hydra_was_set_up:  # get_env initialises hydra globally; a later compose would then fail
+            GlobalHydra.instance().clear()
         self._info: Any = None
 
     @property

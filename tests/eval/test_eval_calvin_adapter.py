@@ -82,7 +82,8 @@ def test_calvin_initial_state_needs_every_symbolic_key():
 
 
 def test_without_calvin_env_the_error_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "calvin_env", None)  # import fails as if not installed
+    for name in ("calvin_env", "calvin_env.envs", "calvin_env.envs.play_table_env"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed (even if it is)
     with pytest.raises(ca.CalvinNotInstalled, match="pip install -e calvin_env"):
         ca.CalvinEnv(str(tmp_path))
 
