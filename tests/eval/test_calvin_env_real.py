@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from calvin_split import require_calvin_env, write_split
 
 GOLDEN = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "calvin" / "initial_states.json").read_text())
