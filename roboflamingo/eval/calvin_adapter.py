@@ -23,6 +23,7 @@ What it bridges (``../shared/reference/calvin.md`` §2-5):
 from __future__ import annotations
 
 import importlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,35 @@ def default_tasks_config() -> Path:
     """``conf/tasks/new_playtable_tasks.yaml`` beside the installed ``calvin_env`` package."""
     package = _import("calvin_env")
     return Path(package.__file__).resolve().parents[1] / "conf" / "tasks" / "new_playtable_tasks.yaml"
+
+
+def write_split_config(directory: str | Path, use_egl: bool = True) -> Path:
+    """A CALVIN split directory holding just ``.hydra/merged_config.yaml``: all evaluation reads of a
+    downloaded split.
+
+    The config is what a recorded split carries: calvin_env's own ``config_data_collection`` composed
+    by hydra from the installed calvin_env's ``conf/`` with scene D and the static, gripper and
+    tactile cameras, unresolved as hydra saves it (``env.cameras`` is ``${cameras}``) and with
+    ``data_path: data`` (calvin_env resolves it against its checkout). ``use_egl=False`` renders
+    with PyBullet's TinyRenderer instead of the EGL plugin.
+    """
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from roboflamingo.io import atomic_write_text
+
+    conf = default_tasks_config().parents[1]
+    with warnings.catch_warnings(), initialize_config_dir(str(conf), version_base=None):
+        warnings.simplefilter("ignore", UserWarning)  # calvin_env's defaults list predates `_self_`
+        cfg = compose("config_data_collection", overrides=[
+            "cameras=static_gripper_tactile", "use_vr=false", "data_path=data", f"env.use_egl={str(use_egl).lower()}",
+        ])
+    OmegaConf.set_struct(cfg, False)
+    for key in ("vr_input", "recorder", "hydra", "_group_"):  # data collection only
+        cfg.pop(key, None)
+    out = Path(directory) / ".hydra" / "merged_config.yaml"
+    atomic_write_text(out, OmegaConf.to_yaml(cfg))
+    return Path(directory)
 
 
 class CalvinEnv:
