@@ -232,3 +232,5 @@ class CalvinEnv:
 
     def close(self) -> None:
         self.env.close()
+        # PlayTableSimEnv.__del__ closes again and raises on the closed connection unless its id is unset
+        self.env.cid = -1
