@@ -39,6 +39,22 @@ def test_all_192_initial_states_equal_calvins():
         np.testing.assert_array_equal(scene_obs, g["scene_obs"], err_msg=str(g["state"]))
 
 
+def test_the_tabletop_places_blocks_as_calvin_does_on_its_own_slots():
+    from roboflamingo.eval.calvin_adapter import BLOCK_TABLE
+    from roboflamingo.sim.chains import initial_state_to_obs
+    from roboflamingo.sim.scene import load_scene
+
+    scene = load_scene("D")
+    ours_slots = [tuple(s) for s in scene.raw["slots"]["table"]]
+    for g in _load("initial_states.json"):
+        _, scene_obs = initial_state_to_obs(g["state"], scene)
+        for k, name in enumerate(("red_block", "blue_block", "pink_block")):
+            np.testing.assert_allclose(scene_obs[11 + 6 * k], g["scene_obs"][11 + 6 * k])  # CALVIN's yaw
+            if g["state"][name] == "table":  # the same one of the two table slots
+                theirs = [np.allclose(g["scene_obs"][6 + 6 * k: 9 + 6 * k], t) for t in BLOCK_TABLE].index(True)
+                assert tuple(scene_obs[6 + 6 * k: 8 + 6 * k]) == ours_slots[theirs], (g["state"], name)
+
+
 @pytest.mark.slow
 def test_sequences_equal_get_sequences_1000_in_order(tmp_path, monkeypatch):
     states = [g["state"] for g in _load("initial_states.json")]
