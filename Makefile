@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
+CALVIN_STAMP := $(VENV)/.installed-calvin
+VENDOR := ../shared/vendor
 
 .PHONY: demo test lint install clean
 
@@ -25,6 +27,20 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@ $(STAMP)
 
+# The real calvin_env is not on PyPI and must be an editable git checkout (it reads its own commit
+# at run time). Where the vendored bundle exists (CI), the tests install it from there, and its tests
+# then fail rather than skip when it is missing (ROBOFLAMINGO_REQUIRE_CALVIN).
+$(CALVIN_STAMP): | $(DEV_STAMP)
+	rm -rf $(VENV)/src/calvin_env
+	git clone --quiet $(VENDOR)/calvin_env.bundle $(VENV)/src/calvin_env
+	$(BIN)/pip install --quiet -e $(VENV)/src/calvin_env
+	touch $@
+
+ifneq ($(wildcard $(VENDOR)/calvin_env.bundle),)
+TEST_DEPS := $(CALVIN_STAMP)
+TEST_ENV := ROBOFLAMINGO_REQUIRE_CALVIN=1
+endif
+
 install: $(STAMP)
 
 demo: $(DEMO_STAMP)
@@ -33,9 +49,9 @@ demo: $(DEMO_STAMP)
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check roboflamingo tests scripts
 
-test: $(DEV_STAMP)
+test: $(DEV_STAMP) $(TEST_DEPS)
 	$(BIN)/ruff check roboflamingo tests scripts
-	$(BIN)/python -m pytest -q
+	$(TEST_ENV) $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

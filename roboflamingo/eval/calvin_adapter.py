@@ -10,7 +10,10 @@ What it bridges (``../shared/reference/calvin.md`` §2-5):
   gripper snapped to exactly -1/+1 at 0 (``apply_action`` asserts it). A fresh array each step also
   keeps the pinned ``relative_to_absolute``, which edits its argument in place, off the policy's data;
 - initial states: ``calvin_agent.evaluation.utils.get_env_state_for_initial_condition`` (neutral robot
-  pose, fixed block slots, block order and yaw from a seed hashed from the symbolic state);
+  pose, fixed block slots, block order and yaw from ``sim.chains.calvin_block_layout``, seeded with
+  pyhash's FNV-1 of the symbolic state);
+- cameras: only ``static`` and ``gripper`` are built (``obs_space``), so a split whose config lists
+  the tactile sensor needs no tacto;
 - success: ``calvin_env.envs.tasks.Tasks`` built from ``new_playtable_tasks.yaml``, asked with
   ``get_task_info_for_set(start_info, info, {task})`` after every step, as the original does.
 
@@ -19,14 +22,16 @@ What it bridges (``../shared/reference/calvin.md`` §2-5):
 
 from __future__ import annotations
 
-import contextlib
 import importlib
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from roboflamingo.eval.protocol import side_by_side
+from roboflamingo.sim.chains import calvin_block_layout
+from roboflamingo.sim.egl import prepare_egl
 from roboflamingo.types import (
     ACTION_DIM,
     GRIPPER_CLOSE,
@@ -43,8 +48,8 @@ from roboflamingo.types import (
 
 INSTALL_HINT = (
     "the real CALVIN simulator is not installed. Install it with\n"
-    "  git clone --recursive https://github.com/mees/calvin_env && pip install -e calvin_env/tacto "
-    "&& pip install -e calvin_env\n"
+    "  git clone https://github.com/mees/calvin_env && pip install -e calvin_env\n"
+    "(an editable git checkout: calvin_env reads its own commit at run time; tacto is not needed)\n"
     "or leave eval.calvin_dataset empty to evaluate on the built-in tabletop."
 )
 
@@ -61,65 +66,30 @@ BLOCK_TABLE = (
     np.array([5.00000896e-02, -1.20000177e-01, 4.59990009e-01]),
     np.array([2.29995412e-01, -1.19995140e-01, 4.59990010e-01]),
 )
-BLOCK_YAW_RANGE = (np.pi / 2 - np.pi / 8, np.pi / 2 + np.pi / 8)
-# The key order of the generator's state dicts (multistep_sequences.get_sequences); the seed hashes
-# str(dict.values()), so the order is part of the result.
-STATE_KEYS = ("led", "lightbulb", "slider", "drawer", "red_block", "blue_block", "pink_block", "grasped")
+# get_env keeps the cameras named here ("rgb_static" -> camera "static") and drops the rest.
+RGB_OBS_SPACE = {"rgb_obs": [RGB_STATIC, RGB_GRIPPER], "depth_obs": []}
 
 
 class CalvinNotInstalled(ImportError):
     """``calvin_env`` (or its dependencies) cannot be imported."""
 
 
-def fnv1_32(data: bytes) -> int:
-    """32-bit FNV-1 (multiply, then xor): CALVIN seeds block layouts with ``pyhash.fnv1_32``, whose
-    build breaks with setuptools >= 58 (calvin.md pitfall 7)."""
-    h = 0x811C9DC5
-    for byte in data:
-        h = ((h * 0x01000193) & 0xFFFFFFFF) ^ byte
-    return h
-
-
-@contextlib.contextmanager
-def _temp_numpy_seed(seed: int):
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
 def calvin_initial_state_to_obs(initial_state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """CALVIN's continuous (robot_obs, scene_obs) for a symbolic initial state."""
-    missing = [k for k in STATE_KEYS if k not in initial_state]
-    if missing:
-        raise ValueError(f"initial state is missing {missing} (expected keys {list(STATE_KEYS)})")
-    state = {k: initial_state[k] for k in STATE_KEYS}
-    seed = fnv1_32(str(state.values()).encode("utf-8"))
-    table = list(BLOCK_TABLE)
-    with _temp_numpy_seed(seed):
-        # The same sequence of global-RNG draws as the original, so the same layouts come out.
-        np.random.shuffle(table)
-        scene = np.zeros(SCENE_OBS_DIM)
-        if state["slider"] == "left":
-            scene[0] = 0.28
-        if state["drawer"] == "open":
-            scene[1] = 0.22
-        if state["lightbulb"] == 1:
-            scene[3] = 0.088
-        scene[4] = state["lightbulb"]
-        scene[5] = state["led"]
-        slots = {"slider_right": BLOCK_SLIDER_RIGHT, "slider_left": BLOCK_SLIDER_LEFT}
-        scene[6:9] = slots.get(state["red_block"], table[0])
-        scene[11] = np.random.uniform(*BLOCK_YAW_RANGE)
-        if state["blue_block"] in slots:
-            scene[12:15] = slots[state["blue_block"]]
-        else:
-            scene[12:15] = table[1] if state["red_block"] == "table" else table[0]
-        scene[17] = np.random.uniform(*BLOCK_YAW_RANGE)
-        scene[18:21] = slots.get(state["pink_block"], table[1])
-        scene[23] = np.random.uniform(*BLOCK_YAW_RANGE)
+    layout = calvin_block_layout(initial_state)
+    scene = np.zeros(SCENE_OBS_DIM)
+    if initial_state["slider"] == "left":
+        scene[0] = 0.28
+    if initial_state["drawer"] == "open":
+        scene[1] = 0.22
+    if initial_state["lightbulb"] == 1:
+        scene[3] = 0.088
+    scene[4] = initial_state["lightbulb"]
+    scene[5] = initial_state["led"]
+    slots = {"slider_right": BLOCK_SLIDER_RIGHT, "slider_left": BLOCK_SLIDER_LEFT}
+    for k, (surface, table_slot, yaw) in enumerate(layout):
+        scene[6 + 6 * k: 9 + 6 * k] = BLOCK_TABLE[table_slot] if table_slot is not None else slots[surface]
+        scene[11 + 6 * k] = yaw
     return NEUTRAL_ROBOT_OBS.copy(), scene
 
 
@@ -169,12 +139,42 @@ def default_tasks_config() -> Path:
     return Path(package.__file__).resolve().parents[1] / "conf" / "tasks" / "new_playtable_tasks.yaml"
 
 
+def write_split_config(directory: str | Path, use_egl: bool = True) -> Path:
+    """A CALVIN split directory holding just ``.hydra/merged_config.yaml``: all evaluation reads of a
+    downloaded split.
+
+    The config is what a recorded split carries: calvin_env's own ``config_data_collection`` composed
+    by hydra from the installed calvin_env's ``conf/`` with scene D and the static, gripper and
+    tactile cameras, unresolved as hydra saves it (``env.cameras`` is ``${cameras}``) and with
+    ``data_path: data`` (calvin_env resolves it against its checkout). ``use_egl=False`` renders
+    with PyBullet's TinyRenderer instead of the EGL plugin.
+    """
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from roboflamingo.io import atomic_write_text
+
+    conf = default_tasks_config().parents[1]
+    with warnings.catch_warnings(), initialize_config_dir(str(conf), version_base=None):
+        warnings.simplefilter("ignore", UserWarning)  # calvin_env's defaults list predates `_self_`
+        cfg = compose("config_data_collection", overrides=[
+            "cameras=static_gripper_tactile", "use_vr=false", "data_path=data", f"env.use_egl={str(use_egl).lower()}",
+        ])
+    OmegaConf.set_struct(cfg, False)
+    for key in ("vr_input", "recorder", "hydra", "_group_"):  # data collection only
+        cfg.pop(key, None)
+    out = Path(directory) / ".hydra" / "merged_config.yaml"
+    atomic_write_text(out, OmegaConf.to_yaml(cfg))
+    return Path(directory)
+
+
 class CalvinEnv:
     """``calvin_env``'s ``PlayTableSimEnv`` built from a dataset split, as an ``EvalEnv``."""
 
     def __init__(self, dataset_dir: str, tasks_config: str | None = None):
         play_table_env = _import("calvin_env.envs.play_table_env")
         dataset = Path(dataset_dir)
+        self.dataset_dir = str(dataset)
         merged = dataset / ".hydra" / "merged_config.yaml"
         if not merged.is_file():
             raise FileNotFoundError(
@@ -190,7 +190,15 @@ class CalvinEnv:
         from omegaconf import OmegaConf
 
         self.oracle = instantiate(OmegaConf.load(tasks_path))
-        self.env = play_table_env.get_env(str(dataset), show_gui=False)
+        # Only the two RGB cameras: a split's config also lists the tactile sensor, which would need
+        # tacto (its urdfpy breaks on current numpy, and it opens a GUI window); nothing reads it.
+        prepare_egl()  # calvin_env loads the EGL plugin while it builds the env
+        from hydra.core.global_hydra import GlobalHydra
+
+        hydra_was_set_up = GlobalHydra.instance().is_initialized()
+        self.env = play_table_env.get_env(str(dataset), obs_space=RGB_OBS_SPACE, show_gui=False)
+        if not hydra_was_set_up:  # get_env initialises hydra globally; a later compose would then fail
+            GlobalHydra.instance().clear()
         self._info: Any = None
 
     @property
@@ -224,3 +232,5 @@ class CalvinEnv:
 
     def close(self) -> None:
         self.env.close()
+        # PlayTableSimEnv.__del__ closes again and raises on the closed connection unless its id is unset
+        self.env.cid = -1

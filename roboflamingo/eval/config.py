@@ -15,6 +15,7 @@ from roboflamingo.config import require_choice, require_positive
 MODES = ("chains", "single_task")
 START_METHODS = ("spawn", "forkserver")
 DEVICES = ("auto", "cpu", "cuda")
+SEQUENCES = ("auto", "calvin", "sampled")
 
 
 @dataclass
@@ -26,6 +27,10 @@ class EvalConfig:
             failure); ``single_task`` runs ``episodes_per_task`` independent one-subtask episodes per
             task, each from an initial state where the task is feasible.
         num_chains: chains sampled from the sequence generator (CALVIN: 1000).
+        sequences: where chains come from: ``calvin`` is exactly CALVIN's
+            ``get_sequences(num_chains)``, in its order (no ``tasks``, ``chain_seed`` 0); ``sampled``
+            is our generator (same distribution, seeded by ``chain_seed``, task subsets allowed);
+            ``auto`` is ``calvin`` when ``calvin_dataset`` is set, else ``sampled``.
         chain_seed: seed of the sequence generator; the same seed gives the same chains.
         ep_len: control steps allowed per subtask (CALVIN's ``EP_LEN``).
         episodes_per_task: single-task mode only: episodes per task.
@@ -56,6 +61,7 @@ class EvalConfig:
 
     mode: str = "chains"
     num_chains: int = 1000
+    sequences: str = "auto"
     chain_seed: int = 0
     ep_len: int = 360
     episodes_per_task: int = 10
@@ -78,6 +84,7 @@ class EvalConfig:
         require_choice("eval.mode", self.mode, MODES)
         require_choice("eval.start_method", self.start_method, START_METHODS)
         require_choice("eval.device", self.device, DEVICES)
+        require_choice("eval.sequences", self.sequences, SEQUENCES)
         require_positive("eval.num_chains", self.num_chains)
         require_positive("eval.ep_len", self.ep_len)
         require_positive("eval.episodes_per_task", self.episodes_per_task)
@@ -91,3 +98,11 @@ class EvalConfig:
             raise ValueError(f"eval.tasks must not repeat a task, got {list(self.tasks)}")
         if self.mode == "chains" and 0 < len(self.tasks) < 5:
             raise ValueError(f"eval.tasks: chains of 5 need at least 5 tasks, got {list(self.tasks)}")
+        if self.calvin_sequences and (self.tasks or self.chain_seed != 0):
+            raise ValueError("eval.sequences: CALVIN's sequences have no task subset and no seed (got eval.tasks="
+                             f"{list(self.tasks)}, eval.chain_seed={self.chain_seed}); set eval.sequences=sampled")
+
+    @property
+    def calvin_sequences(self) -> bool:
+        """Whether chains are CALVIN's ``get_sequences`` rather than our generator's."""
+        return self.sequences == "calvin" or (self.sequences == "auto" and bool(self.calvin_dataset))

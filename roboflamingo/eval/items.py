@@ -1,7 +1,8 @@
 """The work list: CALVIN chains from the sequence generator, or single-task episodes.
 
-Chains come from ``roboflamingo.sim.chains.sample_chains`` (CALVIN's generator: 192 symbolic initial
-states, 5 tasks from 5 categories, each valid from the state reached by the previous ones). A
+Chains come from ``roboflamingo.sim.chains.sample_chains``: exactly CALVIN's ``get_sequences`` with
+``eval.sequences=calvin`` (the default in calvin_env), else our generator of the same distribution (192
+symbolic initial states, 5 tasks from 5 categories, each valid from the state reached before). A
 single-task episode starts from a generator state in which its task is valid, drawn per task with
 ``chain_seed``, so the same config always evaluates the same episodes. The instruction is the task's
 evaluation sentence (``load_instructions('eval')`` or ``eval.calvin_instructions``).
@@ -47,12 +48,13 @@ def _sentences_for(tasks: list[str], sentences: dict[str, str], where: str) -> l
     return [sentences[t] for t in tasks]
 
 
-def chain_items(num: int, seed: int, sentences: dict[str, str], tasks: list[str] | None = None) -> list[EvalItem]:
+def chain_items(num: int, seed: int, sentences: dict[str, str], tasks: list[str] | None = None,
+                calvin: bool = False) -> list[EvalItem]:
     from roboflamingo.sim.chains import sample_chains
 
     return [
         EvalItem(i, dict(c.initial_state), list(c.tasks), _sentences_for(list(c.tasks), sentences, f"chain {i}"))
-        for i, c in enumerate(sample_chains(num, seed, tasks=list(tasks) if tasks else None))
+        for i, c in enumerate(sample_chains(num, seed, tasks=list(tasks) if tasks else None, calvin=calvin))
     ]
 
 
@@ -80,5 +82,5 @@ def single_task_items(tasks: list[str], episodes: int, seed: int, sentences: dic
 def build_items(cfg: EvalConfig) -> list[EvalItem]:
     sentences = evaluation_sentences(cfg.calvin_instructions)
     if cfg.mode == "chains":
-        return chain_items(cfg.num_chains, cfg.chain_seed, sentences, cfg.tasks)
+        return chain_items(cfg.num_chains, cfg.chain_seed, sentences, cfg.tasks, calvin=cfg.calvin_sequences)
     return single_task_items(list(cfg.tasks), cfg.episodes_per_task, cfg.chain_seed, sentences)

@@ -5,8 +5,9 @@ on the table, at most one block on each side of the shelf, 16 door/drawer/light 
 for state ``i`` a RandomState seeded with ``i`` (plus ``1000 * seed``) draws 5 distinct task names
 until the sequence is valid: every task matches exactly one rule of ``envs/tasks.yaml`` and the 5
 tasks come from 5 different categories. The chains are then shuffled with ``seed``.
+``calvin_sequences`` makes exactly CALVIN's 1000 chains instead (its draws, one at a time).
 ``initial_state_to_obs`` turns a symbolic state into (robot_obs, scene_obs) with CALVIN's fixed slots,
-shuffled with the FNV-1 32-bit hash of the state (reimplemented, no pyhash).
+shuffled with pyhash's FNV-1 32-bit hash of the state (``fnv1_32``, reimplemented: no pyhash).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ SEQUENCE_LENGTH = 5
 BLOCK_YAW_RANGE = (np.pi / 2 - np.pi / 8, np.pi / 2 + np.pi / 8)
 SHELF_YAW_RANGE = (np.pi / 2 - np.pi / 6, np.pi / 2 + np.pi / 6)
 DOOR_LEFT, DRAWER_OPEN, SWITCH_ON = 0.28, 0.22, 0.088
+# The variables of CALVIN's symbolic state in ``get_sequences``'s order: the layout seed hashes
+# ``str(state.values())``, so the order is part of the result.
+CALVIN_STATE_KEYS = ("led", "lightbulb", "slider", "drawer", "red_block", "blue_block", "pink_block", "grasped")
 
 
 @dataclass
@@ -41,22 +45,44 @@ class Chain:
 
 
 def fnv1_32(data: bytes | str) -> int:
-    """FNV-1 (multiply, then xor) 32-bit hash, as ``pyhash.fnv1_32``."""
+    """``pyhash.fnv1_32()(data)``, the hash CALVIN seeds its block layouts with.
+
+    Not textbook FNV-1: pyhash starts from 0, not the offset basis 0x811C9DC5, and hashes a ``str``
+    as its UTF-16-LE code units (pyhash's ``Hash.h``: ``PyUnicode_AsUTF16String`` minus the BOM).
+    pyhash itself does not build on Python 3.11 (calvin.md pitfall 7), hence this copy of it.
+    """
     if isinstance(data, str):
-        data = data.encode("utf-8")
-    h = 0x811C9DC5
+        data = data.encode("utf-16-le")
+    h = 0
     for byte in data:
-        h = (h * 0x01000193) & 0xFFFFFFFF
-        h ^= byte
+        h = ((h * 0x01000193) & 0xFFFFFFFF) ^ byte
     return h
 
 
-def _state_key(state: dict) -> str:
-    # CALVIN hashes str(dict.values()), e.g. "dict_values([0, 1, 'right', ...])", with the values in
-    # its variable order; the order is fixed here so that a state read back from JSON hashes the same
-    keys = list(_oracle().symbolic_state)
-    ordered = {k: state[k] for k in keys if k in state}
-    return str(ordered.values())
+def calvin_block_layout(state: dict, keys: tuple[str, ...] | list[str] = CALVIN_STATE_KEYS
+                        ) -> list[tuple[str, int | None, float]]:
+    """Where CALVIN's ``get_env_state_for_initial_condition`` puts each block, and its yaw.
+
+    One ``(surface, table_slot, yaw)`` per block of ``BLOCK_NAMES``: ``table_slot`` indexes the two
+    fixed table slots as listed (None off the table). The draws are CALVIN's: a generator seeded with
+    ``fnv1_32(str(state.values()))`` (values in ``keys`` order) shuffles the two table slots, then
+    draws the three yaws. The red block takes the first shuffled slot, the blue one the second if the
+    red one is on the table too, the pink one always the second.
+    """
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"initial state is missing {missing} (expected keys {list(keys)})")
+    values = {k: state[k].item() if isinstance(state[k], np.generic) else state[k] for k in keys}
+    det = np.random.RandomState(fnv1_32(str(values.values())))
+    order = det.permutation(2)  # the same draws as CALVIN's np.random.shuffle of its 2-slot list
+    red_on_table = state[BLOCK_NAMES[0]] == "table"
+    shuffled_index = {BLOCK_NAMES[0]: 0, BLOCK_NAMES[1]: 1 if red_on_table else 0, BLOCK_NAMES[2]: 1}
+    layout = []
+    for name in BLOCK_NAMES:
+        surface = state[name]
+        slot = int(order[shuffled_index[name]]) if surface == "table" else None
+        layout.append((surface, slot, float(det.uniform(*BLOCK_YAW_RANGE))))
+    return layout
 
 
 @lru_cache(maxsize=4)
@@ -227,25 +253,66 @@ def _task_pool(tr: _Transitions, tasks: list[str] | None) -> np.ndarray:
 
 
 def sample_chains(num: int, seed: int = 0, oracle: TaskOracle | None = None,
-                  tasks: list[str] | None = None) -> list[Chain]:
+                  tasks: list[str] | None = None, calvin: bool = False) -> list[Chain]:
     """``num`` chains spread over the initial states (np.array_split), deterministic for ``seed``.
 
     With ``tasks``, chains use only those tasks and start only from initial states where such a
-    chain exists.
+    chain exists. With ``calvin``, they are exactly CALVIN's ``get_sequences(num)`` instead
+    (``calvin_sequences``; no ``tasks``, ``seed`` 0).
     """
     oracle = oracle or _oracle()
+    if calvin and (tasks or seed != 0):
+        raise ValueError(f"CALVIN's sequences have no task subset and no seed (got tasks={tasks}, seed={seed}); "
+                         "use the built-in generator for those")
     digest = hashlib.sha1(Path(oracle.path).read_bytes()).hexdigest()[:12]
     subset = "" if not tasks else "_" + hashlib.sha1(",".join(sorted(tasks)).encode()).hexdigest()[:8]
-    cache = _cache_dir() / "chains" / f"{digest}_{num}_{seed}{subset}.json"
+    kind = "calvin_" if calvin else ""
+    cache = _cache_dir() / "chains" / f"{kind}{digest}_{num}_{seed}{subset}.json"
     if cache.is_file():
         try:
             return [Chain(c["initial_state"], c["tasks"]) for c in json.loads(cache.read_text())]
         except (ValueError, KeyError, TypeError):
             pass  # a damaged cache file is recomputed below
-    chains = _sample_chains(num, seed, oracle, tasks)
+    chains = calvin_sequences(num, oracle) if calvin else _sample_chains(num, seed, oracle, tasks)
     with contextlib.suppress(OSError):
         atomic_write_text(cache, json.dumps([{"initial_state": c.initial_state, "tasks": c.tasks} for c in chains]))
     return [Chain(dict(c.initial_state), list(c.tasks)) for c in chains]
+
+
+def calvin_sequences(num: int = 1000, oracle: TaskOracle | None = None) -> list[Chain]:
+    """CALVIN's ``multistep_sequences.get_sequences(num)``: the same chains in the same order.
+
+    Its draws, one at a time: for state ``i``, ``np.random.seed(i)`` then
+    ``np.random.choice(task names, 5, replace=False)`` until ``check_sequence`` passes (each task
+    matches exactly one rule; 5 categories); then the (state, chain) list is shuffled under seed 0.
+    Checking a draw through the transition table instead of CALVIN's rule matching makes this take
+    about 20 s on one core (CALVIN's takes minutes on several); ``sample_chains`` caches the result. Task names and categories come from ``oracle``, whose
+    task order must be CALVIN's (``envs/tasks.yaml`` is; tests compare with CALVIN's output).
+    """
+    if num <= 0:
+        raise ValueError(f"calvin_sequences: num must be > 0, got {num}")
+    oracle = oracle or _oracle()
+    tr = _transitions(oracle)
+    table, cats, dead, n_tasks = tr.table.tolist(), tr.cats.tolist(), tr.dead, len(tr.names)
+    states = initial_states(oracle)
+    counts = [len(part) for part in np.array_split(np.arange(num), len(states))]
+    chains = []
+    for i, (state, n) in enumerate(zip(states, counts)):
+        rng = np.random.RandomState(i)
+        start, found = tr.state_id(state), 0
+        while found < n:
+            # choice(n, 5, replace=False) is permutation(n)[:5] in the legacy generator, same draws
+            draw = rng.permutation(n_tasks)[:SEQUENCE_LENGTH].tolist()
+            s = start
+            for t in draw:
+                s = table[s][t]
+                if s == dead:
+                    break
+            if s != dead and len({cats[t] for t in draw}) == SEQUENCE_LENGTH:
+                chains.append(Chain(dict(state), [tr.names[t] for t in draw]))
+                found += 1
+    order = np.random.RandomState(0).permutation(len(chains))  # CALVIN's np.random.shuffle under seed 0
+    return [chains[i] for i in order]
 
 
 def _cache_dir() -> Path:
@@ -299,17 +366,15 @@ def initial_state_to_obs(initial_state: dict, scene: Scene | str, rng: np.random
                          ) -> tuple[np.ndarray, np.ndarray]:
     """(robot_obs, scene_obs) for a symbolic state.
 
-    Without ``rng`` this is CALVIN's deterministic mapping: the table slots are shuffled and block
-    yaws drawn with the FNV-1 hash of the state as seed. With ``rng`` (random resets, demonstration
+    Without ``rng`` this is CALVIN's deterministic mapping (``calvin_block_layout``) onto this
+    scene's slots. With ``rng`` (random resets, demonstration
     data) blocks are placed anywhere on their surface with any yaw and the joints get small jitter.
     """
     scene = load_scene(scene) if isinstance(scene, str) else scene
     robot_obs = neutral_robot_obs(scene)
     scene_obs = np.zeros(24)
-    det = np.random.RandomState(fnv1_32(_state_key(initial_state)))
     table_slots = [np.array(s, dtype=float) for s in scene.raw["slots"]["table"]]
-    order = det.permutation(len(table_slots))
-    table_slots = [table_slots[i] for i in order]
+    layout = calvin_block_layout(initial_state, list(_oracle().symbolic_state)) if rng is None else None
     scene_obs[0] = DOOR_LEFT if initial_state["slider"] == "left" else 0.0
     scene_obs[1] = DRAWER_OPEN if initial_state["drawer"] == "open" else 0.0
     scene_obs[3] = SWITCH_ON if initial_state["lightbulb"] == 1 else 0.0
@@ -327,9 +392,9 @@ def initial_state_to_obs(initial_state: dict, scene: Scene | str, rng: np.random
         # half a millimetre into the surface, as a resting block settles: touching at exactly zero
         # distance is no contact for PyBullet, and the oracle needs the block's start contacts
         z = scene.surface_z(where) + size[2] / 2 - 0.0005
-        if rng is None:
-            xy = table_slots.pop(0) if where == "table" else np.array(scene.raw["slots"][where], dtype=float)
-            yaw = det.uniform(*BLOCK_YAW_RANGE)
+        if layout is not None:
+            _, slot, yaw = layout[k]
+            xy = table_slots[slot] if where == "table" else np.array(scene.raw["slots"][where], dtype=float)
         else:
             xy = _sample_free(rng, scene, where, placed)
             # on the shelf the long side faces the robot, as in CALVIN's initial states: the hand

@@ -61,6 +61,7 @@ from pybullet_utils.bullet_client import BulletClient
 
 from roboflamingo import types as T
 from roboflamingo.sim.config import EnvConfig
+from roboflamingo.sim.egl import prepare_egl
 from roboflamingo.sim.scene import (
     BLOCK_NAMES,
     block_urdf,
@@ -257,6 +258,7 @@ class TabletopEnv(gym.Env):
         loader = pkgutil.get_loader("eglRenderer")
         if loader is None:
             return -1
+        prepare_egl()
         with _quiet_stdout():
             return self._p.loadPlugin(loader.get_filename(), "_eglRendererPlugin")
 

@@ -1,0 +1,88 @@
+"""Golden CALVIN data for the tests, produced by CALVIN's own evaluation code (not ours).
+
+Writes ``tests/fixtures/calvin/``:
+
+- ``initial_states.json``: the 192 symbolic initial states of ``multistep_sequences.get_sequences``
+  in CALVIN's order, each with the ``robot_obs``/``scene_obs`` that
+  ``evaluation.utils.get_env_state_for_initial_condition`` gives (seeded through the real
+  ``pyhash.fnv1_32``);
+- ``sequences.json``: ``get_sequences(1000)``, in order, as (index of the initial state, 5 tasks);
+- ``pyhash.json``: ``pyhash.fnv1_32()`` of a few strings and bytes.
+
+It must run where ``pyhash`` builds, which is not Python 3.11 (calvin.md pitfall 7):
+
+    python3.10 -m venv /work/venvs/calvin
+    /work/venvs/calvin/bin/pip install "setuptools<58" wheel
+    /work/venvs/calvin/bin/pip install numpy pyhash hydra-core omegaconf
+    git clone ../shared/vendor/calvin.bundle /tmp/calvin      # or github.com/mees/calvin
+    /work/venvs/calvin/bin/python scripts/make_calvin_fixtures.py --calvin /tmp/calvin
+
+``calvin_agent.evaluation.utils`` imports torch, cv2, the MCIL model and plotting helpers at module
+level; the two functions used here touch none of them, so where those are not installed they are
+replaced by empty modules before the import (CALVIN's functions themselves run unchanged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "calvin"
+HASH_INPUTS = ["", "test", "dict_values([0, 1, 'right', 'open', 'table', 'slider_left', 'table', 0])", "é€😀"]
+
+
+def _stub_unused_imports() -> None:
+    import importlib.util
+
+    for name in ("torch", "cv2"):
+        if importlib.util.find_spec(name) is None:
+            sys.modules[name] = types.ModuleType(name)
+    mcil = types.ModuleType("calvin_agent.models.mcil")
+    mcil.MCIL = object
+    helpers = types.ModuleType("calvin_agent.utils.utils")
+    helpers.add_text = helpers.format_sftp_path = None
+    sys.modules.setdefault("calvin_agent.models.mcil", mcil)
+    sys.modules.setdefault("calvin_agent.utils.utils", helpers)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calvin", required=True, help="a checkout of mees/calvin")
+    parser.add_argument("--num-sequences", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(args.calvin) / "calvin_models"))
+    _stub_unused_imports()
+    import numpy as np
+    import pyhash
+    from calvin_agent.evaluation import multistep_sequences as ms
+    from calvin_agent.evaluation.utils import get_env_state_for_initial_condition
+
+    # get_sequences builds its 192 states inline; with 1000 sequences each state starts at least 5,
+    # so they are collected here in order of first appearance and sequences refer to them by index.
+    seqs = ms.get_sequences(args.num_sequences, num_workers=args.workers)
+    states: list[dict] = []
+    for state, _ in seqs:
+        if state not in states:
+            states.append(state)
+    assert len(states) == 192, len(states)
+    initial = []
+    for state in states:
+        robot_obs, scene_obs = get_env_state_for_initial_condition(state)
+        initial.append({"state": {k: (int(v) if isinstance(v, (int, np.integer)) else v) for k, v in state.items()},
+                        "robot_obs": [float(x) for x in robot_obs], "scene_obs": [float(x) for x in scene_obs]})
+    sequences = [[states.index(state), list(tasks)] for state, tasks in seqs]
+    hasher = pyhash.fnv1_32()
+    hashes = {"text": {s: hasher(s) for s in HASH_INPUTS}, "bytes": {"test": hasher(b"test")}}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "initial_states.json").write_text(json.dumps(initial, indent=0) + "\n")
+    (OUT / "sequences.json").write_text("[\n" + ",\n".join(json.dumps(s) for s in sequences) + "\n]\n")
+    (OUT / "pyhash.json").write_text(json.dumps(hashes, indent=1, ensure_ascii=False) + "\n")
+    print(json.dumps({"initial_states": len(initial), "sequences": len(sequences), "out": str(OUT)}))
+
+
+if __name__ == "__main__":
+    main()
