@@ -44,6 +44,12 @@ class VisionConfig:
         image_size: input resolution; must equal the named model's own.
         width, layers, patch_size, head_width, mlp_ratio: architecture of a ``custom`` encoder.
         quick_gelu: QuickGELU activations, as OpenAI's CLIP weights were trained with.
+        resize: how camera images reach ``image_size`` (``roboflamingo.transforms``): ``bilinear``
+            (torch, antialiased) or ``pil_bicubic`` (PIL bicubic + center crop: open_clip's eval
+            transform, what the original RoboFlamingo used; converted checkpoints get it).
+        token_ln_post: apply the tower's final LayerNorm (``ln_post``) to the patch tokens, as
+            open_clip >= 2.23 does; ``false``: only the pooled output gets it, as in open_clip 2.20,
+            under which the original RoboFlamingo was trained (converted checkpoints get it).
     """
 
     name: str = "custom"
@@ -55,8 +61,13 @@ class VisionConfig:
     head_width: int = 64
     mlp_ratio: float = 4.0
     quick_gelu: bool = False
+    resize: str = "bilinear"
+    token_ln_post: bool = True
 
     def __post_init__(self) -> None:
+        from roboflamingo.transforms import RESIZES
+
+        require_choice("model.vision.resize", self.resize, RESIZES)
         for key in ("image_size", "width", "layers", "patch_size", "head_width"):
             require_positive(f"model.vision.{key}", getattr(self, key))
         if self.name == "custom":
@@ -217,6 +228,8 @@ class HeadConfig:
         lstm_history: at inference past ``model.window`` frames: ``sliding`` re-runs the LSTM from a
             zero state over the last W cached features (what training saw, as the original does);
             ``running`` keeps one hidden state for the whole episode.
+        float16_actions: round the executed pose to float16, as the original's eval wrapper returns
+            it (converted checkpoints); the gripper is +-1 either way.
         pose_loss_weight: weight of the MSE on the normalized 6-d pose.
         gripper_loss_weight: weight of the 2-class cross-entropy on the gripper.
     """
@@ -231,6 +244,7 @@ class HeadConfig:
     input_norm: bool = True
     pose_tanh: bool = False
     lstm_history: str = "sliding"
+    float16_actions: bool = False
     pose_loss_weight: float = 1.0
     gripper_loss_weight: float = 0.1
 
