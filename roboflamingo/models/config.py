@@ -27,6 +27,7 @@ from roboflamingo.config import require_choice, require_positive
 LM_FAMILIES = ("mpt", "llama", "gpt_neox", "gpt2", "opt", "bert")
 FUSIONS = ("post", "pre")
 POOLINGS = ("max", "last", "mean")
+HIDDEN_STATES = ("final", "last_block_input")
 HEAD_TYPES = ("lstm", "transformer", "mlp")
 LSTM_HISTORIES = ("sliding", "running")
 BUILTIN_TOKENIZER = "clip_bpe"
@@ -131,6 +132,10 @@ class LMConfig:
         max_text_length: instructions are truncated to this many tokens (32 in the original).
         pooling: ``max`` over the real (non-padding) tokens' last hidden states, ``last`` token, or
             ``mean`` over the real tokens (the original's ``--pooling avg``, without the padding).
+        hidden_state: which hidden states are pooled: ``final`` (after the last layer and the final
+            norm) or ``last_block_input`` (the input of the last decoder layer, before its
+            cross-attention): what the original's ``hidden_states[-1]`` is for MosaicGPT (MPT-1B's
+            remote code), found by running it; converted MPT-1B checkpoints get it.
     """
 
     family: str = "llama"
@@ -151,10 +156,12 @@ class LMConfig:
     xattn_ff_mult: int = 4
     max_text_length: int = 32
     pooling: str = "max"
+    hidden_state: str = "final"
 
     def __post_init__(self) -> None:
         require_choice("model.lm.family", self.family, LM_FAMILIES)
         require_choice("model.lm.pooling", self.pooling, POOLINGS)
+        require_choice("model.lm.hidden_state", self.hidden_state, HIDDEN_STATES)
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions",
                     "cross_attn_every_n_layers", "xattn_heads", "xattn_dim_head", "xattn_ff_mult",
                     "max_text_length", "bpe_merges"):

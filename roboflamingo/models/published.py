@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from roboflamingo.models.config import FUSIONS, HeadConfig, ModelConfig
+from roboflamingo.models.config import HeadConfig, ModelConfig
 from roboflamingo.types import POSE_DIM
 
 
@@ -234,8 +234,9 @@ class PublishedName:
 def parse_checkpoint_name(name: str) -> PublishedName:
     """``checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_ws_12_mpt_3b_4.pth`` -> post, W=12, mpt_3b."""
     stem = Path(name).name
-    # The longest llm_name first: 'mpt_dolly_3b' must not be read as 'mpt_3b'.
-    found = [k for k in sorted(BACKBONES, key=len, reverse=True) if re.search(rf"_{k}_\d+\.pth", stem)]
+    # get_ckpt_name puts options (pooling, res_, tcp_, ...) between llm_name and the epoch; the
+    # longest llm_name first: 'mpt_dolly_3b' must not be read as 'mpt_3b'.
+    found = [k for k in sorted(BACKBONES, key=len, reverse=True) if f"_{k}_" in stem]
     if "llama" in stem:
         raise ValueError(f"{stem}: llama backbones are not supported (the original's llama path is broken)")
     if not found:
@@ -514,7 +515,14 @@ def roboflamingo_model_config(model: ModelConfig, name: PublishedName, state: di
         )
     # The original's preprocessing, which its weights were trained and evaluated with (open_clip 2.20).
     vision = replace(model.vision, resize="pil_bicubic", token_ln_post=False)
-    return replace(model, vision=vision, fusion=name.fusion, window=name.window, act_steps=name.act_steps,
+    lm = model.lm
+    if model.lm.path:
+        from roboflamingo.models.lm_adapters import resolve_path
+
+        if is_mosaic_gpt(resolve_path(model.lm.path)):
+            # MosaicGPT's hidden_states[-1], which the original pools, is the input of its last block.
+            lm = replace(lm, hidden_state="last_block_input")
+    return replace(model, vision=vision, lm=lm, fusion=name.fusion, window=name.window, act_steps=name.act_steps,
                    use_state=False, train_embeddings=True, freeze_resampler=False, unfreeze_vision=False)
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -57,7 +56,12 @@ CASES = {
     "neox_post_ws4": dict(llm_name="mpt_4b", fusion_mode="post", window_size=4),
     "neox_pre_ws24": dict(llm_name="mpt_4b", fusion_mode="pre", window_size=24),
     "neox_base_post_ws8": dict(llm_name="mpt_base_4b", fusion_mode="post", window_size=8),
+    "mosaic_dolly_post_ws12": dict(llm_name="mpt_dolly_3b", fusion_mode="post", window_size=12),
+    "mosaic_pre_ws24": dict(llm_name="mpt_3b", fusion_mode="pre", window_size=24),
 }
+# The original's factory recognises MPT-1B by this text in its path (its EmbeddingFnMixin hack).
+LM_DIRS = {"mpt_4b": "RedPajama-INCITE-Instruct-3B-v1-parity", "mpt_base_4b": "RedPajama-INCITE-Base-3B-v1-parity",
+           "mpt_3b": "mpt-1b-redpajama-200b-parity", "mpt_dolly_3b": "mpt-1b-redpajama-200b-dolly-parity"}
 CROSS_ATTN_EVERY = {"mpt_4b": 2, "mpt_base_4b": 2, "mpt_3b": 1, "mpt_dolly_3b": 1, "mpt_9b": 4}
 
 VISION = {"embed_dim": 64, "quick_gelu": True,
@@ -132,7 +136,44 @@ def _build(paths: dict, case: dict):
     )
 
 
-def _lm_config(vocab: int) -> dict:
+def _register_mosaic_gpt(examples: Path) -> None:
+    """MPT-1B's remote code, MosaicGPT from mosaicml/examples v0.0.4 (what its model card names), as
+    transformers' Auto class for ``model_type: mosaic_gpt`` (the HF repo ships the same files as
+    remote code). Its package ``__init__`` files pull in the whole training stack, so only the model
+    modules are imported; composer 0.14 (for LPLayerNorm) needs one name torch 2.x dropped."""
+    import torch.cuda.amp.grad_scaler as grad_scaler
+
+    if not hasattr(grad_scaler, "_refresh_per_optimizer_state"):
+        grad_scaler._refresh_per_optimizer_state = lambda: {}  # used by composer's trainer only
+    for name in ("examples", "examples.llm", "examples.llm.src", "examples.llm.src.models"):
+        mod = types.ModuleType(name)
+        mod.__path__ = [str(examples / name.replace(".", "/"))]
+        sys.modules[name] = mod
+    from examples.llm.src.models.mosaic_gpt.configuration_mosaic_gpt import MosaicGPTConfig
+    from examples.llm.src.models.mosaic_gpt.mosaic_gpt import MosaicGPT
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    AutoConfig.register("mosaic_gpt", MosaicGPTConfig)
+    AutoModelForCausalLM.register(MosaicGPTConfig, MosaicGPT)
+
+
+def _lm_config(llm_name: str, vocab: int) -> dict:
+    if llm_name in ("mpt_3b", "mpt_dolly_3b"):
+        return _mosaic_config(vocab)
+    return _neox_config(vocab)
+
+
+def _mosaic_config(vocab: int) -> dict:
+    # mpt-1b-redpajama-200b's config.json (ALiBi, no biases, low-precision LayerNorm), shrunk; torch attention.
+    return {"architectures": ["MosaicGPT"], "model_type": "mosaic_gpt", "d_model": 128, "n_heads": 4,
+            "n_layers": 4, "mlp_ratio": 4, "max_seq_len": 64, "vocab_size": (vocab + 63) // 64 * 64,
+            "attn_pdrop": 0.0, "resid_pdrop": 0.0, "emb_pdrop": 0.0, "attn_impl": "torch", "attn_qk_ln": False,
+            "attn_clip_qkv": None, "softmax_scale": None, "prefix_lm": False, "attn_uses_sequence_id": False,
+            "alibi": True, "alibi_bias_max": 8, "init_device": "cpu", "logit_scale": None, "no_bias": True,
+            "low_precision_layernorm": True, "use_cache": False, "torch_dtype": "float32"}
+
+
+def _neox_config(vocab: int) -> dict:
     # RedPajama-INCITE-3B's architecture (GPT-NeoX, sequential residual, rotary on a quarter of each
     # head), shrunk; its embedding has more rows than the tokenizer, as the real one (50432 > 50277).
     return {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "hidden_size": 128,
@@ -149,19 +190,18 @@ def _spec_of(tensors: dict, prefix: str) -> list:
 
 def make_case(name: str, case: dict, original: Path, out: Path, work: Path, seed: int) -> dict:
     import open_clip
-    from transformers import AutoConfig, AutoModelForCausalLM, get_constant_schedule_with_warmup
-
     from robot_flamingo.eval.eval_utils import ModelWrapper
     from robot_flamingo.train.train_utils import get_checkpoint, get_ckpt_name
+    from transformers import AutoConfig, AutoModelForCausalLM, get_constant_schedule_with_warmup
 
     root = work / name
     args = _namespace(case)
     file_name = get_ckpt_name(args, 4)
     # get_ckpt_name appends the epoch twice (_4.pth4.pth); the released files end in _4.pth.
     file_name = file_name[: file_name.index(".pth") + 4]
-    lm_dir = "RedPajama-INCITE-Instruct-3B-v1-parity" if case["llm_name"] == "mpt_4b" else "RedPajama-INCITE-Base-3B-v1-parity"
+    lm_dir = LM_DIRS[case["llm_name"]]
     vocab = pf.write_tokenizer(root / "tokenizer")
-    lm_config = _lm_config(vocab)
+    lm_config = _lm_config(case["llm_name"], vocab)
     (root / lm_dir).mkdir(parents=True, exist_ok=True)
     (root / lm_dir / "config.json").write_text(json.dumps(lm_config))
     lm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(root / lm_dir))
@@ -198,12 +238,13 @@ def make_case(name: str, case: dict, original: Path, out: Path, work: Path, seed
                 "lr_scheduler_state_dict": extra["lr_scheduler_state_dict"]}, saved)
 
     # -- what the file holds, and where each value came from -------------------------------------
-    rotary_dim = int(lm_config["hidden_size"] // lm_config["num_attention_heads"] * lm_config["rotary_pct"])
+    rotary_dim = int(lm_config.get("hidden_size", 0) // lm_config.get("num_attention_heads", 1)
+                     * lm_config.get("rotary_pct", 0))
     entries = []
     for key, value in state.items():
         bare = key.removeprefix("module.")
         if bare.endswith("rotary_emb.inv_freq"):
-            source = f"rotary/{rotary_dim}/{lm_config['rotary_emb_base']}"
+            source = f"rotary/{rotary_dim}/{lm_config.get('rotary_emb_base')}"
         else:
             source = f"trained/{trained_ptr[value.data_ptr()]}" if value.data_ptr() in trained_ptr else None
             if source is None:
@@ -244,6 +285,7 @@ def make_case(name: str, case: dict, original: Path, out: Path, work: Path, seed
         steps.append({"pose": pose.reshape(-1, 6)[-1].tolist(), "gripper_prob": float(grip.reshape(-1)[-1]),
                       "action": [float(a) for a in action], "action_dtype": str(action.dtype)})
     golden = {
+        "lm_hidden_states": _hidden_states_semantic(paths["lm"]),
         "case": name, "generated_by": "scripts/parity/make_golden.py",
         "original": {"repo": "RoboFlamingo/RoboFlamingo", "commit": _commit(original), "pins": _pins()},
         "config": {**case, "cross_attn_every_n_layers": CROSS_ATTN_EVERY[case["llm_name"]]},
@@ -255,6 +297,24 @@ def make_case(name: str, case: dict, original: Path, out: Path, work: Path, seed
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(golden, indent=None, separators=(",", ":")) + "\n")
     return golden
+
+
+def _hidden_states_semantic(lm_dir: Path) -> dict:
+    """What the LM's ``hidden_states[-1]`` (which the original pools) is, found by running the LM."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    blocks = lm.transformer.blocks if hasattr(lm, "transformer") else lm.gpt_neox.layers
+    final_norm = lm.transformer.ln_f if hasattr(lm, "transformer") else lm.gpt_neox.final_layer_norm
+    seen = {}
+    blocks[-1].register_forward_pre_hook(lambda m, a: seen.setdefault("last_block_input", a[0].detach()))
+    final_norm.register_forward_hook(lambda m, a, o: seen.setdefault("final_norm_output", o.detach()))
+    with torch.no_grad():
+        out = lm(input_ids=torch.arange(3, 12)[None], output_hidden_states=True)
+    last = out.hidden_states[-1]
+    return {"count": len(out.hidden_states), "num_blocks": len(blocks),
+            "last_is_last_block_input": bool(torch.equal(last, seen["last_block_input"])),
+            "last_is_final_norm_output": bool(torch.equal(last, seen["final_norm_output"]))}
 
 
 def _commit(original: Path) -> str:
@@ -274,6 +334,8 @@ def _pins() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--original", type=Path, required=True, help="checkout of RoboFlamingo/RoboFlamingo")
+    parser.add_argument("--mosaic-examples", type=Path, default=None,
+                        help="checkout of mosaicml/examples at v0.0.4 (for the MPT-1B cases)")
     parser.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures" / "parity")
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--seed", type=int, default=14)
@@ -283,6 +345,10 @@ def main() -> int:
     sys.path[:0] = [str(original), str(original / "open_flamingo")]
     _stub_modules()
     _cpu_for_cuda()
+    if any(CASES[c]["llm_name"] in ("mpt_3b", "mpt_dolly_3b") for c in args.cases):
+        if args.mosaic_examples is None:
+            parser.error("the MPT-1B cases need --mosaic-examples (mosaicml/examples at v0.0.4)")
+        _register_mosaic_gpt(args.mosaic_examples.resolve())
     torch.set_num_threads(1)
     import open_clip
 
@@ -298,7 +364,6 @@ def main() -> int:
                           "keys": len(golden["files"]["checkpoint"]["tensors"]),
                           "first_action": golden["steps"][0]["action"]}), flush=True)
     torch.distributed.destroy_process_group()
-    os.environ.pop("UNUSED", None)
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -29,6 +30,15 @@ POSE_TOL = 1e-4
 def _model_config(golden: dict, paths: dict) -> ModelConfig:
     """The backbone config a user writes for these files (configs/model/of4b.yaml, shrunk)."""
     lm_cfg = golden["files"]["lm"]["config"]
+    if lm_cfg["model_type"] == "mosaic_gpt":  # MPT-1B's remote code: read as transformers' MPT
+        family = "mpt"
+        sizes = dict(hidden_size=lm_cfg["d_model"], num_layers=lm_cfg["n_layers"], num_heads=lm_cfg["n_heads"],
+                     intermediate_size=lm_cfg["mlp_ratio"] * lm_cfg["d_model"], max_positions=lm_cfg["max_seq_len"])
+    else:
+        family = "gpt_neox"
+        sizes = dict(hidden_size=lm_cfg["hidden_size"], num_layers=lm_cfg["num_hidden_layers"],
+                     num_heads=lm_cfg["num_attention_heads"], intermediate_size=lm_cfg["intermediate_size"],
+                     max_positions=lm_cfg["max_position_embeddings"])
     vision = golden["files"]["clip"]["config"]["vision_cfg"]
     return ModelConfig(
         name="parity",
@@ -36,10 +46,7 @@ def _model_config(golden: dict, paths: dict) -> ModelConfig:
                             width=vision["width"], layers=vision["layers"], patch_size=vision["patch_size"],
                             head_width=vision["head_width"], quick_gelu=golden["files"]["clip"]["config"]["quick_gelu"]),
         resampler=ResamplerConfig(),
-        lm=LMConfig(family="gpt_neox", path=str(paths["lm"]), tokenizer=str(paths["tokenizer"]),
-                    hidden_size=lm_cfg["hidden_size"], num_layers=lm_cfg["num_hidden_layers"],
-                    num_heads=lm_cfg["num_attention_heads"], intermediate_size=lm_cfg["intermediate_size"],
-                    max_positions=lm_cfg["max_position_embeddings"],
+        lm=LMConfig(family=family, path=str(paths["lm"]), tokenizer=str(paths["tokenizer"]), **sizes,
                     cross_attn_every_n_layers=golden["config"]["cross_attn_every_n_layers"]),
     )
 
@@ -59,6 +66,36 @@ def converted(request, tmp_path_factory):
     finally:
         mp.undo()
     return golden, RoboFlamingoPolicy.from_pretrained(root / "ckpt")
+
+
+def _pose_diff(policy, golden: dict, obs: list) -> float:
+    policy.reset()
+    worst = 0.0
+    with torch.inference_mode():
+        for o, want in zip(obs, golden["steps"]):
+            pose, _ = policy.step_outputs(o, golden["episode"]["instruction"])
+            worst = max(worst, float(np.abs(pose[0].numpy() - np.asarray(want["pose"], np.float32)).max()))
+    return worst
+
+
+@pytest.mark.slow
+def test_the_golden_data_tell_the_front_ends_apart(converted):
+    """Each semantic the converter sets is visible in the golden actions, far above the tolerance."""
+    golden, policy = converted
+    if golden["case"] not in ("neox_post_ws4", "mosaic_dolly_post_ws12"):
+        pytest.skip("checked on one case per LM family")
+    obs = observations(golden["episode"]["seed"], 8)
+    vision, lm = policy.model_config.vision, policy.model_config.lm
+    variants = {"resize=bilinear": dict(vision=replace(vision, resize="bilinear")),
+                "token_ln_post=true": dict(vision=replace(vision, token_ln_post=True))}
+    if lm.hidden_state != "final":
+        variants["hidden_state=final"] = dict(lm=replace(lm, hidden_state="final"))
+    tensors = {k: v.detach().clone() for k, v in policy.state_dict().items()}
+    for what, change in variants.items():
+        other = RoboFlamingoPolicy(replace(policy.model_config, **change), policy.head_config)
+        other.load_state_dict(tensors)
+        diff = _pose_diff(other.eval(), golden, obs)
+        assert diff > 10 * POSE_TOL, f"{what}: the golden data cannot tell it apart ({diff:.2e})"
 
 
 @pytest.mark.slow
