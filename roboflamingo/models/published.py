@@ -94,6 +94,9 @@ _MOSAIC_BLOCK = {
     "ln_2.weight": "norm_2.weight",
     "mlp.mlp_up.weight": "ffn.up_proj.weight",
     "mlp.mlp_down.weight": "ffn.down_proj.weight",
+    # QK LayerNorm (MPT-1B has it): kept inside the fused projection, see QKNormWqkv.
+    "attn.q_ln.weight": "attn.Wqkv.q_ln.weight",
+    "attn.k_ln.weight": "attn.Wqkv.k_ln.weight",
 }
 _MOSAIC_BLOCK_KEY = re.compile(r"^(transformer\.blocks\.\d+)\.(.+)$")
 
@@ -126,8 +129,6 @@ def mosaic_to_mpt_config(cfg: dict):
         problems.append("alibi=false (learned positions; transformers' MPT always uses ALiBi)")
     if cfg.get("alibi_bias_max", 8) != 8:
         problems.append(f"alibi_bias_max={cfg.get('alibi_bias_max')} (transformers' MPT fixes 8)")
-    if cfg.get("attn_qk_ln", False):
-        problems.append("attn_qk_ln=true (transformers' MPT has no q/k LayerNorm)")
     if not cfg.get("no_bias", False):
         problems.append("no_bias=false (transformers' MPT has no biases)")
     if cfg.get("mlp_ratio", 4) != 4:
@@ -144,6 +145,35 @@ def mosaic_to_mpt_config(cfg: dict):
                      "alibi": True, "alibi_bias_max": 8},
         logit_scale=cfg.get("logit_scale"), tie_word_embeddings=True,
     )
+
+
+class QKNormWqkv(nn.Linear):
+    """MPT's fused q/k/v projection followed by MosaicGPT's QK LayerNorm (``attn_qk_ln``).
+
+    MosaicGPT clips the projection, then normalizes the query and the key (each over all heads,
+    weight only: the model has no biases); transformers' MPT has no such norm, so it lives here,
+    where MptAttention calls ``Wqkv``, and the clipping moves in with it (in the same order).
+    """
+
+    def __init__(self, d_model: int, clip_qkv: float | None):
+        super().__init__(d_model, 3 * d_model, bias=False)
+        self.clip_qkv = clip_qkv
+        self.q_ln = nn.LayerNorm(d_model, bias=False)
+        self.k_ln = nn.LayerNorm(d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = super().forward(x)
+        if self.clip_qkv:
+            qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
+        q, k, v = qkv.chunk(3, dim=-1)
+        return torch.cat([self.q_ln(q), self.k_ln(k), v], dim=-1)
+
+
+def _add_qk_norm(lm: nn.Module, d_model: int, clip_qkv: float | None) -> None:
+    for block in lm.transformer.blocks:
+        device = block.attn.Wqkv.weight.device
+        block.attn.Wqkv = QKNormWqkv(d_model, clip_qkv).to(device)
+        block.attn.clip_qkv = None  # applied inside Wqkv, before the norm
 
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -175,8 +205,11 @@ def load_mosaic_gpt(directory: str | Path, load_weights: bool = True) -> nn.Modu
     from transformers import MptForCausalLM
 
     directory = Path(directory)
-    config = mosaic_to_mpt_config(json.loads((directory / "config.json").read_text()))
+    raw_config = json.loads((directory / "config.json").read_text())
+    config = mosaic_to_mpt_config(raw_config)
     lm = MptForCausalLM(config)
+    if raw_config.get("attn_qk_ln", False):
+        _add_qk_norm(lm, config.d_model, raw_config.get("attn_clip_qkv"))
     if not load_weights:
         return lm
     raw = read_hf_weights(directory)
@@ -190,6 +223,7 @@ def load_mosaic_gpt(directory: str | Path, load_weights: bool = True) -> nn.Modu
     state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))  # tied, as in MosaicGPT
     expected = lm.state_dict()
     missing = sorted(set(expected) - set(state))
+    unknown += sorted(set(state) - set(expected))  # e.g. q_ln weights without attn_qk_ln
     if unknown or missing:
         raise ValueError(f"{directory}: MosaicGPT weights do not map onto transformers' MPT: "
                          f"unmapped keys [{_list(unknown)}]; missing keys [{_list(missing)}]")
@@ -242,6 +276,13 @@ def parse_checkpoint_name(name: str) -> PublishedName:
     if not found:
         raise ValueError(f"{stem}: no backbone in the file name (expected one of {list(BACKBONES)} "
                          f"before the epoch, as in ..._ws_12_mpt_3b_4.pth)")
+    if found[0] == "mpt_9b":
+        raise ValueError(
+            f"{stem}: mpt_9b (MPT-7B) is not converted: the original pools MPT-7B's hidden_states[-1], "
+            f"which its remote code changed (llm-foundry <= v0.1.1: the last block's input; >= v0.2.0: "
+            f"the final normed output), and which revision the released files used is not known, so "
+            f"parity with the original cannot be shown (the OpenFlamingo-9B checkpoint.pt still converts)"
+        )
     words = f"_{stem.removesuffix('.pth')}_"
     for option, why in _REFUSED_OPTIONS:
         if option in words:

@@ -164,10 +164,11 @@ def _lm_config(llm_name: str, vocab: int) -> dict:
 
 
 def _mosaic_config(vocab: int) -> dict:
-    # mpt-1b-redpajama-200b's config.json (ALiBi, no biases, low-precision LayerNorm), shrunk; torch attention.
+    # mpt-1b-redpajama-200b's architecture (ALiBi, QK LayerNorm, no biases, low-precision LayerNorm:
+    # its model card), shrunk; torch attention.
     return {"architectures": ["MosaicGPT"], "model_type": "mosaic_gpt", "d_model": 128, "n_heads": 4,
             "n_layers": 4, "mlp_ratio": 4, "max_seq_len": 64, "vocab_size": (vocab + 63) // 64 * 64,
-            "attn_pdrop": 0.0, "resid_pdrop": 0.0, "emb_pdrop": 0.0, "attn_impl": "torch", "attn_qk_ln": False,
+            "attn_pdrop": 0.0, "resid_pdrop": 0.0, "emb_pdrop": 0.0, "attn_impl": "torch", "attn_qk_ln": True,
             "attn_clip_qkv": None, "softmax_scale": None, "prefix_lm": False, "attn_uses_sequence_id": False,
             "alibi": True, "alibi_bias_max": 8, "init_device": "cpu", "logit_scale": None, "no_bias": True,
             "low_precision_layernorm": True, "use_cache": False, "torch_dtype": "float32"}

@@ -177,7 +177,9 @@ def test_mosaic_gpt_names_map_onto_transformers_mpt(tmp_path):
         "transformer.blocks.0.ffn.down_proj.weight"
     assert published.mosaic_to_mpt_key("transformer.ln_f.weight") == "transformer.norm_f.weight"
     assert published.mosaic_to_mpt_key("transformer.wte.weight") == "transformer.wte.weight"
-    assert published.mosaic_to_mpt_key("transformer.blocks.0.attn.q_ln.weight") is None
+    assert published.mosaic_to_mpt_key("transformer.blocks.0.attn.q_ln.weight") == \
+        "transformer.blocks.0.attn.Wqkv.q_ln.weight"
+    assert published.mosaic_to_mpt_key("transformer.blocks.0.attn.rotary.weight") is None
 
     ref, _ = _write_mosaic_dir(tmp_path / "lm")
     lm = build_lm(LMConfig(family="mpt", path=str(tmp_path / "lm")), vocab=0).eval()
@@ -188,14 +190,18 @@ def test_mosaic_gpt_names_map_onto_transformers_mpt(tmp_path):
 
 
 def test_mosaic_gpt_features_mpt_lacks_are_refused(tmp_path):
+    # QK LayerNorm (MPT-1B has it) is built; its weights must then be in the file, and only then.
     _write_mosaic_dir(tmp_path / "qk", attn_qk_ln=True)
-    with pytest.raises(ValueError, match="attn_qk_ln=true"):
+    with pytest.raises(ValueError, match=r"missing keys \[transformer.blocks.0.attn.Wqkv.k_ln.weight"):
         build_lm(LMConfig(family="mpt", path=str(tmp_path / "qk")), vocab=0)
     _, raw = _write_mosaic_dir(tmp_path / "extra")
     raw["transformer.blocks.1.attn.q_ln.weight"] = torch.ones(32)
     torch.save(raw, tmp_path / "extra" / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"unmapped keys \[transformer.blocks.1.attn.q_ln.weight\]"):
+    with pytest.raises(ValueError, match=r"unmapped keys \[transformer.blocks.1.attn.Wqkv.q_ln.weight\]"):
         build_lm(LMConfig(family="mpt", path=str(tmp_path / "extra")), vocab=0)
+    _write_mosaic_dir(tmp_path / "lowbias", no_bias=False)
+    with pytest.raises(ValueError, match="no_bias=false"):
+        build_lm(LMConfig(family="mpt", path=str(tmp_path / "lowbias")), vocab=0)
 
 
 # -- RoboFlamingo .pth -------------------------------------------------------------------------------
@@ -321,7 +327,6 @@ def _strip(state):
     ("checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_ws_12_mpt_3b_4.pth", ("of3b_mpt1b", "post", 12, 1)),
     ("checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_ws_12_mpt_dolly_3b_2.pth", ("of3b_mpt1b", "post", 12, 1)),
     ("ABC_D/checkpoint_gripper_pre_ws_8_3_fur_step_mpt_base_4b_3.pth", ("of4b", "pre", 8, 3)),
-    ("checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_ws_12_mpt_9b_2.pth2.pth", ("of9b_mpt7b", "post", 12, 1)),
     # get_ckpt_name leaves out ws_8 (eval_ckpts.py's default); without 'post' eval_ckpts.py evaluates 'pre'.
     ("checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_mpt_4b_4.pth", ("of4b", "post", 8, 1)),
     ("checkpoint_gripper_hist_1_ws_12_mpt_3b_4.pth", ("of3b_mpt1b", "pre", 12, 1)),
@@ -342,6 +347,7 @@ def test_file_names_give_the_config(name, expected):
     ("checkpoint_gripper_post_hist_1_ws_12_mpt_3b_res_4.pth", "'res'"),
     ("checkpoint_gripper_post_hist_1_ws_12_mpt_3b_avg_4.pth", "'avg'"),
     ("checkpoint_gripper_post_hist_1_state_ws_12_mpt_3b_4.pth", "'state'"),
+    ("checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_ws_12_mpt_9b_2.pth2.pth", "mpt_9b .* is not converted"),
 ])
 def test_unsupported_file_names_are_refused(name, error):
     with pytest.raises(ValueError, match=error):
