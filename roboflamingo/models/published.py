@@ -252,6 +252,10 @@ BACKBONES = {
 }
 
 
+# The original's mpt_dict loads these as MosaicGPT (MPT-1B's remote code).
+MOSAIC_BACKBONES = ("mpt_3b", "mpt_dolly_3b")
+
+
 @dataclass
 class PublishedName:
     """What a released checkpoint's file name says about how it was trained (eval_ckpts.py parses it)."""
@@ -557,12 +561,10 @@ def roboflamingo_model_config(model: ModelConfig, name: PublishedName, state: di
     # The original's preprocessing, which its weights were trained and evaluated with (open_clip 2.20).
     vision = replace(model.vision, resize="pil_bicubic", token_ln_post=False)
     lm = model.lm
-    if model.lm.path:
-        from roboflamingo.models.lm_adapters import resolve_path
-
-        if is_mosaic_gpt(resolve_path(model.lm.path)):
-            # MosaicGPT's hidden_states[-1], which the original pools, is the input of its last block.
-            lm = replace(lm, hidden_state="last_block_input")
+    if name.backbone in MOSAIC_BACKBONES:
+        # MosaicGPT's hidden_states[-1], which the original pools, is the input of its last block
+        # (whatever format model.lm.path holds the same weights in).
+        lm = replace(lm, hidden_state="last_block_input")
     return replace(model, vision=vision, lm=lm, fusion=name.fusion, window=name.window, act_steps=name.act_steps,
                    use_state=False, train_embeddings=True, freeze_resampler=False, unfreeze_vision=False)
 

@@ -65,6 +65,7 @@ def converted(request, tmp_path_factory):
         assert cli.main(["convert", "model=parity", f"src={paths['checkpoint']}", f"dst={root / 'ckpt'}"]) == 0
     finally:
         mp.undo()
+    paths["checkpoint"].unlink()  # ~137 MB, no longer needed
     return golden, RoboFlamingoPolicy.from_pretrained(root / "ckpt")
 
 
