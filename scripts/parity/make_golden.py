@@ -56,6 +56,7 @@ CASES = {
     "neox_post_ws4": dict(llm_name="mpt_4b", fusion_mode="post", window_size=4),
     "neox_pre_ws24": dict(llm_name="mpt_4b", fusion_mode="pre", window_size=24),
     "neox_base_post_ws8": dict(llm_name="mpt_base_4b", fusion_mode="post", window_size=8),
+    "neox_post_ws4_3_fur_step": dict(llm_name="mpt_4b", fusion_mode="post", window_size=4, act_steps=3),
     "mosaic_dolly_post_ws12": dict(llm_name="mpt_dolly_3b", fusion_mode="post", window_size=12),
     "mosaic_pre_ws24": dict(llm_name="mpt_3b", fusion_mode="pre", window_size=24),
 }
@@ -117,7 +118,8 @@ def _namespace(case: dict):
         freeze_sampler=False, use_state=False, rgb_pad=10, gripper_pad=4, use_hist=False, head_type="lstm",
         traj_cons=True, sep_lm_head=False, dif_ws=False, window_size=case["window_size"], unfreeze_vit=False,
         llm_name=case["llm_name"], pooling="max", text_aug=False, residual=False, freeze_embed=False,
-        tcp_rel=False, multi_step_action=1, decoder_type="lstm", hidden_size=768, lr_scheduler="constant",
+        tcp_rel=False, multi_step_action=case.get("act_steps", 1), decoder_type="lstm", hidden_size=768,
+        lr_scheduler="constant",
     )
 
 
@@ -130,7 +132,8 @@ def _build(paths: dict, case: dict):
         use_media_placement_augmentation=False, window_size=case["window_size"], freeze_embed=False,
         train_params=-1, sep_resampler=False, last_action=False, use_diff=False, n_timesteps=150,
         diff_horizon=32, fusion_mode=case["fusion_mode"], use_gripper=True, use_state=False, use_hist=False,
-        pad_length=-1, debug=False, multi_step_action=1, llm_name=case["llm_name"], sep_lm_head=False,
+        pad_length=-1, debug=False, multi_step_action=case.get("act_steps", 1), llm_name=case["llm_name"],
+        sep_lm_head=False,
         return_feature=True, residual=False, tcp_rel=False, replan=-1, decoder_type="lstm", hidden_size=768,
         freeze_sampler=False, fwd_pred=False, fwd_pred_hand=False, no_image_patch=False, global_latent=1,
     )
@@ -283,7 +286,8 @@ def make_case(name: str, case: dict, original: Path, out: Path, work: Path, seed
         seen.clear()
         action = wrapper.step({"rgb_obs": obs, "robot_obs": np.zeros(15, np.float32)}, instruction)
         pose, grip = seen[-1]
-        steps.append({"pose": pose.reshape(-1, 6)[-1].tolist(), "gripper_prob": float(grip.reshape(-1)[-1]),
+        a = case.get("act_steps", 1)  # the wrapper executes the first of the A predicted actions
+        steps.append({"pose": pose.reshape(-1, a, 6)[-1, 0].tolist(), "gripper_prob": float(grip.reshape(-1, a)[-1, 0]),
                       "action": [float(a) for a in action], "action_dtype": str(action.dtype)})
     golden = {
         "lm_hidden_states": _hidden_states_semantic(paths["lm"]),
