@@ -122,3 +122,22 @@ def test_converted_checkpoint_steps_as_the_original(converted):
             # The original returns float16; ours equal its values wherever both round the same way.
             assert np.abs(action[:6] - np.asarray(want["action"][:6], np.float32)).max() <= 2 ** -10
     print(json.dumps({"case": golden["case"], "steps": len(obs), "pose_max_abs_diff": worst}))
+
+
+@pytest.mark.parametrize("hw", [(200, 200), (84, 84), (120, 300), (301, 90)])
+def test_pil_bicubic_resize_is_open_clips_eval_transform(hw):
+    """Non-square frames too: shorter side to the size (PIL bicubic), then a center crop, as the
+    torchvision transforms open_clip's eval ``image_transform`` is made of."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from roboflamingo.transforms import CLIP_MEAN, CLIP_STD, preprocess_images
+
+    rng = np.random.default_rng(sum(hw))
+    frame = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    reference = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
+                           T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])(Image.fromarray(frame))
+    ours = preprocess_images(torch.from_numpy(frame), 224, resize="pil_bicubic")
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="resize must be one of"):
+        preprocess_images(torch.from_numpy(frame), 224, resize="nearest")
