@@ -139,10 +139,15 @@ class FlamingoBackbone(nn.Module):
         attends = None
         if self.image_token_id is not None:
             attends = (input_ids == self.image_token_id).cumsum(dim=1) > 0
+        block_input = self.cfg.lm.hidden_state == "last_block_input"
         with self.conditioned_on(media, attends):
-            hidden = self.lang_encoder.base_model(
-                input_ids=input_ids, attention_mask=attention_mask.long(), use_cache=False
-            ).last_hidden_state  # (N, L, D_lm)
+            out = self.lang_encoder.base_model(
+                input_ids=input_ids, attention_mask=attention_mask.long(), use_cache=False,
+                output_hidden_states=block_input,
+            )
+        # hidden_states holds each layer's input (recorded before its cross-attention hook runs),
+        # then the final normed output.
+        hidden = out.hidden_states[-2] if block_input else out.last_hidden_state  # (N, L, D_lm)
         mask = attention_mask.bool()
         if self.cfg.lm.pooling == "last":
             last = mask.long().sum(dim=1).clamp(min=1) - 1  # right padding: last real token

@@ -27,6 +27,7 @@ from roboflamingo.config import require_choice, require_positive
 LM_FAMILIES = ("mpt", "llama", "gpt_neox", "gpt2", "opt", "bert")
 FUSIONS = ("post", "pre")
 POOLINGS = ("max", "last", "mean")
+HIDDEN_STATES = ("final", "last_block_input")
 HEAD_TYPES = ("lstm", "transformer", "mlp")
 LSTM_HISTORIES = ("sliding", "running")
 BUILTIN_TOKENIZER = "clip_bpe"
@@ -44,6 +45,12 @@ class VisionConfig:
         image_size: input resolution; must equal the named model's own.
         width, layers, patch_size, head_width, mlp_ratio: architecture of a ``custom`` encoder.
         quick_gelu: QuickGELU activations, as OpenAI's CLIP weights were trained with.
+        resize: how camera images reach ``image_size`` (``roboflamingo.transforms``): ``bilinear``
+            (torch, antialiased) or ``pil_bicubic`` (PIL bicubic + center crop: open_clip's eval
+            transform, what the original RoboFlamingo used; converted checkpoints get it).
+        token_ln_post: apply the tower's final LayerNorm (``ln_post``) to the patch tokens, as
+            open_clip >= 2.23 does; ``false``: only the pooled output gets it, as in open_clip 2.20,
+            under which the original RoboFlamingo was trained (converted checkpoints get it).
     """
 
     name: str = "custom"
@@ -55,8 +62,13 @@ class VisionConfig:
     head_width: int = 64
     mlp_ratio: float = 4.0
     quick_gelu: bool = False
+    resize: str = "bilinear"
+    token_ln_post: bool = True
 
     def __post_init__(self) -> None:
+        from roboflamingo.transforms import RESIZES
+
+        require_choice("model.vision.resize", self.resize, RESIZES)
         for key in ("image_size", "width", "layers", "patch_size", "head_width"):
             require_positive(f"model.vision.{key}", getattr(self, key))
         if self.name == "custom":
@@ -120,6 +132,10 @@ class LMConfig:
         max_text_length: instructions are truncated to this many tokens (32 in the original).
         pooling: ``max`` over the real (non-padding) tokens' last hidden states, ``last`` token, or
             ``mean`` over the real tokens (the original's ``--pooling avg``, without the padding).
+        hidden_state: which hidden states are pooled: ``final`` (after the last layer and the final
+            norm) or ``last_block_input`` (the input of the last decoder layer, before its
+            cross-attention): what the original's ``hidden_states[-1]`` is for MosaicGPT (MPT-1B's
+            remote code), found by running it; converted MPT-1B checkpoints get it.
     """
 
     family: str = "llama"
@@ -140,10 +156,12 @@ class LMConfig:
     xattn_ff_mult: int = 4
     max_text_length: int = 32
     pooling: str = "max"
+    hidden_state: str = "final"
 
     def __post_init__(self) -> None:
         require_choice("model.lm.family", self.family, LM_FAMILIES)
         require_choice("model.lm.pooling", self.pooling, POOLINGS)
+        require_choice("model.lm.hidden_state", self.hidden_state, HIDDEN_STATES)
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions",
                     "cross_attn_every_n_layers", "xattn_heads", "xattn_dim_head", "xattn_ff_mult",
                     "max_text_length", "bpe_merges"):
@@ -217,6 +235,8 @@ class HeadConfig:
         lstm_history: at inference past ``model.window`` frames: ``sliding`` re-runs the LSTM from a
             zero state over the last W cached features (what training saw, as the original does);
             ``running`` keeps one hidden state for the whole episode.
+        float16_actions: round the executed pose to float16, as the original's eval wrapper returns
+            it (converted checkpoints); the gripper is +-1 either way.
         pose_loss_weight: weight of the MSE on the normalized 6-d pose.
         gripper_loss_weight: weight of the 2-class cross-entropy on the gripper.
     """
@@ -231,6 +251,7 @@ class HeadConfig:
     input_norm: bool = True
     pose_tanh: bool = False
     lstm_history: str = "sliding"
+    float16_actions: bool = False
     pose_loss_weight: float = 1.0
     gripper_loss_weight: float = 0.1
 

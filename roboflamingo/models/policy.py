@@ -168,7 +168,7 @@ class RoboFlamingoPolicy(nn.Module):
                 f"(uint8, or float preprocessed to {self.image_size}px), got {tuple(x.shape)}"
             )
         try:
-            return preprocess_images(x, self.image_size)
+            return preprocess_images(x, self.image_size, resize=self.model_config.vision.resize)
         except ValueError as e:
             raise ValueError(f"{key}: {e}") from e
 
@@ -264,9 +264,15 @@ class RoboFlamingoPolicy(nn.Module):
 
         Only the first of the A predicted actions is executed, as in the original.
         """
-        pose, grip = self.step_outputs(obs, instruction)
+        return self.step_from_outputs(*self.step_outputs(obs, instruction))
+
+    def step_from_outputs(self, pose: torch.Tensor, grip: torch.Tensor) -> np.ndarray:
+        """Head outputs of one frame (:meth:`step_outputs`) -> the executed 7-d action."""
         action = torch.empty(ACTION_DIM, dtype=torch.float32, device=pose.device)
         action[:6] = self.normalizer.unnormalize_pose(pose[0]).clamp(-1.0, 1.0)
+        if self.head_config.float16_actions:
+            # The original casts its actions to float16 before returning them (eval_utils.py).
+            action[:6] = action[:6].half().float()
         action[6] = GRIPPER_OPEN if grip[0].argmax() == 1 else GRIPPER_CLOSE
         return action.cpu().numpy()
 

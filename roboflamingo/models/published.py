@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from roboflamingo.models.config import FUSIONS, HeadConfig, ModelConfig
+from roboflamingo.models.config import HeadConfig, ModelConfig
 from roboflamingo.types import POSE_DIM
 
 
@@ -94,6 +94,9 @@ _MOSAIC_BLOCK = {
     "ln_2.weight": "norm_2.weight",
     "mlp.mlp_up.weight": "ffn.up_proj.weight",
     "mlp.mlp_down.weight": "ffn.down_proj.weight",
+    # QK LayerNorm (MPT-1B has it): kept inside the fused projection, see QKNormWqkv.
+    "attn.q_ln.weight": "attn.Wqkv.q_ln.weight",
+    "attn.k_ln.weight": "attn.Wqkv.k_ln.weight",
 }
 _MOSAIC_BLOCK_KEY = re.compile(r"^(transformer\.blocks\.\d+)\.(.+)$")
 
@@ -126,8 +129,6 @@ def mosaic_to_mpt_config(cfg: dict):
         problems.append("alibi=false (learned positions; transformers' MPT always uses ALiBi)")
     if cfg.get("alibi_bias_max", 8) != 8:
         problems.append(f"alibi_bias_max={cfg.get('alibi_bias_max')} (transformers' MPT fixes 8)")
-    if cfg.get("attn_qk_ln", False):
-        problems.append("attn_qk_ln=true (transformers' MPT has no q/k LayerNorm)")
     if not cfg.get("no_bias", False):
         problems.append("no_bias=false (transformers' MPT has no biases)")
     if cfg.get("mlp_ratio", 4) != 4:
@@ -144,6 +145,35 @@ def mosaic_to_mpt_config(cfg: dict):
                      "alibi": True, "alibi_bias_max": 8},
         logit_scale=cfg.get("logit_scale"), tie_word_embeddings=True,
     )
+
+
+class QKNormWqkv(nn.Linear):
+    """MPT's fused q/k/v projection followed by MosaicGPT's QK LayerNorm (``attn_qk_ln``).
+
+    MosaicGPT clips the projection, then normalizes the query and the key (each over all heads,
+    weight only: the model has no biases); transformers' MPT has no such norm, so it lives here,
+    where MptAttention calls ``Wqkv``, and the clipping moves in with it (in the same order).
+    """
+
+    def __init__(self, d_model: int, clip_qkv: float | None):
+        super().__init__(d_model, 3 * d_model, bias=False)
+        self.clip_qkv = clip_qkv
+        self.q_ln = nn.LayerNorm(d_model, bias=False)
+        self.k_ln = nn.LayerNorm(d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = super().forward(x)
+        if self.clip_qkv:
+            qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
+        q, k, v = qkv.chunk(3, dim=-1)
+        return torch.cat([self.q_ln(q), self.k_ln(k), v], dim=-1)
+
+
+def _add_qk_norm(lm: nn.Module, d_model: int, clip_qkv: float | None) -> None:
+    for block in lm.transformer.blocks:
+        device = block.attn.Wqkv.weight.device
+        block.attn.Wqkv = QKNormWqkv(d_model, clip_qkv).to(device)
+        block.attn.clip_qkv = None  # applied inside Wqkv, before the norm
 
 
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -175,8 +205,11 @@ def load_mosaic_gpt(directory: str | Path, load_weights: bool = True) -> nn.Modu
     from transformers import MptForCausalLM
 
     directory = Path(directory)
-    config = mosaic_to_mpt_config(json.loads((directory / "config.json").read_text()))
+    raw_config = json.loads((directory / "config.json").read_text())
+    config = mosaic_to_mpt_config(raw_config)
     lm = MptForCausalLM(config)
+    if raw_config.get("attn_qk_ln", False):
+        _add_qk_norm(lm, config.d_model, raw_config.get("attn_clip_qkv"))
     if not load_weights:
         return lm
     raw = read_hf_weights(directory)
@@ -190,6 +223,7 @@ def load_mosaic_gpt(directory: str | Path, load_weights: bool = True) -> nn.Modu
     state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))  # tied, as in MosaicGPT
     expected = lm.state_dict()
     missing = sorted(set(expected) - set(state))
+    unknown += sorted(set(state) - set(expected))  # e.g. q_ln weights without attn_qk_ln
     if unknown or missing:
         raise ValueError(f"{directory}: MosaicGPT weights do not map onto transformers' MPT: "
                          f"unmapped keys [{_list(unknown)}]; missing keys [{_list(missing)}]")
@@ -218,6 +252,10 @@ BACKBONES = {
 }
 
 
+# The original's mpt_dict loads these as MosaicGPT (MPT-1B's remote code).
+MOSAIC_BACKBONES = ("mpt_3b", "mpt_dolly_3b")
+
+
 @dataclass
 class PublishedName:
     """What a released checkpoint's file name says about how it was trained (eval_ckpts.py parses it)."""
@@ -234,27 +272,61 @@ class PublishedName:
 def parse_checkpoint_name(name: str) -> PublishedName:
     """``checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_ws_12_mpt_3b_4.pth`` -> post, W=12, mpt_3b."""
     stem = Path(name).name
-    # The longest llm_name first: 'mpt_dolly_3b' must not be read as 'mpt_3b'.
-    found = [k for k in sorted(BACKBONES, key=len, reverse=True) if re.search(rf"_{k}_\d+\.pth", stem)]
+    # get_ckpt_name puts options (pooling, res_, tcp_, ...) between llm_name and the epoch; the
+    # longest llm_name first: 'mpt_dolly_3b' must not be read as 'mpt_3b'.
+    found = [k for k in sorted(BACKBONES, key=len, reverse=True) if f"_{k}_" in stem]
     if "llama" in stem:
         raise ValueError(f"{stem}: llama backbones are not supported (the original's llama path is broken)")
     if not found:
         raise ValueError(f"{stem}: no backbone in the file name (expected one of {list(BACKBONES)} "
                          f"before the epoch, as in ..._ws_12_mpt_3b_4.pth)")
-    for unsupported in ("two_way", "vit_concat", "_gpt_", "_fc_", "diff", "_sep_", "state"):
-        if unsupported in stem:
-            raise ValueError(f"{stem}: '{unsupported.strip('_')}' variants are not supported "
-                             f"(only the LSTM head with post/pre fusion and one shared resampler)")
-    fusion = next((f for f in FUSIONS if f"_{f}_" in f"_{stem}"), None)
-    if fusion is None:
-        raise ValueError(f"{stem}: no fusion mode in the file name (expected one of {list(FUSIONS)})")
+    if found[0] == "mpt_9b":
+        raise ValueError(
+            f"{stem}: mpt_9b (MPT-7B) is not converted: the original pools MPT-7B's hidden_states[-1], "
+            f"which its remote code changed (llm-foundry <= v0.1.1: the last block's input; >= v0.2.0: "
+            f"the final normed output), and which revision the released files used is not known, so "
+            f"parity with the original cannot be shown (the OpenFlamingo-9B checkpoint.pt still converts)"
+        )
+    words = f"_{stem.removesuffix('.pth')}_"
+    for option, why in _REFUSED_OPTIONS:
+        if option in words:
+            raise ValueError(f"{stem}: the file name has '{option.strip('_')}': {why}; such a checkpoint "
+                             f"cannot be converted exactly (rename it only if the name is wrong)")
+    if "_no_gripper_" in words:
+        raise ValueError(f"{stem}: the file name has 'no_gripper': trained on the static camera only "
+                         f"(and eval_ckpts.py would still feed it the gripper camera); not supported")
+    if "gripper" not in stem:
+        raise ValueError(f"{stem}: the file name has no 'gripper': the original then evaluates it with the "
+                         f"static camera only, which this policy does not support")
+    # eval_ckpts.py: 'post' anywhere in the name means post fusion, anything else is evaluated as 'pre'.
+    fusion = "post" if "post" in stem else "pre"
+    # get_ckpt_name leaves '_ws_N' out when the window is eval_ckpts.py's default of 8.
     ws = re.search(r"_ws_(\d+)", stem)
-    if ws is None:
-        raise ValueError(f"{stem}: no window size in the file name (expected '_ws_<N>')")
     fur = re.search(r"_(\d+)_fur_step", stem)
     model_config, family, every = BACKBONES[found[0]]
-    return PublishedName(found[0], model_config, family, every, fusion, int(ws.group(1)),
+    return PublishedName(found[0], model_config, family, every, fusion, int(ws.group(1)) if ws else 8,
                          int(fur.group(1)) if fur else 1)
+
+
+# Options eval_calvin.py / eval_ckpts.py read from a file name, with why each is not converted.
+_REFUSED_OPTIONS = (
+    ("_two_way_", "two_way fusion (cameras stacked in the batch, features concatenated in the head)"),
+    ("_vit_concat_", "vit_concat fusion (an FC head over the whole history)"),
+    ("_fc_", "the FC head over the history (use_hist)"),
+    ("_gpt_", "the GPT-2 decoder head"),
+    ("_diff_", "the diffusion head"),
+    ("_sep_", "a separate resampler for the gripper camera"),
+    ("_state_", "robot state embedded into the head (use_state)"),
+    ("_tcp_", "actions in the TCP frame, which the original turns into the world frame with robot_obs"),
+    ("_res_", "residual cross-attention (a cloned copy of every block)"),
+    ("_difws_", "a variable training window"),
+    ("_latent_", "global latents"),
+    ("_no_image_patch_", "no image patches"),
+    ("_unfreeze_vit_", "a trained vision encoder"),
+    ("_freeze_emb_", "frozen LM embeddings, whose added token rows the original re-draws at random on "
+                     "every load"),
+    ("_avg_", "average pooling over all positions, padding included"),
+)
 
 
 # -- the original's LSTM head -----------------------------------------------------------------------
@@ -276,7 +348,8 @@ def head_config_from_state(head: dict[str, torch.Tensor], dropout: float = 0.1) 
     linears = sorted({int(m.group(2)) for k in head if (m := _HEAD_LINEAR.match(k)) and m.group(1) == "actions"})
     widths = [int(head[f"actions.mlp.{i}.weight"].shape[0]) for i in linears[:-1]]
     return HeadConfig(type="lstm", hidden_size=int(hidden), num_layers=len(layers), dropout=dropout,
-                      mlp_widths=widths, input_norm=False, pose_tanh=True, lstm_history="sliding")
+                      mlp_widths=widths, input_norm=False, pose_tanh=True, lstm_history="sliding",
+                      float16_actions=True)
 
 
 def map_head(head: dict[str, torch.Tensor], act_steps: int) -> dict[str, torch.Tensor]:
@@ -342,6 +415,11 @@ def split_flamingo_state(state: dict[str, torch.Tensor], policy) -> tuple[dict, 
         if key.startswith("lm_head."):
             head[key[len("lm_head."):]] = value
             continue
+        if key.endswith(ROTARY_BUFFER) and (xattn.match(key) or old_block.match(key)):
+            # transformers < 4.35 saved GPT-NeoX's rotary frequencies as a persistent buffer of
+            # every layer; they are computed from the config, so they are checked, not loaded.
+            frozen[f"rotary:{key}"] = value
+            continue
         if key.startswith("perceiver."):
             target, primary = f"backbone.{key}", True
         elif m := xattn.match(key):
@@ -405,6 +483,15 @@ def load_flamingo_state(policy, state: dict[str, torch.Tensor], source: str, wit
     for key, (target, value) in aliases.items():
         if not torch.equal(value, load[target]):
             raise ValueError(f"{source}: '{key}' is a duplicate of '{target}' but holds different values")
+    rotary = {k.removeprefix("rotary:"): v for k, v in frozen.items() if k.startswith("rotary:")}
+    frozen = {k: v for k, v in frozen.items() if not k.startswith("rotary:")}
+    _check_rotary(policy, rotary, source)
+    if check_frozen and not frozen and with_head:
+        raise ValueError(
+            f"{source}: holds no frozen LM weights (no 'lang_encoder.old_decoder_blocks.*', which the "
+            f"original trainer always saves), so nothing shows it was trained on model.lm.path; pass "
+            f"check_frozen=false to convert it without that check"
+        )
     if check_frozen:
         differ = [k for k, v in frozen.items()
                   if tuple(v.shape) != tuple(params[k].shape) or not torch.equal(v.to(params[k].dtype), params[k].data)]
@@ -418,6 +505,24 @@ def load_flamingo_state(policy, state: dict[str, torch.Tensor], source: str, wit
         for name, value in load.items():
             params[name].copy_(value.to(params[name].dtype))
     return {"loaded": len(load), "aliases_checked": len(aliases), "frozen_checked": len(frozen) if check_frozen else 0}
+
+
+ROTARY_BUFFER = "rotary_emb.inv_freq"
+
+
+def _check_rotary(policy, saved: dict[str, torch.Tensor], source: str) -> None:
+    """Saved rotary frequencies must be the ones our LM computes from its config."""
+    if not saved:
+        return
+    ours = [m.inv_freq for m in policy.backbone.lang_encoder.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
+    if not ours:
+        raise ValueError(f"{source}: holds rotary frequencies ({_list(saved)}) but the LM has no rotary embedding")
+    want = ours[0].detach().float().cpu()
+    bad = [k for k, v in saved.items()
+           if tuple(v.shape) != tuple(want.shape) or not torch.allclose(v.float(), want, rtol=1e-6, atol=0)]
+    if bad:
+        raise ValueError(f"{source}: rotary frequencies [{_list(bad)}] differ from the ones model.lm.path's "
+                         f"config gives (shape {tuple(want.shape)}): another rotary_pct / rotary_emb_base")
 
 
 def load_openflamingo(policy, path: str | Path, check_frozen: bool = True, trust_pickle: bool = False) -> dict:
@@ -447,9 +552,21 @@ def roboflamingo_model_config(model: ModelConfig, name: PublishedName, state: di
         )
     from dataclasses import replace
 
-    return replace(model, fusion=name.fusion, window=name.window, act_steps=name.act_steps,
-                   use_state=False, train_embeddings=embedding_key_present(state),
-                   freeze_resampler=False, unfreeze_vision=False)
+    if not embedding_key_present(state):
+        raise ValueError(
+            "the file holds no LM input embeddings (trained with --freeze_embed): the original then "
+            "re-draws the rows of its added tokens (<image>, <|endofchunk|>, <PAD>) at random on every "
+            "load, so no conversion can reproduce it"
+        )
+    # The original's preprocessing, which its weights were trained and evaluated with (open_clip 2.20).
+    vision = replace(model.vision, resize="pil_bicubic", token_ln_post=False)
+    lm = model.lm
+    if name.backbone in MOSAIC_BACKBONES:
+        # MosaicGPT's hidden_states[-1], which the original pools, is the input of its last block
+        # (whatever format model.lm.path holds the same weights in).
+        lm = replace(lm, hidden_state="last_block_input")
+    return replace(model, vision=vision, lm=lm, fusion=name.fusion, window=name.window, act_steps=name.act_steps,
+                   use_state=False, train_embeddings=True, freeze_resampler=False, unfreeze_vision=False)
 
 
 def pose_dim_check(head: dict[str, torch.Tensor], act_steps: int) -> None:

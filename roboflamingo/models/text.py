@@ -56,6 +56,10 @@ def build_tokenizer(cfg: LMConfig):
         if not path.is_dir():
             raise FileNotFoundError(f"model.lm.tokenizer: {path} is not a directory")
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if not _declares_pad(path):
+            # transformers >= 5 gives GPT-NeoX tokenizers a default pad (<|padding|>); the original,
+            # under 4.33, saw none in these files and added <PAD>, which its embeddings have a row for.
+            tok.pad_token = None
     tok.add_special_tokens({"additional_special_tokens": [END_OF_CHUNK, IMAGE_TOKEN]})
     if tok.pad_token is None:
         tok.add_special_tokens({"pad_token": PAD_TOKEN})
@@ -63,8 +67,29 @@ def build_tokenizer(cfg: LMConfig):
     return tok
 
 
+def _declares_pad(directory) -> bool:
+    """Whether a tokenizer directory's own files name a pad token."""
+    import json
+    from pathlib import Path
+
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        file = Path(directory) / name
+        if file.is_file():
+            try:
+                if json.loads(file.read_text()).get("pad_token"):
+                    return True
+            except (json.JSONDecodeError, AttributeError) as e:
+                raise ValueError(f"{file}: not a JSON object ({e})") from e
+    return False
+
+
+def clean_instruction(instruction: str) -> str:
+    """The first line, stripped: what the original's rollout and preprocess_text_calvin pass on."""
+    return instruction.split("\n")[0].strip()
+
+
 def format_instruction(instruction: str, eos_token: str | None) -> str:
-    return f"{IMAGE_TOKEN}{instruction}{END_OF_CHUNK}{eos_token or ''}"
+    return f"{IMAGE_TOKEN}{clean_instruction(instruction)}{END_OF_CHUNK}{eos_token or ''}"
 
 
 def end_token(tok) -> str | None:

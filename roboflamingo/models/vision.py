@@ -48,6 +48,8 @@ def build_vision_encoder(cfg: VisionConfig, load_weights: bool = True) -> nn.Mod
     """An open_clip ``VisionTransformer`` whose forward returns ``(pooled, tokens)``."""
     embed_dim, vision = vision_cfg_dict(cfg)
     vision["output_tokens"] = True
+    # open_clip 2.20 (the original's) left ln_post off the patch tokens; >= 2.23 applies it to all.
+    vision["final_ln_after_pool"] = not cfg.token_ln_post
     visual = _build_vision_tower(embed_dim, vision, quick_gelu=cfg.quick_gelu)
     if cfg.weights and load_weights:
         load_vision_weights(visual, cfg.weights)

@@ -177,7 +177,9 @@ def test_mosaic_gpt_names_map_onto_transformers_mpt(tmp_path):
         "transformer.blocks.0.ffn.down_proj.weight"
     assert published.mosaic_to_mpt_key("transformer.ln_f.weight") == "transformer.norm_f.weight"
     assert published.mosaic_to_mpt_key("transformer.wte.weight") == "transformer.wte.weight"
-    assert published.mosaic_to_mpt_key("transformer.blocks.0.attn.q_ln.weight") is None
+    assert published.mosaic_to_mpt_key("transformer.blocks.0.attn.q_ln.weight") == \
+        "transformer.blocks.0.attn.Wqkv.q_ln.weight"
+    assert published.mosaic_to_mpt_key("transformer.blocks.0.attn.rotary.weight") is None
 
     ref, _ = _write_mosaic_dir(tmp_path / "lm")
     lm = build_lm(LMConfig(family="mpt", path=str(tmp_path / "lm")), vocab=0).eval()
@@ -188,14 +190,18 @@ def test_mosaic_gpt_names_map_onto_transformers_mpt(tmp_path):
 
 
 def test_mosaic_gpt_features_mpt_lacks_are_refused(tmp_path):
+    # QK LayerNorm (MPT-1B has it) is built; its weights must then be in the file, and only then.
     _write_mosaic_dir(tmp_path / "qk", attn_qk_ln=True)
-    with pytest.raises(ValueError, match="attn_qk_ln=true"):
+    with pytest.raises(ValueError, match=r"missing keys \[transformer.blocks.0.attn.Wqkv.k_ln.weight"):
         build_lm(LMConfig(family="mpt", path=str(tmp_path / "qk")), vocab=0)
     _, raw = _write_mosaic_dir(tmp_path / "extra")
     raw["transformer.blocks.1.attn.q_ln.weight"] = torch.ones(32)
     torch.save(raw, tmp_path / "extra" / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"unmapped keys \[transformer.blocks.1.attn.q_ln.weight\]"):
+    with pytest.raises(ValueError, match=r"unmapped keys \[transformer.blocks.1.attn.Wqkv.q_ln.weight\]"):
         build_lm(LMConfig(family="mpt", path=str(tmp_path / "extra")), vocab=0)
+    _write_mosaic_dir(tmp_path / "lowbias", no_bias=False)
+    with pytest.raises(ValueError, match="no_bias=false"):
+        build_lm(LMConfig(family="mpt", path=str(tmp_path / "lowbias")), vocab=0)
 
 
 # -- RoboFlamingo .pth -------------------------------------------------------------------------------
@@ -212,8 +218,16 @@ def test_released_checkpoint_reproduces_the_original(world, tmp_path):
     for key, value in policy.normalization().items():  # identity: the original normalizes nothing
         np.testing.assert_array_equal(value, identity_stats()[key])
 
+    # The converted policy reads the LM and vision tower as the original did (MosaicGPT's last-block
+    # input, no ln_post on the patch tokens; tests/models/test_parity_original.py runs the original):
+    # the source tensors under those same semantics are the reference here.
+    vision, lm = policy.model_config.vision, policy.model_config.lm
+    assert (vision.resize, vision.token_ln_post, lm.hidden_state) == ("pil_bicubic", False, "last_block_input")
+    source = RoboFlamingoPolicy(replace(world["source"].model_config, vision=vision, lm=lm),
+                                world["source"].head_config)
+    source.load_state_dict(world["source"].state_dict())
     batch, frames = _episode(7)  # 7 frames with window 4: the sliding re-run from zero is exercised
-    feats = _features(world["source"], batch, frames)
+    feats = _features(source.eval(), batch, frames)
     for ours, theirs in zip(_features(policy, batch, frames), feats):
         torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)
     expected, p_open = _reference_actions(world["head"], feats, window=4)
@@ -226,7 +240,9 @@ def test_released_checkpoint_reproduces_the_original(world, tmp_path):
         got_p.append(float(grip[0].softmax(-1)[1]))
     policy.reset()
     got = np.stack([policy.step(frame_obs(batch, 0, t), INSTRUCTION) for t in frames])
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # The original returns float16 actions (eval_utils.py), and so does a converted policy.
+    np.testing.assert_allclose(got, expected.astype(np.float16).astype(np.float32), atol=2 ** -10)
+    np.testing.assert_array_equal(got[:, :6], got[:, :6].astype(np.float16).astype(np.float32))
     np.testing.assert_allclose(got_p, p_open, atol=1e-6)  # p(open) = the original's sigmoid, exactly mapped
 
 
@@ -265,6 +281,26 @@ def test_an_extra_or_inconsistent_key_is_named(world):
                                       with_head=True)
 
 
+def test_files_the_original_could_not_have_evaluated_as_converted_are_refused(world, tmp_path):
+    """No embedding key (--freeze_embed) and no frozen LM copies are refused, each with its reason."""
+    rf = world["rf_state"]
+    no_embedding = {k: v for k, v in rf.items() if not k.endswith("wte.weight")}
+    src = tmp_path / RELEASED
+    torch.save({"epoch": 4, "model_state_dict": no_embedding}, src)
+    with pytest.raises(ValueError, match=r"no LM input embeddings \(trained with --freeze_embed\)"):
+        convert(Job(src=str(src), dst=str(tmp_path / "a"), model=world["model"]))
+    no_frozen = {k: v for k, v in rf.items() if ".old_decoder_blocks." not in k}
+    torch.save({"epoch": 4, "model_state_dict": no_frozen}, src)
+    with pytest.raises(ValueError, match=r"no frozen LM weights .* pass check_frozen=false"):
+        convert(Job(src=str(src), dst=str(tmp_path / "b"), model=world["model"]))
+    assert convert(Job(src=str(src), dst=str(tmp_path / "b"), model=world["model"], check_frozen=False))["loaded"]
+    # Saved rotary frequencies (transformers < 4.35) need an LM that has them.
+    rotary = {**rf, "module.lang_encoder.old_decoder_blocks.0.attention.rotary_emb.inv_freq": torch.ones(4)}
+    torch.save({"epoch": 4, "model_state_dict": rotary}, src)
+    with pytest.raises(ValueError, match=r"holds rotary frequencies .* the LM has no rotary embedding"):
+        convert(Job(src=str(src), dst=str(tmp_path / "c"), model=world["model"]))
+
+
 def test_sigmoid_gripper_maps_exactly_per_action_step():
     """With A future steps the original's A sigmoid units become A pairs of logits (0, z_a)."""
     from roboflamingo.models.heads import MLP
@@ -291,7 +327,9 @@ def _strip(state):
     ("checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_ws_12_mpt_3b_4.pth", ("of3b_mpt1b", "post", 12, 1)),
     ("checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_ws_12_mpt_dolly_3b_2.pth", ("of3b_mpt1b", "post", 12, 1)),
     ("ABC_D/checkpoint_gripper_pre_ws_8_3_fur_step_mpt_base_4b_3.pth", ("of4b", "pre", 8, 3)),
-    ("checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_ws_12_mpt_9b_2.pth2.pth", ("of9b_mpt7b", "post", 12, 1)),
+    # get_ckpt_name leaves out ws_8 (eval_ckpts.py's default); without 'post' eval_ckpts.py evaluates 'pre'.
+    ("checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_mpt_4b_4.pth", ("of4b", "post", 8, 1)),
+    ("checkpoint_gripper_hist_1_ws_12_mpt_3b_4.pth", ("of3b_mpt1b", "pre", 12, 1)),
 ])
 def test_file_names_give_the_config(name, expected):
     parsed = published.parse_checkpoint_name(name)
@@ -301,8 +339,15 @@ def test_file_names_give_the_config(name, expected):
 @pytest.mark.parametrize("name, error", [
     ("checkpoint_gripper_post_ws_12_llama_9b_4.pth", "llama"),
     ("checkpoint_gripper_two_way_ws_12_mpt_3b_4.pth", "two_way"),
-    ("checkpoint_gripper_post_mpt_3b_4.pth", "window size"),
     ("model.pth", "no backbone"),
+    ("checkpoint_gripper_post_hist_1_tcp_ws_12_mpt_3b_4.pth", "'tcp': actions in the TCP frame"),
+    ("checkpoint_no_gripper_hist_1_ws_12_mpt_3b_4.pth", "'no_gripper'"),
+    ("checkpoint_static_post_ws_12_mpt_3b_4.pth", "no 'gripper'"),
+    ("checkpoint_gripper_post_hist_1_freeze_emb_ws_12_mpt_3b_4.pth", "'freeze_emb'"),
+    ("checkpoint_gripper_post_hist_1_ws_12_mpt_3b_res_4.pth", "'res'"),
+    ("checkpoint_gripper_post_hist_1_ws_12_mpt_3b_avg_4.pth", "'avg'"),
+    ("checkpoint_gripper_post_hist_1_state_ws_12_mpt_3b_4.pth", "'state'"),
+    ("checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_ws_12_mpt_9b_2.pth2.pth", "mpt_9b .* is not converted"),
 ])
 def test_unsupported_file_names_are_refused(name, error):
     with pytest.raises(ValueError, match=error):
