@@ -57,6 +57,12 @@ def _checkpoint_factory(checkpoint: str, device: str) -> Callable[[], Policy]:
         )
     from roboflamingo.models.policy import RoboFlamingoPolicy
 
+    if device == "cpu":
+        import torch
+
+        from roboflamingo.threads import choose_threads
+
+        torch.set_num_threads(choose_threads())  # the free cores, not all of them (threads.py)
     base = RoboFlamingoPolicy.from_pretrained(str(path), map_location=device)
     base.eval()
     lock = threading.Lock()
