@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import numpy as np
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from roboflamingo.deploy.auth import BEARER, TOKEN_ENV, read_secret
@@ -77,6 +77,8 @@ class PolicyClient:
             status = e.response.status_code
             code = {401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(status, f"http_{status}")
             raise PolicyServerError(code, f"{self.url} answered HTTP {status}") from e
+        except InvalidHandshake as e:  # e.g. ws:// to a TLS port: no HTTP answer at all
+            raise ConnectionError(f"{self.url}: no websocket handshake ({e}); is the server wss://?") from e
         self._stack = stack
         hello = unpackb(self._ws.recv(timeout=self.timeout_s))
         if not isinstance(hello, dict) or hello.get("type") != "metadata":

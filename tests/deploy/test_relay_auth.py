@@ -82,7 +82,8 @@ def test_an_authenticated_bridge_routes_and_only_the_control_session_commands(tm
                     status = json.loads(ws.recv(timeout=10))
                     assert status["level"] == "error" and "only the control node" in status["msg"]
                     publish(ws, "/chatter", {"data": "hi"})  # other topics stay open to it
-                    assert wait_for(lambda: len(relay.published("/chatter")) == 1 + (level == "user"))
+                    routed = 1 + (level == "user")
+                    assert wait_for(lambda n=routed: len(relay.published("/chatter")) == n)
             assert [p.msg for p in relay.published("/target_pose")] == [POSE]
             assert relay.counts["refused"] == 2
         finally:
