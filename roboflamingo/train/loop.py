@@ -218,7 +218,7 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
                 # (checkpoints, `last`) may point at such a policy. With several ranks the gradient
                 # norm below (the same on every rank after the all-reduce) stops them all together.
                 raise NonFiniteLossError(
-                    f"step {step + 1}: the training loss is {float(loss)} on a batch of {job.data.root} "
+                    f"step {step + 1}: the training loss is {float(loss.detach())} on a batch of {job.data.root} "
                     f"(split {job.data.train_split}); no update was applied and no checkpoint written for it"
                 )
             (loss / cfg.grad_accum).backward()
