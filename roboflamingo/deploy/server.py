@@ -170,6 +170,8 @@ def _as_observation(obs: Any, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     for key, value in obs.items():
         if not isinstance(key, str):
             raise RequestError("bad_observation", f"observation keys must be strings, got {key!r}")
+        if key not in keys:
+            continue  # not needed by this policy: never converted (a large one would cost the event loop)
         if key in CAMERAS:
             try:
                 out[key] = value if isinstance(value, np.ndarray) else np.asarray(value)
