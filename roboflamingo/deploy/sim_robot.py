@@ -275,7 +275,11 @@ def run(job: Job) -> int:
 
         secret = read_secret("", job.deploy.rosauth_secret_file, ROSAUTH_ENV, what="rosauth secret")
         try:
-            relay = RosbridgeRelay(job.deploy.host, job.deploy.port, secret=secret).start()
+            t = job.deploy.topics
+            relay = RosbridgeRelay(
+                job.deploy.host, job.deploy.port, secret=secret,
+                command_topics=(t.target_pose.name, t.gripper_command.name),
+            ).start()
         except ValueError as e:  # a public bind without a secret
             print(f"roboflamingo sim-robot: {e}", file=sys.stderr)
             return 2
