@@ -245,8 +245,8 @@ structures = st.recursive(
     leaf,
     lambda inner: st.one_of(
         st.lists(inner, max_size=6),
-        st.dictionaries(st.one_of(st.text(max_size=10), st.sampled_from(["type", "obs", "id", "__ndarray__",
-                                                                         "dtype", "shape", "data"])),
+        st.dictionaries(st.one_of(st.text(max_size=10), st.sampled_from(["type", "obs", "id", "__ndarray__", "dtype",
+                                                                         "shape", "data", RGB_STATIC, ROBOT_OBS])),
                         inner, max_size=6),
     ),
     max_leaves=40,
@@ -272,10 +272,20 @@ def test_decoder_under_random_structures_returns_data_or_a_codec_error(value):
     assert out is None or isinstance(out, (bool, int, float, str, bytes, list, dict, np.ndarray))
 
 
+nested_ints = st.recursive(st.integers(0, 255), lambda inner: st.lists(inner, max_size=4), max_leaves=24)
 step_like = st.fixed_dictionaries(
     {"type": st.sampled_from(["step", "reset", "health", "metadata", "bogus"]), "id": leaf},
-    optional={"obs": structures, "instruction": structures},
+    optional={"obs": st.one_of(structures, st.dictionaries(st.sampled_from([RGB_STATIC, ROBOT_OBS]),
+                                                           st.one_of(nested_ints, structures))),
+              "instruction": st.one_of(st.text(max_size=30), structures)},
 )
+
+
+steps = st.fixed_dictionaries({
+    "type": st.just("step"), "id": st.integers(0, 2**31), "instruction": st.text(max_size=20),
+    "obs": st.dictionaries(st.sampled_from([RGB_STATIC, ROBOT_OBS, "other"]), st.one_of(nested_ints, structures),
+                           min_size=1),
+})
 
 
 @pytest.fixture(scope="module")
@@ -284,8 +294,8 @@ def fuzz_server():
         yield thread
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(msg=st.one_of(step_like, structures), raw=st.binary(max_size=256), raw_first=st.booleans())
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(msg=st.one_of(steps, step_like, structures), raw=st.binary(max_size=256), raw_first=st.booleans())
 def test_server_answers_every_random_message_and_keeps_the_session(fuzz_server, msg, raw, raw_first):
     with connect(fuzz_server.url, max_size=None) as ws:
         assert unpackb(ws.recv(timeout=10))["type"] == "metadata"
