@@ -79,9 +79,11 @@ class ControlConfig:
     instruction: str = ""  # fixed instruction; empty: listen on the instruction topic
     max_commands: int = 0  # stop after this many commands; 0: no limit
     log_every_s: float = 5.0
+    max_instruction_chars: int = 1000  # longer instruction messages are ignored (logged once)
 
     def __post_init__(self) -> None:
         require_positive("control.rate_hz", self.rate_hz)
+        require_positive("control.max_instruction_chars", self.max_instruction_chars)
         require_positive("control.static_size", self.static_size, allow_zero=True)
         require_positive("control.gripper_size", self.gripper_size, allow_zero=True)
         if self.initial_gripper not in (-1.0, 1.0):
@@ -218,6 +220,11 @@ class ControlNode:
     def _on_instruction(self, msg: dict) -> None:
         text = msg.get("data")
         if isinstance(text, str):
+            if len(text) > self.job.control.max_instruction_chars:
+                # A megabyte "instruction" would hold the tokenizer (and the loop) for seconds.
+                self._warn_once("long_instruction", f"ignoring an instruction of {len(text)} characters "
+                                f"(control.max_instruction_chars={self.job.control.max_instruction_chars})")
+                return
             self.instruction = text.strip()
             self._wake.set()
 

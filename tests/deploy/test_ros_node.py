@@ -148,6 +148,16 @@ def test_a_malformed_joint_state_holds_and_the_node_keeps_running(positions):
     assert node.cycle() == "command"
 
 
+def test_an_oversized_instruction_is_ignored_before_any_tokenizer_sees_it():
+    clock, policy = Clock(), ConstantPolicy()
+    node, bridge = make_node(policy, clock)
+    deliver_obs(bridge, clock.t)
+    bridge.subs[T.instruction.name]({"data": "x" * 7_000_000})
+    assert node.cycle() == "no_instruction" and policy.observations == []
+    bridge.subs[T.instruction.name]({"data": "open the drawer"})
+    assert node.cycle() == "command"
+
+
 def test_future_stamps_hold_even_without_waiting_for_new_frames():
     clock = Clock()
     job = Job(deploy=CFG, control=ControlConfig(static_size=16, gripper_size=8, wait_for_new_obs=False),
