@@ -211,13 +211,7 @@ class PolicyServer:
         max_instruction_chars: int = 1000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not token and not is_loopback(host):
-            if not insecure:
-                raise ValueError(
-                    f"serving on {host} (not loopback) needs a token: set token_file=<file> or "
-                    f"${TOKEN_ENV}, or pass insecure=true to accept anyone who can reach the port"
-                )
-            LOG.warning("INSECURE: serving on %s without a token; anyone who reaches the port drives the policy", host)
+        check_bind(host, token, insecure)
         self.source = source
         self.host, self.port = host, port
         self.token = token
@@ -492,16 +486,31 @@ class ServerThread:
         return self.server.url
 
 
+def check_bind(host: str, token: str, insecure: bool) -> None:
+    """A non-loopback bind needs a token, unless the user says ``insecure`` (then it is logged)."""
+    if token or is_loopback(host):
+        return
+    if not insecure:
+        raise ValueError(
+            f"serving on {host} (not loopback) needs a token: set token_file=<file> or "
+            f"${TOKEN_ENV}, or pass insecure=true to accept anyone who can reach the port"
+        )
+    LOG.warning("INSECURE: serving on %s without a token; anyone who reaches the port drives the policy", host)
+
+
 def server_ssl_context(certfile: str, keyfile: str = "") -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(certfile, keyfile or None)
+    ctx.load_cert_chain(Path(certfile).expanduser(), Path(keyfile).expanduser() if keyfile else None)
     return ctx
 
 
 def build_server(job: Job) -> PolicyServer:
-    source = resolve_policy_source(job.policy, job.checkpoint, job.scene, job.device, job.seed)
+    token = read_secret(job.token, job.token_file, TOKEN_ENV)
+    if not job.insecure:
+        check_bind(job.host, token, False)  # refuse before a checkpoint is loaded for nothing
     ssl_context = server_ssl_context(job.ssl_certfile, job.ssl_keyfile) if job.ssl_certfile else None
+    source = resolve_policy_source(job.policy, job.checkpoint, job.scene, job.device, job.seed)
     return PolicyServer(
         source,
         host=job.host,
@@ -511,7 +520,7 @@ def build_server(job: Job) -> PolicyServer:
         hard_max_message_bytes=job.hard_max_message_bytes,
         max_sessions=job.max_sessions,
         workers=job.workers,
-        token=read_secret(job.token, job.token_file, TOKEN_ENV),
+        token=token,
         insecure=job.insecure,
         allowed_origins=job.allowed_origins,
         ssl_context=ssl_context,
