@@ -24,7 +24,8 @@ Who may connect (checked in the HTTP upgrade, before a session or a policy exist
 * ``ssl_certfile=`` / ``ssl_keyfile=`` serve ``wss://``.
 
 What a session may cost: it is closed after ``idle_timeout_s`` without a request (so idle clients
-cannot hold every slot); a frame is decoded with bounded work (``codec.unpackb`` caps the number of
+cannot hold every slot); it may sustain ``max_session_bytes_per_s`` of received frames, beyond which
+the server pauses reading from it (``ByteBudget``); a frame is decoded with bounded work (``codec.unpackb`` caps the number of
 values and the string length); instructions longer than ``max_instruction_chars`` are refused
 before any tokenizer sees them; error replies quote at most ``MAX_ERROR_CHARS`` of the input. The
 handshake names the checkpoint by its directory name, never by its path on the server.
@@ -103,6 +104,9 @@ class Job:
     ssl_keyfile: str = ""  # PEM private key; empty when the certificate file holds it
     idle_timeout_s: float = 60.0  # close a session after this long without a request; 0 = never
     max_instruction_chars: int = 1000
+    # Received bytes per second a session may sustain (bursts of 2 x max_message_bytes); beyond it
+    # the server stops reading from that connection for a while. 0 = unlimited.
+    max_session_bytes_per_s: float = 32 * 2**20
 
     def __post_init__(self) -> None:
         if self.policy:
@@ -124,6 +128,7 @@ class Job:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         require_positive("idle_timeout_s", self.idle_timeout_s, allow_zero=True)
         require_positive("max_instruction_chars", self.max_instruction_chars)
+        require_positive("max_session_bytes_per_s", self.max_session_bytes_per_s, allow_zero=True)
         if self.ssl_keyfile and not self.ssl_certfile:
             raise ValueError("ssl_keyfile needs ssl_certfile")
         for name in ("ssl_certfile", "ssl_keyfile", "token_file"):
@@ -140,6 +145,28 @@ class RequestError(Exception):
         self.code = code
 
 
+class ByteBudget:
+    """A token bucket over received bytes: how long a session must pause after each frame.
+
+    Receiving and unmasking an 8 MB frame costs the event loop milliseconds whatever its content, so
+    a few clients streaming maximal frames would slow every other session; paused, their bytes wait
+    in the kernel (TCP backpressure) instead of on the event loop.
+    """
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.t = burst, now
+
+    def charge(self, n: int, now: float) -> float:
+        """Take ``n`` bytes; returns the seconds to wait before reading the next frame (0 if none)."""
+        if not self.rate:
+            return 0.0
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        self.tokens -= n
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
 @dataclass
 class Session:
     id: int
@@ -147,6 +174,7 @@ class Session:
     lock: asyncio.Lock
     ws: Any = None
     last_active: float = 0.0  # server clock at the last request or reply
+    budget: ByteBudget | None = None
     steps: int = 0
 
 
@@ -209,6 +237,7 @@ class PolicyServer:
         ssl_context: ssl.SSLContext | None = None,
         idle_timeout_s: float = 60.0,
         max_instruction_chars: int = 1000,
+        max_session_bytes_per_s: float = 32 * 2**20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         check_bind(host, token, insecure)
@@ -219,6 +248,7 @@ class PolicyServer:
         self.ssl_context = ssl_context
         self.idle_timeout_s = idle_timeout_s
         self.max_instruction_chars = max_instruction_chars
+        self.max_session_bytes_per_s = max_session_bytes_per_s
         self.clock = clock
         self.control_rate_hz = control_rate_hz
         self.max_message_bytes = max_message_bytes
@@ -230,7 +260,7 @@ class PolicyServer:
         self._starting = 0  # connections whose policy is still being created
         self.started = time.monotonic()
         # Cumulative; the open-session count is "sessions" in health().
-        self.counters = {"sessions_total": 0, "steps": 0, "errors": 0, "refused": 0, "idle_closed": 0}
+        self.counters = {"sessions_total": 0, "steps": 0, "errors": 0, "refused": 0, "idle_closed": 0, "throttled": 0}
 
     # -- handshake and health ---------------------------------------------------------------------
     def metadata(self, session_id: int | None = None) -> dict[str, Any]:
@@ -316,7 +346,8 @@ class PolicyServer:
             return
         finally:
             self._starting -= 1
-        session = Session(session_id, policy, asyncio.Lock(), ws, self.clock())
+        budget = ByteBudget(self.max_session_bytes_per_s, 2 * self.max_message_bytes, time.monotonic())
+        session = Session(session_id, policy, asyncio.Lock(), ws, self.clock(), budget)
         self.sessions[session_id] = session
         self.counters["sessions_total"] += 1
         try:
@@ -326,6 +357,10 @@ class PolicyServer:
                 reply = await self._reply(session, frame)
                 await ws.send(packb(reply))
                 session.last_active = self.clock()
+                pause = budget.charge(len(frame), time.monotonic())
+                if pause:
+                    self.counters["throttled"] += 1
+                    await asyncio.sleep(pause)
         except ConnectionClosed:
             pass
         finally:
@@ -426,6 +461,7 @@ class PolicyServer:
             max_size=self.hard_max_message_bytes,
             compression=None,  # images are already dense; deflate only costs CPU on both ends
             ssl=self.ssl_context,
+            max_queue=2,  # a paused (throttled) session's frames stay in the kernel, not in memory
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
             sweeper = asyncio.ensure_future(self._sweep_idle()) if self.idle_timeout_s else None
@@ -526,6 +562,7 @@ def build_server(job: Job) -> PolicyServer:
         ssl_context=ssl_context,
         idle_timeout_s=job.idle_timeout_s,
         max_instruction_chars=job.max_instruction_chars,
+        max_session_bytes_per_s=job.max_session_bytes_per_s,
     )
 
 

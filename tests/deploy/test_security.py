@@ -17,7 +17,14 @@ from roboflamingo.deploy import ros_node
 from roboflamingo.deploy.client import PolicyClient, PolicyServerError
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
 from roboflamingo.deploy.policies import PolicySource
-from roboflamingo.deploy.server import MAX_ERROR_CHARS, Job, PolicyServer, ServerThread, server_ssl_context
+from roboflamingo.deploy.server import (
+    MAX_ERROR_CHARS,
+    ByteBudget,
+    Job,
+    PolicyServer,
+    ServerThread,
+    server_ssl_context,
+)
 from roboflamingo.types import RGB_STATIC, ROBOT_OBS
 
 from .test_server import HistoryPolicy, obs
@@ -188,6 +195,24 @@ def test_idle_sessions_are_closed_and_their_slots_freed():
             assert fresh.health()["sessions"] == 2
         assert server.counters["idle_closed"] == 1
         idle_b.close()
+
+
+def test_the_byte_budget_pauses_a_session_only_beyond_its_sustained_rate():
+    b = ByteBudget(rate=1000.0, burst=2000.0, now=0.0)
+    assert b.charge(1500, now=0.0) == 0.0  # within the burst
+    assert b.charge(1000, now=0.0) == pytest.approx(0.5)  # 500 bytes over: half a second at 1000 B/s
+    assert b.charge(0, now=10.0) == 0.0 and b.tokens == 2000.0  # refills up to the burst, no further
+    assert ByteBudget(rate=0.0, burst=1.0, now=0.0).charge(10**9, now=0.0) == 0.0  # 0 = unlimited
+
+
+def test_a_session_streaming_beyond_its_byte_rate_is_throttled_and_still_answered():
+    server = PolicyServer(source(), port=0, max_message_bytes=4096, max_session_bytes_per_s=5000.0)
+    with ServerThread(server) as thread:
+        with PolicyClient(thread.url) as client:
+            for i in range(3):  # 12 kB against an 8 kB burst: only round trips over 0.7 s each would refill it
+                reply = client.send_raw(msgpack.packb({"type": "health", "id": i, "pad": b"x" * 4000}))
+                assert reply["id"] == i
+        assert server.counters["throttled"] >= 1
 
 
 def test_health_counts_open_sessions_not_the_cumulative_total():
