@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,7 @@ def timed_run(root: Path, run_dir: Path, args: argparse.Namespace, packed: bool)
         f"data.num_workers={args.workers}", f"data.use_packed={'always' if packed else 'never'}",
         f"train.steps={args.steps}", f"train.log_every={log_every}", "train.val_every=0",
         f"train.checkpoint_every={args.steps}", "train.progress=false", f"run_dir={run_dir}",
+        f"train.threads={args.threads}",
     ]
     if cli.main(["train", *overrides]) != 0:
         raise SystemExit("bench_train: the training run failed")
@@ -97,6 +99,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=160, help="frames per synthetic episode")
     parser.add_argument("--root", type=Path, help="an existing CALVIN-layout dataset instead of a synthetic one")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="train.threads; 0 (default) lets the loop choose, as a run does")
     args = parser.parse_args()
 
     import torch
@@ -138,6 +142,8 @@ def main() -> None:
             "target_contended_slowdown": TARGET_CONTENDED,
             "meets_contended_target": slowdown <= TARGET_CONTENDED,
             "cores": available_cores(),
+            "threads": args.threads or "auto",
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
         }
     finally:
         if not args.keep:

@@ -48,6 +48,7 @@ from roboflamingo.data.layout import (
     sha256_file,
 )
 from roboflamingo.io import atomic_write_json
+from roboflamingo.types import ROBOT_OBS
 
 FORMAT = "roboflamingo-packed"
 VERSION = 1
@@ -55,7 +56,6 @@ MANIFEST = "manifest.json"
 SHARD_META = "shard.json"
 PACKED_FIELDS = FRAME_KEYS  # rgb_static, rgb_gripper, robot_obs, rel_actions
 VERIFIED = "verified.json"
-ROBOT_OBS_KEY = "robot_obs"
 _MTIME_SLACK_S = 2.0
 
 
@@ -261,7 +261,7 @@ class PackedSplit:
             verify_files(self.packed_dir, self.manifest)
         # The vector fields are 88 bytes a frame: cheap to check whole, and what a NaN would poison.
         for k, shard in enumerate(self._shards):
-            for key in (ROBOT_OBS_KEY, REL_ACTIONS):
+            for key in (ROBOT_OBS, REL_ACTIONS):
                 check_values(shard / f"{key}.npy", key, self._map(k, key).read(0, self._headers[(k, key)][0][0]))
         self._maps = {}
 
