@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -81,13 +82,16 @@ def timed_run(root: Path, run_dir: Path, args: argparse.Namespace, packed: bool)
 
 def contended_run(root: Path, run_dir: Path, args: argparse.Namespace) -> dict[str, float]:
     """``timed_run`` (packed) while one busy process competes for the cores."""
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # Started through a shell that exits at once, so the hog is not our child: the loop counts its own
+    # children (DataLoader workers) as its own load, and an outside competitor is what we measure.
+    out = subprocess.run(["sh", "-c", f"'{sys.executable}' -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+                         capture_output=True, text=True, check=True)
+    hog = int(out.stdout.strip())
     try:
         time.sleep(1.0)  # let the scheduler see it before the loop picks its threads
         return timed_run(root, run_dir, args, packed=True)
     finally:
-        hog.kill()
-        hog.wait()
+        os.kill(hog, signal.SIGKILL)
 
 
 def main() -> None:
