@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import os
 import re
 import typing
@@ -376,6 +377,12 @@ def require_choice(name: str, value: str, choices: tuple[str, ...] | list[str]) 
 
 
 def require_positive(name: str, value: float, allow_zero: bool = False) -> None:
+    """Raise a ValueError naming the field unless ``value`` is a finite number > 0 (>= 0 with allow_zero).
+
+    NaN compares false with everything, so a bare ``value < 0`` would let it through.
+    """
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value}")

@@ -7,15 +7,27 @@
    real roslibpy client; a scripted robot publishes JPEG frames, pose and joints, and waits for the
    command each frame produces. Loop latency = publish of the frame -> arrival of its command.
 
+4. ``hostile``: one well-behaved client stepping at 30 Hz while 8 hostile clients (another process)
+   send maximal frames back to back: frames of ``max_message_bytes`` holding millions of small ints,
+   an 8 MB image of the wrong shape, a 7 MB instruction, an instruction one character over
+   ``max_instruction_chars``, and frames one byte over the limit (all must be refused; heavy but valid
+   traffic is what ``throughput_hz_N_clients`` measures). ``hostile_p99_ms`` is the well-behaved
+   client's round-trip p99 meanwhile (target < 100 ms); ``quiet_p99_ms`` its p99 without them.
+5. ``idle``: ``max_sessions`` clients connect and go silent; the server is full, and after
+   ``idle_timeout_s`` every slot must be free again (``idle_sessions_freed``, ``idle_freed_after_s``).
+
 The last line is JSON: p50_ms / p99_ms (server round trip), throughput_hz (one client),
-bridge_overhead_ms = ROS loop p50 - bare inference p50, and the details.
+bridge_overhead_ms = ROS loop p50 - bare inference p50, hostile_p99_ms, idle_sessions_freed, and the
+details.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import multiprocessing
 import sys
 import tempfile
 import threading
@@ -192,6 +204,119 @@ def bench_ros(factory, obs, steps: int, warmup: int) -> tuple[list[float], list[
         return loop, infer
 
 
+HOSTILE_TARGET_MS = 100.0
+MAX_MESSAGE_BYTES = 8 * 2**20
+
+
+def hostile_frames(max_bytes: int, max_instruction: int) -> list[bytes]:
+    import msgpack
+
+    from roboflamingo.deploy.codec import packb
+
+    ints = msgpack.packb({"type": "step", "id": 1, "instruction": "go",
+                          "obs": {ROBOT_OBS: [[1] * 1000] * ((max_bytes - 200) // 1003)}})
+    image = packb({"type": "step", "id": 2, "instruction": "go", "obs": {
+        RGB_STATIC: np.zeros((1024, (max_bytes - 4096) // 4096, 4), np.uint8), ROBOT_OBS: np.zeros(15, np.float32)}})
+    huge_text = packb({"type": "step", "id": 3, "instruction": "x" * (max_bytes - 4096), "obs": {}})
+    # one character over the limit, with an otherwise valid observation: must be refused unread
+    long_text = packb({"type": "step", "id": 4, "instruction": "x" * (max_instruction + 1),
+                       "obs": {RGB_STATIC: np.zeros((200, 200, 3), np.uint8), ROBOT_OBS: np.zeros(15, np.float32)}})
+    over = b"\x00" * (max_bytes + 1)
+    frames = [ints, image, huge_text, long_text, over]
+    assert all(len(f) <= max_bytes for f in frames[:-1]), [len(f) for f in frames]
+    return frames
+
+
+def hostile_process(url: str, clients: int, max_bytes: int, max_instruction: int, ready, stop) -> None:
+    """``clients`` connections sending the frames above back to back, each waiting for its reply."""
+    from websockets.asyncio.client import connect
+
+    frames = hostile_frames(max_bytes, max_instruction)
+
+    async def one(k: int) -> None:
+        async with connect(url, max_size=None, compression=None) as ws:
+            await ws.recv()  # handshake
+            i = k
+            while not stop.is_set():
+                await ws.send(frames[i % len(frames)])
+                await ws.recv()
+                i += 1
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(one(k)) for k in range(clients)]
+        await asyncio.sleep(0.5)
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        for t in tasks:
+            t.cancel()
+
+    asyncio.run(main())
+
+
+def paced_steps(url: str, obs, steps: int, rate_hz: float = 30.0) -> list[float]:
+    ms = []
+    with PolicyClient(url) as client:
+        client.step(obs, "open the drawer")
+        next_t = time.perf_counter()
+        for _ in range(steps):
+            next_t += 1.0 / rate_hz
+            t0 = time.perf_counter()
+            client.step(obs, "open the drawer")
+            ms.append((time.perf_counter() - t0) * 1000)
+            time.sleep(max(0.0, next_t - time.perf_counter()))
+    return ms
+
+
+def bench_hostile(source, obs, steps: int, hostile: int, workers: int) -> tuple[list[float], list[float], int]:
+    server = PolicyServer(source, port=0, workers=workers, max_message_bytes=MAX_MESSAGE_BYTES,
+                          max_sessions=hostile + 4)
+    with ServerThread(server) as thread:
+        quiet = paced_steps(thread.url, obs, steps)
+        ctx = multiprocessing.get_context("spawn")
+        ready, stop = ctx.Event(), ctx.Event()
+        proc = ctx.Process(target=hostile_process,
+                           args=(thread.url, hostile, MAX_MESSAGE_BYTES, server.max_instruction_chars, ready, stop))
+        proc.start()
+        try:
+            if not ready.wait(60):
+                raise RuntimeError("the hostile clients did not start")
+            errors_before = server.counters["errors"]
+            loud = paced_steps(thread.url, obs, steps)
+            refused = server.counters["errors"] - errors_before
+        finally:
+            stop.set()
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    return quiet, loud, refused
+
+
+def bench_idle(source, sessions: int, idle_timeout_s: float) -> dict[str, float | bool]:
+    """Fill every slot with silent clients; they must be closed and their slots freed."""
+    from roboflamingo.deploy.client import PolicyServerError
+
+    server = PolicyServer(source, port=0, max_sessions=sessions, idle_timeout_s=idle_timeout_s)
+    with ServerThread(server) as thread:
+        idle = [PolicyClient(thread.url).connect() for _ in range(sessions)]
+        full = False
+        try:
+            PolicyClient(thread.url).connect()
+        except PolicyServerError as e:
+            full = e.code == "server_full"
+        t0 = time.perf_counter()
+        while server.sessions and time.perf_counter() - t0 < 4 * idle_timeout_s + 10:
+            time.sleep(0.05)
+        freed_after = time.perf_counter() - t0
+        freed = not server.sessions
+        with PolicyClient(thread.url) as fresh:
+            fresh_ok = fresh.health()["sessions"] == 1
+        for c in idle:
+            c.close()
+        return {"idle_sessions": sessions, "full_before": full, "idle_sessions_freed": freed and fresh_ok, "idle_freed_after_s": round(freed_after, 3), "idle_timeout_s": idle_timeout_s,
+                "idle_closed": server.counters["idle_closed"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -199,6 +324,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--hostile", type=int, default=8, help="hostile clients for hostile_p99_ms")
+    parser.add_argument("--hostile-steps", type=int, default=150, help="well-behaved steps at 30 Hz, each phase")
+    parser.add_argument("--idle-timeout", type=float, default=2.0, help="idle_timeout_s of the idle phase")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads; 1 leaves the 2nd core to the network"
     )
@@ -233,6 +361,14 @@ def main() -> None:
         loop, ros_infer = bench_ros(source.factory, obs, args.steps, args.warmup)
         print(f"ros loop: {percentiles(loop)}  infer inside the loop: {percentiles(ros_infer)}", flush=True)
 
+        quiet, loud, refused = bench_hostile(source, obs, args.hostile_steps, args.hostile, args.clients)
+        print(f"well-behaved client alone: {percentiles(quiet)}; with {args.hostile} hostile clients: "
+              f"{percentiles(loud)} ({refused} hostile frames refused meanwhile)", flush=True)
+        # Slots, not inference, are what idle clients take: a policy that is quick to copy keeps the
+        # 16 connects well inside the timeout.
+        idle = bench_idle(resolve_policy_source("random"), 16, args.idle_timeout)
+        print(f"idle sessions: {idle}", flush=True)
+
     serve_p = percentiles(serve_ms)
     result = {
         "policy": args.policy,
@@ -249,6 +385,14 @@ def main() -> None:
         "ros_loop_p50_ms": percentiles(loop)["p50_ms"],
         "ros_loop_p99_ms": percentiles(loop)["p99_ms"],
         "bridge_overhead_ms": round(percentiles(loop)["p50_ms"] - percentiles(bare)["p50_ms"], 3),
+        "hostile_clients": args.hostile,
+        "hostile_p99_ms": percentiles(loud)["p99_ms"],
+        "hostile_p50_ms": percentiles(loud)["p50_ms"],
+        "quiet_p99_ms": percentiles(quiet)["p99_ms"],
+        "hostile_frames_refused": refused,
+        "target_hostile_p99_ms": HOSTILE_TARGET_MS,
+        "meets_hostile_target": percentiles(loud)["p99_ms"] < HOSTILE_TARGET_MS,
+        **idle,
     }
     print(json.dumps(result), flush=True)
 

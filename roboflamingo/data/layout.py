@@ -199,6 +199,9 @@ def check_array(path: Path | str, key: str, value: np.ndarray, image_shape: tupl
         raise DatasetError(f"{path}: field '{key}' must be floating point, got {value.dtype}")
     if not np.all(np.isfinite(value)):
         raise DatasetError(f"{path}: field '{key}' contains NaN or inf: {value.tolist()}")
+    # Training reads float32: a finite float64 beyond its range (1e39) would become inf there.
+    if np.any(np.abs(value) > np.finfo(np.float32).max):
+        raise DatasetError(f"{path}: field '{key}' has values beyond float32's range: {value.tolist()}")
 
 
 def read_frame(

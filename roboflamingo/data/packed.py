@@ -13,6 +13,13 @@
         robot_obs.npy                     float32 (n, 15)
         rel_actions.npy                   float32 (n, 7)
 
+Opening a packed split checks every file against the sha256 in the manifest (so a flipped bit or an
+edited value is refused with the file named, never trained on) and that robot_obs and rel_actions are
+finite. Hashing a CALVIN-sized split takes minutes, so ``verified.json`` remembers, per file, the size
+and modification time it had when its hash last matched; a file whose size or mtime changed since
+is hashed again (and one modified within ``_MTIME_SLACK_S`` of its check always is, since file
+times are coarse).
+
 Row r of the concatenated shards is frame ``SplitIndex.frame_ids()[r]``; shard k holds rows
 ``[k * shard_frames, (k + 1) * shard_frames)``. Readers map each ``.npy`` read-only and give the
 pages of every window back to the kernel after copying it (``MADV_DONTNEED``), so the resident
@@ -24,6 +31,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +42,21 @@ from roboflamingo.data.layout import (
     FRAME_KEYS,
     IMAGE_KEYS,
     LANG_ANN,
+    REL_ACTIONS,
     DatasetError,
     SplitIndex,
     sha256_file,
 )
+from roboflamingo.io import atomic_write_json
+from roboflamingo.types import ROBOT_OBS
 
 FORMAT = "roboflamingo-packed"
 VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_META = "shard.json"
 PACKED_FIELDS = FRAME_KEYS  # rgb_static, rgb_gripper, robot_obs, rel_actions
+VERIFIED = "verified.json"
+_MTIME_SLACK_S = 2.0
 
 
 def packed_dir_for(root: str | os.PathLike, split: str, packed_root: str | None = None) -> Path:
@@ -122,6 +135,8 @@ def load_manifest(packed_dir: Path) -> dict[str, Any]:
         raise DatasetError(f"{path}: no packed manifest (run `roboflamingo pack`)") from e
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: unreadable manifest ({e})") from e
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path}: the manifest must be a JSON object, got a {type(manifest).__name__}")
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise DatasetError(
             f"{path}: field 'format'/'version' must be {FORMAT!r}/{VERSION}, got "
@@ -130,13 +145,79 @@ def load_manifest(packed_dir: Path) -> dict[str, Any]:
     for key in ("num_frames", "shard_frames", "fields", "shards", "frame_ids_sha256", "source"):
         if key not in manifest:
             raise DatasetError(f"{path}: missing field '{key}'")
+    kinds = {"num_frames": int, "shard_frames": int, "fields": dict, "shards": list, "source": dict}
+    for key, kind in kinds.items():
+        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
+            raise DatasetError(f"{path}: field '{key}' must be a {kind.__name__}, got {manifest[key]!r:.100}")
+    if manifest["shard_frames"] <= 0:
+        raise DatasetError(f"{path}: field 'shard_frames' must be > 0, got {manifest['shard_frames']}")
+    for i, shard in enumerate(manifest["shards"]):
+        if not (isinstance(shard, dict) and isinstance(shard.get("name"), str) and isinstance(shard.get("files"), dict)):
+            raise DatasetError(f"{path}: field 'shards[{i}]' must be an object with 'name' and 'files'")
     return manifest
+
+
+def _load_verified(packed_dir: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((packed_dir / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def verify_files(packed_dir: Path, manifest: dict[str, Any], trust_record: bool = True) -> None:
+    """Every shard file against its manifest sha256 (skipping ones verified unchanged since)."""
+    record = _load_verified(packed_dir) if trust_record else {}
+    fresh: dict[str, Any] = {}
+    for shard in manifest["shards"]:
+        for name, digest in shard["files"].items():
+            rel = f"{shard['name']}/{name}"
+            path = packed_dir / rel
+            try:
+                st = path.stat()
+            except FileNotFoundError as e:
+                raise DatasetError(f"{path}: packed file is missing") from e
+            seen = record.get(rel)
+            if (
+                isinstance(seen, dict)
+                and seen.get("sha256") == digest
+                and seen.get("size") == st.st_size
+                and seen.get("mtime_ns") == st.st_mtime_ns
+                and seen.get("checked", 0) - st.st_mtime_ns / 1e9 > _MTIME_SLACK_S
+            ):
+                fresh[rel] = seen
+                continue
+            checked = time.time()
+            if sha256_file(path) != digest:
+                raise DatasetError(
+                    f"{path}: sha256 does not match manifest field 'shards[{shard['name']}].files.{name}' "
+                    "(corrupted or edited after packing; re-run `roboflamingo pack`)"
+                )
+            fresh[rel] = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "checked": checked}
+    if fresh != record:
+        try:
+            atomic_write_json(packed_dir / VERIFIED, fresh)
+        except OSError:
+            pass  # a read-only dataset is re-hashed on every open instead
+
+
+def check_values(path: Path, key: str, values: np.ndarray, first_row: int = 0) -> None:
+    """robot_obs / rel_actions rows must be finite (float32 overflows to inf, so that is covered)."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DatasetError(
+            f"{path}: field '{key}' row {first_row + row} entry {col} is {values[row, col]} (NaN or inf); "
+            "the packed split is corrupt, re-run `roboflamingo pack`"
+        )
 
 
 class PackedSplit:
     """Reads rows of a packed split; memory maps are opened lazily, once per DataLoader worker."""
 
-    def __init__(self, packed_dir: str | os.PathLike, index: SplitIndex, source_dir: Path | None = None):
+    def __init__(
+        self, packed_dir: str | os.PathLike, index: SplitIndex, source_dir: Path | None = None, verify: bool = True
+    ):
         self.packed_dir = Path(packed_dir)
         self.manifest = load_manifest(self.packed_dir)
         ids = index.frame_ids()
@@ -176,6 +257,13 @@ class PackedSplit:
                     raise DatasetError(f"{path}: file size does not match its header (truncated?)")
                 self._headers[(k, key)] = (shape, dtype, offset)
         self._maps: dict[tuple[int, str], NpyMap] = {}
+        if verify:
+            verify_files(self.packed_dir, self.manifest)
+        # The vector fields are 88 bytes a frame: cheap to check whole, and what a NaN would poison.
+        for k, shard in enumerate(self._shards):
+            for key in (ROBOT_OBS, REL_ACTIONS):
+                check_values(shard / f"{key}.npy", key, self._map(k, key).read(0, self._headers[(k, key)][0][0]))
+        self._maps = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Workers re-open their own maps; nothing large crosses the process boundary.
@@ -237,11 +325,4 @@ def verify_shard(shard_dir: Path, check_checksums: bool = True) -> dict[str, Any
 def verify_packed(packed_dir: str | os.PathLike) -> None:
     """Recompute every checksum in the manifest; raise a DatasetError naming the first bad file."""
     packed_dir = Path(packed_dir)
-    manifest = load_manifest(packed_dir)
-    for shard in manifest["shards"]:
-        for name, digest in shard["files"].items():
-            path = packed_dir / shard["name"] / name
-            if not path.is_file():
-                raise DatasetError(f"{path}: packed file is missing")
-            if sha256_file(path) != digest:
-                raise DatasetError(f"{path}: sha256 does not match manifest field 'shards[{shard['name']}].files'")
+    verify_files(packed_dir, load_manifest(packed_dir), trust_record=False)

@@ -109,6 +109,11 @@ def compute_normalization(
     # With robot_obs stats from the yaml, frames only serve the action range check: fewer will do
     # (an unpacked CALVIN split costs ~2 ms per npz file opened).
     obs, act = _sample_frames(split_dir, max_frames if from_yaml is None else min(max_frames, 1000), packed)
+    # The readers refuse non-finite frames already; this guards the one place where a NaN would hide
+    # (NaN > 1 is False, so the range test below would pass it and the mean would become NaN).
+    for key, values in ((ROBOT_OBS, obs), (REL_ACTIONS, act)):
+        if not np.all(np.isfinite(values)):
+            raise DatasetError(f"{split_dir}: field '{key}' holds NaN or inf in the frames sampled for statistics")
     pose = act[:, :GRIPPER_INDEX]
     action_mean = np.zeros(ACTION_DIM)
     action_std = np.ones(ACTION_DIM)
@@ -125,4 +130,8 @@ def compute_normalization(
         "robot_obs_mean": obs_mean,
         "robot_obs_std": _safe_std(obs_std),
     }
-    return {key: np.asarray(stats[key], dtype=np.float32) for key in STATS_KEYS}
+    out = {key: np.asarray(stats[key], dtype=np.float32) for key in STATS_KEYS}
+    for key, value in out.items():
+        if not np.all(np.isfinite(value)):  # e.g. a std that overflows float32
+            raise DatasetError(f"{split_dir}: normalization statistic '{key}' is not finite: {value.tolist()}")
+    return out

@@ -5,6 +5,9 @@ roslibpy reconnects by itself after the bridge drops (exponential backoff from
 ``publish`` calls made while offline and flush them on reconnect (``send_on_ready``); for robot
 commands that would replay stale targets, so ``publish`` here refuses when the link is down.
 Subscriber callbacks run on roslibpy's network thread and must stay short.
+
+With a rosauth secret (``deploy.rosauth_secret_file`` or ``$ROBOFLAMINGO_ROSAUTH_SECRET``) every
+(re)connection starts with a fresh rosbridge ``auth`` op (``deploy.auth``), before any subscription.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from roboflamingo.deploy.auth import ROSAUTH_ENV, read_secret, rosauth_message
 from roboflamingo.deploy.config import BridgeConfig, TopicConfig
 from roboflamingo.deploy.messages import type_name
 
@@ -36,6 +40,15 @@ class RosBridge:
         self.drops = 0
         self._closing = False
         self.ros.on("close", self._on_close)
+        secret = read_secret("", cfg.rosauth_secret_file, ROSAUTH_ENV, what="rosauth secret")
+        if secret:
+            # Registered before anything else listens for "ready", so the auth op is the first frame of
+            # every connection (rosbridge drops whatever an unauthenticated client sends first).
+            def authenticate(proto: Any) -> None:
+                msg = rosauth_message(secret, client=cfg.rosauth_client, dest=cfg.host, level=cfg.rosauth_level)
+                proto.send_ros_message(roslibpy.Message(msg))
+
+            self.ros.on("ready", authenticate)
 
     def _on_close(self, *_: Any) -> None:
         if self._closing:

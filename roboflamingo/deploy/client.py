@@ -3,19 +3,25 @@
 It satisfies the ``Policy`` protocol (``reset()``, ``step(obs, instruction)``), so the ROS node and the
 evaluator drive a policy on a GPU box exactly as they drive one in process. Blocking calls on the
 websockets sync client keep it usable from any thread.
+
+It sends the server's bearer token (``token=``, else ``$ROBOFLAMINGO_TOKEN``) in the handshake and,
+for ``wss://`` URLs, verifies the server's certificate (the system CAs, or ``ssl_cafile`` for a
+private or self-signed one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import ssl
 import time
 from typing import Any
 
 import numpy as np
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from roboflamingo.deploy.auth import BEARER, TOKEN_ENV, read_secret
 from roboflamingo.deploy.codec import packb, unpackb
 from roboflamingo.types import ACTION_DIM, Observation
 
@@ -30,9 +36,16 @@ class PolicyServerError(RuntimeError):
 
 class PolicyClient:
     def __init__(
-        self, url: str = "ws://127.0.0.1:8765", timeout_s: float = 10.0, max_message_bytes: int = 2**24
+        self,
+        url: str = "ws://127.0.0.1:8765",
+        timeout_s: float = 10.0,
+        max_message_bytes: int = 2**24,
+        token: str | None = None,
+        ssl_cafile: str = "",
     ):
         self.url = url
+        self.token = read_secret(env=TOKEN_ENV) if token is None else token
+        self.ssl_cafile = ssl_cafile
         self.timeout_s = timeout_s
         self.max_message_bytes = max_message_bytes
         self._ws: ClientConnection | None = None
@@ -47,9 +60,25 @@ class PolicyClient:
             return self
         # Entered as a context manager: websockets >= 17.1 deprecates bare connect() objects.
         stack = contextlib.ExitStack()
-        self._ws = stack.enter_context(
-            connect(self.url, open_timeout=self.timeout_s, max_size=self.max_message_bytes, compression=None)
-        )
+        headers = {"Authorization": BEARER + self.token} if self.token else None
+        tls = ssl.create_default_context(cafile=self.ssl_cafile or None) if self.url.startswith("wss://") else None
+        try:
+            self._ws = stack.enter_context(
+                connect(
+                    self.url,
+                    open_timeout=self.timeout_s,
+                    max_size=self.max_message_bytes,
+                    compression=None,
+                    additional_headers=headers,
+                    ssl=tls,
+                )
+            )
+        except InvalidStatus as e:  # refused before the upgrade: 401 no/wrong token, 403 origin, 404 path
+            status = e.response.status_code
+            code = {401: "unauthorized", 403: "forbidden", 404: "not_found"}.get(status, f"http_{status}")
+            raise PolicyServerError(code, f"{self.url} answered HTTP {status}") from e
+        except InvalidHandshake as e:  # e.g. ws:// to a TLS port: no HTTP answer at all
+            raise ConnectionError(f"{self.url}: no websocket handshake ({e}); is the server wss://?") from e
         self._stack = stack
         hello = unpackb(self._ws.recv(timeout=self.timeout_s))
         if not isinstance(hello, dict) or hello.get("type") != "metadata":

@@ -70,6 +70,11 @@ class BridgeConfig:
     # Bridge-side queue of 1 so a slow consumer gets the newest frame, not a backlog (roslibpy#41).
     queue_length: int = 1
     throttle_rate_ms: int = 0
+    # rosauth (rosbridge's `authenticate` mode): a file whose first line is the shared secret;
+    # empty reads $ROBOFLAMINGO_ROSAUTH_SECRET, and with neither no auth op is sent.
+    rosauth_secret_file: str = ""
+    rosauth_client: str = "roboflamingo"  # the `client` field of the auth op
+    rosauth_level: str = "control"  # the `level` field; our relay gives command topics to "control" only
     topics: TopicsConfig = field(default_factory=TopicsConfig)
 
     def __post_init__(self) -> None:

@@ -186,6 +186,11 @@ def encode_pose_stamped(
     }
 
 
+def _finite_number(v: Any) -> bool:
+    # bool is an int subclass, but True as a joint angle is a malformed message, not 1 rad.
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _xyz(d: Any, keys: str, what: str) -> list[float]:
     if not isinstance(d, dict):
         raise MessageError(f"{what} must be an object with fields {list(keys)}")
@@ -234,7 +239,11 @@ def decode_joint_state(
     by_name = dict(zip(names, positions))
     missing = [j for j in arm_joints if j not in by_name]
     if missing:
-        raise MessageError(f"JointState lacks arm joints {missing} (has {names})")
+        raise MessageError(f"JointState lacks arm joints {missing} (has {names})"[:300])
+    used = [j for j in (*arm_joints, *finger_joints) if j in by_name]
+    bad = {j: by_name[j] for j in used if not _finite_number(by_name[j])}
+    if bad:
+        raise MessageError(f"JointState.position must hold finite numbers, got {bad}"[:300])
     arm = np.array([float(by_name[j]) for j in arm_joints])
     fingers = [float(by_name[j]) for j in finger_joints if j in by_name]
     width = float(sum(fingers)) if fingers and len(fingers) == len(finger_joints) else None
@@ -257,8 +266,8 @@ def decode_float_array(msg: dict, length: int | None = None) -> np.ndarray:
     data = msg.get("data")
     if isinstance(data, (int, float)):
         data = [data]
-    if not isinstance(data, list) or not all(isinstance(v, (int, float)) for v in data):
-        raise MessageError("the message's 'data' must be a number or a list of numbers")
+    if not isinstance(data, list) or not all(_finite_number(v) for v in data):
+        raise MessageError("the message's 'data' must be a finite number or a list of finite numbers")
     if length is not None and len(data) != length:
         raise MessageError(f"expected {length} values in 'data', got {len(data)}")
     return np.asarray(data, dtype=np.float64)

@@ -57,6 +57,12 @@ def _checkpoint_factory(checkpoint: str, device: str) -> Callable[[], Policy]:
         )
     from roboflamingo.models.policy import RoboFlamingoPolicy
 
+    if device == "cpu":
+        import torch
+
+        from roboflamingo.threads import choose_threads
+
+        torch.set_num_threads(choose_threads())  # the free cores, not all of them (threads.py)
     base = RoboFlamingoPolicy.from_pretrained(str(path), map_location=device)
     base.eval()
     lock = threading.Lock()
@@ -84,9 +90,12 @@ def resolve_policy_source(
     device: str = "cpu",
     seed: int = 0,
     server: str = "",
+    token: str | None = None,
+    ssl_cafile: str = "",
 ) -> PolicySource:
     """``checkpoint=<dir>`` (policy empty or "checkpoint"), ``policy=expert``, ``policy=random``, or
-    ``policy=remote`` with ``server=ws://host:port`` (each instance is its own session on that server).
+    ``policy=remote`` with ``server=ws://host:port`` (each instance is its own session on that server;
+    ``token`` None reads ``$ROBOFLAMINGO_TOKEN``, ``ssl_cafile`` trusts a private CA for wss://).
     """
     name = policy or ("checkpoint" if checkpoint else "")
     if name == "remote":
@@ -94,7 +103,8 @@ def resolve_policy_source(
             raise ValueError(f"policy=remote needs server=ws://host:port, got '{server}'")
         from roboflamingo.deploy.client import PolicyClient
 
-        return PolicySource(name, lambda: PolicyClient(server).connect(), (), {"server": server})
+        return PolicySource(name, lambda: PolicyClient(server, token=token, ssl_cafile=ssl_cafile).connect(), (),
+                            {"server": server})
     if name not in POLICY_SOURCES:
         raise ValueError(
             f"policy must be one of {[*POLICY_SOURCES, 'remote']} (or give checkpoint=<dir>), got '{policy}'"
@@ -103,8 +113,9 @@ def resolve_policy_source(
         if not checkpoint:
             raise ValueError("policy=checkpoint needs checkpoint=<dir>")
         factory = _checkpoint_factory(checkpoint, device)
+        # The directory's own name only: the handshake must not tell clients where files live on the server.
         return PolicySource(
-            name, factory, (RGB_STATIC, RGB_GRIPPER, ROBOT_OBS), {"checkpoint": str(checkpoint)}
+            name, factory, (RGB_STATIC, RGB_GRIPPER, ROBOT_OBS), {"checkpoint": Path(checkpoint).resolve().name}
         )
     if checkpoint:
         raise ValueError(f"checkpoint={checkpoint} was given together with policy={name}; choose one")

@@ -8,6 +8,17 @@ speaks the subset of the rosbridge v2 protocol that roslibpy uses: ``advertise``
 ``/rosapi/get_time``. It binds to 127.0.0.1 by default; it is a development and test tool, not a
 replacement for rosbridge on a robot. A bad frame is answered with a ``status`` message and the relay
 keeps serving.
+
+Who may drive the arm:
+
+* with a ``secret`` the relay behaves like rosbridge with ``authenticate:=true``: a connection's
+  first message must be a rosauth ``auth`` op with a valid MAC (``deploy.auth``), else it is closed;
+* the command topics (``/target_pose``, ``/gripper_command`` by default) belong to one session: the
+  first to advertise or publish them, which must be authenticated at level ``control`` when a secret
+  is set. Publishes on them from any other session are refused (``status`` error, ``counts["refused"]``)
+  until the owner disconnects, so nothing but the control node's session (and its safety filter)
+  moves the robot;
+* a non-loopback bind needs a secret unless ``insecure=True``.
 """
 
 from __future__ import annotations
@@ -24,7 +35,10 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from roboflamingo.deploy.auth import is_loopback, rosauth_valid
+
 LOG = logging.getLogger("roboflamingo.relay")
+COMMAND_TOPICS = ("/target_pose", "/gripper_command")
 
 
 @dataclass
@@ -32,6 +46,8 @@ class _Client:
     ws: ServerConnection
     subscriptions: dict[str, set[str]] = field(default_factory=lambda: collections.defaultdict(set))
     services: set[str] = field(default_factory=set)
+    authenticated: bool = False
+    level: str = ""
 
 
 @dataclass
@@ -45,8 +61,26 @@ class Published:
 
 class RosbridgeRelay:
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, max_size: int = 16 * 2**20, log_size: int = 10_000
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_size: int = 16 * 2**20,
+        log_size: int = 10_000,
+        secret: str = "",
+        command_topics: tuple[str, ...] = COMMAND_TOPICS,
+        insecure: bool = False,
+        clock: Any = time.time,
     ):
+        if not secret and not is_loopback(host) and not insecure:
+            raise ValueError(
+                f"a rosbridge relay on {host} (not loopback) needs a rosauth secret, or insecure=True"
+            )
+        if not secret and not is_loopback(host):
+            LOG.warning("INSECURE: rosbridge relay on %s without authentication", host)
+        self.secret = secret
+        self.command_topics = frozenset(command_topics)
+        self.command_owner: dict[str, _Client] = {}
+        self.clock = clock
         self.host, self.port = host, port
         self.max_size = max_size
         self.clients: dict[ServerConnection, _Client] = {}
@@ -80,8 +114,12 @@ class RosbridgeRelay:
                     msg = json.loads(frame)
                     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
                         raise ValueError("a rosbridge message must be a JSON object with a string 'op'")
+                    if self.secret and not client.authenticated:
+                        if not await self._authenticate(client, msg):
+                            return
+                        continue
                     await self._dispatch(client, msg)
-                except (ValueError, KeyError, TypeError) as e:
+                except (ValueError, KeyError, TypeError, PermissionError) as e:
                     # roslibpy registers no handler for 'status' and merely logs it; real clients see it.
                     self.counts["errors"] += 1
                     await self._status(client, "error", f"{type(e).__name__}: {e}")
@@ -91,11 +129,35 @@ class RosbridgeRelay:
             self.clients.pop(ws, None)
             for name in client.services:
                 self.services.pop(name, None)
+            for topic in [t for t, owner in self.command_owner.items() if owner is client]:
+                del self.command_owner[topic]
 
+    async def _authenticate(self, client: _Client, msg: dict) -> bool:
+        """rosbridge's rule: the first message must be a valid ``auth`` op, or the connection ends."""
+        if msg.get("op") == "auth" and rosauth_valid(self.secret, msg, self.clock()):
+            client.authenticated, client.level = True, str(msg["level"])
+            return True
+        self.counts["refused"] += 1
+        LOG.warning("closing an unauthenticated rosbridge connection from %s", client.ws.remote_address)
+        await self._status(client, "error", "authentication required: send a valid rosauth 'auth' op first")
+        await client.ws.close(1008, "authentication required")
+        return False
+
+    def _may_command(self, client: _Client, topic: str) -> bool:
+        """Whether ``client`` may publish on a command topic; the first eligible session claims it."""
+        if topic not in self.command_topics:
+            return True
+        if self.secret and client.level != "control":
+            return False
+        owner = self.command_owner.setdefault(topic, client)
+        return owner is client
     async def _dispatch(self, client: _Client, msg: dict) -> None:
         op = msg["op"]
         self.counts[op] += 1
+        if op == "auth":
+            return  # already authenticated, or the relay runs without a secret
         if op == "advertise":
+            self._may_command(client, msg["topic"])  # claims a free command topic; refusal comes on publish
             self.topic_types.setdefault(msg["topic"], msg.get("type", ""))
         elif op == "unadvertise":
             pass  # other publishers may still use the topic
@@ -111,6 +173,10 @@ class RosbridgeRelay:
                 if not subs or msg.get("id") is None:
                     client.subscriptions.pop(msg["topic"], None)
         elif op == "publish":
+            if not self._may_command(client, msg["topic"]):
+                self.counts["refused"] += 1
+                LOG.warning("refused a publish on %s from a session that does not own it", msg["topic"])
+                raise PermissionError(f"publish on {msg['topic']}: only the control node's session may command")
             await self._publish(msg["topic"], msg["msg"], bool(msg.get("latch", False)))
         elif op == "advertise_service":
             self.services[msg["service"]] = client

@@ -25,11 +25,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from roboflamingo.config import require_positive
+from roboflamingo.deploy.auth import TOKEN_ENV, read_secret
 from roboflamingo.deploy.bridge import RosBridge
 from roboflamingo.deploy.config import BridgeConfig
 from roboflamingo.deploy.messages import (
@@ -77,9 +79,11 @@ class ControlConfig:
     instruction: str = ""  # fixed instruction; empty: listen on the instruction topic
     max_commands: int = 0  # stop after this many commands; 0: no limit
     log_every_s: float = 5.0
+    max_instruction_chars: int = 1000  # longer instruction messages are ignored (logged once)
 
     def __post_init__(self) -> None:
         require_positive("control.rate_hz", self.rate_hz)
+        require_positive("control.max_instruction_chars", self.max_instruction_chars)
         require_positive("control.static_size", self.static_size, allow_zero=True)
         require_positive("control.gripper_size", self.gripper_size, allow_zero=True)
         if self.initial_gripper not in (-1.0, 1.0):
@@ -97,6 +101,8 @@ class Job:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     # The policy: a server URL (default), or in process with checkpoint=<dir> / policy=expert|random.
     server: str = "ws://127.0.0.1:8765"
+    token_file: str = ""  # the policy server's token; empty reads $ROBOFLAMINGO_TOKEN
+    server_ca: str = ""  # CA (or self-signed) certificate that signs a wss:// server's certificate
     checkpoint: str | None = None
     policy: str = ""  # "" | remote | checkpoint | expert | random
     scene: str = "D"
@@ -111,6 +117,10 @@ class Job:
             )
         if self.policy_source == "remote" and not self.server.startswith(("ws://", "wss://")):
             raise ValueError(f"server must be a ws:// or wss:// URL, got '{self.server}'")
+        for name in ("token_file", "server_ca"):
+            path = getattr(self, name)
+            if path and not Path(path).expanduser().is_file():
+                raise ValueError(f"{name}={path}: no such file")
         if self.policy_source == "checkpoint" and not self.checkpoint:
             raise ValueError("policy=checkpoint needs checkpoint=<dir>")
 
@@ -125,8 +135,17 @@ def make_policy(job: Job) -> Policy:
     from roboflamingo.deploy.policies import resolve_policy_source
 
     policy = "" if job.policy_source == "checkpoint" else job.policy_source
-    source = resolve_policy_source(policy, job.checkpoint, job.scene, job.device, job.seed, job.server)
+    token = read_secret("", job.token_file, TOKEN_ENV)
+    source = resolve_policy_source(
+        policy, job.checkpoint, job.scene, job.device, job.seed, job.server, token=token, ssl_cafile=job.server_ca
+    )
     return source.factory()
+
+
+def is_estop_release(msg: Any) -> bool:
+    """True only for an explicit "not stopped" e-stop message: data false or 0."""
+    data = msg.get("data") if isinstance(msg, dict) else None
+    return data is False or (type(data) in (int, float) and data == 0)
 
 
 class _Latest:
@@ -201,11 +220,18 @@ class ControlNode:
     def _on_instruction(self, msg: dict) -> None:
         text = msg.get("data")
         if isinstance(text, str):
+            if len(text) > self.job.control.max_instruction_chars:
+                # A megabyte "instruction" would hold the tokenizer (and the loop) for seconds.
+                self._warn_once("long_instruction", f"ignoring an instruction of {len(text)} characters "
+                                f"(control.max_instruction_chars={self.job.control.max_instruction_chars})")
+                return
             self.instruction = text.strip()
             self._wake.set()
 
     def _on_estop(self, msg: dict) -> None:
-        if msg.get("data") is True:
+        # Anything but an explicit "off" stops the arm: {"data": 1} from a bridge that sends Bool
+        # as an int, or a malformed message, must not be ignored on the one topic that stops it.
+        if not is_estop_release(msg):
             if not self.gate.estopped:
                 self.estop_at = time.monotonic()
                 LOG.error("E-STOP received: no further commands")
@@ -300,8 +326,9 @@ class ControlNode:
                 self.policy.reset()
                 self.active_instruction = instruction
                 LOG.info("episode start: %r", instruction)
-        except (MessageError, KeyError) as e:
-            self._warn_once(f"bad:{type(e).__name__}", f"cannot build an observation: {e}")
+        except (MessageError, KeyError, TypeError, ValueError) as e:
+            # A malformed robot message (e.g. JointState positions of None) holds; it never kills the node.
+            self._warn_once(f"bad:{type(e).__name__}", f"cannot build an observation: {e}"[:500])
             return self._hold("bad_message")
         except SafetyError as e:
             self._warn_once("workspace", str(e))
@@ -400,10 +427,15 @@ class ControlNode:
 
 def run(job: Job) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from roboflamingo.deploy.client import PolicyServerError
+
     try:
         policy = make_policy(job)
-    except OSError as e:  # connection refused, unreachable host, handshake timeout
+    except OSError as e:  # connection refused, unreachable host, handshake timeout, TLS failure
         print(f"roboflamingo ros: cannot reach the policy server at {job.server}: {e}", file=sys.stderr)
+        return 2
+    except PolicyServerError as e:  # e.g. server_full or unauthorized, answered at the handshake
+        print(f"roboflamingo ros: the policy server at {job.server} refused the session: {e}", file=sys.stderr)
         return 2
     node = ControlNode(job, policy)
     try:

@@ -6,11 +6,13 @@ Pure and clock-free (time is passed in), so every guarantee is checked by proper
   ``use_target_pose`` does (``pos += a[:3] * 0.02``, ``euler += a[3:6] * 0.05``, accumulated on a target
   that starts at the measured TCP), multiplied by ``action_scale`` for cautious first runs, then
   clamps the position into the workspace box and caps the change from the previous command (Euclidean
-  translation, per-axis rotation). Because each command is the previous one plus a capped step toward a
-  point inside the (convex) box, no command ever leaves the box or moves further than the caps.
+  translation; rotation per axis and as the composed rotation angle). Because each command is the
+  previous one plus a capped step toward a point inside the (convex) box, no command ever leaves the
+  box or moves further than the caps.
 * ``CommandGate`` decides each cycle whether a command may go out at all: never after the e-stop
-  (latched), never after the time limit, and not while any required observation is missing or older
-  than ``max_obs_age_s`` by its header stamp (stale data means hold, i.e. send nothing).
+  (latched), never after the time limit, and not while any required observation is missing, older
+  than ``max_obs_age_s`` by its header stamp, or stamped more than ``max_obs_age_s`` ahead of the
+  clock (stale or future data means hold, i.e. send nothing).
 * ``LatencyLog`` keeps per-stage timings and reports percentiles.
 """
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from roboflamingo.config import require_positive
+from roboflamingo.deploy.messages import quat_from_euler
 from roboflamingo.types import (
     ACTION_DIM,
     GRIPPER_CLOSE,
@@ -40,7 +43,9 @@ class SafetyConfig:
     workspace_max: list[float] = field(default_factory=lambda: [0.6, 0.5, 1.0])
     # Per-command caps. A full CALVIN action moves sqrt(3) * 2 cm, so 0.035 passes it unchanged.
     max_step_m: float = 0.035
-    max_step_rad: float = 0.05
+    # The angle of the rotation between commands (and each euler increment). A full CALVIN action
+    # turns 0.05 rad on each axis, about sqrt(3) * 0.05 = 0.087 rad in all, so 0.09 passes it too.
+    max_step_rad: float = 0.09
     action_scale: float = 1.0  # e.g. 0.2-0.5 for a first run on new hardware (openvla#192)
     max_obs_age_s: float = 0.5  # observations older than this (header stamp) mean hold
     max_duration_s: float = 0.0  # stop commanding after this long; 0 = no limit
@@ -72,6 +77,32 @@ class SafetyError(RuntimeError):
 def wrap_angle(x: np.ndarray | float) -> np.ndarray:
     """Angles to [-pi, pi)."""
     return (np.asarray(x, dtype=np.float64) + np.pi) % (2 * np.pi) - np.pi
+
+
+def rotation_angle(euler_a: np.ndarray, euler_b: np.ndarray) -> float:
+    """Angle (rad) of the rotation between two orientations given as euler xyz."""
+    qa, qb = quat_from_euler(euler_a), quat_from_euler(euler_b)
+    return 2.0 * math.acos(min(1.0, abs(float(np.dot(qa, qb)))))
+
+
+def cap_rotation(prev: np.ndarray, turn: np.ndarray, max_rad: float) -> np.ndarray:
+    """``prev + s * turn`` (euler xyz) with the largest s in [0, 1] whose rotation is <= ``max_rad``.
+
+    Capping each euler angle is not enough: increments of a on all three axes compose to a rotation
+    of up to about 2.2 a (more near gimbal lock), so the composed rotation is capped too. Shrinking
+    the turn (rather than slerping) keeps every per-axis bound and CALVIN's accumulation otherwise.
+    """
+    full = wrap_angle(prev + turn)
+    if rotation_angle(prev, full) <= max_rad:
+        return full
+    lo, hi = 0.0, 1.0  # lo always satisfies the cap (s = 0 is no rotation at all)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if rotation_angle(prev, wrap_angle(prev + mid * turn)) <= max_rad:
+            lo = mid
+        else:
+            hi = mid
+    return wrap_angle(prev + lo * turn)
 
 
 @dataclass
@@ -131,7 +162,7 @@ class SafetyFilter:
         turn = np.clip(
             wrap_angle(a[3:6] * MAX_REL_ORN * scale), -self.cfg.max_step_rad, self.cfg.max_step_rad
         )
-        euler = wrap_angle(prev_orn + turn)
+        euler = cap_rotation(prev_orn, turn, self.cfg.max_step_rad)
 
         gripper = GRIPPER_OPEN if a[GRIPPER_INDEX] >= 0 else GRIPPER_CLOSE
         self.target = np.concatenate([position, euler])
@@ -170,6 +201,10 @@ class CommandGate:
             age = now - stamp
             if age > self.max_obs_age_s:
                 return f"stale:{name}"
+            if age < -self.max_obs_age_s:
+                # Stamped ahead of our clock: a skewed or forged clock. Such a message would never
+                # go stale, so it is treated like a stale one.
+                return f"future:{name}"
         return None
 
 

@@ -13,6 +13,23 @@ Protocol (every frame is binary msgpack; arrays use the safe codec of ``deploy.c
 
 ``GET /healthz`` answers ``OK`` over plain HTTP for load balancers and probes.
 
+Who may connect (checked in the HTTP upgrade, before a session or a policy exists):
+
+* a bearer token (``Authorization: Bearer <token>``; ``token_file=`` or ``$ROBOFLAMINGO_TOKEN``) is
+  required whenever one is configured, and one must be configured for any non-loopback bind
+  (``insecure=true`` overrides that, loudly);
+* a request carrying an ``Origin`` header (i.e. from a web page) is refused unless that origin is in
+  ``allowed_origins``, so a page in a local browser cannot drive the arm;
+* only the paths ``/`` and ``/healthz`` exist;
+* ``ssl_certfile=`` / ``ssl_keyfile=`` serve ``wss://``.
+
+What a session may cost: it is closed after ``idle_timeout_s`` without a request (so idle clients
+cannot hold every slot); it may sustain ``max_session_bytes_per_s`` of received frames, beyond which
+the server pauses reading from it (``ByteBudget``); a frame is decoded with bounded work (``codec.unpackb`` caps the number of
+values and the string length); instructions longer than ``max_instruction_chars`` are refused
+before any tokenizer sees them; error replies quote at most ``MAX_ERROR_CHARS`` of the input. The
+handshake names the checkpoint by its directory name, never by its path on the server.
+
 Each session owns its policy instance (made by the source's factory), because a policy keeps its
 history inside the instance. Inference runs in a thread pool so the event loop keeps answering other
 clients and health checks while a step computes (openpi#717 is what happens otherwise). A frame larger
@@ -26,13 +43,16 @@ import asyncio
 import itertools
 import logging
 import signal
+import ssl
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +60,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from roboflamingo.config import require_choice, require_positive
+from roboflamingo.deploy.auth import TOKEN_ENV, bearer_matches, is_loopback, read_secret
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
 from roboflamingo.deploy.policies import POLICY_SOURCES, PolicySource, observation_spec, resolve_policy_source
 from roboflamingo.types import (
@@ -54,6 +75,7 @@ from roboflamingo.types import (
 
 LOG = logging.getLogger("roboflamingo.serve")
 PROTOCOL_VERSION = 1
+MAX_ERROR_CHARS = 300  # error replies quote the input; a hostile request must not get megabytes back
 
 
 @dataclass
@@ -73,6 +95,18 @@ class Job:
     max_sessions: int = 16  # each session holds its own policy copy
     workers: int = 4  # inference threads
     duration_s: float = 0.0  # stop after this long; 0 serves until interrupted
+    # Who may connect; see the module docstring.
+    token: str = ""  # prefer token_file or $ROBOFLAMINGO_TOKEN: a command line is visible in `ps`
+    token_file: str = ""
+    insecure: bool = False  # allow a non-loopback bind without a token (logged as a warning)
+    allowed_origins: list[str] = field(default_factory=list)  # browser origins allowed to connect
+    ssl_certfile: str = ""  # PEM certificate (chain): serve wss://
+    ssl_keyfile: str = ""  # PEM private key; empty when the certificate file holds it
+    idle_timeout_s: float = 60.0  # close a session after this long without a request; 0 = never
+    max_instruction_chars: int = 1000
+    # Received bytes per second a session may sustain (bursts of 2 x max_message_bytes); beyond it
+    # the server stops reading from that connection for a while. 0 = unlimited.
+    max_session_bytes_per_s: float = 32 * 2**20
 
     def __post_init__(self) -> None:
         if self.policy:
@@ -92,6 +126,15 @@ class Job:
         require_positive("duration_s", self.duration_s, allow_zero=True)
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        require_positive("idle_timeout_s", self.idle_timeout_s, allow_zero=True)
+        require_positive("max_instruction_chars", self.max_instruction_chars)
+        require_positive("max_session_bytes_per_s", self.max_session_bytes_per_s, allow_zero=True)
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("ssl_keyfile needs ssl_certfile")
+        for name in ("ssl_certfile", "ssl_keyfile", "token_file"):
+            path = getattr(self, name)
+            if path and not Path(path).expanduser().is_file():
+                raise ValueError(f"{name}={path}: no such file")
 
 
 class RequestError(Exception):
@@ -102,11 +145,36 @@ class RequestError(Exception):
         self.code = code
 
 
+class ByteBudget:
+    """A token bucket over received bytes: how long a session must pause after each frame.
+
+    Receiving and unmasking an 8 MB frame costs the event loop milliseconds whatever its content, so
+    a few clients streaming maximal frames would slow every other session; paused, their bytes wait
+    in the kernel (TCP backpressure) instead of on the event loop.
+    """
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.t = burst, now
+
+    def charge(self, n: int, now: float) -> float:
+        """Take ``n`` bytes; returns the seconds to wait before reading the next frame (0 if none)."""
+        if not self.rate:
+            return 0.0
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        self.tokens -= n
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
 @dataclass
 class Session:
     id: int
     policy: Policy
     lock: asyncio.Lock
+    ws: Any = None
+    last_active: float = 0.0  # server clock at the last request or reply
+    budget: ByteBudget | None = None
     steps: int = 0
 
 
@@ -130,8 +198,13 @@ def _as_observation(obs: Any, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     for key, value in obs.items():
         if not isinstance(key, str):
             raise RequestError("bad_observation", f"observation keys must be strings, got {key!r}")
+        if key not in keys:
+            continue  # not needed by this policy: never converted (a large one would cost the event loop)
         if key in CAMERAS:
-            out[key] = value if isinstance(value, np.ndarray) else np.asarray(value)
+            try:
+                out[key] = value if isinstance(value, np.ndarray) else np.asarray(value)
+            except (TypeError, ValueError) as e:  # a ragged list, for one
+                raise RequestError("bad_observation", f"observation['{key}'] is not an image array: {e}") from e
             continue
         try:
             out[key] = np.asarray(value, dtype=np.float32)
@@ -158,9 +231,25 @@ class PolicyServer:
         hard_max_message_bytes: int = 0,
         max_sessions: int = 16,
         workers: int = 4,
+        token: str = "",
+        insecure: bool = False,
+        allowed_origins: tuple[str, ...] | list[str] = (),
+        ssl_context: ssl.SSLContext | None = None,
+        idle_timeout_s: float = 60.0,
+        max_instruction_chars: int = 1000,
+        max_session_bytes_per_s: float = 32 * 2**20,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        check_bind(host, token, insecure)
         self.source = source
         self.host, self.port = host, port
+        self.token = token
+        self.allowed_origins = frozenset(allowed_origins)
+        self.ssl_context = ssl_context
+        self.idle_timeout_s = idle_timeout_s
+        self.max_instruction_chars = max_instruction_chars
+        self.max_session_bytes_per_s = max_session_bytes_per_s
+        self.clock = clock
         self.control_rate_hz = control_rate_hz
         self.max_message_bytes = max_message_bytes
         self.hard_max_message_bytes = hard_max_message_bytes or 4 * max_message_bytes
@@ -170,7 +259,8 @@ class PolicyServer:
         self._ids = itertools.count(1)
         self._starting = 0  # connections whose policy is still being created
         self.started = time.monotonic()
-        self.counters = {"sessions": 0, "steps": 0, "errors": 0}
+        # Cumulative; the open-session count is "sessions" in health().
+        self.counters = {"sessions_total": 0, "steps": 0, "errors": 0, "refused": 0, "idle_closed": 0, "throttled": 0}
 
     # -- handshake and health ---------------------------------------------------------------------
     def metadata(self, session_id: int | None = None) -> dict[str, Any]:
@@ -190,15 +280,50 @@ class PolicyServer:
         return {
             "type": "health",
             "status": "ok",
+            **self.counters,
             "sessions": len(self.sessions),
             "uptime_s": round(time.monotonic() - self.started, 3),
-            **self.counters,
         }
 
     def _process_request(self, connection: ServerConnection, request: Any) -> Any:
-        if request.path == "/healthz":
+        """Admission, before the upgrade: path, then Origin, then the token."""
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
             return connection.respond(HTTPStatus.OK, "OK\n")
+        if path != "/":
+            return self._refuse(connection, HTTPStatus.NOT_FOUND, "no such path; connect to /\n")
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in self.allowed_origins:
+            # Browsers always send Origin on websockets; robot clients do not.
+            LOG.warning("refused a connection from origin %.100r (allowed_origins=%s)", origin, sorted(self.allowed_origins))
+            return self._refuse(connection, HTTPStatus.FORBIDDEN, "origin not allowed\n")
+        if self.token and not bearer_matches(request.headers.get("Authorization"), self.token):
+            LOG.warning("refused a connection from %s: missing or wrong token", connection.remote_address)
+            return self._refuse(connection, HTTPStatus.UNAUTHORIZED, "a valid bearer token is required\n")
         return None
+
+    def _refuse(self, connection: ServerConnection, status: HTTPStatus, text: str) -> Any:
+        self.counters["refused"] += 1
+        return connection.respond(status, text)
+
+    async def drop_idle(self) -> int:
+        """Close every session idle for longer than ``idle_timeout_s``; returns how many."""
+        if not self.idle_timeout_s:
+            return 0
+        now = self.clock()
+        idle = [s for s in self.sessions.values() if now - s.last_active > self.idle_timeout_s and not s.lock.locked()]
+        for session in idle:
+            self.sessions.pop(session.id, None)  # the slot is free now, not when the close completes
+            self.counters["idle_closed"] += 1
+            LOG.info("closing session %d: idle for more than %.1f s", session.id, self.idle_timeout_s)
+            if session.ws is not None:
+                asyncio.ensure_future(session.ws.close(1001, "idle timeout"))
+        return len(idle)
+
+    async def _sweep_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.idle_timeout_s / 4, 5.0))
+            await self.drop_idle()
 
     # -- per-connection loop ------------------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:
@@ -221,14 +346,21 @@ class PolicyServer:
             return
         finally:
             self._starting -= 1
-        session = Session(session_id, policy, asyncio.Lock())
+        budget = ByteBudget(self.max_session_bytes_per_s, 2 * self.max_message_bytes, time.monotonic())
+        session = Session(session_id, policy, asyncio.Lock(), ws, self.clock(), budget)
         self.sessions[session_id] = session
-        self.counters["sessions"] += 1
+        self.counters["sessions_total"] += 1
         try:
             await ws.send(packb(self.metadata(session_id)))
             async for frame in ws:
+                session.last_active = self.clock()
                 reply = await self._reply(session, frame)
                 await ws.send(packb(reply))
+                session.last_active = self.clock()
+                pause = budget.charge(len(frame), time.monotonic())
+                if pause:
+                    self.counters["throttled"] += 1
+                    await asyncio.sleep(pause)
         except ConnectionClosed:
             pass
         finally:
@@ -236,6 +368,11 @@ class PolicyServer:
 
     def _error(self, request_id: Any, code: str, message: str) -> dict[str, Any]:
         self.counters["errors"] += 1
+        if len(message) > MAX_ERROR_CHARS:
+            message = message[:MAX_ERROR_CHARS] + f"... ({len(message)} characters, truncated)"
+        # The id is echoed for matching replies; a huge or odd one is not worth echoing.
+        if not (request_id is None or isinstance(request_id, int) or (isinstance(request_id, str) and len(request_id) <= 64)):
+            request_id = None
         return {"type": "error", "id": request_id, "code": code, "error": message}
 
     async def _reply(self, session: Session, frame: bytes | str) -> dict[str, Any]:
@@ -280,6 +417,12 @@ class PolicyServer:
             raise RequestError(
                 "bad_request", f"'instruction' must be a string, got {type(instruction).__name__}"
             )
+        if len(instruction) > self.max_instruction_chars:
+            # Refused before the tokenizer: a megabyte instruction would hold an inference thread.
+            raise RequestError(
+                "too_long",
+                f"'instruction' has {len(instruction)} characters, max_instruction_chars={self.max_instruction_chars}",
+            )
         obs = _as_observation(msg.get("obs"), self.source.observation_keys)
         t_decoded = time.perf_counter()
 
@@ -317,16 +460,23 @@ class PolicyServer:
             process_request=self._process_request,
             max_size=self.hard_max_message_bytes,
             compression=None,  # images are already dense; deflate only costs CPU on both ends
+            ssl=self.ssl_context,
+            max_queue=2,  # a paused (throttled) session's frames stay in the kernel, not in memory
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
+            sweeper = asyncio.ensure_future(self._sweep_idle()) if self.idle_timeout_s else None
             if ready is not None:
                 ready(self.port)
-            await stop
+            try:
+                await stop
+            finally:
+                if sweeper is not None:
+                    sweeper.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
+        return f"{'wss' if self.ssl_context else 'ws'}://{self.host}:{self.port}"
 
 
 class ServerThread:
@@ -372,7 +522,30 @@ class ServerThread:
         return self.server.url
 
 
+def check_bind(host: str, token: str, insecure: bool) -> None:
+    """A non-loopback bind needs a token, unless the user says ``insecure`` (then it is logged)."""
+    if token or is_loopback(host):
+        return
+    if not insecure:
+        raise ValueError(
+            f"serving on {host} (not loopback) needs a token: set token_file=<file> or "
+            f"${TOKEN_ENV}, or pass insecure=true to accept anyone who can reach the port"
+        )
+    LOG.warning("INSECURE: serving on %s without a token; anyone who reaches the port drives the policy", host)
+
+
+def server_ssl_context(certfile: str, keyfile: str = "") -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(Path(certfile).expanduser(), Path(keyfile).expanduser() if keyfile else None)
+    return ctx
+
+
 def build_server(job: Job) -> PolicyServer:
+    token = read_secret(job.token, job.token_file, TOKEN_ENV)
+    if not job.insecure:
+        check_bind(job.host, token, False)  # refuse before a checkpoint is loaded for nothing
+    ssl_context = server_ssl_context(job.ssl_certfile, job.ssl_keyfile) if job.ssl_certfile else None
     source = resolve_policy_source(job.policy, job.checkpoint, job.scene, job.device, job.seed)
     return PolicyServer(
         source,
@@ -383,12 +556,23 @@ def build_server(job: Job) -> PolicyServer:
         hard_max_message_bytes=job.hard_max_message_bytes,
         max_sessions=job.max_sessions,
         workers=job.workers,
+        token=token,
+        insecure=job.insecure,
+        allowed_origins=job.allowed_origins,
+        ssl_context=ssl_context,
+        idle_timeout_s=job.idle_timeout_s,
+        max_instruction_chars=job.max_instruction_chars,
+        max_session_bytes_per_s=job.max_session_bytes_per_s,
     )
 
 
 def run(job: Job) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server = build_server(job)
+    try:
+        server = build_server(job)
+    except (ValueError, ssl.SSLError) as e:  # no token for a public bind, a bad token file or certificate
+        print(f"roboflamingo serve: {e}", file=sys.stderr)
+        return 2
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -400,10 +584,12 @@ def run(job: Job) -> int:
         await server.serve(
             stop,
             ready=lambda port: print(
-                f"serving policy '{server.source.name}' on ws://{job.host}:{port} (GET /healthz)", flush=True
+                f"serving policy '{server.source.name}' on {server.url.rsplit(':', 1)[0]}:{port} (GET /healthz)"
+                f"{'' if server.token else ' without a token'}",
+                flush=True,
             ),
         )
 
     asyncio.run(main())
-    print(f"served {server.counters['sessions']} sessions, {server.counters['steps']} steps", flush=True)
+    print(f"served {server.counters['sessions_total']} sessions, {server.counters['steps']} steps", flush=True)
     return 0

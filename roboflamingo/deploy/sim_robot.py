@@ -270,9 +270,19 @@ def run(job: Job) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     relay = None
     if job.serve_bridge:
+        from roboflamingo.deploy.auth import ROSAUTH_ENV, read_secret
         from roboflamingo.deploy.relay import RosbridgeRelay
 
-        relay = RosbridgeRelay(job.deploy.host, job.deploy.port).start()
+        secret = read_secret("", job.deploy.rosauth_secret_file, ROSAUTH_ENV, what="rosauth secret")
+        try:
+            t = job.deploy.topics
+            relay = RosbridgeRelay(
+                job.deploy.host, job.deploy.port, secret=secret,
+                command_topics=(t.target_pose.name, t.gripper_command.name),
+            ).start()
+        except ValueError as e:  # a public bind without a secret
+            print(f"roboflamingo sim-robot: {e}", file=sys.stderr)
+            return 2
         print(f"rosbridge relay on ws://{job.deploy.host}:{relay.port}", flush=True)
     try:
         result = SimRobot(job).run()

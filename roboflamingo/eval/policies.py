@@ -11,13 +11,13 @@ receives a ``PolicySpec`` and builds its own. The evaluator sees the result only
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from roboflamingo.threads import choose_threads
 from roboflamingo.types import ACTION_DIM, GRIPPER_CLOSE, GRIPPER_INDEX, GRIPPER_OPEN, Observation, Policy
 
 POLICY_KINDS = ("checkpoint", "expert", "random")
@@ -134,5 +134,5 @@ def make_policy(spec: PolicySpec, worker: int = 0) -> Policy:
 
 
 def default_torch_threads(workers: int) -> int:
-    """Split the machine's cores evenly between worker processes."""
-    return max(1, (os.cpu_count() or 1) // workers)
+    """Split the cores other processes leave free evenly between worker processes."""
+    return choose_threads(0, workers)

@@ -121,7 +121,26 @@ def load_policy(directory: str | os.PathLike, map_location: str | torch.device =
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{directory}: not a policy checkpoint (no {WEIGHTS_FILE})")
+    _verify_manifest(directory)
     cfg = load_yaml(directory / CONFIG_FILE, PolicyConfig)
     policy = RoboFlamingoPolicy(cfg.model, cfg.head)
-    load_tensors(policy, load_file(str(weights)), str(weights))
+    try:
+        tensors = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+        raise ValueError(f"{weights}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{weights}: tensor '{name}' holds NaN or inf (a corrupt or diverged checkpoint)")
+    load_tensors(policy, tensors, str(weights))
     return policy.to(map_location).eval()
+
+
+def _verify_manifest(directory: Path) -> None:
+    """A training checkpoint (it has a trainer state or a manifest) is used only if its manifest verifies."""
+    from roboflamingo.train.checkpoint import MANIFEST, TRAINER_STATE, CheckpointError, verify_checkpoint
+
+    if (directory / MANIFEST).exists() or (directory / TRAINER_STATE).exists():
+        try:
+            verify_checkpoint(directory)
+        except CheckpointError as e:
+            raise ValueError(str(e)) from e

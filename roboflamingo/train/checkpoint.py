@@ -134,9 +134,14 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} is incomplete: {MANIFEST} is missing")
     try:
         manifest = json.loads(manifest_path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError(f"it must be a JSON object, got a {type(manifest).__name__}")
         files = manifest["files"]
         if not isinstance(files, dict) or not files:
             raise ValueError("'files' must be a non-empty mapping")
+        if not all(isinstance(m, dict) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha256"), str)
+                   for m in files.values()):
+            raise ValueError("every entry of 'files' needs 'bytes' (int) and 'sha256' (str)")
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is unreadable ({e})") from e
     if TRAINER_STATE not in files:

@@ -42,6 +42,7 @@ from roboflamingo.data.layout import DatasetError
 from roboflamingo.data.packed import packed_dir_for
 from roboflamingo.data.stats import compute_normalization
 from roboflamingo.models.config import HeadConfig, ModelConfig
+from roboflamingo.threads import ThreadGovernor
 from roboflamingo.train import distributed
 from roboflamingo.train.checkpoint import (
     CheckpointError,
@@ -53,6 +54,10 @@ from roboflamingo.train.checkpoint import (
 from roboflamingo.train.config import TrainConfig
 from roboflamingo.train.loggers import MetricLoggers, check_available, truncate_metrics
 from roboflamingo.train.optim import build_optimizer, build_scheduler
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient became NaN/inf; training stops before the update."""
 
 
 @dataclass
@@ -91,7 +96,7 @@ def run(job: Job) -> int:
     info = distributed.setup(job.train)
     try:
         train(job, info)
-    except (ConfigError, CheckpointError, DatasetError) as e:
+    except (ConfigError, CheckpointError, DatasetError, NonFiniteLossError) as e:
         print(f"roboflamingo train: error: {e}", file=sys.stderr)
         return 2
     finally:
@@ -105,6 +110,8 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     master = info.is_main
     run_dir = Path(job.run_dir)
     ckpt_root = run_dir / "checkpoints"
+    # train.threads=0: follow the machine's free cores, re-checked as other jobs come and go.
+    governor = ThreadGovernor(workers=info.world_size) if not cfg.threads and info.device.type == "cpu" else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     check_available(cfg)  # a missing logger package fails here, before any data is read
@@ -185,6 +192,8 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     # ---- the loop: one iteration is one optimizer step over grad_accum micro-batches
     window = _Window()
     while step < cfg.steps:
+        if governor is not None:
+            governor.update()
         t0 = time.perf_counter()
         data_s = 0.0
         loss_sum = torch.zeros((), device=info.device)
@@ -204,6 +213,14 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
             distributed.set_grad_sync(model, micro == cfg.grad_accum - 1)
             with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss, logs = model(batch)
+            if info.world_size == 1 and not torch.isfinite(loss.detach()).all():
+                # Stop before the update: one NaN step poisons every weight, and nothing after it
+                # (checkpoints, `last`) may point at such a policy. With several ranks the gradient
+                # norm below (the same on every rank after the all-reduce) stops them all together.
+                raise NonFiniteLossError(
+                    f"step {step + 1}: the training loss is {float(loss.detach())} on a batch of {job.data.root} "
+                    f"(split {job.data.train_split}); no update was applied and no checkpoint written for it"
+                )
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
             for k, v in logs.items():
@@ -211,6 +228,8 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip if cfg.grad_clip else math.inf
         )
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteLossError(f"step {step + 1}: the gradient norm is {float(grad_norm)}; no update was applied")
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()

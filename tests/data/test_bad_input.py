@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from roboflamingo.data.dataset import CalvinDataset
-from roboflamingo.data.layout import LANG_ANN, DatasetError, frame_path, validate_split
+from roboflamingo.data.layout import (
+    LANG_ANN,
+    DatasetError,
+    frame_path,
+    load_split_index,
+    read_frame,
+    validate_split,
+)
 from roboflamingo.data.pack import pack_split
+from roboflamingo.data.packed import MANIFEST, PACKED_FIELDS, PackedSplit, load_manifest, read_npy_header
+from roboflamingo.data.stats import compute_normalization
+from roboflamingo.data.synthetic import make_frame, write_split
 from roboflamingo.io import atomic_save_npy
 
 
@@ -134,3 +150,108 @@ def test_frame_only_needed_for_actions_is_checked_too(cfg, root, edit_frame):
     assert 20 not in ds.window_frames(i)[0] and 20 in ds.window_frames(i)[1]
     with pytest.raises(DatasetError, match=r"episode_0000020\.npz: field 'rel_actions' contains NaN"):
         ds[i]
+
+
+# -- issue 18: single-value corruption of frames and packed shards is refused, never trained on ------
+odd_floats = st.one_of(
+    st.sampled_from([np.nan, np.inf, -np.inf, 1e39, -1e39, 1e300]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@pytest.fixture(scope="module")
+def packed_split(tmp_path_factory):
+    split = tmp_path_factory.mktemp("packed_src") / "training"
+    write_split(split, [(0, 39)], [(0, 19, "open_drawer", "open the drawer"), (15, 39, "close_drawer", "close it")],
+                (24, 20), (12, 12), content="noise")
+    pack_split(split, split / "packed", shard_frames=16, progress=False)
+    index = load_split_index(split)
+    PackedSplit(split / "packed", index)  # leaves verified.json behind, so copies test the record too
+    return split, index
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(PACKED_FIELDS), shard=st.integers(0, 10), row=st.integers(0, 15),
+       entry=st.integers(0, 10_000), value=odd_floats, byte=st.integers(0, 255))
+def test_any_single_value_changed_in_a_packed_shard_is_refused_naming_the_file(
+    packed_split, field, shard, row, entry, value, byte
+):
+    split, index = packed_split
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = Path(tmp) / "packed"
+        shutil.copytree(split / "packed", packed)
+        shards = sorted(packed.glob("shard_*"))
+        path = shards[shard % len(shards)] / f"{field}.npy"
+        shape, dtype, offset = read_npy_header(path)
+        per_row = int(np.prod(shape[1:]))
+        pos = (row % shape[0]) * per_row + entry % per_row
+        arr = np.memmap(path, dtype=dtype, mode="r+", offset=offset, shape=(int(np.prod(shape)),))
+        with np.errstate(over="ignore"):
+            new = np.array(value if dtype.kind == "f" else byte).astype(dtype)
+        if new.tobytes() == arr[pos].tobytes():
+            return  # not a change
+        arr[pos] = new
+        arr.flush()
+        del arr
+        with pytest.raises(DatasetError, match=rf"{path.parent.name}/{field}\.npy: sha256 does not match"):
+            PackedSplit(packed, index)
+
+
+def test_nan_in_a_packed_shard_with_a_matching_checksum_is_refused_naming_field_and_row(packed_split, tmp_path):
+    """A packer that wrote the NaN itself (checksums match): the finiteness check on open catches it."""
+    from roboflamingo.data.layout import sha256_file
+
+    split, index = packed_split
+    packed = tmp_path / "packed"
+    shutil.copytree(split / "packed", packed)
+    path = packed / "shard_00000" / "rel_actions.npy"
+    arr = np.load(path)
+    arr[3, 2] = np.nan
+    np.save(path, arr)
+    manifest = json.loads((packed / MANIFEST).read_text())
+    manifest["shards"][0]["files"]["rel_actions.npy"] = sha256_file(path)
+    (packed / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match=r"rel_actions\.npy: field 'rel_actions' row 3 entry 2 is nan"):
+        PackedSplit(packed, index)
+    with pytest.raises(DatasetError, match="rel_actions"):
+        compute_normalization(split, packed_dir=packed)
+
+
+@settings(max_examples=60, deadline=None)
+@given(key=st.sampled_from(["robot_obs", "rel_actions"]), entry=st.integers(0, 14), value=odd_floats,
+       frame=st.integers(0, 39))
+def test_any_non_finite_or_float32_overflowing_frame_value_is_refused_naming_file_and_field(key, entry, value, frame):
+    values = make_frame(frame, (24, 20), (12, 12), "noise", 0)
+    vec = values[key].astype(np.float64)  # float64 frames: 1e39 is finite there and inf as float32
+    vec[entry % len(vec)] = value
+    values[key] = vec
+    finite32 = np.isfinite(vec).all() and np.abs(vec).max() <= np.finfo(np.float32).max
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"episode_{frame:07d}.npz"
+        np.savez_compressed(path, **values)
+        if finite32:
+            assert np.isfinite(read_frame(path)[key].astype(np.float32)).all()
+            return
+        with pytest.raises(DatasetError, match=rf"episode_{frame:07d}\.npz: field '{key}'"):
+            read_frame(path)
+
+
+def test_a_float32_overflow_in_a_frame_stops_packing_with_the_file_named(root, edit_frame):
+    obs = np.zeros(15)
+    obs[4] = 1e39
+    edit_frame(root / "training", 7, robot_obs=obs)
+    with pytest.raises(DatasetError, match=r"episode_0000007\.npz: field 'robot_obs' has values beyond float32"):
+        pack_split(root / "training", root / "training" / "packed", progress=False)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[1, 2]", "must be a JSON object, got a list"),
+    ('{"format": "roboflamingo-packed", "version": 1, "num_frames": 1, "shard_frames": 1, "fields": {}, '
+     '"shards": [1], "frame_ids_sha256": "", "source": {}}', r"field 'shards\[0\]'"),
+    ('{"format": "roboflamingo-packed", "version": 1, "num_frames": "x", "shard_frames": 1, "fields": {}, '
+     '"shards": [], "frame_ids_sha256": "", "source": {}}', "field 'num_frames' must be a int"),
+])
+def test_a_malformed_packed_manifest_is_a_named_error(tmp_path, text, match):
+    (tmp_path / MANIFEST).write_text(text)
+    with pytest.raises(DatasetError, match=match):
+        load_manifest(tmp_path)

@@ -119,6 +119,59 @@ def test_a_cycle_builds_the_calvin_observation_and_publishes_gripper_then_pose()
     assert policy.resets == 1
 
 
+@pytest.mark.parametrize("msg", [{"data": 1}, {"data": True}, {"data": 1.0}, {"data": "true"}, {}, {"data": None}])
+def test_anything_but_an_explicit_off_on_the_estop_topic_stops(msg):
+    clock = Clock()
+    node, bridge = make_node(ConstantPolicy(), clock)
+    bridge.subs[T.instruction.name]({"data": "go"})
+    deliver_obs(bridge, clock.t)
+    for off in ({"data": False}, {"data": 0}, {"data": 0.0}):
+        bridge.subs[T.estop.name](off)
+    assert node.cycle() == "command"
+    bridge.subs[T.estop.name](msg)
+    deliver_obs(bridge, clock.t + 0.01)
+    n = len(bridge.published)
+    assert node.cycle() == "estop" and len(bridge.published) == n
+
+
+@pytest.mark.parametrize("positions", [[None] * 9, [float("nan")] * 9, ["1"] * 9, [True] * 9])
+def test_a_malformed_joint_state_holds_and_the_node_keeps_running(positions):
+    clock = Clock()
+    node, bridge = make_node(ConstantPolicy(), clock)
+    bridge.subs[T.instruction.name]({"data": "go"})
+    deliver_obs(bridge, clock.t)
+    bad = encode_joint_state([*CFG.arm_joints, *CFG.finger_joints], [0.0] * 9, clock.t, "b", 1)
+    bad["position"] = positions
+    bridge.subs[T.joint_state.name](bad)
+    assert node.cycle() == "bad_message" and bridge.published == []
+    deliver_obs(bridge, clock.t + 0.01)  # a good message afterwards is used as usual
+    assert node.cycle() == "command"
+
+
+def test_an_oversized_instruction_is_ignored_before_any_tokenizer_sees_it():
+    clock, policy = Clock(), ConstantPolicy()
+    node, bridge = make_node(policy, clock)
+    deliver_obs(bridge, clock.t)
+    bridge.subs[T.instruction.name]({"data": "x" * 7_000_000})
+    assert node.cycle() == "no_instruction" and policy.observations == []
+    bridge.subs[T.instruction.name]({"data": "open the drawer"})
+    assert node.cycle() == "command"
+
+
+def test_future_stamps_hold_even_without_waiting_for_new_frames():
+    clock = Clock()
+    job = Job(deploy=CFG, control=ControlConfig(static_size=16, gripper_size=8, wait_for_new_obs=False),
+              safety=SafetyConfig(max_obs_age_s=0.5))
+    bridge = FakeBridge()
+    node = ControlNode(job, ConstantPolicy(), bridge=bridge, clock=clock)
+    node.start()
+    bridge.subs[T.instruction.name]({"data": "go"})
+    deliver_obs(bridge, clock.t + 3600.0)  # a clock an hour ahead: such frames would never go stale
+    assert node.cycle() == "future:rgb_static" and bridge.published == []
+    clock.t += 100.0
+    assert node.cycle().startswith("future:")
+
+
 def test_stale_observations_hold_from_the_next_cycle():
     clock = Clock()
     node, bridge = make_node(ConstantPolicy(), clock)

@@ -14,6 +14,7 @@ from roboflamingo.deploy.safety import (
     SafetyConfig,
     SafetyError,
     SafetyFilter,
+    rotation_angle,
     wrap_angle,
 )
 from roboflamingo.types import MAX_REL_ORN, MAX_REL_POS
@@ -55,11 +56,14 @@ def test_commands_never_leave_the_box_or_exceed_the_step_caps(data):
     prev = f.target.copy()
     low, high = np.array(cfg.workspace_min), np.array(cfg.workspace_max)
     for a in data.draw(actions):
+        assert np.all(np.isfinite(f.target))
         cmd = f.apply(a)
         assert np.all(cmd.position >= low - EPS) and np.all(cmd.position <= high + EPS)
         assert np.linalg.norm(cmd.position - prev[:3]) <= cfg.max_step_m + EPS
         turn = np.abs(wrap_angle(cmd.euler - prev[3:]))
         assert np.all(turn <= cfg.max_step_rad + EPS)
+        # the composed rotation, not only each euler increment (per-axis caps allowed ~2.2x)
+        assert rotation_angle(prev[3:], cmd.euler) <= cfg.max_step_rad + 1e-7
         # the CALVIN step scaled for first runs bounds it too
         assert np.all(np.abs(cmd.position - prev[:3]) <= MAX_REL_POS * cfg.action_scale + EPS)
         assert np.all(turn <= MAX_REL_ORN * cfg.action_scale + EPS)
@@ -144,6 +148,76 @@ def test_gate_holds_exactly_when_an_observation_is_missing_or_stale(ages, limit)
     assert (reason is not None) == should_hold
     if reason:
         assert reason.startswith(("no_observation:", "stale:"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(ahead=st.floats(0.0, 1e6), limit=st.floats(0.01, 1.0))
+def test_future_dated_observations_hold_like_stale_ones(ahead, limit):
+    gate = CommandGate(max_obs_age_s=limit)
+    stamp = 1000.0 + ahead
+    reason = gate.check(1000.0, {"cam": stamp})
+    assert (reason == "future:cam") == (1000.0 - stamp < -limit)
+    assert reason in (None, "future:cam")
+
+
+def test_a_full_rotation_on_three_axes_is_capped_as_one_rotation():
+    # 0.05 rad on each axis composes to ~0.087 rad; per-axis caps of 0.05 used to let all of it through
+    f = SafetyFilter(SafetyConfig(max_step_rad=0.05))
+    f.reset([0, -0.3, 0.6, 0.0, 0.0, 0.0])
+    cmd = f.apply(np.array([0, 0, 0, 1, 1, 1, 1.0]))
+    assert rotation_angle(np.zeros(3), cmd.euler) == pytest.approx(0.05, abs=1e-6)
+    # near gimbal lock (pitch ~ pi/2) the composed angle of per-axis steps is larger still
+    f.reset([0, -0.3, 0.6, 0.0, np.pi / 2 - 0.01, 0.0])
+    start = f.target[3:].copy()
+    cmd = f.apply(np.array([0, 0, 0, 1, 1, -1, 1.0]))
+    assert rotation_angle(start, cmd.euler) <= 0.05 + 1e-7
+
+
+NUMERIC_FIELDS = ("max_step_m", "max_step_rad", "action_scale", "max_obs_age_s", "max_duration_s")
+odd = st.one_of(
+    st.sampled_from([float("nan"), float("inf"), float("-inf"), -0.0, 0.0, 1e308, -1.0]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.fixed_dictionaries({}, optional={k: odd for k in NUMERIC_FIELDS}),
+    box=st.lists(st.one_of(odd, st.floats(-1, 1)), min_size=6, max_size=6),
+    use_box=st.booleans(),
+    action=hnp.arrays(np.float64, 7, elements=st.floats(-1, 1)),
+)
+def test_any_config_is_refused_or_yields_finite_bounded_commands(values, box, use_box, action):
+    kwargs = dict(values)
+    if use_box:
+        kwargs.update(workspace_min=box[:3], workspace_max=box[3:])
+    try:
+        cfg = SafetyConfig(**kwargs)
+    except ValueError as e:
+        assert any(name in str(e) for name in [*NUMERIC_FIELDS, "workspace_min", "workspace_max"])
+        return
+    for name in NUMERIC_FIELDS:
+        assert np.isfinite(getattr(cfg, name)), name
+    assert 0 < cfg.action_scale <= 1 and cfg.max_obs_age_s > 0
+    low, high = np.array(cfg.workspace_min), np.array(cfg.workspace_max)
+    f = SafetyFilter(cfg)
+    f.reset(np.concatenate([(low + high) / 2, [0.1, 0.2, 0.3]]))
+    prev = f.target.copy()
+    for _ in range(3):
+        cmd = f.apply(action)
+        assert np.all(np.isfinite(cmd.pose))
+        assert np.all(cmd.position >= low - EPS) and np.all(cmd.position <= high + EPS)
+        assert np.linalg.norm(cmd.position - prev[:3]) <= cfg.max_step_m + EPS
+        prev = cmd.pose
+    gate = CommandGate(cfg.max_obs_age_s, cfg.max_duration_s)
+    assert gate.check(0.0, {"cam": -2 * cfg.max_obs_age_s}) == "stale:cam"
+
+
+@pytest.mark.parametrize("field", NUMERIC_FIELDS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_and_inf_are_refused_for_every_numeric_field(field, value):
+    with pytest.raises(ValueError, match=f"safety.{field} must be a finite number"):
+        SafetyConfig(**{field: value})
 
 
 def test_estop_latches_and_wins_over_everything():

@@ -287,6 +287,9 @@ def test_a_checkpoint_is_served_with_one_policy_copy_per_session(tmp_path):
     with ServerThread(PolicyServer(source, port=0)) as thread:
         with PolicyClient(thread.url) as a, PolicyClient(thread.url) as b:
             assert set(a.observation_keys) == {"rgb_static", "rgb_gripper", "robot_obs"}
+            # the handshake names the checkpoint, but not where it lives on the server
+            assert a.metadata["policy_info"] == {"checkpoint": "ckpt"}
+            assert str(tmp_path) not in repr(a.metadata)
             a.reset()
             b.reset()
             got_a = [a.step(frames[0], "open the drawer")]

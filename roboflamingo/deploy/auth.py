@@ -1,0 +1,115 @@
+"""Shared secrets for the deployment path: the policy server's token and rosbridge's rosauth MAC.
+
+* Policy server: a bearer token in the websocket handshake (``Authorization: Bearer <token>``). A
+  browser page cannot set that header on a websocket, so a token also shuts out web pages that
+  reach a local server through the browser; ``Origin`` checks do the rest (``server.py``).
+* rosbridge: the ``auth`` op of the rosbridge v2 protocol, verified by ``rosauth``'s
+  ``ros_mac_authentication`` service (ROS 1 rosbridge with ``authenticate:=true``)::
+
+      mac = sha512_hex(secret + client + dest + rand + str(int(t)) + level + str(int(end)))
+
+  accepted while ``|t - now| < 5 s`` and ``end > now``. Our relay verifies the same MAC, so a node
+  that authenticates to a real rosbridge authenticates to the relay unchanged.
+
+A secret comes from a file (``*_file``, first line) or an environment variable, never from a
+command line (which every local user can read in ``ps``); an inline value is accepted for tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+TOKEN_ENV = "ROBOFLAMINGO_TOKEN"
+ROSAUTH_ENV = "ROBOFLAMINGO_ROSAUTH_SECRET"
+ROSAUTH_WINDOW_S = 5.0  # rosauth's tolerance between the request time and the server clock
+BEARER = "Bearer "
+
+
+def read_secret(value: str = "", path: str = "", env: str = "", what: str = "token") -> str:
+    """The secret from ``value``, else the first line of ``path``, else ``$env``; "" when none."""
+    if value:
+        return value
+    if path:
+        p = Path(path).expanduser()
+        try:
+            text = p.read_text().splitlines()
+        except OSError as e:
+            raise ValueError(f"{what} file {p}: cannot be read ({e.strerror or e})") from e
+        secret = text[0].strip() if text else ""
+        if not secret:
+            raise ValueError(f"{what} file {p}: is empty")
+        return secret
+    return os.environ.get(env, "") if env else ""
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` binds only to this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        # A host name: it is loopback only if every address it resolves to is.
+        try:
+            infos = socket.getaddrinfo(host, None)
+        except OSError:
+            return False
+        return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def bearer_matches(header: str | None, token: str) -> bool:
+    """Constant-time check of an ``Authorization`` header against ``token``."""
+    if not header or not header.startswith(BEARER):
+        return False
+    return hmac.compare_digest(header[len(BEARER) :].strip().encode(), token.encode())
+
+
+def _secs(t: Any) -> int:
+    # rosbridge clients send times as float seconds or as {secs, nsecs} / {sec, nanosec}.
+    if isinstance(t, dict):
+        t = t.get("secs", t.get("sec"))
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise ValueError(f"auth time must be a number or {{secs, nsecs}}, got {t!r}"[:200])
+    return int(t)
+
+
+def rosauth_mac(secret: str, client: str, dest: str, rand: str, t: Any, level: str, end: Any) -> str:
+    text = f"{secret}{client}{dest}{rand}{_secs(t)}{level}{_secs(end)}"
+    return hashlib.sha512(text.encode()).hexdigest()
+
+
+def rosauth_message(
+    secret: str, client: str = "roboflamingo", dest: str = "rosbridge", level: str = "control",
+    lifetime_s: float = 24 * 3600.0, now: float | None = None,
+) -> dict[str, Any]:
+    """A fresh rosbridge ``auth`` op (new random string and time each call, as rosauth expects)."""
+    t = time.time() if now is None else now
+    end = t + lifetime_s
+    rand = secrets.token_hex(8)
+    mac = rosauth_mac(secret, client, dest, rand, t, level, end)
+    return {"op": "auth", "mac": mac, "client": client, "dest": dest, "rand": rand, "t": t,
+            "level": level, "end": end}
+
+
+def rosauth_valid(secret: str, msg: dict, now: float) -> bool:
+    """rosauth's check: the MAC matches, ``t`` is within 5 s of ``now`` and ``end`` is in the future."""
+    try:
+        fields = [msg[k] for k in ("client", "dest", "rand", "level")]
+        if not all(isinstance(f, str) for f in fields) or not isinstance(msg.get("mac"), str):
+            return False
+        client, dest, rand, level = fields
+        t, end = _secs(msg["t"]), _secs(msg["end"])
+    except (KeyError, ValueError):
+        return False
+    if abs(t - now) >= ROSAUTH_WINDOW_S + 1 or end <= now:  # +1: t is compared in whole seconds
+        return False
+    expected = rosauth_mac(secret, client, dest, rand, t, level, end)
+    return hmac.compare_digest(expected.encode(), msg["mac"].encode())
