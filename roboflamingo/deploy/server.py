@@ -40,6 +40,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from roboflamingo.config import require_choice, require_positive
+from roboflamingo.deploy import protocols
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
 from roboflamingo.deploy.policies import POLICY_SOURCES, PolicySource, observation_spec, resolve_policy_source
 from roboflamingo.types import (
@@ -225,10 +226,8 @@ class PolicyServer:
         self.sessions[session_id] = session
         self.counters["sessions"] += 1
         try:
-            await ws.send(packb(self.metadata(session_id)))
-            async for frame in ws:
-                reply = await self._reply(session, frame)
-                await ws.send(packb(reply))
+            # The URL path and the first frame pick the protocol: ours, openpi's or vla-eval's.
+            await protocols.serve_session(self, session, ws)
         except ConnectionClosed:
             pass
         finally:
