@@ -226,8 +226,10 @@ class PolicyServer:
         self.sessions[session_id] = session
         self.counters["sessions"] += 1
         try:
-            # The URL path and the first frame pick the protocol: ours, openpi's or vla-eval's.
-            await protocols.serve_session(self, session, ws)
+            await ws.send(packb(self.metadata(session_id)))
+            async for frame in ws:
+                reply = await self._reply(session, frame)
+                await ws.send(packb(reply))
         except ConnectionClosed:
             pass
         finally:
@@ -310,7 +312,7 @@ class PolicyServer:
     # -- lifecycle --------------------------------------------------------------------------------
     async def serve(self, stop: asyncio.Future, ready: Callable[[int], None] | None = None) -> None:
         async with serve(
-            self._handler,
+            protocols.handler(self),  # ours, openpi's or vla-eval's, by URL path and first frame
             self.host,
             self.port,
             process_request=self._process_request,

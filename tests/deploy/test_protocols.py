@@ -342,7 +342,6 @@ def test_each_protocol_carries_the_token_its_own_way(token_server):
         assert unpackb(ws.recv(timeout=5))["type"] == "metadata"
         ws.send(packb({"type": "step", "id": 1, "obs": obs, "instruction": "go"}))
         assert unpackb(ws.recv(timeout=5))["type"] == "action"
-    assert token_server.server.counters["sessions"] == 4  # refused handshakes never made a session
 
 
 @pytest.mark.parametrize(

@@ -1,38 +1,38 @@
 """The client protocols ``roboflamingo serve`` speaks, all on one port, all through one policy core.
 
-===================  ===========  =====================================================================
-protocol             URL path     how it is recognised
-===================  ===========  =====================================================================
-ours (``native``)    ``/``        the first frame is a map with a string ``type`` (``deploy.client``)
-openpi-client        ``/``        the first frame is a bare observation map (``protocols.openpi``)
-                     ``/openpi``  forced, for observations that happen to carry a ``type`` key
+===================  =============  ===================================================================
+protocol             URL path       how it is recognised
+===================  =============  ===================================================================
+ours (``native``)    ``/``          the first frame is a map with a string ``type`` (``deploy.client``)
+openpi-client        ``/``          the first frame is a bare observation map (``protocols.openpi``)
+                     ``/openpi``    forced, for observations that happen to carry a ``type`` key
 vla-eval             ``/vla-eval``  its client speaks first (HELLO), so it needs its own path
-===================  ===========  =====================================================================
+===================  =============  ===================================================================
 
 Ours and openpi's clients both wait for the server's metadata map before sending anything, so ``/``
 greets with it and the first frame picks the protocol for the rest of the session. vla-eval's
-``Connection`` sends HELLO and expects HELLO back as the first frame, which a greeting would break.
+``Connection`` sends HELLO and expects HELLO back as its first frame, which a greeting would break.
 
-Every adapter is a translator and nothing more: it turns a foreign frame into our own request
-(``{"type": "step" | "reset", ...}``), hands it to the server's request path (``PolicyServer._reply``:
-size limit, observation checks, the session's policy and lock, inference in the pool, error codes)
-and turns the reply into the foreign frame. So one policy core serves all three, a session's
-history lives in its policy, and anything the server learns (batching, limits) applies to every
-protocol at once. Token carriers per protocol: ``protocols.auth``.
+A protocol is a translator and nothing more. ``handler(server)`` hands ``PolicyServer._handler`` a
+``ProtocolConnection``: iterating it yields *our* request frames (``{"type": "step" | "reset", ...}``)
+translated from the client's, and what the server sends back through it is translated into the
+client's protocol. The server's whole request path (admission, size limit, decode bounds, idle
+timeout, observation checks, the session's policy and lock, batching, error codes) is therefore
+the same for every protocol: one policy core, one history per session. Token carriers per protocol
+are in ``protocols.auth``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-import msgpack
-
-from roboflamingo.deploy.codec import packb
+from roboflamingo.deploy.codec import CodecError, packb, unpackb
 
 if TYPE_CHECKING:
-    from roboflamingo.deploy.server import PolicyServer, Session
+    from roboflamingo.deploy.server import PolicyServer
 
 LOG = logging.getLogger("roboflamingo.serve")
 
@@ -40,56 +40,44 @@ NATIVE_PATH = "/"
 OPENPI_PATH = "/openpi"
 VLA_EVAL_PATH = "/vla-eval"
 PATHS = (NATIVE_PATH, OPENPI_PATH, VLA_EVAL_PATH)
+MAX_DEPTH = 16  # foreign frames are walked after decoding; real observations nest 3 deep
+
+Send = Callable[[bytes | str], Awaitable[None]]
 
 
-class Adapter(Protocol):
-    """One session's protocol: an optional greeting, then one (or no) reply per client frame."""
+class Translator(Protocol):
+    """One connection's protocol, between the client's frames and the server's native ones."""
 
     name: str
 
-    def greeting(self) -> bytes | None: ...
+    def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
+        """The native request frames one client frame stands for, in order (it may answer directly)."""
 
-    async def handle(self, frame: bytes | str) -> bytes | str | None: ...
-
-
-class Core:
-    """The native request path of one session, as foreign protocols reach it."""
-
-    def __init__(self, server: PolicyServer, session: Session) -> None:
-        self.server = server
-        self.session = session
-
-    async def request(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """Answer ``msg`` exactly as a native client's frame would be answered (an error is a reply)."""
-        try:
-            frame = packb(msg)
-        except (TypeError, ValueError, OverflowError) as e:
-            return self.server._error(msg.get("id"), "bad_request", f"cannot pass the request on: {e}")
-        return await self.server._reply(self.session, frame)
-
-    async def step(self, obs: Any, instruction: Any, request_id: Any = None) -> dict[str, Any]:
-        return await self.request({"type": "step", "id": request_id, "obs": obs, "instruction": instruction})
-
-    async def reset(self, request_id: Any = None) -> dict[str, Any]:
-        return await self.request({"type": "reset", "id": request_id})
-
-    def metadata(self) -> dict[str, Any]:
-        return self.server.metadata(self.session.id)
+    def outgoing(self, frame: bytes | str) -> bytes | str | None:
+        """The client's form of one frame the server sends (None: nothing goes out)."""
 
 
-class NativeAdapter:
-    """Our own protocol (``server.py``'s docstring), unchanged."""
+def walk(obj: Any, convert: Callable[[dict], Any], depth: int = 0) -> Any:
+    """Apply ``convert`` to every map of a decoded frame, innermost first (``CodecError`` when too deep)."""
+    if depth > MAX_DEPTH:
+        raise CodecError(f"message nests deeper than {MAX_DEPTH} levels")
+    if isinstance(obj, dict):
+        return convert({k: walk(v, convert, depth + 1) for k, v in obj.items()})
+    if isinstance(obj, list):
+        return [walk(v, convert, depth + 1) for v in obj]
+    return obj
+
+
+class NativeTranslator:
+    """Our own protocol (``server.py``'s docstring): frames pass through unchanged."""
 
     name = "roboflamingo"
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    async def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
+        yield frame
 
-    def greeting(self) -> bytes | None:
-        return packb(self.core.metadata())
-
-    async def handle(self, frame: bytes | str) -> bytes | str | None:
-        return packb(await self.core.server._reply(self.core.session, frame))
+    def outgoing(self, frame: bytes | str) -> bytes | str | None:
+        return frame
 
 
 def _looks_native(frame: bytes | str) -> bool:
@@ -97,64 +85,96 @@ def _looks_native(frame: bytes | str) -> bool:
     if isinstance(frame, str):
         return True
     try:
-        msg = msgpack.unpackb(frame, raw=False, strict_map_key=False)
-    except Exception:  # msgpack raises several unrelated types for corrupt input
+        msg = unpackb(frame)
+    except CodecError:
         return True
     return not isinstance(msg, dict) or isinstance(msg.get("type"), str)
 
 
-class AutoAdapter:
-    """``/``: greet with the metadata both clients expect, then let the first frame pick the protocol."""
+class AutoTranslator:
+    """``/``: the greeting both clients expect goes out as is; the first frame picks the protocol."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
-        self.chosen: Adapter | None = None
+    def __init__(self, server: PolicyServer, send: Send) -> None:
+        self.server, self.send = server, send
+        self.chosen: Translator | None = None
 
     @property
     def name(self) -> str:
-        return self.chosen.name if self.chosen else "undecided"
+        return self.chosen.name if self.chosen is not None else "undecided"
 
-    def greeting(self) -> bytes | None:
-        return NativeAdapter(self.core).greeting()
-
-    async def handle(self, frame: bytes | str) -> bytes | str | None:
+    async def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
         if self.chosen is None:
-            from roboflamingo.deploy.protocols.openpi import OpenpiAdapter
+            from roboflamingo.deploy.protocols.openpi import OpenpiTranslator
 
-            self.chosen = NativeAdapter(self.core) if _looks_native(frame) else OpenpiAdapter(self.core)
-            LOG.info("session %d speaks %s", self.core.session.id, self.chosen.name)
-        return await self.chosen.handle(frame)
+            native = _looks_native(frame)
+            self.chosen = NativeTranslator() if native else OpenpiTranslator(self.server, self.send)
+            LOG.info("a client on / speaks %s", self.chosen.name)
+        async for native_frame in self.chosen.incoming(frame):
+            yield native_frame
+
+    def outgoing(self, frame: bytes | str) -> bytes | str | None:
+        return frame if self.chosen is None else self.chosen.outgoing(frame)
 
 
-def adapter_for(path: str, core: Core) -> Adapter | None:
-    """The adapter that serves a connection to ``path`` (query string ignored), None when unknown."""
+def translator_for(path: str, server: PolicyServer, send: Send) -> Translator | None:
+    """The translator for a connection to ``path`` (query string ignored); None when the path is unknown."""
     route = urlsplit(path).path or NATIVE_PATH
     if route == NATIVE_PATH:
-        return AutoAdapter(core)
+        return AutoTranslator(server, send)
     if route == OPENPI_PATH:
-        from roboflamingo.deploy.protocols.openpi import OpenpiAdapter
+        from roboflamingo.deploy.protocols.openpi import OpenpiTranslator
 
-        return OpenpiAdapter(core)
+        return OpenpiTranslator(server, send)
     if route == VLA_EVAL_PATH:
-        from roboflamingo.deploy.protocols.vla_eval import VlaEvalAdapter
+        from roboflamingo.deploy.protocols.vla_eval import VlaEvalTranslator
 
-        return VlaEvalAdapter(core)
+        return VlaEvalTranslator(server, send)
     return None
 
 
-async def serve_session(server: PolicyServer, session: Session, ws: Any) -> None:
-    """Run one connection's session to its end in the protocol its URL path and first frame choose."""
-    path = ws.request.path if ws.request is not None else NATIVE_PATH
-    adapter = adapter_for(path, Core(server, session))
-    if adapter is None:
-        known = ", ".join(PATHS)
-        await ws.send(packb(server._error(None, "bad_request", f"unknown path {path[:100]!r} ({known})")))
-        await ws.close(1008, "unknown path")
-        return
-    hello = adapter.greeting()
-    if hello is not None:
-        await ws.send(hello)
-    async for frame in ws:
-        reply = await adapter.handle(frame)
-        if reply is not None:
-            await ws.send(reply)
+class ProtocolConnection:
+    """A websocket connection as ``PolicyServer._handler`` sees it: native frames in and out."""
+
+    def __init__(self, ws: Any, translator: Translator) -> None:
+        self.ws = ws
+        self.translator = translator
+
+    @property
+    def request(self) -> Any:
+        return self.ws.request
+
+    @property
+    def remote_address(self) -> Any:
+        return self.ws.remote_address
+
+    async def send(self, frame: bytes | str) -> None:
+        out = self.translator.outgoing(frame)
+        if out is not None:
+            await self.ws.send(out)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        await self.ws.close(code, reason)
+
+    def __aiter__(self) -> AsyncIterator[bytes | str]:
+        return self._frames()
+
+    async def _frames(self) -> AsyncIterator[bytes | str]:
+        async for frame in self.ws:
+            async for native in self.translator.incoming(frame):
+                yield native
+
+
+def handler(server: PolicyServer) -> Callable[[Any], Awaitable[None]]:
+    """The websocket handler for ``server``: pick the protocol from the path, then serve the session."""
+
+    async def handle(ws: Any) -> None:
+        path = ws.request.path if ws.request is not None else NATIVE_PATH
+        translator = translator_for(path, server, ws.send)
+        if translator is None:  # refused before a policy is made for it
+            known = ", ".join(PATHS)
+            await ws.send(packb(server._error(None, "bad_request", f"unknown path {path[:100]!r} ({known})")))
+            await ws.close(1008, "unknown path")
+            return
+        await server._handler(ProtocolConnection(ws, translator))
+
+    return handle

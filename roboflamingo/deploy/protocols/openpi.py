@@ -5,27 +5,40 @@
                                    ``rgb_gripper``, ``robot_obs``, ``scene_obs``; openpi's
                                    ``observation/`` prefix is accepted) and the instruction as ``prompt``
     server -> client               {"actions": float32 (1, 7), "server_timing": {...}}
-    on an error                    a text frame with the reason; openpi's client raises it as a
+    on an error                    a text frame "<code>: <reason>"; openpi's client raises it as a
                                    RuntimeError, and the session stays open
 
-openpi-client packs arrays as ``{b"__ndarray__", b"data", b"dtype", b"shape"}``: the layout of our
-codec, but with *bytes* keys, and it only decodes arrays whose keys are bytes; so this module reads
-both spellings and writes openpi's. Decoding keeps our codec's rules (numeric and bool dtypes only,
-byte count checked against the shape), so a frame is data and nothing else.
+openpi-client packs arrays as ``{b"__ndarray__", b"data", b"dtype", b"shape"}``: our codec's layout,
+but with *bytes* keys, and it decodes only arrays whose keys are bytes. So frames are decoded by our
+codec (its bounds apply) and their bytes-keyed arrays then checked by the codec's own array rules
+(numeric and bool dtypes only, byte count against the shape); replies are written openpi's way.
 
-openpi's client never tells the server that an episode starts (its ``reset()`` sends nothing); a
+openpi's client never tells the server that an episode starts (its ``reset()`` sends nothing): a
 session is one episode stream, and a new connection is a new session with a fresh policy.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import numpy as np
 
-from roboflamingo.deploy.codec import ALLOWED_KINDS, NDARRAY_KEY, CodecError, _decode_array, _encode_default
-from roboflamingo.deploy.protocols import Core
+from roboflamingo.deploy.codec import (
+    ALLOWED_KINDS,
+    NDARRAY_KEY,
+    CodecError,
+    _decode_array,
+    _encode_default,
+    unpackb,
+)
+from roboflamingo.deploy.codec import packb as native_packb
+from roboflamingo.deploy.protocols import Send, walk
+
+if TYPE_CHECKING:
+    from roboflamingo.deploy.server import PolicyServer
 
 PROMPT_KEY = "prompt"
 OBS_PREFIX = "observation/"
@@ -33,18 +46,16 @@ _B_NDARRAY = NDARRAY_KEY.encode()
 _B_NPGENERIC = b"__npgeneric__"
 
 
-def _object_hook(d: dict) -> Any:
+def _convert(d: dict) -> Any:
     if d.get(_B_NDARRAY) is True:
         return _decode_array({k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()})
-    if d.get(NDARRAY_KEY) is True:
-        return _decode_array(d)
     if d.get(_B_NPGENERIC) is True:
         dtype, value = d.get(b"dtype"), d.get(b"data")
         try:
             kind = np.dtype(dtype).kind
         except TypeError as e:
             raise CodecError(f"numpy scalar has an unknown dtype {dtype!r}") from e
-        if kind not in ALLOWED_KINDS or isinstance(value, (dict, list, bytes, str)):
+        if kind not in ALLOWED_KINDS or not isinstance(value, (bool, int, float)):
             raise CodecError(f"numpy scalar of dtype {dtype!r} is not allowed (bool, int, uint and float only)")
         return value
     return d
@@ -62,42 +73,52 @@ def packb(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_encode, use_bin_type=True)
 
 
-def unpackb(data: bytes) -> Any:
+def decode(frame: bytes) -> Any:
     """Decode an openpi frame; any failure becomes a ``CodecError`` with the reason."""
-    try:
-        return msgpack.unpackb(bytes(data), raw=False, object_hook=_object_hook, strict_map_key=True)
-    except CodecError:
-        raise
-    except Exception as e:  # msgpack raises several unrelated types for corrupt input
-        raise CodecError(f"not a valid msgpack message ({type(e).__name__}: {e})") from e
+    return walk(unpackb(frame), _convert)
 
 
-class OpenpiAdapter:
+class OpenpiTranslator:
     name = "openpi"
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, server: PolicyServer, send: Send) -> None:
+        self.server, self.send = server, send
+        self.pending: deque[None] = deque()  # one entry per step frame handed to the server
 
-    def greeting(self) -> bytes | None:
-        return packb(self.core.metadata())
-
-    async def handle(self, frame: bytes | str) -> bytes | str | None:
-        limit = self.core.server.max_message_bytes
+    async def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
+        limit = self.server.max_message_bytes
         if isinstance(frame, str):
-            return "bad_request: expected a binary msgpack observation map, got a text frame"
+            await self.send("bad_request: expected a binary msgpack observation map, got a text frame")
+            return
         if len(frame) > limit:
-            return f"too_large: message of {len(frame)} bytes exceeds max_message_bytes={limit}"
+            await self.send(f"too_large: message of {len(frame)} bytes exceeds max_message_bytes={limit}")
+            return
         try:
-            msg = unpackb(frame)
+            msg = decode(frame)
         except CodecError as e:
-            return f"bad_request: {e}"[:1000]
+            await self.send(f"bad_request: {e}"[:1000])
+            return
         if not isinstance(msg, dict):
-            return f"bad_request: an observation must be a map, got {type(msg).__name__}"
+            await self.send(f"bad_request: an observation must be a map, got {type(msg).__name__}")
+            return
         instruction = msg.pop(PROMPT_KEY, None)
         if not isinstance(instruction, str):
-            return f"bad_request: the observation needs the instruction as a string '{PROMPT_KEY}'"
-        obs = {k[len(OBS_PREFIX) :] if isinstance(k, str) and k.startswith(OBS_PREFIX) else k: v for k, v in msg.items()}
-        reply = await self.core.step(obs, instruction)
-        if reply.get("type") == "error":
+            await self.send(f"bad_request: the observation needs the instruction as a string '{PROMPT_KEY}'")
+            return
+        obs = {k.removeprefix(OBS_PREFIX) if isinstance(k, str) else k: v for k, v in msg.items()}
+        try:
+            native = native_packb({"type": "step", "obs": obs, "instruction": instruction})
+        except (TypeError, ValueError, OverflowError) as e:
+            await self.send(f"bad_request: {e}"[:1000])
+            return
+        self.pending.append(None)
+        yield native
+
+    def outgoing(self, frame: bytes | str) -> bytes | str | None:
+        if not self.pending:  # the metadata greeting, or a refusal before the session started
+            return frame
+        self.pending.popleft()
+        reply = unpackb(frame)
+        if reply.get("type") != "action":
             return f"{reply.get('code')}: {reply.get('error')}"
         return packb({"actions": np.asarray(reply["action"], np.float32)[None], "server_timing": reply["timing"]})

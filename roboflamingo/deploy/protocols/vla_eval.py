@@ -4,23 +4,24 @@ Every frame is a msgpack map ``{type, payload, seq, timestamp}``::
 
     client -> server   hello           {harness_version, protocol_version, benchmark?}
     server -> client   hello           {harness_version, protocol_version, model_server, capabilities,
-                                        observation_params, action_spec, observation_spec}
+                                        observation_params, action_spec, observation_spec, roboflamingo}
     client -> server   episode_start   {task: {...}}          -> the session's policy is reset
     client -> server   observation     {images: {rgb_static, rgb_gripper: HWC uint8}, states: (15,),
                                         scene_obs?: (24,), task_description: str,
-                                        episode_restart?: true (a new subtask: reset first)}
+                                        episode_restart?: true (a chain's next subtask: reset first)}
     server -> client   action          {actions: float32 (7,)}, seq = the observation's seq
     client -> server   episode_end     {...}                   -> nothing
-    server -> client   error           {error: str}, seq = the failing message's seq
+    server -> client   error           {error: "<code>: <reason>"}, seq = the failing message's seq
 
 ``observation_params`` tells a benchmark what this policy needs (vla-eval's orchestrator passes
 them to the benchmark's constructor): ``send_wrist_image``, ``send_state`` and, for the scripted
-expert, which reads the privileged scene state, ``send_scene_obs``.
+expert, which reads the privileged scene state, ``send_scene_obs``. ``roboflamingo`` is our own
+handshake (``PolicyServer.metadata``).
 
 Images arrive as vla-eval's ``{"__image__": True, "format": raw | png | jpeg, "data", "shape"}``
-(PNG by default). They are decoded here under the same rules as our codec: the declared shape must
-be HWC with at most ``max_message_bytes`` pixels' worth of bytes, checked from the image header
-before any pixel is decompressed, and the decoded array must have exactly that shape.
+(PNG by default). They are decoded under our codec's rules: the declared shape must be HWC with at
+most ``max_message_bytes`` bytes once decoded, checked against the image header before any pixel is
+decompressed, and the decoded array must have exactly that shape.
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ from __future__ import annotations
 import io
 import logging
 import time
-from typing import Any
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
-import msgpack
 import numpy as np
 
 from roboflamingo import __version__
-from roboflamingo.deploy.codec import NDARRAY_KEY, CodecError, _decode_array, packb
-from roboflamingo.deploy.protocols import Core
+from roboflamingo.deploy.codec import CodecError, _decode_array, packb, unpackb
+from roboflamingo.deploy.protocols import Send, walk
 from roboflamingo.types import CAMERAS, RGB_GRIPPER, ROBOT_OBS, SCENE_OBS
+
+if TYPE_CHECKING:
+    from roboflamingo.deploy.server import PolicyServer
 
 LOG = logging.getLogger("roboflamingo.serve")
 
@@ -47,7 +52,7 @@ PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 STATE_KEYS = ("states", "state")  # vla-eval's CALVIN benchmark sends "states"; its docs say "state"
 
 
-def _decode_image(d: dict, limit: int) -> np.ndarray:
+def decode_image(d: dict, limit: int) -> np.ndarray:
     fmt, shape, data = d.get("format"), d.get("shape"), d.get("data")
     if not isinstance(data, bytes) or not isinstance(shape, list) or len(shape) != 3:
         raise CodecError("an image needs 'format', 'data' (bytes) and an HWC 'shape' of 3 ints")
@@ -65,13 +70,13 @@ def _decode_image(d: dict, limit: int) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data), formats=[PIL_FORMATS[fmt]]) as img:
-            if img.size != (shape[1], shape[0]):  # header only: nothing is decompressed yet
+            if img.size != (shape[1], shape[0]):  # from the header: nothing is decompressed yet
                 raise CodecError(f"{fmt} image is {img.size[1]}x{img.size[0]}, its shape says {shape}")
             arr = np.asarray(img)
     except CodecError:
         raise
     except Exception as e:  # PIL raises many types for corrupt data
-        raise CodecError(f"cannot decode the {fmt} image ({type(e).__name__}: {e})") from e
+        raise CodecError(f"cannot decode the {fmt} image ({type(e).__name__}: {e})"[:300]) from e
     if arr.ndim == 2:
         arr = arr[..., None]
     if list(arr.shape) != shape or arr.dtype != np.uint8:
@@ -81,27 +86,14 @@ def _decode_image(d: dict, limit: int) -> np.ndarray:
 
 def unpack_message(data: bytes, limit: int) -> dict[str, Any]:
     """Decode one vla-eval frame into ``{type, payload, seq, timestamp}`` (``CodecError`` when malformed)."""
-
-    def hook(d: dict) -> Any:
-        if d.get(IMAGE_KEY) is True:
-            return _decode_image(d, limit)
-        if d.get(NDARRAY_KEY) is True:
-            return _decode_array(d)
-        return d
-
-    try:
-        msg = msgpack.unpackb(bytes(data), raw=False, object_hook=hook, strict_map_key=True)
-    except CodecError:
-        raise
-    except Exception as e:  # msgpack raises several unrelated types for corrupt input
-        raise CodecError(f"not a valid msgpack message ({type(e).__name__}: {e})") from e
+    msg = walk(unpackb(data), lambda d: decode_image(d, limit) if d.get(IMAGE_KEY) is True else d)
     if not isinstance(msg, dict):
         raise CodecError(f"a vla-eval message must be a map, got {type(msg).__name__}")
     missing = [k for k in ("type", "payload", "seq", "timestamp") if k not in msg]
     if missing:
         raise CodecError(f"a vla-eval message needs type, payload, seq and timestamp; missing {missing}")
     if msg["type"] not in TYPES:
-        raise CodecError(f"unknown vla-eval message type {msg['type']!r} (one of {list(TYPES)})")
+        raise CodecError(f"unknown vla-eval message type {str(msg['type'])[:50]!r} (one of {list(TYPES)})")
     if not isinstance(msg["payload"], dict):
         raise CodecError(f"a vla-eval payload must be a map, got {type(msg['payload']).__name__}")
     return msg
@@ -162,59 +154,80 @@ def to_observation(payload: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     return obs, payload.get("task_description")
 
 
-class VlaEvalAdapter:
+class VlaEvalTranslator:
     name = "vla-eval"
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, server: PolicyServer, send: Send) -> None:
+        self.server, self.send = server, send
+        self.metadata: dict[str, Any] = {}
+        # Per native frame handed to the server: (what it was, the vla-eval seq its reply answers).
+        self.pending: deque[tuple[str, Any]] = deque()
+        self.failed = False  # the last reset before a step failed: that step is not taken
 
-    def greeting(self) -> bytes | None:
-        return None  # vla-eval's client speaks first
-
-    def _hello(self) -> dict[str, Any]:
-        keys = self.core.server.source.observation_keys
+    def hello(self) -> dict[str, Any]:
+        keys = self.server.source.observation_keys
         return {
             "harness_version": f"roboflamingo-{__version__}",
             "protocol_version": PROTOCOL_VERSION,
-            "model_server": f"roboflamingo:{self.core.server.source.name}",
+            "model_server": f"roboflamingo:{self.server.source.name}",
             "capabilities": {},
             "observation_params": observation_params(keys),
             "action_spec": ACTION_SPEC,
             "observation_spec": observation_spec(keys),
-            "roboflamingo": self.core.metadata(),
+            "roboflamingo": self.metadata,
         }
 
-    async def handle(self, frame: bytes | str) -> bytes | str | None:
-        limit = self.core.server.max_message_bytes
+    async def error(self, message: str, seq: Any = 0) -> None:
+        await self.send(pack_message("error", {"error": message}, seq))
+
+    async def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
+        limit = self.server.max_message_bytes
         if isinstance(frame, str):
-            return pack_message("error", {"error": "bad_request: expected a binary msgpack frame"}, 0)
+            await self.error("bad_request: expected a binary msgpack frame, got a text frame")
+            return
         if len(frame) > limit:
-            return pack_message(
-                "error", {"error": f"too_large: message of {len(frame)} bytes exceeds max_message_bytes={limit}"}, 0
-            )
+            await self.error(f"too_large: message of {len(frame)} bytes exceeds max_message_bytes={limit}")
+            return
         try:
             msg = unpack_message(frame, limit)
         except CodecError as e:
-            return pack_message("error", {"error": f"bad_request: {e}"[:1000]}, 0)
+            await self.error(f"bad_request: {e}"[:1000])
+            return
         kind, payload, seq = msg["type"], msg["payload"], msg["seq"]
         if kind == "hello":
-            return pack_message("hello", self._hello(), seq)
-        if kind == "episode_start":
-            reply = await self.core.reset()
+            await self.send(pack_message("hello", self.hello(), seq))
+        elif kind == "episode_start":
+            self.pending.append(("reset", seq))
+            yield packb({"type": "reset"})
         elif kind == "observation":
-            reply = {}
             if payload.get("episode_restart") is True:  # a chain's next subtask: CALVIN resets the policy
-                reply = await self.core.reset()
-            if reply.get("type") != "error":
-                obs, instruction = to_observation(payload)
-                reply = await self.core.step(obs, instruction)
-            if reply.get("type") == "action":
-                return pack_message("action", {"actions": reply["action"]}, seq)
+                self.pending.append(("reset", seq))
+                yield packb({"type": "reset"})
+                if self.failed:
+                    return
+            obs, instruction = to_observation(payload)
+            try:
+                step = packb({"type": "step", "obs": obs, "instruction": instruction})
+            except (TypeError, ValueError, OverflowError) as e:
+                await self.error(f"bad_request: {e}"[:1000], seq)
+                return
+            self.pending.append(("step", seq))
+            yield step
         elif kind == "error":
-            LOG.warning("vla-eval client reported an error in session %d: %.300s", self.core.session.id, payload)
-            return None
-        else:  # episode_end; "action" from a client has no meaning and is ignored likewise
-            return None
-        if reply.get("type") == "error":
+            LOG.warning("a vla-eval client reported an error: %.300s", payload)
+        # episode_end needs nothing; an "action" from a client means nothing and is ignored likewise.
+
+    def outgoing(self, frame: bytes | str) -> bytes | str | None:
+        reply = unpackb(frame)
+        if not self.pending:  # our greeting (kept for HELLO), or a refusal before the session started
+            if reply.get("type") == "metadata":
+                self.metadata = reply
+                return None
+            return pack_message("error", {"error": f"{reply.get('code')}: {reply.get('error')}"}, 0)
+        what, seq = self.pending.popleft()
+        self.failed = reply.get("type") == "error"
+        if self.failed:
             return pack_message("error", {"error": f"{reply.get('code')}: {reply.get('error')}"}, seq)
+        if what == "step":
+            return pack_message("action", {"actions": reply["action"]}, seq)
         return None
