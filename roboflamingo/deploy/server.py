@@ -40,7 +40,6 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from roboflamingo.config import require_choice, require_positive
-from roboflamingo.deploy import protocols
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
 from roboflamingo.deploy.policies import POLICY_SOURCES, PolicySource, observation_spec, resolve_policy_source
 from roboflamingo.types import (
@@ -311,8 +310,11 @@ class PolicyServer:
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def serve(self, stop: asyncio.Future, ready: Callable[[int], None] | None = None) -> None:
+        # Ours, openpi's or vla-eval's protocol, chosen by the URL path and the first frame.
+        from roboflamingo.deploy.protocols import handler
+
         async with serve(
-            protocols.handler(self),  # ours, openpi's or vla-eval's, by URL path and first frame
+            handler(self),
             self.host,
             self.port,
             process_request=self._process_request,

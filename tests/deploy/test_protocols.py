@@ -149,9 +149,22 @@ def test_native_and_openpi_share_the_root_path(random_server):
 
 
 def test_an_unknown_path_is_refused_with_the_known_ones(random_server):
-    with connect(random_server.url + "/nope") as ws:
+    try:
+        with connect(random_server.url + "/nope") as ws:
+            reply = unpackb(ws.recv(timeout=5))
+            assert reply["type"] == "error" and all(p in reply["error"] for p in PATHS)
+    except InvalidStatus as e:  # admission may refuse it in the HTTP upgrade already
+        assert e.response.status_code == 404
+
+
+def test_a_first_frame_without_type_or_observation_keys_gets_our_error(random_server):
+    with connect(random_server.url) as ws:
+        unpackb(ws.recv(timeout=5))
+        ws.send(msgpack.packb({}))
         reply = unpackb(ws.recv(timeout=5))
-        assert reply["type"] == "error" and all(p in reply["error"] for p in PATHS)
+        assert reply["type"] == "error" and reply["code"] == "bad_request"
+        ws.send(packb({"type": "health", "id": 2}))
+        assert unpackb(ws.recv(timeout=5))["id"] == 2
 
 
 # -- vla-eval ----------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 ===================  =============  ===================================================================
 protocol             URL path       how it is recognised
 ===================  =============  ===================================================================
-ours (``native``)    ``/``          the first frame is a map with a string ``type`` (``deploy.client``)
-openpi-client        ``/``          the first frame is a bare observation map (``protocols.openpi``)
+ours (``native``)    ``/``          any first frame that is not openpi's (``deploy.client``)
+openpi-client        ``/``          the first frame is a map without ``type`` holding ``prompt`` or an
+                                    observation key (``protocols.openpi``)
                      ``/openpi``    forced, for observations that happen to carry a ``type`` key
 vla-eval             ``/vla-eval``  its client speaks first (HELLO), so it needs its own path
 ===================  =============  ===================================================================
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
+from roboflamingo.types import OBS_KEYS
 
 if TYPE_CHECKING:
     from roboflamingo.deploy.server import PolicyServer
@@ -40,6 +42,7 @@ NATIVE_PATH = "/"
 OPENPI_PATH = "/openpi"
 VLA_EVAL_PATH = "/vla-eval"
 PATHS = (NATIVE_PATH, OPENPI_PATH, VLA_EVAL_PATH)
+OPENPI_KEYS = ("prompt", *OBS_KEYS)  # what an openpi observation for our policies carries
 MAX_DEPTH = 16  # foreign frames are walked after decoding; real observations nest 3 deep
 
 Send = Callable[[bytes | str], Awaitable[None]]
@@ -80,15 +83,20 @@ class NativeTranslator:
         return frame
 
 
-def _looks_native(frame: bytes | str) -> bool:
-    """Our requests are maps with a string ``type``; anything undecodable goes to ours for its error."""
+def _looks_openpi(frame: bytes | str) -> bool:
+    """An observation map without ``type`` but with an instruction (``prompt``) or an observation key.
+
+    Anything else, undecodable frames included, goes to our protocol, which names what is wrong.
+    """
     if isinstance(frame, str):
-        return True
+        return False
     try:
         msg = unpackb(frame)
     except CodecError:
-        return True
-    return not isinstance(msg, dict) or isinstance(msg.get("type"), str)
+        return False
+    if not isinstance(msg, dict) or "type" in msg:
+        return False
+    return any(isinstance(k, str) and (k in OPENPI_KEYS or k.startswith("observation/")) for k in msg)
 
 
 class AutoTranslator:
@@ -106,8 +114,8 @@ class AutoTranslator:
         if self.chosen is None:
             from roboflamingo.deploy.protocols.openpi import OpenpiTranslator
 
-            native = _looks_native(frame)
-            self.chosen = NativeTranslator() if native else OpenpiTranslator(self.server, self.send)
+            openpi = _looks_openpi(frame)
+            self.chosen = OpenpiTranslator(self.server, self.send) if openpi else NativeTranslator()
             LOG.info("a client on / speaks %s", self.chosen.name)
         async for native_frame in self.chosen.incoming(frame):
             yield native_frame
