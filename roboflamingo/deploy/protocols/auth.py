@@ -6,6 +6,7 @@
   so the token rides in the URL: ``ws://user:<token>@host:port/vla-eval`` (websockets turns the URL's
   user info into ``Authorization: Basic base64(user:<token>)``; the user name is ignored) or
   ``ws://host:port/vla-eval?token=<token>`` (query strings end up in proxy logs; prefer user info).
+  Either way vla-eval itself logs the URL it connects to at INFO level: keep those logs private.
 
 ``presented_token`` reads whichever is present; ``token_matches`` compares in constant time. The
 server's connection handling decides when a token is required (security issue #18).
