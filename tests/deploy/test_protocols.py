@@ -177,30 +177,35 @@ def to_policy_obs(payload: dict, keys: tuple[str, ...]) -> dict:
     return {k: obs[k] for k in keys}
 
 
-async def drive_chain(url: str, bench: TabletopBenchmark, task: dict, local) -> tuple[int, int]:
-    """vla-eval's Connection through one chain; every action checked against ``local``. (resets, steps)"""
+async def drive_chains(url: str, bench: TabletopBenchmark, local) -> tuple[int, int]:
+    """vla-eval's Connection through every chain on ONE connection, each action checked against ``local``.
+
+    Returns (subtask restarts, steps). The server's session lives across episodes, so its history
+    must be reset by episode_start and episode_restart exactly where ``local`` is reset.
+    """
     resets = steps = 0
     async with vla_connection.Connection(url, timeout=60, max_retries=1) as conn:
-        await conn.start_episode({"task": {"name": task["name"]}})
-        local.reset()
-        raw = bench.reset(task)
-        while True:
-            payload = bench.make_obs(raw, task)
-            payload["states"] = np.asarray(payload["states"], np.float32)
-            if SCENE_OBS in payload:
-                payload[SCENE_OBS] = np.asarray(payload[SCENE_OBS], np.float32)
-            if payload.get("episode_restart"):
-                local.reset()
-                resets += 1
-            action = await conn.act(payload)
-            expected = local.step(to_policy_obs(payload, local_keys(local)), payload["task_description"])
-            np.testing.assert_array_equal(action["actions"], expected)
-            steps += 1
-            result = bench.step(action)
-            raw = result.obs
-            if result.done:
-                break
-        await conn.end_episode({})
+        for task in bench.get_tasks():
+            await conn.start_episode({"task": {"name": task["name"]}})
+            local.reset()
+            raw = bench.reset(task)
+            while True:
+                payload = bench.make_obs(raw, task)
+                payload["states"] = np.asarray(payload["states"], np.float32)
+                if SCENE_OBS in payload:
+                    payload[SCENE_OBS] = np.asarray(payload[SCENE_OBS], np.float32)
+                if payload.get("episode_restart"):
+                    local.reset()
+                    resets += 1
+                action = await conn.act(payload)
+                expected = local.step(to_policy_obs(payload, local_keys(local)), payload["task_description"])
+                np.testing.assert_array_equal(action["actions"], expected)
+                steps += 1
+                result = bench.step(action)
+                raw = result.obs
+                if result.done:
+                    break
+            await conn.end_episode({})
     return resets, steps
 
 
@@ -216,15 +221,42 @@ def test_vla_eval_connection_drives_chains_with_the_in_process_actions(kind, tin
     ep_len = 150 if kind == "expert" else 15
     bench = make_bench(mode="chains", num_chains=2, ep_len=ep_len, send_scene_obs=kind == "expert")
     with ServerThread(PolicyServer(source, port=0)) as thread:
-        url = thread.url + "/vla-eval"
-        total_resets = 0
-        for task in bench.get_tasks():
-            resets, steps = asyncio.run(drive_chain(url, bench, task, source.factory()))
-            total_resets += resets
-            assert steps >= ep_len
+        resets, steps = asyncio.run(drive_chains(thread.url + "/vla-eval", bench, source.factory()))
     bench.cleanup()
+    assert steps >= 2 * ep_len
     if kind == "expert":
-        assert total_resets >= 1
+        assert resets >= 1
+
+
+class CountingPolicy:
+    """Its action's first entry counts the steps since its last reset."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def reset(self) -> None:
+        self.n = 0
+
+    def step(self, obs, instruction):
+        self.n += 1
+        return np.array([self.n, 0, 0, 0, 0, 0, 1], np.float32)
+
+
+def test_vla_eval_resets_history_at_episode_start_and_restart_only():
+    async def run(url):
+        counts = []
+        async with vla_connection.Connection(url, timeout=10, max_retries=1) as conn:
+            obs = {"states": np.zeros(15, np.float32), "task_description": "go"}
+            for restart_at in (None, 2):
+                await conn.start_episode({"task": {}})
+                for k in range(4):
+                    payload = {**obs, "episode_restart": True} if k == restart_at else obs
+                    counts.append(int((await conn.act(payload))["actions"][0]))
+                await conn.end_episode({})
+        return counts
+
+    with ServerThread(PolicyServer(PolicySource("counting", CountingPolicy, (ROBOT_OBS,)), port=0)) as thread:
+        assert asyncio.run(run(thread.url + "/vla-eval")) == [1, 2, 3, 4, 1, 2, 1, 2]
 
 
 def test_vla_eval_hello_tells_the_benchmark_what_the_policy_needs():
@@ -379,3 +411,21 @@ def test_presented_token_reads_every_carrier(headers, path, expected):
     request.headers, request.path = headers, path
     assert auth.presented_token(request) == expected
     assert auth.token_matches(request, "abc") is (expected == "abc")
+
+
+def test_a_new_openpi_session_starts_a_fresh_history_and_sessions_do_not_mix():
+    with ServerThread(PolicyServer(PolicySource("counting", CountingPolicy, (ROBOT_OBS,)), port=0)) as thread:
+        obs = {ROBOT_OBS: np.zeros(15, np.float32), "prompt": "go"}
+        a = websocket_client_policy.WebsocketClientPolicy(thread.url)
+        b = websocket_client_policy.WebsocketClientPolicy(thread.url + "/openpi")
+        try:
+            got = [int(c.infer(obs)["actions"][0, 0]) for c in (a, a, b, a, b)]
+        finally:
+            a._ws.close()
+            b._ws.close()
+        assert got == [1, 2, 1, 3, 2]
+        c = websocket_client_policy.WebsocketClientPolicy(thread.url)
+        try:
+            assert c.infer(obs)["actions"][0, 0] == 1
+        finally:
+            c._ws.close()
