@@ -429,3 +429,38 @@ def test_a_new_openpi_session_starts_a_fresh_history_and_sessions_do_not_mix():
             assert c.infer(obs)["actions"][0, 0] == 1
         finally:
             c._ws.close()
+
+
+def test_a_full_server_refuses_a_vla_eval_client_in_its_own_protocol():
+    async def hello(url):
+        async with vla_connection.Connection(url, timeout=10, max_retries=1) as conn:
+            return conn.server_info
+
+    srv = PolicyServer(resolve_policy_source("random"), port=0, max_sessions=1)
+    with ServerThread(srv) as thread, PolicyClient(thread.url):
+        with pytest.raises(RuntimeError, match="Expected HELLO reply, got MessageType.ERROR"):
+            asyncio.run(hello(thread.url + "/vla-eval"))
+
+
+@pytest.mark.parametrize(
+    "payload, match",
+    [
+        ({"actions": np.zeros(6)}, "shape"),
+        ({"actions": np.full(7, np.nan)}, "non-finite"),
+        ({"move": np.zeros(7)}, "must carry 'actions'"),
+        ([0.0] * 7, "must carry 'actions'"),
+    ],
+)
+def test_the_benchmark_refuses_malformed_actions(payload, match):
+    from roboflamingo.benchmarks.tabletop import parse_action
+
+    with pytest.raises(ValueError, match=match):
+        parse_action(payload)
+
+
+def test_the_benchmark_takes_an_action_or_the_first_row_of_a_chunk():
+    from roboflamingo.benchmarks.tabletop import parse_action
+
+    chunk = np.arange(21, dtype=np.float64).reshape(3, 7) / 100
+    np.testing.assert_array_equal(parse_action({"actions": chunk}), chunk[0].astype(np.float32))
+    assert parse_action({"action": [0.0] * 7}).dtype == np.float32
