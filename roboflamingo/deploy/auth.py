@@ -1,6 +1,7 @@
 """Shared secrets for the deployment path: the policy server's token and rosbridge's rosauth MAC.
 
-* Policy server: a bearer token in the websocket handshake (``Authorization: Bearer <token>``). A
+* Policy server: a token in the websocket handshake (``Authorization: Bearer <token>``, or each
+  client protocol's own carrier: ``presented_token``). A
   browser page cannot set that header on a websocket, so a token also shuts out web pages that
   reach a local server through the browser; ``Origin`` checks do the rest (``server.py``).
 * rosbridge: the ``auth`` op of the rosbridge v2 protocol, verified by ``rosauth``'s
@@ -17,6 +18,8 @@ command line (which every local user can read in ``ps``); an inline value is acc
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
@@ -26,11 +29,13 @@ import socket
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 TOKEN_ENV = "ROBOFLAMINGO_TOKEN"
 ROSAUTH_ENV = "ROBOFLAMINGO_ROSAUTH_SECRET"
 ROSAUTH_WINDOW_S = 5.0  # rosauth's tolerance between the request time and the server clock
-BEARER = "Bearer "
+TOKEN_SCHEMES = ("bearer", "api-key")  # compared case-insensitively, as HTTP auth schemes are
+TOKEN_QUERY_KEY = "token"
 
 
 def read_secret(value: str = "", path: str = "", env: str = "", what: str = "token") -> str:
@@ -65,11 +70,37 @@ def is_loopback(host: str) -> bool:
         return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
 
 
-def bearer_matches(header: str | None, token: str) -> bool:
-    """Constant-time check of an ``Authorization`` header against ``token``."""
-    if not header or not header.startswith(BEARER):
-        return False
-    return hmac.compare_digest(header[len(BEARER) :].strip().encode(), token.encode())
+def presented_token(request: Any) -> str | None:
+    """The token a handshake request carries (``request.headers`` and ``request.path``), or None.
+
+    Each client protocol carries it its own way: ``Authorization: Bearer <token>`` (our
+    ``PolicyClient``, ``roboflamingo ros``, generic tools); ``Authorization: Api-Key <token>``
+    (openpi-client's ``api_key=``); vla-eval's ``Connection`` takes nothing but a URL, so there the
+    token rides in its user info (``ws://user:<token>@host:port/vla-eval``, which websockets sends as
+    ``Authorization: Basic``; the user name is ignored) or in ``?token=`` (which ends up in proxy
+    logs). vla-eval logs the URL it connects to at INFO level: keep those logs private.
+    """
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() in TOKEN_SCHEMES:
+            return value.strip() or None
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            _user, sep, password = decoded.partition(":")
+            return password if sep and password else None
+        return None
+    values = parse_qs(urlsplit(request.path).query).get(TOKEN_QUERY_KEY)
+    return values[-1] if values and values[-1] else None
+
+
+def token_matches(request: Any, token: str) -> bool:
+    """True when the handshake ``request`` presents exactly ``token`` (constant-time compare)."""
+    got = presented_token(request)
+    return got is not None and hmac.compare_digest(got.encode(), token.encode())
 
 
 def _secs(t: Any) -> int:

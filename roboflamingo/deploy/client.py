@@ -21,7 +21,7 @@ import numpy as np
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from roboflamingo.deploy.auth import BEARER, TOKEN_ENV, read_secret
+from roboflamingo.deploy.auth import TOKEN_ENV, read_secret
 from roboflamingo.deploy.codec import packb, unpackb
 from roboflamingo.types import ACTION_DIM, Observation
 
@@ -60,7 +60,7 @@ class PolicyClient:
             return self
         # Entered as a context manager: websockets >= 17.1 deprecates bare connect() objects.
         stack = contextlib.ExitStack()
-        headers = {"Authorization": BEARER + self.token} if self.token else None
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         tls = ssl.create_default_context(cafile=self.ssl_cafile or None) if self.url.startswith("wss://") else None
         try:
             self._ws = stack.enter_context(

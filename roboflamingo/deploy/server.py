@@ -60,9 +60,10 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from roboflamingo.config import require_choice, require_positive
-from roboflamingo.deploy.auth import TOKEN_ENV, bearer_matches, is_loopback, read_secret
+from roboflamingo.deploy.auth import TOKEN_ENV, is_loopback, read_secret, token_matches
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
 from roboflamingo.deploy.policies import POLICY_SOURCES, PolicySource, observation_spec, resolve_policy_source
+from roboflamingo.deploy.protocols import PATHS
 from roboflamingo.types import (
     ACTION_DIM,
     CAMERAS,
@@ -290,16 +291,16 @@ class PolicyServer:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return connection.respond(HTTPStatus.OK, "OK\n")
-        if path != "/":
-            return self._refuse(connection, HTTPStatus.NOT_FOUND, "no such path; connect to /\n")
+        if path not in PATHS:
+            return self._refuse(connection, HTTPStatus.NOT_FOUND, f"no such path; connect to one of {', '.join(PATHS)}\n")
         origin = request.headers.get("Origin")
         if origin is not None and origin not in self.allowed_origins:
             # Browsers always send Origin on websockets; robot clients do not.
             LOG.warning("refused a connection from origin %.100r (allowed_origins=%s)", origin, sorted(self.allowed_origins))
             return self._refuse(connection, HTTPStatus.FORBIDDEN, "origin not allowed\n")
-        if self.token and not bearer_matches(request.headers.get("Authorization"), self.token):
+        if self.token and not token_matches(request, self.token):
             LOG.warning("refused a connection from %s: missing or wrong token", connection.remote_address)
-            return self._refuse(connection, HTTPStatus.UNAUTHORIZED, "a valid bearer token is required\n")
+            return self._refuse(connection, HTTPStatus.UNAUTHORIZED, "a valid token is required\n")
         return None
 
     def _refuse(self, connection: ServerConnection, status: HTTPStatus, text: str) -> Any:
@@ -453,8 +454,11 @@ class PolicyServer:
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def serve(self, stop: asyncio.Future, ready: Callable[[int], None] | None = None) -> None:
+        # Ours, openpi's or vla-eval's protocol, chosen by the URL path and the first frame.
+        from roboflamingo.deploy.protocols import handler
+
         async with serve(
-            self._handler,
+            handler(self),
             self.host,
             self.port,
             process_request=self._process_request,

@@ -1,0 +1,233 @@
+"""vla-eval's model-server protocol (vla-eval 0.8.0, ``vla_eval.connection.Connection``), on ``/vla-eval``.
+
+Every frame is a msgpack map ``{type, payload, seq, timestamp}``::
+
+    client -> server   hello           {harness_version, protocol_version, benchmark?}
+    server -> client   hello           {harness_version, protocol_version, model_server, capabilities,
+                                        observation_params, action_spec, observation_spec, roboflamingo}
+    client -> server   episode_start   {task: {...}}          -> the session's policy is reset
+    client -> server   observation     {images: {rgb_static, rgb_gripper: HWC uint8}, states: (15,),
+                                        scene_obs?: (24,), task_description: str,
+                                        episode_restart?: true (a chain's next subtask: reset first)}
+    server -> client   action          {actions: float32 (7,)}, seq = the observation's seq
+    client -> server   episode_end     {...}                   -> nothing
+    server -> client   error           {error: "<code>: <reason>"}, seq = the failing message's seq
+
+``observation_params`` tells a benchmark what this policy needs (vla-eval's orchestrator passes
+them to the benchmark's constructor): ``send_wrist_image``, ``send_state`` and, for the scripted
+expert, which reads the privileged scene state, ``send_scene_obs``. ``roboflamingo`` is our own
+handshake (``PolicyServer.metadata``).
+
+Images arrive as vla-eval's ``{"__image__": True, "format": raw | png | jpeg, "data", "shape"}``
+(PNG by default). They are decoded under our codec's rules: the declared shape must be HWC with at
+most ``max_message_bytes`` bytes once decoded, checked against the image header before any pixel is
+decompressed, and the decoded array must have exactly that shape.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from roboflamingo import __version__
+from roboflamingo.deploy.codec import CodecError, _decode_array, packb, unpackb
+from roboflamingo.deploy.protocols import Send, walk
+from roboflamingo.types import CAMERAS, RGB_GRIPPER, ROBOT_OBS, SCENE_OBS
+
+if TYPE_CHECKING:
+    from roboflamingo.deploy.server import PolicyServer
+
+LOG = logging.getLogger("roboflamingo.serve")
+
+PROTOCOL_VERSION = 1
+TYPES = ("hello", "observation", "action", "episode_start", "episode_end", "error")
+IMAGE_KEY = "__image__"
+PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
+STATE_KEYS = ("states", "state")  # vla-eval's CALVIN benchmark sends "states"; its docs say "state"
+
+
+def decode_image(d: dict, limit: int) -> np.ndarray:
+    fmt, shape, data = d.get("format"), d.get("shape"), d.get("data")
+    if not isinstance(data, bytes) or not isinstance(shape, list) or len(shape) != 3:
+        raise CodecError("an image needs 'format', 'data' (bytes) and an HWC 'shape' of 3 ints")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise CodecError(f"image shape must be 3 positive ints, got {shape}")
+    if shape[0] * shape[1] * shape[2] > limit:
+        raise CodecError(f"image of shape {shape} exceeds max_message_bytes={limit} once decoded")
+    if fmt == "raw":
+        if d.get("dtype") != "|u1":
+            raise CodecError(f"a raw image must be uint8 ('|u1'), got {d.get('dtype')!r}")
+        return _decode_array({"dtype": "|u1", "shape": shape, "data": data})
+    if fmt not in PIL_FORMATS:
+        raise CodecError(f"image format must be raw, png or jpeg, got {fmt!r}")
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data), formats=[PIL_FORMATS[fmt]]) as img:
+            if img.size != (shape[1], shape[0]):  # from the header: nothing is decompressed yet
+                raise CodecError(f"{fmt} image is {img.size[1]}x{img.size[0]}, its shape says {shape}")
+            arr = np.asarray(img)
+    except CodecError:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt data
+        raise CodecError(f"cannot decode the {fmt} image ({type(e).__name__}: {e})"[:300]) from e
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if list(arr.shape) != shape or arr.dtype != np.uint8:
+        raise CodecError(f"{fmt} image decodes to {arr.dtype} {list(arr.shape)}, its shape says {shape}")
+    return np.ascontiguousarray(arr)
+
+
+def unpack_message(data: bytes, limit: int) -> dict[str, Any]:
+    """Decode one vla-eval frame into ``{type, payload, seq, timestamp}`` (``CodecError`` when malformed)."""
+    msg = walk(unpackb(data), lambda d: decode_image(d, limit) if d.get(IMAGE_KEY) is True else d)
+    if not isinstance(msg, dict):
+        raise CodecError(f"a vla-eval message must be a map, got {type(msg).__name__}")
+    missing = [k for k in ("type", "payload", "seq", "timestamp") if k not in msg]
+    if missing:
+        raise CodecError(f"a vla-eval message needs type, payload, seq and timestamp; missing {missing}")
+    if msg["type"] not in TYPES:
+        raise CodecError(f"unknown vla-eval message type {str(msg['type'])[:50]!r} (one of {list(TYPES)})")
+    if not isinstance(msg["payload"], dict):
+        raise CodecError(f"a vla-eval payload must be a map, got {type(msg['payload']).__name__}")
+    return msg
+
+
+def pack_message(kind: str, payload: dict[str, Any], seq: Any) -> bytes:
+    # Our codec writes arrays with the str keys vla-eval's decoder looks for.
+    return packb({"type": kind, "payload": payload, "seq": seq, "timestamp": time.time()})
+
+
+def _dim(name: str, dims: int, fmt: str, low: float | None = None, high: float | None = None, note: str = ""):
+    d: dict[str, Any] = {"name": name, "dims": dims, "format": fmt}
+    if low is not None:
+        d["range"] = [low, high]
+    if note:
+        d["description"] = note
+    return d
+
+
+# vla-eval's DimSpec dicts (``vla_eval.specs``); its orchestrator compares them with the benchmark's.
+ACTION_SPEC = {
+    "position": _dim("position", 3, "delta_xyz", -1.0, 1.0, "relative tcp delta / 0.02 m (CALVIN rel_actions)"),
+    "rotation": _dim("rotation", 3, "euler_xyz", -1.0, 1.0, "relative euler xyz delta / 0.05 rad"),
+    "gripper": _dim("gripper", 1, "binary_close_negative", -1.0, 1.0, "-1 close, +1 open"),
+}
+IMAGE_SPEC = _dim("image", 0, "rgb_hwc_uint8")
+
+
+def observation_spec(keys: tuple[str, ...]) -> dict[str, Any]:
+    spec: dict[str, Any] = {cam: IMAGE_SPEC for cam in CAMERAS if cam in keys}
+    if ROBOT_OBS in keys:
+        spec["state"] = _dim("state", 15, "calvin_robot_obs15", note="CALVIN robot_obs")
+    if SCENE_OBS in keys:
+        spec[SCENE_OBS] = _dim(SCENE_OBS, 24, "calvin_scene_obs24", note="CALVIN scene_obs (privileged)")
+    spec["language"] = _dim("language", 0, "language")
+    return spec
+
+
+def observation_params(keys: tuple[str, ...]) -> dict[str, bool]:
+    params = {"send_wrist_image": RGB_GRIPPER in keys, "send_state": ROBOT_OBS in keys}
+    if SCENE_OBS in keys:
+        params["send_scene_obs"] = True
+    return params
+
+
+def to_observation(payload: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """vla-eval's observation payload as our observation map and instruction."""
+    obs: dict[str, Any] = {}
+    images = payload.get("images")
+    if isinstance(images, dict):
+        obs.update({cam: images[cam] for cam in CAMERAS if cam in images})
+    for key in STATE_KEYS:
+        if key in payload:
+            obs[ROBOT_OBS] = payload[key]
+            break
+    if SCENE_OBS in payload:
+        obs[SCENE_OBS] = payload[SCENE_OBS]
+    return obs, payload.get("task_description")
+
+
+class VlaEvalTranslator:
+    name = "vla-eval"
+
+    def __init__(self, server: PolicyServer, send: Send) -> None:
+        self.server, self.send = server, send
+        self.metadata: dict[str, Any] = {}
+        # Per native frame handed to the server: (what it was, the vla-eval seq its reply answers).
+        self.pending: deque[tuple[str, Any]] = deque()
+        self.failed = False  # the last reset before a step failed: that step is not taken
+
+    def hello(self) -> dict[str, Any]:
+        keys = self.server.source.observation_keys
+        return {
+            "harness_version": f"roboflamingo-{__version__}",
+            "protocol_version": PROTOCOL_VERSION,
+            "model_server": f"roboflamingo:{self.server.source.name}",
+            "capabilities": {},
+            "observation_params": observation_params(keys),
+            "action_spec": ACTION_SPEC,
+            "observation_spec": observation_spec(keys),
+            "roboflamingo": self.metadata,
+        }
+
+    async def error(self, message: str, seq: Any = 0) -> None:
+        await self.send(pack_message("error", {"error": message}, seq))
+
+    async def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
+        limit = self.server.max_message_bytes
+        if isinstance(frame, str):
+            await self.error("bad_request: expected a binary msgpack frame, got a text frame")
+            return
+        if len(frame) > limit:
+            await self.error(f"too_large: message of {len(frame)} bytes exceeds max_message_bytes={limit}")
+            return
+        try:
+            msg = unpack_message(frame, limit)
+        except CodecError as e:
+            await self.error(f"bad_request: {e}"[:1000])
+            return
+        kind, payload, seq = msg["type"], msg["payload"], msg["seq"]
+        if kind == "hello":
+            await self.send(pack_message("hello", self.hello(), seq))
+        elif kind == "episode_start":
+            self.pending.append(("reset", seq))
+            yield packb({"type": "reset"})
+        elif kind == "observation":
+            if payload.get("episode_restart") is True:  # a chain's next subtask: CALVIN resets the policy
+                self.pending.append(("reset", seq))
+                yield packb({"type": "reset"})
+                if self.failed:
+                    return
+            obs, instruction = to_observation(payload)
+            try:
+                step = packb({"type": "step", "obs": obs, "instruction": instruction})
+            except (TypeError, ValueError, OverflowError) as e:
+                await self.error(f"bad_request: {e}"[:1000], seq)
+                return
+            self.pending.append(("step", seq))
+            yield step
+        elif kind == "error":
+            LOG.warning("a vla-eval client reported an error: %.300s", payload)
+        # episode_end needs nothing; an "action" from a client means nothing and is ignored likewise.
+
+    def outgoing(self, frame: bytes | str) -> bytes | str | None:
+        reply = unpackb(frame)
+        if not self.pending:  # our greeting (kept for HELLO), or a refusal before the session started
+            if reply.get("type") == "metadata":
+                self.metadata = reply
+                return None
+            return pack_message("error", {"error": f"{reply.get('code')}: {reply.get('error')}"}, 0)
+        what, seq = self.pending.popleft()
+        self.failed = reply.get("type") == "error"
+        if self.failed:
+            return pack_message("error", {"error": f"{reply.get('code')}: {reply.get('error')}"}, seq)
+        if what == "step":
+            return pack_message("action", {"actions": reply["action"]}, seq)
+        return None
