@@ -104,6 +104,7 @@ class CalvinDataset(Dataset):
         augment: bool | None = None,
         paraphrase: bool | None = None,
         seed: int = 0,
+        resize: str = "bilinear",
     ):
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
@@ -113,6 +114,9 @@ class CalvinDataset(Dataset):
         self.augment = training if augment is None else augment
         self.paraphrase = (cfg.paraphrase and training) if paraphrase is None else paraphrase
         self.seed = seed
+        # With data.image_size, workers resize as the policy's ``step`` does (model.vision.resize),
+        # so a fine-tuned converted checkpoint trains on the pixels it acts on.
+        self.resize = resize
         self.split_dir = Path(cfg.root) / self.split
         self.packed_dir = packed_dir_for(cfg.root, self.split, cfg.packed_root)
         has_packed = (self.packed_dir / MANIFEST).is_file()
@@ -201,7 +205,8 @@ class CalvinDataset(Dataset):
             if self.cfg.image_size is not None:
                 from roboflamingo.transforms import preprocess_images
 
-                tensor = preprocess_images(tensor, self.cfg.image_size, self.cfg.image_mean, self.cfg.image_std)
+                tensor = preprocess_images(tensor, self.cfg.image_size, self.cfg.image_mean, self.cfg.image_std,
+                                           resize=self.resize)
             sample[cam] = tensor
         sample[ROBOT_OBS] = torch.from_numpy(data[ROBOT_OBS])
         sample[ACTIONS] = torch.from_numpy(data[REL_ACTIONS][act_ids - first])
@@ -308,6 +313,7 @@ def make_dataloader(
     drop_last: bool | None = None,
     augment: bool | None = None,
     dataset: CalvinDataset | None = None,
+    resize: str = "bilinear",
 ) -> DataLoader:
     """A DataLoader over one rank's share of ``split`` (training split by default).
 
@@ -318,7 +324,7 @@ def make_dataloader(
     """
     split = split or cfg.train_split
     training = split == cfg.train_split
-    ds = dataset if dataset is not None else CalvinDataset(cfg, split, augment=augment, seed=seed)
+    ds = dataset if dataset is not None else CalvinDataset(cfg, split, augment=augment, seed=seed, resize=resize)
     drop = (cfg.drop_last if training else False) if drop_last is None else drop_last
     sampler = WindowSampler(
         len(ds), rank, world_size, seed=seed, epoch=epoch,

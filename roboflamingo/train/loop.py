@@ -87,6 +87,11 @@ class Job:
                     f"data.{key} ({getattr(self.data, key)}) must equal model.{key} ({getattr(self.model, key)}): "
                     "the dataset cuts windows the policy was built for"
                 )
+        if self.data.image_size not in (None, self.model.vision.image_size):
+            raise ValueError(
+                f"data.image_size ({self.data.image_size}) must be unset or equal model.vision.image_size "
+                f"({self.model.vision.image_size}): the workers resize for the policy's vision encoder"
+            )
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 
@@ -334,7 +339,7 @@ class ResumableSampler(WindowSampler):
 
 def _train_loader(job: Job, info: distributed.DistInfo) -> DataLoader:
     data = job.data
-    ds = CalvinDataset(data, data.train_split, seed=job.seed)
+    ds = CalvinDataset(data, data.train_split, seed=job.seed, resize=job.model.vision.resize)
     sampler = ResumableSampler(len(ds), info.rank, info.world_size, seed=job.seed, shuffle=True,
                                drop_last=data.drop_last)
     base = make_dataloader(data, data.train_split, info.rank, info.world_size, job.seed, dataset=ds)
@@ -357,7 +362,8 @@ def _val_loader(job: Job, info: distributed.DistInfo) -> DataLoader:
     # A fixed random subset (epoch 0 of a shuffled order), cut evenly across ranks so that every
     # rank runs the same number of validation batches.
     return make_dataloader(data, data.val_split, info.rank, info.world_size, job.seed,
-                           shuffle=True, drop_last=info.world_size > 1, augment=False)
+                           shuffle=True, drop_last=info.world_size > 1, augment=False,
+                           resize=job.model.vision.resize)
 
 
 def _rescale_position(state: dict[str, Any], consumed: int, job: Job, info: distributed.DistInfo) -> int:

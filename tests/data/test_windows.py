@@ -77,6 +77,20 @@ def test_image_size_preprocesses_in_the_dataset(cfg):
     assert s["rgb_static"].abs().max() < 3.0  # CLIP-normalized, not 0..255
 
 
+def test_the_dataset_resizes_as_the_policy_does(cfg):
+    """A converted checkpoint steps with PIL bicubic; its fine-tuning data must get the same pixels."""
+    from roboflamingo.transforms import preprocess_images
+
+    raw = CalvinDataset(cfg, augment=False)[0]
+    for resize in ("bilinear", "pil_bicubic"):
+        s = CalvinDataset(dataclasses.replace(cfg, image_size=32), augment=False, resize=resize)[0]
+        want = preprocess_images(raw["rgb_static"], 32, cfg.image_mean, cfg.image_std, resize=resize)
+        assert torch.equal(s["rgb_static"], want)
+    bicubic = CalvinDataset(dataclasses.replace(cfg, image_size=32), augment=False, resize="pil_bicubic")[0]
+    bilinear = CalvinDataset(dataclasses.replace(cfg, image_size=32), augment=False)[0]
+    assert not torch.equal(bicubic["rgb_static"], bilinear["rgb_static"])
+
+
 def _find_shift(raw: np.ndarray, out: np.ndarray, pad: int) -> set[tuple[int, int]]:
     """Every crop offset of the replicate-padded raw frame that reproduces the output frame."""
     h, w = raw.shape[-2:]

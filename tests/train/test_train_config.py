@@ -29,7 +29,8 @@ def test_train_yaml_composes_with_each_group():
     "override, field",
     [("train.steps=0", "train.steps"), ("train.schedule=step", "train.schedule"),
      ("train.precision=fp16", "train.precision"), ("train.min_lr_ratio=2", "train.min_lr_ratio"),
-     ("train.strategy=zero3", "train.strategy"), ("data.window=3", "data.window")],
+     ("train.strategy=zero3", "train.strategy"), ("data.window=3", "data.window"),
+     ("data.image_size=96", "data.image_size")],
 )
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
