@@ -105,8 +105,9 @@ def _worker_main(
 ) -> None:
     env = None
     try:
-        env = env_factory()
+        # The policy first: torch's lazy imports (triton) segfault once pybullet's EGL renderer is up.
         policy = policy_factory(worker)
+        env = env_factory()
         results.put(("ready", worker, None))
         while True:
             try:
