@@ -131,7 +131,11 @@ def _resolve_device(device: str) -> str:
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    # Under torchrun each rank takes its own GPU (LOCAL_RANK), not all of them cuda:0.
+    local = os.environ.get("LOCAL_RANK")
+    return f"cuda:{int(local) % torch.cuda.device_count()}" if local else "cuda"
 
 
 def make_policy(spec: PolicySpec, worker: int = 0) -> Policy:

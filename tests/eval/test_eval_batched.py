@@ -188,3 +188,18 @@ def test_per_slot_policies_make_one_instance_per_slot_and_non_finite_actions_are
     with pytest.raises(ValueError, match="non-finite"):
         future.result()
     assert made == [slot]
+
+
+def test_precision_and_batch_size_are_validated_and_precision_enters_the_identity(tmp_path):
+    from roboflamingo.eval.policies import PolicySpec
+
+    with pytest.raises(ValueError, match="eval.precision"):
+        EvalConfig(precision="int4")
+    with pytest.raises(ValueError, match="eval.batch_size"):
+        EvalConfig(batch_size=-1)
+    (tmp_path / "ckpt").mkdir()
+    fp32 = PolicySpec("checkpoint", checkpoint=str(tmp_path / "ckpt"))
+    bf16 = PolicySpec("checkpoint", checkpoint=str(tmp_path / "ckpt"), precision="bf16")
+    assert "precision" not in fp32.identity() and bf16.identity()["precision"] == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        PolicySpec("expert", precision="fp8")
