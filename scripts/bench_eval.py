@@ -20,9 +20,10 @@ Two parts, in one run on the same cores:
    ``--batch`` simulator processes in one forward per control step. Fields (tiny policy unless
    suffixed ``_expert``): ``chains_per_min_workers``, ``chains_per_min_batched``, ``batched_speedup``
    (their ratio), ``eval_steps_per_s_batched``, ``sim_only_steps_per_s`` (the same simulator
-   processes of the same batched run, counting only their own stepping time: the rate if the policy
-   took no time at all), ``policy_share`` (the fraction of the batched run's wall time spent in
-   policy forwards) and ``policy_share_workers`` (the same for today's layout). ``bf16_*``: the tiny
+   processes in the same batched run: steps over the time the main process waited for all of them
+   to answer, i.e. the rate had the policy taken no time), ``policy_share`` (the fraction of the
+   batched run's wall time spent in policy forwards; ``sim_share`` is the simulators') and
+   ``policy_share_workers`` (the fraction of a worker's time in its policy, today's layout). ``bf16_*``: the tiny
    policy's actions with bf16 towers against fp32 on the same frames (``eval.precision``).
 
 Start-up (spawning workers, building simulators and policies) is excluded from every rate. The
@@ -38,7 +39,8 @@ import os
 # baseline that already used the whole machine. Set before pybullet or numpy load their libraries.
 for _name in ("LP_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
-# The batched policy's OpenMP threads must sleep, not spin, while the simulators step on those cores.
+# As the batched evaluator does when it loads torch itself: the batched policy's OpenMP threads sleep
+# rather than spin while the simulators step on those cores (this script loads torch first).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
@@ -151,9 +153,10 @@ def run_layout(items: list[EvalItem], policy: PolicySpec, layout: str, args: arg
     if layout == "batched":
         out["policy_share"] = speed["policy_share"]
         out["forwards"] = speed["policy_forwards"]
-        # Each simulator's own stepping time, averaged over the B of them that step side by side:
-        # the wall time their stepping alone needed on these cores.
-        out["sim_only_steps_per_s"] = steps / (sum(r.env_s for r in results) / speed["batch_size"])
+        # The main process's gathers: from scattering actions until all B simulators answered, i.e.
+        # the wall time the simulators alone needed (the rate the run had had the policy been free).
+        out["sim_only_steps_per_s"] = steps / speed["sim_wait_s"]
+        out["sim_share"] = speed["sim_wait_s"] / max(busy, 1e-9)
     else:
         out["policy_share"] = sum(r.policy_s for r in results) / (cfg.workers * max(busy, 1e-9))
     print(f"{policy.kind:10s} {layout:7s}: {out['chains_per_min']:.2f} chains/min, {out['steps_per_s']:.1f} steps/s, "
@@ -218,8 +221,9 @@ def scaling_part(args: argparse.Namespace) -> dict:
 def layouts_part(args: argparse.Namespace, checkpoint: str) -> dict:
     items = chain_items(args.chains, 0, evaluation_sentences())
     out: dict = {}
-    for name, spec in (("", PolicySpec("checkpoint", checkpoint=checkpoint, device="cpu")),
-                       ("_expert", PolicySpec("expert", scene=args.scene))):
+    policies = {"tiny": ("", PolicySpec("checkpoint", checkpoint=checkpoint, device="cpu")),
+                "expert": ("_expert", PolicySpec("expert", scene=args.scene))}
+    for name, spec in (policies[p] for p in args.policies):
         # workers, batched, batched, workers: a load drifting during the run biases neither side
         runs: dict[str, list[dict]] = {"workers": [], "batched": []}
         for layout in ("workers", "batched", "batched", "workers")[: 4 if args.repeat else 2]:
@@ -233,16 +237,18 @@ def layouts_part(args: argparse.Namespace, checkpoint: str) -> dict:
             f"eval_steps_per_s_batched{name}": round(b["steps_per_s"], 2),
             f"sim_only_steps_per_s{name}": round(b["sim_only_steps_per_s"], 2),
             f"policy_share{name}": round(b["policy_share"], 3),
+            f"sim_share{name}": round(b["sim_share"], 3),
             f"policy_share_workers{name}": round(w["policy_share"], 3),
             f"avg_len{name}": round(b["avg_len"], 3),
         })
-    out["batched_vs_sim_only"] = round(out["eval_steps_per_s_batched"] / out["sim_only_steps_per_s"], 3)
+    if "tiny" in args.policies:
+        out["batched_vs_sim_only"] = round(out["eval_steps_per_s_batched"] / out["sim_only_steps_per_s"], 3)
     return out
 
 
 def pooled(runs: list[dict]) -> dict:
     """Rates over repeated runs: means (each run does the same work, so the mean of rates is fair)."""
-    keys = ("chains_per_min", "steps_per_s", "sim_only_steps_per_s", "policy_share", "avg_len")
+    keys = ("chains_per_min", "steps_per_s", "sim_only_steps_per_s", "policy_share", "sim_share", "avg_len")
     return {k: sum(r[k] for r in runs) / len(runs) for k in keys if k in runs[0]}
 
 
@@ -251,6 +257,7 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=16, help="generator chains per layout run")
     parser.add_argument("--batch", type=int, default=8, help="simulators of the batched layout")
     parser.add_argument("--main-threads", type=int, default=2, help="torch threads of the batched policy")
+    parser.add_argument("--policies", nargs="+", default=["tiny", "expert"], choices=["tiny", "expert"])
     parser.add_argument("--repeat", action="store_true", help="run each layout twice (w, b, b, w)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the 1-vs-2-worker part")
     parser.add_argument("--chains-per-worker", type=int, default=1)

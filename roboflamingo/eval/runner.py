@@ -27,6 +27,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import queue
+import sys
 import tempfile
 import time
 import traceback
@@ -398,6 +399,10 @@ def _run_batched(
     start = time.perf_counter()
     n = min(cfg.batch_size, len(items))
     pool = _SimPool(n, env_factory, cfg, video_dir)  # simulators start while the policy loads
+    if "torch" not in sys.modules:
+        # Between forwards the simulators need these cores: the policy's OpenMP threads must sleep
+        # then, not spin (spinning threads of a 2-thread policy on a busy 2-core box cost it 5-10x).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         batcher = SlotBatcher(slot_policy(policy_factory))
         slots = [batcher.open() for _ in range(n)]
@@ -412,8 +417,10 @@ def _run_batched(
         for w in range(n):
             pool.conns[w].send(("chain", queue_.pop()))
         waiting = set(range(n))
+        sim_wait = 0.0  # the gathers: what the simulators alone took, the policy being idle
         while waiting:
             requests: dict[int, Any] = {}
+            t0 = time.perf_counter()
             while waiting:  # gather: one request (or a finished chain) from every busy simulator
                 for w, kind, payload in pool.receive(set(waiting)):
                     if kind == "request":
@@ -427,6 +434,7 @@ def _run_batched(
                             waiting.discard(w)
                     else:
                         raise RuntimeError(f"eval simulator {w} sent an unexpected '{kind}'")
+            sim_wait += time.perf_counter() - t0
             if not requests:
                 break
             futures = {}
@@ -438,7 +446,8 @@ def _run_batched(
             for w, future in futures.items():
                 pool.conns[w].send(("act", future.result()))
             waiting = set(requests)
-        stats.update({"batch_size": n, "policy_forwards": batcher.forwards, "policy_forward_s": batcher.policy_s})
+        stats.update({"batch_size": n, "policy_forwards": batcher.forwards, "policy_forward_s": batcher.policy_s,
+                      "sim_wait_s": sim_wait})
         return startup
     finally:
         pool.close()
