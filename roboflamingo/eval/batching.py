@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol
@@ -244,8 +245,6 @@ class BatchedSession:
     ``submit`` for async callers. Its slot is released when the session is closed or collected."""
 
     def __init__(self, batcher: SlotBatcher):
-        import weakref
-
         self.batcher = batcher
         self.slot = batcher.open()
         self._release = weakref.finalize(self, batcher.close, self.slot)
