@@ -270,10 +270,12 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     result: dict = {}
-    if not args.no_scaling:
-        result.update(scaling_part(args))
     with tempfile.TemporaryDirectory(prefix="bench-eval-ckpt-") as tmp:
+        # torch first: the 1-worker runs build a simulator in this process, and torch's lazy triton
+        # import segfaults once pybullet's EGL renderer is up.
         checkpoint = tiny_checkpoint(tmp)
+        if not args.no_scaling:
+            result.update(scaling_part(args))
         result.update(layouts_part(args, checkpoint))
         result.update(precision_check(checkpoint))
     result.update({
