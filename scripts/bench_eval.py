@@ -25,6 +25,10 @@ Two parts, in one run on the same cores:
    batched run's wall time spent in policy forwards; ``sim_share`` is the simulators') and
    ``policy_share_workers`` (the fraction of a worker's time in its policy, today's layout). ``bf16_*``: the tiny
    policy's actions with bf16 towers against fp32 on the same frames (``eval.precision``).
+   ``pipelined``: the same ``--batch`` simulators in ``--groups`` groups (``eval.batch_groups``),
+   each group's forward (one torch thread) overlapping the other groups' stepping:
+   ``chains_per_min_pipelined``, ``pipelined_speedup``, ``eval_steps_per_s_pipelined``,
+   ``pipelined_vs_sim_only``.
 
 Start-up (spawning workers, building simulators and policies) is excluded from every rate. The
 last line printed is one JSON object with all fields.
@@ -131,9 +135,13 @@ def run_layout(items: list[EvalItem], policy: PolicySpec, layout: str, args: arg
     if layout == "workers":
         cfg = EvalConfig(workers=2, ep_len=args.ep_len, progress=False, start_method=args.start_method)
         policy = replace(policy, torch_threads=1)  # 2 workers on 2 cores: today's default split
-    else:
+    elif layout == "batched":
         cfg = EvalConfig(batch_size=args.batch, ep_len=args.ep_len, progress=False, start_method=args.start_method)
         policy = replace(policy, torch_threads=args.main_threads)
+    else:  # pipelined: as many simulators, in groups whose forwards overlap the others' stepping
+        cfg = EvalConfig(batch_size=args.batch // args.groups, batch_groups=args.groups, ep_len=args.ep_len,
+                         progress=False, start_method=args.start_method)
+        policy = replace(policy, torch_threads=1)  # the other core is stepping simulators meanwhile
     env = EnvSpec("tabletop", EnvConfig(scene=args.scene, renderer=args.renderer))
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         summary = evaluate_items(items, policy, env, cfg, tmp, {"bench": layout})
@@ -150,7 +158,7 @@ def run_layout(items: list[EvalItem], policy: PolicySpec, layout: str, args: arg
         "avg_len": summary["avg_len"],
         "steps": steps,
     }
-    if layout == "batched":
+    if layout != "workers":
         out["policy_share"] = speed["policy_share"]
         out["forwards"] = speed["policy_forwards"]
         # The main process's gathers: from scattering actions until all B simulators answered, i.e.
@@ -224,11 +232,12 @@ def layouts_part(args: argparse.Namespace, checkpoint: str) -> dict:
     policies = {"tiny": ("", PolicySpec("checkpoint", checkpoint=checkpoint, device="cpu")),
                 "expert": ("_expert", PolicySpec("expert", scene=args.scene))}
     for name, spec in (policies[p] for p in args.policies):
-        # workers, batched, batched, workers: a load drifting during the run biases neither side
-        runs: dict[str, list[dict]] = {"workers": [], "batched": []}
-        for layout in ("workers", "batched", "batched", "workers")[: 4 if args.repeat else 2]:
+        # with --repeat the order is mirrored, so a load drifting during the run biases no layout
+        runs: dict[str, list[dict]] = {"workers": [], "batched": [], "pipelined": []}
+        order = ("workers", "batched", "pipelined", "pipelined", "batched", "workers")
+        for layout in order[: 6 if args.repeat else 3]:
             runs[layout].append(run_layout(items, spec, layout, args))
-        w, b = (pooled(runs[k]) for k in ("workers", "batched"))
+        w, b, p = (pooled(runs[k]) for k in ("workers", "batched", "pipelined"))
         out.update({
             f"chains_per_min_workers{name}": round(w["chains_per_min"], 3),
             f"chains_per_min_batched{name}": round(b["chains_per_min"], 3),
@@ -240,9 +249,14 @@ def layouts_part(args: argparse.Namespace, checkpoint: str) -> dict:
             f"sim_share{name}": round(b["sim_share"], 3),
             f"policy_share_workers{name}": round(w["policy_share"], 3),
             f"avg_len{name}": round(b["avg_len"], 3),
+            f"chains_per_min_pipelined{name}": round(p["chains_per_min"], 3),
+            f"pipelined_speedup{name}": round(p["chains_per_min"] / w["chains_per_min"], 3),
+            f"eval_steps_per_s_pipelined{name}": round(p["steps_per_s"], 2),
+            f"policy_share_pipelined{name}": round(p["policy_share"], 3),
         })
     if "tiny" in args.policies:
         out["batched_vs_sim_only"] = round(out["eval_steps_per_s_batched"] / out["sim_only_steps_per_s"], 3)
+        out["pipelined_vs_sim_only"] = round(out["eval_steps_per_s_pipelined"] / out["sim_only_steps_per_s"], 3)
     return out
 
 
@@ -257,8 +271,9 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=16, help="generator chains per layout run")
     parser.add_argument("--batch", type=int, default=8, help="simulators of the batched layout")
     parser.add_argument("--main-threads", type=int, default=2, help="torch threads of the batched policy")
+    parser.add_argument("--groups", type=int, default=2, help="groups of the pipelined layout (--batch in all)")
     parser.add_argument("--policies", nargs="+", default=["tiny", "expert"], choices=["tiny", "expert"])
-    parser.add_argument("--repeat", action="store_true", help="run each layout twice (w, b, b, w)")
+    parser.add_argument("--repeat", action="store_true", help="run each layout twice (w, b, p, p, b, w)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the 1-vs-2-worker part")
     parser.add_argument("--chains-per-worker", type=int, default=1)
     parser.add_argument("--chain", type=int, default=0, help="which generator chain (seed 0) the scaling part repeats")
@@ -280,6 +295,7 @@ def main() -> None:
         result.update(precision_check(checkpoint))
     result.update({
         "chains": args.chains, "ep_len": args.ep_len, "batch": args.batch, "main_threads": args.main_threads,
+        "groups": args.groups,
         "load_avg_before": round(load_before, 2), "load_avg_after": round(os.getloadavg()[0], 2),
         "renderer": args.renderer, "cpu_count": os.cpu_count(),
     })

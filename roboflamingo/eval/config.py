@@ -37,6 +37,9 @@ class EvalConfig:
         batch_size: 0 runs the layout above (each worker its own policy at batch 1). B > 0 runs the
             policy once per rank in the main process and B simulator processes, stepping all B
             episodes in one batched forward per control step (``workers`` is then unused).
+        batch_groups: with ``batch_size``: G groups of B simulators (B x G processes); a group's
+            forward runs while the other groups' simulators step, so on a CPU the policy and the
+            simulators use the cores at the same time instead of taking turns.
         precision: the frozen towers' (vision encoder, LM) inference precision for a checkpoint
             policy: ``fp32``, or ``bf16``/``fp16`` (meant for a GPU; it enters the resume
             fingerprint, since actions change slightly).
@@ -70,6 +73,7 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=list)
     workers: int = 1
     batch_size: int = 0
+    batch_groups: int = 1
     precision: str = "fp32"
     start_method: str = "spawn"
     device: str = "auto"
@@ -93,6 +97,7 @@ class EvalConfig:
         require_positive("eval.episodes_per_task", self.episodes_per_task)
         require_positive("eval.workers", self.workers)
         require_positive("eval.batch_size", self.batch_size, allow_zero=True)
+        require_positive("eval.batch_groups", self.batch_groups)
         require_choice("eval.precision", self.precision, PRECISIONS)
         require_positive("eval.torch_threads", self.torch_threads, allow_zero=True)
         require_positive("eval.num_videos", self.num_videos, allow_zero=True)

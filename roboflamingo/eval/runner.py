@@ -397,7 +397,7 @@ def _run_batched(
     stats: dict[str, Any],
 ) -> float:
     start = time.perf_counter()
-    n = min(cfg.batch_size, len(items))
+    n = min(cfg.batch_size * cfg.batch_groups, len(items))
     pool = _SimPool(n, env_factory, cfg, video_dir)  # simulators start while the policy loads
     if "torch" not in sys.modules:
         # Between forwards the simulators need these cores: the policy's OpenMP threads must sleep
@@ -416,37 +416,42 @@ def _run_batched(
         queue_ = list(reversed(items))  # pop() takes them in order
         for w in range(n):
             pool.conns[w].send(("chain", queue_.pop()))
-        waiting = set(range(n))
-        sim_wait = 0.0  # the gathers: what the simulators alone took, the policy being idle
-        while waiting:
-            requests: dict[int, Any] = {}
+        # Simulator w belongs to group w % G. A group's forward runs as soon as each of its busy
+        # simulators waits for an action; with G > 1 the other groups keep stepping meanwhile.
+        groups = [list(range(g, n, cfg.batch_groups)) for g in range(min(cfg.batch_groups, n))]
+        busy, requests = set(range(n)), {}
+        sim_wait = 0.0  # time spent waiting for simulators, the policy idle
+        while busy:
+            due = [g for g in groups if any(w in busy for w in g) and all(w in requests for w in g if w in busy)]
+            for group in due:
+                futures = {}
+                for w in group:
+                    request = requests.pop(w, None)
+                    if request is None:
+                        continue  # its chains are done
+                    if request.new_episode:
+                        batcher.reset(slots[w])
+                    futures[w] = batcher.submit(slots[w], request.obs, request.instruction)
+                batcher.tick()  # one batched forward for the group's episodes
+                for w, future in futures.items():
+                    pool.conns[w].send(("act", future.result()))
+            if due:
+                continue
             t0 = time.perf_counter()
-            while waiting:  # gather: one request (or a finished chain) from every busy simulator
-                for w, kind, payload in pool.receive(set(waiting)):
-                    if kind == "request":
-                        requests[w] = payload
-                        waiting.discard(w)
-                    elif kind == "result":
-                        on_result(ChainResult.from_record(payload))
-                        if queue_:  # refill the slot at once; its first request joins this tick
-                            pool.conns[w].send(("chain", queue_.pop()))
-                        else:
-                            waiting.discard(w)
+            for w, kind, payload in pool.receive(busy - set(requests)):
+                if kind == "request":
+                    requests[w] = payload
+                elif kind == "result":
+                    on_result(ChainResult.from_record(payload))
+                    if queue_:  # refill the slot at once; its first request joins the next forward
+                        pool.conns[w].send(("chain", queue_.pop()))
                     else:
-                        raise RuntimeError(f"eval simulator {w} sent an unexpected '{kind}'")
+                        busy.discard(w)
+                else:
+                    raise RuntimeError(f"eval simulator {w} sent an unexpected '{kind}'")
             sim_wait += time.perf_counter() - t0
-            if not requests:
-                break
-            futures = {}
-            for w, request in requests.items():
-                if request.new_episode:
-                    batcher.reset(slots[w])
-                futures[w] = batcher.submit(slots[w], request.obs, request.instruction)
-            batcher.tick()  # one batched forward for every simulator
-            for w, future in futures.items():
-                pool.conns[w].send(("act", future.result()))
-            waiting = set(requests)
-        stats.update({"batch_size": n, "policy_forwards": batcher.forwards, "policy_forward_s": batcher.policy_s,
+        stats.update({"batch_size": cfg.batch_size, "batch_groups": len(groups), "simulators": n,
+                      "policy_forwards": batcher.forwards, "policy_forward_s": batcher.policy_s,
                       "sim_wait_s": sim_wait})
         return startup
     finally:

@@ -41,7 +41,10 @@ def test_b4_gives_exactly_the_records_of_b1_and_of_the_unbatched_layout(tmp_path
     one = run(tmp_path / "b1", cfg(batch_size=1))
     four = run(tmp_path / "b4", cfg(batch_size=4, num_videos=2))
     plain = run(tmp_path / "plain", cfg(num_videos=2))
+    grouped = run(tmp_path / "g2", cfg(batch_size=2, batch_groups=2, num_videos=2))
     assert outcomes(tmp_path / "b1").keys() == set(range(8))
+    assert outcomes(tmp_path / "g2") == outcomes(tmp_path / "plain")
+    assert grouped["speed"]["simulators"] == 4 and grouped["speed"]["batch_groups"] == 2
     strip = {i: {**o, "video": None} for i, o in outcomes(tmp_path / "b4").items()}
     assert {i: {**o, "video": None} for i, o in outcomes(tmp_path / "b1").items()} == strip
     assert outcomes(tmp_path / "b4") == outcomes(tmp_path / "plain")  # videos too
