@@ -47,6 +47,7 @@ VIDEOS_DIR = "videos"
 # Fault hook for tests: the main process exits hard after this many new records (no clean-up at all).
 CRASH_AFTER_ENV = "ROBOFLAMINGO_EVAL_CRASH_AFTER"
 CRASH_EXIT_CODE = 77
+SIM_NICENESS = 10  # batched simulators overlapping the policy's forwards yield the cores to it
 PolicyFactory = Callable[[int], Policy]  # called with the worker index
 EnvFactory = Callable[[], EvalEnv]
 
@@ -298,6 +299,10 @@ def _sim_worker_main(env_factory: EnvFactory, cfg: EvalConfig, video_dir: Path |
     ``("request", ActionRequest)``, ``("result", record)``, ``("error", traceback)``.
     """
     env = None
+    if cfg.batch_groups > 1:
+        # The policy's forwards are the critical path of every simulator: when groups overlap, the
+        # main process must not get only a 1/(B*G+1) share of the cores under the fair scheduler.
+        os.nice(SIM_NICENESS)
     try:
         env = env_factory()
         conn.send(("ready", None))
