@@ -14,6 +14,8 @@ Layout of the work:
   main process gathers the B observations, steps all B episodes in one batched forward
   (``batching.SlotBatcher``, the core the policy server uses too) and scatters the actions; a
   simulator whose chain ended gets the next chain at once. Records, resume and reports are the same.
+  ``eval.batch_groups=G`` runs G such groups of B simulators, one group's forward overlapping the
+  others' stepping (the simulators then run at a lower priority than the policy).
 - Workers watch their parent: if the main process is killed, they stop after the chain in flight
   (the batched ones at once) instead of lingering as orphans.
 
@@ -401,6 +403,7 @@ def _run_batched(
     on_result: Callable[[ChainResult], None],
     stats: dict[str, Any],
 ) -> float:
+    """The batched layout (see the module docstring); fills ``stats`` with the forward counters."""
     start = time.perf_counter()
     n = min(cfg.batch_size * cfg.batch_groups, len(items))
     pool = _SimPool(n, env_factory, cfg, video_dir)  # simulators start while the policy loads
