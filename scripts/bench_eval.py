@@ -24,7 +24,8 @@ Two parts, in one run on the same cores:
    to answer, i.e. the rate had the policy taken no time), ``policy_share`` (the fraction of the
    batched run's wall time spent in policy forwards; ``sim_share`` is the simulators') and
    ``policy_share_workers`` (the fraction of a worker's time in its policy, today's layout). ``bf16_*``: the tiny
-   policy's actions with bf16 towers against fp32 on the same frames (``eval.precision``).
+   policy's actions (and backbone features) with bf16 towers against fp32 on the same frames
+   (``eval.precision``).
    ``pipelined``: the same ``--batch`` simulators in ``--groups`` groups (``eval.batch_groups``),
    each group's forward (one torch thread) overlapping the other groups' stepping:
    ``chains_per_min_pipelined``, ``pipelined_speedup``, ``eval_steps_per_s_pipelined``,
@@ -176,6 +177,7 @@ def run_layout(items: list[EvalItem], policy: PolicySpec, layout: str, args: arg
 def precision_check(checkpoint: str, frames: int = 10, batch: int = 4) -> dict:
     """Actions of bf16 frozen towers vs fp32 on the same episodes (CPU here; a GPU is where it pays)."""
     import numpy as np
+    import torch
 
     from roboflamingo.models.policy import RoboFlamingoPolicy
 
@@ -185,17 +187,21 @@ def precision_check(checkpoint: str, frames: int = 10, batch: int = 4) -> dict:
                   "robot_obs": rng.normal(size=15)} for _ in range(frames)] for _ in range(batch)]
     sentences = list(evaluation_sentences().values())[:batch]
 
-    def actions(precision: str) -> np.ndarray:
+    def actions(precision: str) -> tuple[np.ndarray, torch.Tensor]:
         model = RoboFlamingoPolicy.from_pretrained(checkpoint).eval()
         model.set_precision(precision)
         histories, out = [None] * batch, []
         for t in range(frames):
             a, histories = model.step_batch([e[t] for e in episodes], sentences, histories)
             out.append(a)
-        return np.stack(out)
+        with torch.inference_mode():
+            features = model._frame_features([e[0] for e in episodes], sentences)[0]
+        return np.stack(out), features
 
-    ref, low = actions("fp32"), actions("bf16")
-    return {"bf16_max_pose_diff": float(np.abs(low[..., :6] - ref[..., :6]).max()),
+    (ref, f_ref), (low, f_low) = actions("fp32"), actions("bf16")
+    # A random-init head barely reacts to its input, so the features show the towers' error too.
+    return {"bf16_feature_rel_diff": float((f_low - f_ref).norm() / f_ref.norm()),
+            "bf16_max_pose_diff": float(np.abs(low[..., :6] - ref[..., :6]).max()),
             "bf16_gripper_flips": int((low[..., 6] != ref[..., 6]).sum()),
             "bf16_actions_compared": int(ref.shape[0] * ref.shape[1])}
 
