@@ -1,19 +1,38 @@
-"""Evaluation throughput: chains per minute with 1 and with 2 worker processes, and their ratio.
+"""Evaluation throughput: worker scaling, and one batched policy vs a policy per worker.
 
-    python scripts/bench_eval.py [--chains-per-worker 1] [--chain 0] [--renderer auto]
+    python scripts/bench_eval.py [--chains 16] [--ep-len 120] [--batch 8] [--main-threads 2]
+                                 [--no-scaling] [--chains-per-worker 1] [--renderer auto]
 
-Both settings do identical work so that the ratio measures parallel efficiency, not which chains
-each run happened to draw: one chain of the sequence generator, rolled out by the scripted expert on
-the tabletop with the default cameras and renderer, repeated ``--chains-per-worker`` times per
-worker. They run in the order 1, 2, 2, 1 workers and each rate pools its two runs, so a load that
-drifts linearly during the benchmark biases neither side. Start-up (spawning workers, building
-simulators) is excluded from the rates; it is reported apart.
-Prints one final JSON line: ``chains_per_min_1_worker``, ``chains_per_min_2_workers``, ``scaling``
-(their ratio, wall clock). On a machine shared with other jobs the wall-clock ratio also measures how
-much CPU the others left, so the line adds the load average, ``machine_scaling``: the same ratio for a
-pure-Python busy loop in 1 and 2 processes, measured before and after (what this machine allowed at
-the time), and ``scaling_cpu_time``: the ratio the measured CPU seconds per chain allow on two
-otherwise idle cores (2 x cpu_1 / cpu_2; 2.0 when the workers do not slow each other down).
+Two parts, in one run on the same cores:
+
+1. Worker scaling (``--no-scaling`` skips it): one chain of the sequence generator, rolled out by the
+   scripted expert on the tabletop with the default cameras and renderer, repeated
+   ``--chains-per-worker`` times per worker, with 1 and with 2 workers. They run in the order
+   1, 2, 2, 1 workers and each rate pools its two runs, so a load that drifts linearly during the
+   benchmark biases neither side. Fields: ``chains_per_min_1_worker``, ``chains_per_min_2_workers``,
+   ``scaling`` (their ratio, wall clock), ``machine_scaling`` (a pure-Python busy loop in 1 and 2
+   processes, before and after: what the machine allowed at the time) and ``scaling_cpu_time``
+   (2 x cpu_1 / cpu_2: the ratio the CPU seconds per chain allow on two otherwise idle cores).
+2. Layouts, for the tiny checkpoint policy (configs/model/tiny.yaml, random weights, LSTM head) and
+   for the expert, on the same ``--chains`` generator chains: ``workers`` is today's layout (2 worker
+   processes, each with its own simulator and its own policy at batch 1, one torch thread each);
+   ``batched`` is one policy in the main process (``--main-threads`` torch threads) stepping
+   ``--batch`` simulator processes in one forward per control step. Fields (tiny policy unless
+   suffixed ``_expert``): ``chains_per_min_workers``, ``chains_per_min_batched``, ``batched_speedup``
+   (their ratio), ``eval_steps_per_s_batched``, ``sim_only_steps_per_s`` (the same simulator
+   processes in the same batched run: steps over the time the main process waited for all of them
+   to answer, i.e. the rate had the policy taken no time), ``policy_share`` (the fraction of the
+   batched run's wall time spent in policy forwards; ``sim_share`` is the simulators') and
+   ``policy_share_workers`` (the fraction of a worker's time in its policy, today's layout). ``bf16_*``: the tiny
+   policy's actions (and backbone features) with bf16 towers against fp32 on the same frames
+   (``eval.precision``).
+   ``pipelined``: the same ``--batch`` simulators in ``--groups`` groups (``eval.batch_groups``),
+   each group's forward (one torch thread) overlapping the other groups' stepping:
+   ``chains_per_min_pipelined``, ``pipelined_speedup``, ``eval_steps_per_s_pipelined``,
+   ``pipelined_vs_sim_only``.
+
+Start-up (spawning workers, building simulators and policies) is excluded from every rate. The
+last line printed is one JSON object with all fields.
 """
 
 from __future__ import annotations
@@ -25,16 +44,22 @@ import os
 # baseline that already used the whole machine. Set before pybullet or numpy load their libraries.
 for _name in ("LP_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
+# As the batched evaluator does when it loads torch itself: the batched policy's OpenMP threads sleep
+# rather than spin while the simulators step on those cores (this script loads torch first).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from roboflamingo.eval.config import EvalConfig  # noqa: E402
 from roboflamingo.eval.envs import EnvSpec  # noqa: E402
 from roboflamingo.eval.items import chain_items, evaluation_sentences  # noqa: E402
+from roboflamingo.eval.metrics import ChainResult  # noqa: E402
 from roboflamingo.eval.policies import PolicySpec  # noqa: E402
 from roboflamingo.eval.protocol import EvalItem  # noqa: E402
 from roboflamingo.eval.runner import evaluate_items  # noqa: E402
@@ -92,19 +117,98 @@ def pool(speeds: list[dict]) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chains-per-worker", type=int, default=1)
-    parser.add_argument("--chain", type=int, default=0, help="which generator chain (seed 0) to repeat")
-    parser.add_argument("--ep-len", type=int, default=360)
-    parser.add_argument("--scene", default="D")
-    parser.add_argument("--renderer", default="auto", choices=["auto", "egl", "tiny"])
-    parser.add_argument("--start-method", default="spawn", choices=["spawn", "forkserver"])
-    args = parser.parse_args()
+def tiny_checkpoint(directory: str) -> str:
+    """configs/model/tiny.yaml with an LSTM head, random weights, identity statistics, saved."""
+    import torch
 
+    from roboflamingo.config import load
+    from roboflamingo.models.inspect import Job
+    from roboflamingo.models.normalization import identity_stats
+    from roboflamingo.models.policy import build_policy
+
+    job = load("inspect", Job, ["model=tiny", "head=lstm"])
+    torch.manual_seed(0)
+    build_policy(job.model, job.head, identity_stats()).save_pretrained(directory)
+    return directory
+
+
+def run_layout(items: list[EvalItem], policy: PolicySpec, layout: str, args: argparse.Namespace) -> dict:
+    if layout == "workers":
+        cfg = EvalConfig(workers=2, ep_len=args.ep_len, progress=False, start_method=args.start_method)
+        policy = replace(policy, torch_threads=1)  # 2 workers on 2 cores: today's default split
+    elif layout == "batched":
+        cfg = EvalConfig(batch_size=args.batch, ep_len=args.ep_len, progress=False, start_method=args.start_method)
+        policy = replace(policy, torch_threads=args.main_threads)
+    else:  # pipelined: as many simulators, in groups whose forwards overlap the others' stepping
+        cfg = EvalConfig(batch_size=args.batch // args.groups, batch_groups=args.groups, ep_len=args.ep_len,
+                         progress=False, start_method=args.start_method)
+        policy = replace(policy, torch_threads=1)  # the other core is stepping simulators meanwhile
+    env = EnvSpec("tabletop", EnvConfig(scene=args.scene, renderer=args.renderer))
+    with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
+        summary = evaluate_items(items, policy, env, cfg, tmp, {"bench": layout})
+        results = [ChainResult.from_record(json.loads(line)) for line in
+                   (Path(tmp) / "records" / "rank-0.jsonl").read_text().splitlines()]
+    speed = summary["speed"]
+    busy = speed["wall_s"] - speed["startup_s"]
+    steps = sum(r.env_steps for r in results)
+    out = {
+        "chains_per_min": speed["chains_per_min"],
+        "steps_per_s": speed["env_steps_per_s"],
+        "env_ms_per_step": speed["env_ms_per_step"],
+        "startup_s": speed["startup_s"],
+        "avg_len": summary["avg_len"],
+        "steps": steps,
+    }
+    if layout != "workers":
+        out["policy_share"] = speed["policy_share"]
+        out["forwards"] = speed["policy_forwards"]
+        # The main process's gathers: from scattering actions until all B simulators answered, i.e.
+        # the wall time the simulators alone needed (the rate the run had had the policy been free).
+        out["sim_only_steps_per_s"] = steps / speed["sim_wait_s"]
+        out["sim_share"] = speed["sim_wait_s"] / max(busy, 1e-9)
+    else:
+        out["policy_share"] = sum(r.policy_s for r in results) / (cfg.workers * max(busy, 1e-9))
+    print(f"{policy.kind:10s} {layout:7s}: {out['chains_per_min']:.2f} chains/min, {out['steps_per_s']:.1f} steps/s, "
+          f"policy share {out['policy_share']:.2f}, start-up {out['startup_s']:.1f} s, avg len {out['avg_len']:.2f}",
+          flush=True)
+    return out
+
+
+def precision_check(checkpoint: str, frames: int = 10, batch: int = 4) -> dict:
+    """Actions of bf16 frozen towers vs fp32 on the same episodes (CPU here; a GPU is where it pays)."""
+    import numpy as np
+    import torch
+
+    from roboflamingo.models.policy import RoboFlamingoPolicy
+
+    rng = np.random.default_rng(0)
+    episodes = [[{"rgb_static": rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
+                  "rgb_gripper": rng.integers(0, 256, (84, 84, 3), dtype=np.uint8),
+                  "robot_obs": rng.normal(size=15)} for _ in range(frames)] for _ in range(batch)]
+    sentences = list(evaluation_sentences().values())[:batch]
+
+    def actions(precision: str) -> tuple[np.ndarray, torch.Tensor]:
+        model = RoboFlamingoPolicy.from_pretrained(checkpoint).eval()
+        model.set_precision(precision)
+        histories, out = [None] * batch, []
+        for t in range(frames):
+            a, histories = model.step_batch([e[t] for e in episodes], sentences, histories)
+            out.append(a)
+        with torch.inference_mode():
+            features = model._frame_features([e[0] for e in episodes], sentences)[0]
+        return np.stack(out), features
+
+    (ref, f_ref), (low, f_low) = actions("fp32"), actions("bf16")
+    # A random-init head barely reacts to its input, so the features show the towers' error too.
+    return {"bf16_feature_rel_diff": float((f_low - f_ref).norm() / f_ref.norm()),
+            "bf16_max_pose_diff": float(np.abs(low[..., :6] - ref[..., :6]).max()),
+            "bf16_gripper_flips": int((low[..., 6] != ref[..., 6]).sum()),
+            "bf16_actions_compared": int(ref.shape[0] * ref.shape[1])}
+
+
+def scaling_part(args: argparse.Namespace) -> dict:
     base = chain_items(args.chain + 1, 0, evaluation_sentences())[args.chain]
     print(f"chain {args.chain}: {base.tasks}", flush=True)
-    load_before = os.getloadavg()[0]
     reference = [machine_scaling()]
     runs = {1: [], 2: []}
     for workers in (1, 2, 2, 1):
@@ -113,27 +217,97 @@ def main() -> None:
     one, two = pool(runs[1]), pool(runs[2])
     r1, r2 = one["chains_per_min"], two["chains_per_min"]
     steps = one["env_steps_per_s"] / max(r1, 1e-9) * 60.0
-    print(
-        json.dumps(
-            {
-                "chains_per_min_1_worker": round(r1, 3),
-                "chains_per_min_2_workers": round(r2, 3),
-                "scaling": round(r2 / r1, 3) if r1 else 0.0,
-                "machine_scaling": round(sum(reference) / len(reference), 3),
-                "scaling_cpu_time": round(2 * one["cpu_s_per_chain"] / two["cpu_s_per_chain"], 3),
-                "cpu_s_per_chain_1_worker": round(one["cpu_s_per_chain"], 2),
-                "cpu_s_per_chain_2_workers": round(two["cpu_s_per_chain"], 2),
-                "env_steps_per_chain": round(steps, 1),
-                "env_ms_per_step_1_worker": round(one["env_ms_per_step"], 2),
-                "startup_s_1_worker": round(one["startup_s"], 2),
-                "startup_s_2_workers": round(two["startup_s"], 2),
-                "load_avg_before": round(load_before, 2),
-                "load_avg_after": round(os.getloadavg()[0], 2),
-                "renderer": args.renderer,
-                "cpu_count": os.cpu_count(),
-            }
-        )
-    )
+    return {
+        "chains_per_min_1_worker": round(r1, 3),
+        "chains_per_min_2_workers": round(r2, 3),
+        "scaling": round(r2 / r1, 3) if r1 else 0.0,
+        "machine_scaling": round(sum(reference) / len(reference), 3),
+        "scaling_cpu_time": round(2 * one["cpu_s_per_chain"] / two["cpu_s_per_chain"], 3),
+        "cpu_s_per_chain_1_worker": round(one["cpu_s_per_chain"], 2),
+        "cpu_s_per_chain_2_workers": round(two["cpu_s_per_chain"], 2),
+        "env_steps_per_chain": round(steps, 1),
+        "env_ms_per_step_1_worker": round(one["env_ms_per_step"], 2),
+        "startup_s_1_worker": round(one["startup_s"], 2),
+        "startup_s_2_workers": round(two["startup_s"], 2),
+    }
+
+
+def layouts_part(args: argparse.Namespace, checkpoint: str) -> dict:
+    items = chain_items(args.chains, 0, evaluation_sentences())
+    out: dict = {}
+    policies = {"tiny": ("", PolicySpec("checkpoint", checkpoint=checkpoint, device="cpu")),
+                "expert": ("_expert", PolicySpec("expert", scene=args.scene))}
+    for name, spec in (policies[p] for p in args.policies):
+        # with --repeat the order is mirrored, so a load drifting during the run biases no layout
+        runs: dict[str, list[dict]] = {"workers": [], "batched": [], "pipelined": []}
+        order = ("workers", "batched", "pipelined", "pipelined", "batched", "workers")
+        for layout in order[: 6 if args.repeat else 3]:
+            runs[layout].append(run_layout(items, spec, layout, args))
+        w, b, p = (pooled(runs[k]) for k in ("workers", "batched", "pipelined"))
+        out.update({
+            f"chains_per_min_workers{name}": round(w["chains_per_min"], 3),
+            f"chains_per_min_batched{name}": round(b["chains_per_min"], 3),
+            f"batched_speedup{name}": round(b["chains_per_min"] / w["chains_per_min"], 3),
+            f"eval_steps_per_s_workers{name}": round(w["steps_per_s"], 2),
+            f"eval_steps_per_s_batched{name}": round(b["steps_per_s"], 2),
+            f"sim_only_steps_per_s{name}": round(b["sim_only_steps_per_s"], 2),
+            f"policy_share{name}": round(b["policy_share"], 3),
+            f"sim_share{name}": round(b["sim_share"], 3),
+            f"policy_share_workers{name}": round(w["policy_share"], 3),
+            f"avg_len{name}": round(b["avg_len"], 3),
+            f"chains_per_min_pipelined{name}": round(p["chains_per_min"], 3),
+            f"pipelined_speedup{name}": round(p["chains_per_min"] / w["chains_per_min"], 3),
+            f"eval_steps_per_s_pipelined{name}": round(p["steps_per_s"], 2),
+            f"policy_share_pipelined{name}": round(p["policy_share"], 3),
+        })
+    if "tiny" in args.policies:
+        out["batched_vs_sim_only"] = round(out["eval_steps_per_s_batched"] / out["sim_only_steps_per_s"], 3)
+        out["pipelined_vs_sim_only"] = round(out["eval_steps_per_s_pipelined"] / out["sim_only_steps_per_s"], 3)
+    return out
+
+
+def pooled(runs: list[dict]) -> dict:
+    """Rates over repeated runs: means (each run does the same work, so the mean of rates is fair)."""
+    keys = ("chains_per_min", "steps_per_s", "sim_only_steps_per_s", "policy_share", "sim_share", "avg_len")
+    return {k: sum(r[k] for r in runs) / len(runs) for k in keys if k in runs[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chains", type=int, default=16, help="generator chains per layout run")
+    parser.add_argument("--batch", type=int, default=8, help="simulators of the batched layout")
+    # 1: the tiny policy's matrices are too small for a second intra-op thread to help (measured at
+    # B=8: the same wall time, ~10% more CPU) and a second thread only risks spinning under load.
+    parser.add_argument("--main-threads", type=int, default=1, help="torch threads of the batched policy")
+    parser.add_argument("--groups", type=int, default=2, help="groups of the pipelined layout (--batch in all)")
+    parser.add_argument("--policies", nargs="+", default=["tiny", "expert"], choices=["tiny", "expert"])
+    parser.add_argument("--repeat", action="store_true", help="run each layout twice (w, b, p, p, b, w)")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the 1-vs-2-worker part")
+    parser.add_argument("--chains-per-worker", type=int, default=1)
+    parser.add_argument("--chain", type=int, default=0, help="which generator chain (seed 0) the scaling part repeats")
+    parser.add_argument("--ep-len", type=int, default=120, help="steps per subtask (CALVIN: 360)")
+    parser.add_argument("--scene", default="D")
+    parser.add_argument("--renderer", default="auto", choices=["auto", "egl", "tiny"])
+    parser.add_argument("--start-method", default="spawn", choices=["spawn", "forkserver"])
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()[0]
+    result: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-eval-ckpt-") as tmp:
+        # torch first: the 1-worker runs build a simulator in this process, and torch's lazy triton
+        # import segfaults once pybullet's EGL renderer is up.
+        checkpoint = tiny_checkpoint(tmp)
+        if not args.no_scaling:
+            result.update(scaling_part(args))
+        result.update(layouts_part(args, checkpoint))
+        result.update(precision_check(checkpoint))
+    result.update({
+        "chains": args.chains, "ep_len": args.ep_len, "batch": args.batch, "main_threads": args.main_threads,
+        "groups": args.groups,
+        "load_avg_before": round(load_before, 2), "load_avg_after": round(os.getloadavg()[0], 2),
+        "renderer": args.renderer, "cpu_count": os.cpu_count(),
+    })
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

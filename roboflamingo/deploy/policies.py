@@ -2,18 +2,18 @@
 
 A policy keeps its history inside the instance, so anything that serves several episodes at once (the
 server's sessions, parallel evaluation workers) must call the factory once per episode stream instead of
-sharing one instance. The heavy imports (torch models, pybullet) happen only when that source is chosen.
+sharing one instance; for a checkpoint every instance is a slot (its own history) of one shared model
+that steps all waiting sessions in one batched forward (``eval.batching``). The heavy imports (torch models, pybullet) happen only when that source is chosen.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from roboflamingo.eval.batching import BatchedModel, BatchedSession, SlotBatcher
 from roboflamingo.eval.policies import RandomPolicy  # one baseline for evaluation and serving
 from roboflamingo.types import (
     RGB_GRIPPER,
@@ -26,6 +26,9 @@ from roboflamingo.types import (
 )
 
 POLICY_SOURCES = ("checkpoint", "expert", "random")
+# How long a tick waits for the other sessions' frames once the first arrived (a session that is not
+# stepping must not stall the rest); a tick fires at once when every session has a frame waiting.
+BATCH_WAIT_S = 0.005
 
 
 @dataclass
@@ -65,16 +68,10 @@ def _checkpoint_factory(checkpoint: str, device: str) -> Callable[[], Policy]:
         torch.set_num_threads(choose_threads())  # the free cores, not all of them (threads.py)
     base = RoboFlamingoPolicy.from_pretrained(str(path), map_location=device)
     base.eval()
-    lock = threading.Lock()
-
-    def make() -> Policy:
-        # Weights are loaded once; each caller gets its own copy so histories never mix.
-        with lock:
-            policy = copy.deepcopy(base)
-        policy.reset()
-        return policy
-
-    return make
+    # One model for every session: each caller gets a slot (its own history) on one batcher, which
+    # steps all sessions waiting at a tick in one forward (the evaluator's batching core).
+    batcher = SlotBatcher(BatchedModel(base), max_wait_s=BATCH_WAIT_S).start()
+    return lambda: BatchedSession(batcher)
 
 
 def _expert_factory(scene: str) -> Callable[[], Policy]:

@@ -432,9 +432,16 @@ class PolicyServer:
             action = session.policy.step(obs, instruction)
             return action, t0, time.perf_counter()
 
+        # A slot of a shared batcher (a checkpoint source): concurrent sessions share one forward per tick.
+        submit = getattr(session.policy, "submit", None)
         async with session.lock:
             try:
-                action, t0, t1 = await asyncio.get_running_loop().run_in_executor(self.pool, infer)
+                if submit is not None:
+                    t0 = time.perf_counter()
+                    action = await asyncio.wrap_future(submit(obs, instruction))
+                    t1 = time.perf_counter()
+                else:
+                    action, t0, t1 = await asyncio.get_running_loop().run_in_executor(self.pool, infer)
             except Exception as e:
                 LOG.warning("policy step failed in session %d:\n%s", session.id, traceback.format_exc())
                 raise RequestError("policy_error", f"{type(e).__name__}: {e}") from e

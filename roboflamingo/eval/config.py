@@ -16,6 +16,7 @@ MODES = ("chains", "single_task")
 START_METHODS = ("spawn", "forkserver")
 DEVICES = ("auto", "cpu", "cuda")
 SEQUENCES = ("auto", "calvin", "sampled")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -38,11 +39,21 @@ class EvalConfig:
             are drawn from these tasks only (at least 5; see ``sim.chains.sample_chains``).
         workers: processes on this machine, each with its own environment and policy. ``1`` runs in
             the calling process. Under ``torchrun`` every rank starts this many.
+        batch_size: 0 runs the layout above (each worker its own policy at batch 1). B > 0 runs the
+            policy once per rank in the main process and B simulator processes, stepping all B
+            episodes in one batched forward per control step (``workers`` is then unused).
+        batch_groups: with ``batch_size``: G groups of B simulators (B x G processes); a group's
+            forward runs while the other groups' simulators step, so on a CPU the policy and the
+            simulators use the cores at the same time instead of taking turns.
+        precision: the frozen towers' (vision encoder, LM) inference precision for a checkpoint
+            policy: ``fp32``, or ``bf16``/``fp16`` (meant for a GPU; it enters the resume
+            fingerprint, since actions change slightly).
         start_method: multiprocessing start method for the workers. ``fork`` is not offered: a forked
             child inherits pybullet/EGL/CUDA state that is not fork-safe.
         device: where a checkpoint policy runs; ``auto`` picks CUDA when available.
         torch_threads: intra-op threads per worker for a checkpoint policy; 0 splits the machine's
-            cores evenly between the workers so they do not oversubscribe it.
+            cores evenly between the workers so they do not oversubscribe it (batched: all cores,
+            since the simulators wait while the policy runs).
         num_videos: rollout videos for the first K chains (by chain index); 0 disables them.
         video_fps: frame rate of the videos (the simulator runs at 30 Hz).
         video_stride: keep every n-th control step in the video.
@@ -67,6 +78,9 @@ class EvalConfig:
     episodes_per_task: int = 10
     tasks: list[str] = field(default_factory=list)
     workers: int = 1
+    batch_size: int = 0
+    batch_groups: int = 1
+    precision: str = "fp32"
     start_method: str = "spawn"
     device: str = "auto"
     torch_threads: int = 0
@@ -89,6 +103,9 @@ class EvalConfig:
         require_positive("eval.ep_len", self.ep_len)
         require_positive("eval.episodes_per_task", self.episodes_per_task)
         require_positive("eval.workers", self.workers)
+        require_positive("eval.batch_size", self.batch_size, allow_zero=True)
+        require_positive("eval.batch_groups", self.batch_groups)
+        require_choice("eval.precision", self.precision, PRECISIONS)
         require_positive("eval.torch_threads", self.torch_threads, allow_zero=True)
         require_positive("eval.num_videos", self.num_videos, allow_zero=True)
         require_positive("eval.video_fps", self.video_fps)

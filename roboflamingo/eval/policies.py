@@ -2,7 +2,8 @@
 
 Worker processes are started with ``spawn``/``forkserver``, so they cannot inherit a live policy; each
 receives a ``PolicySpec`` and builds its own. The evaluator sees the result only through ``reset()`` /
-``step(obs, instruction)``.
+``step(obs, instruction)``, or, batched, through ``PolicySpec.slot_policy()`` (one model for every
+simulator of the rank, see ``batching``).
 
 - ``checkpoint``: a ``RoboFlamingoPolicy.from_pretrained`` directory (``checkpoint=<dir>``);
 - ``expert``: the tabletop's scripted expert (an upper bound and a check of the protocol);
@@ -11,12 +12,16 @@ receives a ``PolicySpec`` and builds its own. The evaluator sees the result only
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from roboflamingo.eval.batching import BatchedModel, PerSlotPolicies, SlotPolicy
+from roboflamingo.eval.config import PRECISIONS
 from roboflamingo.threads import choose_threads
 from roboflamingo.types import ACTION_DIM, GRIPPER_CLOSE, GRIPPER_INDEX, GRIPPER_OPEN, Observation, Policy
 
@@ -58,6 +63,10 @@ class TorchPolicy:
             action = action.detach().cpu().numpy()
         return np.asarray(action, dtype=np.float32)
 
+    def step_batch(self, observations, instructions, histories) -> tuple[np.ndarray, list]:
+        """B independent episodes in one forward (``RoboFlamingoPolicy.step_batch``)."""
+        return self.model.step_batch(observations, instructions, histories)
+
 
 @dataclass(frozen=True)
 class PolicySpec:
@@ -68,6 +77,7 @@ class PolicySpec:
         checkpoint: the checkpoint directory (``kind=checkpoint`` only).
         device: ``auto``, ``cpu`` or ``cuda`` for a checkpoint.
         torch_threads: intra-op threads for a checkpoint on CPU; 0 leaves torch's default.
+        precision: ``fp32``, ``bf16`` or ``fp16`` for the checkpoint's frozen towers.
         scene: the tabletop scene the expert acts in.
         seed: seed of the random policy (each worker adds its worker id).
     """
@@ -76,12 +86,15 @@ class PolicySpec:
     checkpoint: str | None = None
     device: str = "auto"
     torch_threads: int = 0
+    precision: str = "fp32"
     scene: str = "D"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in POLICY_KINDS:
             raise ValueError(f"policy must be one of {list(POLICY_KINDS)}, got '{self.kind}'")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got '{self.precision}'")
         if self.kind == "checkpoint":
             if not self.checkpoint:
                 raise ValueError("policy=checkpoint needs checkpoint=<dir> (a directory written by save_pretrained)")
@@ -95,7 +108,10 @@ class PolicySpec:
         if self.kind == "checkpoint":
             root = Path(self.checkpoint).resolve()
             files = {p.name: p.stat().st_size for p in sorted(root.iterdir()) if p.is_file()}
-            return {"kind": self.kind, "checkpoint": str(root), "files": files}
+            out = {"kind": self.kind, "checkpoint": str(root), "files": files}
+            if self.precision != "fp32":  # fp32 records from before the option keep their fingerprint
+                out["precision"] = self.precision
+            return out
         if self.kind == "expert":
             return {"kind": self.kind, "scene": self.scene}
         return {"kind": self.kind, "seed": self.seed}
@@ -103,13 +119,24 @@ class PolicySpec:
     def __call__(self, worker: int = 0) -> Policy:
         return make_policy(self, worker)
 
+    def slot_policy(self) -> SlotPolicy:
+        """The batched evaluator's policy: the checkpoint loaded once for all slots; the expert and
+        the random floor one instance per slot (slot i seeded like worker i)."""
+        if self.kind == "checkpoint":
+            return BatchedModel(make_policy(self))
+        return PerSlotPolicies(partial(make_policy, self))
+
 
 def _resolve_device(device: str) -> str:
     if device != "auto":
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    # Under torchrun each rank takes its own GPU (LOCAL_RANK), not all of them cuda:0.
+    local = os.environ.get("LOCAL_RANK")
+    return f"cuda:{int(local) % torch.cuda.device_count()}" if local else "cuda"
 
 
 def make_policy(spec: PolicySpec, worker: int = 0) -> Policy:
@@ -130,9 +157,12 @@ def make_policy(spec: PolicySpec, worker: int = 0) -> Policy:
     model = RoboFlamingoPolicy.from_pretrained(spec.checkpoint, map_location=device)
     model.to(device)
     model.eval()
+    if spec.precision != "fp32":
+        model.set_precision(spec.precision)
     return TorchPolicy(model)
 
 
-def default_torch_threads(workers: int) -> int:
-    """Split the cores other processes leave free evenly between worker processes."""
-    return choose_threads(0, workers)
+def default_torch_threads(workers: int, batch_size: int = 0) -> int:
+    """This worker's share of the cores other processes leave free; batched, the one policy gets them
+    all (the simulators wait for its forward, so it would otherwise leave cores idle)."""
+    return choose_threads(0, 1 if batch_size else workers)

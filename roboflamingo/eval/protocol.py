@@ -16,7 +16,7 @@ An environment enters through the small ``EvalEnv`` interface below (the tableto
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,16 +74,32 @@ def check_action(action: Any, policy: Policy) -> np.ndarray:
     return arr
 
 
-def rollout_chain(
+@dataclass
+class ActionRequest:
+    """What a chain needs next: an action for ``obs`` under ``instruction``; ``new_episode`` says the
+    policy must forget its history first (the subtask's ``policy.reset()``)."""
+
+    obs: Observation
+    instruction: str
+    new_episode: bool
+
+
+ChainSteps = Generator[ActionRequest, np.ndarray, ChainResult]
+
+
+def chain_steps(
     env: EvalEnv,
-    policy: Policy,
     item: EvalItem,
     ep_len: int,
     on_obs: Callable[[Observation], None] | None = None,
-) -> ChainResult:
-    """Run one chain under CALVIN's protocol and return how far it got.
+) -> ChainSteps:
+    """CALVIN's protocol for one chain as a generator: it yields an ``ActionRequest`` per control step,
+    is sent the action, and returns the ``ChainResult``. Whoever drives it decides where the policy
+    runs: ``rollout_chain`` steps one policy in this process, the batched evaluator answers many
+    chains' requests with one forward.
 
     ``on_obs`` sees the observation after the reset and after every step (the video recorder).
+    Timing: ``policy_s`` is the time spent waiting for actions, ``env_s`` the simulator's.
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     policy_s = 0.0
@@ -93,13 +109,12 @@ def rollout_chain(
         on_obs(obs)
     completed, steps = 0, []
     for task, instruction in zip(item.tasks, item.instructions):
-        policy.reset()
         start_info = env.info()
         success, t = False, 0
         while t < ep_len and not success:
-            t += 1
             t0 = time.perf_counter()
-            action = check_action(policy.step(obs, instruction), policy)
+            action = yield ActionRequest(obs, instruction, new_episode=t == 0)
+            t += 1
             t1 = time.perf_counter()
             obs = env.step(action)
             success = env.successful(start_info, task)
@@ -121,6 +136,29 @@ def rollout_chain(
         wall_s=time.perf_counter() - start,
         cpu_s=time.process_time() - cpu_start,
     )
+
+
+def drive(steps: ChainSteps, policy: Policy) -> ChainResult:
+    """Run a chain's steps with one single-stream policy (``reset`` per subtask, ``step`` per frame)."""
+    try:
+        request = next(steps)
+        while True:
+            if request.new_episode:
+                policy.reset()
+            request = steps.send(check_action(policy.step(request.obs, request.instruction), policy))
+    except StopIteration as done:
+        return done.value
+
+
+def rollout_chain(
+    env: EvalEnv,
+    policy: Policy,
+    item: EvalItem,
+    ep_len: int,
+    on_obs: Callable[[Observation], None] | None = None,
+) -> ChainResult:
+    """Run one chain under CALVIN's protocol with ``policy`` and return how far it got."""
+    return drive(chain_steps(env, item, ep_len, on_obs), policy)
 
 
 def side_by_side(obs: Observation) -> np.ndarray:

@@ -3,6 +3,7 @@
     roboflamingo eval checkpoint=runs/train/checkpoints/last       # a trained policy
     roboflamingo eval policy=expert eval.num_chains=100            # the scripted expert
     roboflamingo eval policy=random eval.workers=4                 # the floor
+    roboflamingo eval checkpoint=... eval.batch_size=8             # 8 simulators, one batched forward per step
     roboflamingo eval checkpoint=... eval.calvin_dataset=task_D_D/validation   # the real calvin_env
     torchrun --nproc_per_node=8 -m roboflamingo.cli eval checkpoint=...        # chains split over ranks
 
@@ -57,12 +58,13 @@ class Job:
 def make_specs(job: Job) -> tuple[PolicySpec, EnvSpec]:
     """The picklable policy and environment factories a job describes (ValueError when inconsistent)."""
     cfg = job.eval
-    threads = cfg.torch_threads or default_torch_threads(cfg.workers)
+    threads = cfg.torch_threads or default_torch_threads(cfg.workers, cfg.batch_size)
     policy = PolicySpec(
         kind=job.policy,
         checkpoint=job.checkpoint,
         device=cfg.device,
         torch_threads=threads,
+        precision=cfg.precision,
         scene=job.env.scene,
         seed=job.seed,
     )

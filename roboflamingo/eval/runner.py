@@ -9,8 +9,18 @@ Layout of the work:
 - Within a rank, ``workers`` processes (``spawn``/``forkserver``) each build their own environment and
   policy from picklable factories and pull chains from a shared queue; only the rank's main process
   writes records, so a line is never interleaved. ``workers=1`` runs in the calling process.
+- Batched (``eval.batch_size=B``): the policy is built once, in the rank's main process (on the GPU
+  when there is one), and B simulator processes each run one chain at a time. Every control step the
+  main process gathers the B observations, steps all B episodes in one batched forward
+  (``batching.SlotBatcher``, the core the policy server uses too) and scatters the actions; a
+  simulator whose chain ended gets the next chain at once. Records, resume and reports are the same.
+  ``eval.batch_groups=G`` runs G such groups of B simulators, one group's forward overlapping the
+  others' stepping (the simulators then run at a lower priority than the policy).
 - Workers watch their parent: if the main process is killed, they stop after the chain in flight
-  instead of lingering as orphans.
+  (the batched ones at once) instead of lingering as orphans.
+
+Which chains a run does, with which seeds, never depends on ``workers`` or ``batch_size``; with a
+deterministic policy neither do the records.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import queue
+import sys
 import tempfile
 import time
 import traceback
@@ -26,14 +37,19 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from roboflamingo.eval.batching import BatchedModel, PerSlotPolicies, SlotBatcher, SlotPolicy
 from roboflamingo.eval.config import EvalConfig
 from roboflamingo.eval.metrics import ChainResult, running_postfix, summarize_chains, summarize_episodes
-from roboflamingo.eval.protocol import EvalEnv, EvalItem, rollout_chain
+from roboflamingo.eval.protocol import ChainSteps, EvalEnv, EvalItem, chain_steps, drive
 from roboflamingo.eval.store import ResultStore, fingerprint
 from roboflamingo.eval.video import VideoWriter
 from roboflamingo.types import Policy
 
 VIDEOS_DIR = "videos"
+# Fault hook for tests: the main process exits hard after this many new records (no clean-up at all).
+CRASH_AFTER_ENV = "ROBOFLAMINGO_EVAL_CRASH_AFTER"
+CRASH_EXIT_CODE = 77
+SIM_NICENESS = 10  # batched simulators overlapping the policy's forwards yield the cores to it
 PolicyFactory = Callable[[int], Policy]  # called with the worker index
 EnvFactory = Callable[[], EvalEnv]
 
@@ -58,18 +74,23 @@ class _Recorder:
         self.seen += 1
 
 
-def execute_item(env: EvalEnv, policy: Policy, item: EvalItem, cfg: EvalConfig, video_dir: Path | None) -> ChainResult:
-    """One chain, recorded to video when it is among the first ``num_videos``."""
+def item_steps(env: EvalEnv, item: EvalItem, cfg: EvalConfig, video_dir: Path | None) -> ChainSteps:
+    """One chain's protocol steps, recorded to video when it is among the first ``num_videos``."""
     if video_dir is None or item.index >= cfg.num_videos:
-        return rollout_chain(env, policy, item, cfg.ep_len)
+        return (yield from chain_steps(env, item, cfg.ep_len))
     writer = VideoWriter(video_dir / f".item{item.index:04d}.partial.mp4", cfg.video_fps)
     try:
-        result = rollout_chain(env, policy, item, cfg.ep_len, on_obs=_Recorder(env, writer, cfg.video_stride))
+        result = yield from chain_steps(env, item, cfg.ep_len, on_obs=_Recorder(env, writer, cfg.video_stride))
     except BaseException:
         writer.discard()
         raise
     result.video = str(writer.finish(video_dir / video_name(result)).relative_to(video_dir.parent))
     return result
+
+
+def execute_item(env: EvalEnv, policy: Policy, item: EvalItem, cfg: EvalConfig, video_dir: Path | None) -> ChainResult:
+    """One chain with a single-stream policy in this process."""
+    return drive(item_steps(env, item, cfg, video_dir), policy)
 
 
 def _parent_alive() -> bool:
@@ -88,8 +109,9 @@ def _worker_main(
 ) -> None:
     env = None
     try:
-        env = env_factory()
+        # The policy first: torch's lazy imports (triton) segfault once pybullet's EGL renderer is up.
         policy = policy_factory(worker)
+        env = env_factory()
         results.put(("ready", worker, None))
         while True:
             try:
@@ -135,6 +157,7 @@ class _Progress:
 
     def __init__(self, total: int, initial: list[ChainResult], mode: str, enabled: bool):
         self.results = list(initial)
+        self.initial = len(initial)
         self.mode = mode
         self.bar = None
         if enabled:
@@ -150,6 +173,9 @@ class _Progress:
             self.bar.set_postfix_str(running_postfix(self.results), refresh=False)
         else:
             self.bar.set_postfix_str(f"success {summarize_episodes(self.results)['success_rate']:.0%}", refresh=False)
+
+    def count_new(self) -> int:
+        return len(self.results) - self.initial
 
     def add(self, result: ChainResult) -> None:
         self.results.append(result)
@@ -256,6 +282,190 @@ def _run_workers(
     return startup
 
 
+def slot_policy(policy_factory: PolicyFactory) -> SlotPolicy:
+    """The batched evaluator's policy: a factory's own ``slot_policy()``, one ``step_batch`` model for
+    all slots, or else one single-stream policy per slot (``policy_factory(slot)``)."""
+    if hasattr(policy_factory, "slot_policy"):
+        return policy_factory.slot_policy()
+    first = policy_factory(0)
+    if hasattr(first, "step_batch"):
+        return BatchedModel(first)
+    made = {0: first}
+    return PerSlotPolicies(lambda slot: made.pop(slot, None) or policy_factory(slot))
+
+
+def _sim_worker_main(env_factory: EnvFactory, cfg: EvalConfig, video_dir: Path | None, conn: Any) -> None:
+    """A batched-evaluation simulator: runs the chains it is sent, asking the main process for actions.
+
+    Messages in: ``("chain", EvalItem)``, ``("act", action)``, ``("stop", None)``. Out: ``("ready",)``,
+    ``("request", ActionRequest)``, ``("result", record)``, ``("error", traceback)``.
+    """
+    env = None
+    if cfg.batch_groups > 1:
+        # The policy's forwards are the critical path of every simulator: when groups overlap, the
+        # main process must not get only a 1/(B*G+1) share of the cores under the fair scheduler.
+        os.nice(SIM_NICENESS)
+    try:
+        env = env_factory()
+        conn.send(("ready", None))
+        steps = None
+        while True:
+            if not conn.poll(1.0):
+                if not _parent_alive():
+                    return
+                continue
+            kind, payload = conn.recv()
+            if kind == "stop":
+                return
+            try:
+                if kind == "chain":
+                    steps = item_steps(env, payload, cfg, video_dir)
+                    request = next(steps)
+                else:
+                    request = steps.send(payload)
+            except StopIteration as done:
+                conn.send(("result", done.value.to_record()))
+                continue
+            conn.send(("request", request))
+    except (EOFError, BrokenPipeError):
+        return  # the main process is gone
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.send(("error", traceback.format_exc()))
+    finally:
+        if env is not None:
+            env.close()
+
+
+class _SimPool:
+    """The simulator processes of a batched evaluation and their pipes."""
+
+    def __init__(self, n: int, env_factory: EnvFactory, cfg: EvalConfig, video_dir: Path | None):
+        ctx = mp.get_context(cfg.start_method)
+        self.conns, self.procs = [], []
+        with _single_threaded_children():
+            for w in range(n):
+                mine, theirs = ctx.Pipe()
+                proc = ctx.Process(target=_sim_worker_main, args=(env_factory, cfg, video_dir, theirs),
+                                   name=f"eval-sim-{w}", daemon=True)
+                proc.start()
+                theirs.close()
+                self.conns.append(mine)
+                self.procs.append(proc)
+
+    def _dead(self, w: int) -> RuntimeError:
+        self.procs[w].join(timeout=5)
+        dead = [(i, p.exitcode) for i, p in enumerate(self.procs) if not p.is_alive()]
+        return RuntimeError(
+            f"eval simulator(s) exited before finishing their chains: {dead} (worker, exit code); "
+            "finished chains are recorded, rerun to resume"
+        )
+
+    def receive(self, waiting: set[int]) -> Iterator[tuple[int, str, Any]]:
+        """Messages from the workers in ``waiting``, as they come (raises when one died or failed)."""
+        from multiprocessing.connection import wait
+
+        index = {id(self.conns[w]): w for w in waiting}
+        ready = wait([self.conns[w] for w in waiting], timeout=1.0)
+        if not ready:
+            for w in waiting:
+                if not self.procs[w].is_alive():
+                    raise self._dead(w)
+        for conn in ready:
+            w = index[id(conn)]
+            try:
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                raise self._dead(w) from None
+            if kind == "error":
+                raise RuntimeError(f"eval simulator {w} failed:\n{payload}")
+            yield w, kind, payload
+
+    def close(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(Exception):
+                conn.send(("stop", None))
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=10)
+        for conn in self.conns:
+            conn.close()
+
+
+def _run_batched(
+    items: Sequence[EvalItem],
+    policy_factory: PolicyFactory,
+    env_factory: EnvFactory,
+    cfg: EvalConfig,
+    video_dir: Path | None,
+    on_result: Callable[[ChainResult], None],
+    stats: dict[str, Any],
+) -> float:
+    """The batched layout (see the module docstring); fills ``stats`` with the forward counters."""
+    start = time.perf_counter()
+    n = min(cfg.batch_size * cfg.batch_groups, len(items))
+    pool = _SimPool(n, env_factory, cfg, video_dir)  # simulators start while the policy loads
+    if "torch" not in sys.modules:
+        # Between forwards the simulators need these cores: the policy's OpenMP threads must sleep
+        # then, not spin (spinning threads of a 2-thread policy on a busy 2-core box cost it 5-10x).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        batcher = SlotBatcher(slot_policy(policy_factory))
+        slots = [batcher.open() for _ in range(n)]
+        waiting = set(range(n))
+        while waiting:
+            for w, kind, _ in pool.receive(set(waiting)):
+                if kind != "ready":
+                    raise RuntimeError(f"eval simulator {w} sent '{kind}' before it was ready")
+                waiting.discard(w)
+        startup = time.perf_counter() - start
+        queue_ = list(reversed(items))  # pop() takes them in order
+        for w in range(n):
+            pool.conns[w].send(("chain", queue_.pop()))
+        # Simulator w belongs to group w % G. A group's forward runs as soon as each of its busy
+        # simulators waits for an action; with G > 1 the other groups keep stepping meanwhile.
+        groups = [list(range(g, n, cfg.batch_groups)) for g in range(min(cfg.batch_groups, n))]
+        busy, requests = set(range(n)), {}
+        sim_wait = 0.0  # time spent waiting for simulators, the policy idle
+        while busy:
+            due = [g for g in groups if any(w in busy for w in g) and all(w in requests for w in g if w in busy)]
+            for group in due:
+                futures = {}
+                for w in group:
+                    request = requests.pop(w, None)
+                    if request is None:
+                        continue  # its chains are done
+                    if request.new_episode:
+                        batcher.reset(slots[w])
+                    futures[w] = batcher.submit(slots[w], request.obs, request.instruction)
+                batcher.tick()  # one batched forward for the group's episodes
+                for w, future in futures.items():
+                    pool.conns[w].send(("act", future.result()))
+            if due:
+                continue
+            t0 = time.perf_counter()
+            for w, kind, payload in pool.receive(busy - set(requests)):
+                if kind == "request":
+                    requests[w] = payload
+                elif kind == "result":
+                    on_result(ChainResult.from_record(payload))
+                    if queue_:  # refill the slot at once; its first request joins the next forward
+                        pool.conns[w].send(("chain", queue_.pop()))
+                    else:
+                        busy.discard(w)
+                else:
+                    raise RuntimeError(f"eval simulator {w} sent an unexpected '{kind}'")
+            sim_wait += time.perf_counter() - t0
+        stats.update({"batch_size": cfg.batch_size, "batch_groups": len(groups), "simulators": n,
+                      "policy_forwards": batcher.forwards, "policy_forward_s": batcher.policy_s,
+                      "sim_wait_s": sim_wait})
+        return startup
+    finally:
+        pool.close()
+
+
 def distributed_rank_world() -> tuple[int, int]:
     """(rank, world_size) as ``torchrun`` exports them; (0, 1) otherwise."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -304,6 +514,7 @@ def speed_figures(new: list[ChainResult], wall_s: float, startup_s: float, cfg: 
         "cpu_s_per_chain": sum(r.cpu_s for r in new) / len(new) if new else 0.0,
         "wall_s_per_chain": sum(r.wall_s for r in new) / len(new) if new else 0.0,
         "workers": cfg.workers,
+        "batch_size": cfg.batch_size,
         "world_size": world,
     }
 
@@ -357,14 +568,21 @@ def evaluate_items(
         len(mine), [before[it.index] for it in mine if it.index in before], cfg.mode, cfg.progress and rank == 0
     )
 
+    crash_after = int(os.environ.get(CRASH_AFTER_ENV, "0") or 0)
+
     def on_result(result: ChainResult) -> None:
         store.append(result)
         progress.add(result)
+        if crash_after and progress.count_new() >= crash_after:
+            os._exit(CRASH_EXIT_CODE)  # the fault hook: die like a SIGKILL, right after a record
 
     start = time.perf_counter()
     startup = 0.0
+    batch_stats: dict[str, Any] = {}
     try:
-        if todo:
+        if todo and cfg.batch_size:
+            startup = _run_batched(todo, policy_factory, env_factory, cfg, video_dir, on_result, batch_stats)
+        elif todo:
             run = _run_inline if cfg.workers == 1 else _run_workers
             startup = run(todo, policy_factory, env_factory, cfg, video_dir, on_result)
     finally:
@@ -385,6 +603,9 @@ def evaluate_items(
     new = [r for r in results if r.index not in before]
     summary = summarize(results, cfg.mode)
     summary["speed"] = speed_figures(new, wall, startup, cfg, world)
+    if batch_stats:
+        summary["speed"].update(batch_stats)
+        summary["speed"]["policy_share"] = batch_stats["policy_forward_s"] / max(wall - startup, 1e-9)
     summary["fingerprint"] = fp
     return summary
 

@@ -99,6 +99,31 @@ class ActionHead(nn.Module):
     def trunk_step(self, x: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
         raise NotImplementedError
 
+    # -- batching independent episodes (``RoboFlamingoPolicy.step_batch``) --------------------------
+    # A cache holds B episodes along a batch dimension; these three let a caller keep one cache per
+    # episode and step any set of them together. Episodes whose caches have the same ``cache_group``
+    # can share one ``step``; the head's work is tiny next to the backbone's, so a few groups are cheap.
+
+    def cache_group(self, cache: Any) -> Any:
+        """A hashable key: caches with equal keys can be stacked (None: a fresh episode)."""
+        return None if cache is None else 0
+
+    def stack_caches(self, caches: list[Any]) -> Any:
+        """Per-episode caches of one group -> one cache over all of them (in order)."""
+        return None
+
+    def split_cache(self, cache: Any, n: int) -> list[Any]:
+        """One cache over n episodes -> n per-episode caches."""
+        return [None] * n
+
+
+def _cat(tensors: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=dim)
+
+
+def _rows(t: torch.Tensor, n: int, dim: int = 0) -> list[torch.Tensor]:
+    return list(t.split(1, dim=dim)) if n > 1 else [t]
+
 
 class LSTMHead(ActionHead):
     """The original's DeterministicDecoder: an LSTM over frame features, then pose/gripper MLPs."""
@@ -132,6 +157,27 @@ class LSTMHead(ActionHead):
         # The oldest frame left the window: re-run from a zero state over the cached features.
         feats = feats[-self.window:]
         return self.rnn(torch.stack(feats, dim=1))[0][:, -1], (feats, None)
+
+    def cache_group(self, cache):
+        if cache is None:
+            return None
+        feats, state = cache
+        return (len(feats), state is None)
+
+    def stack_caches(self, caches):
+        if caches[0] is None:
+            return None
+        feats = [_cat([c[0][j] for c in caches]) for j in range(len(caches[0][0]))]
+        state = caches[0][1]
+        if state is not None:  # (h, c), each (layers, B, hidden)
+            state = tuple(_cat([c[1][k] for c in caches], dim=1) for k in range(len(state)))
+        return feats, state
+
+    def split_cache(self, cache, n):
+        feats, state = cache
+        rows = [_rows(f, n) for f in feats]
+        states = [None] * n if state is None else list(zip(*(_rows(s, n, dim=1) for s in state)))
+        return [([r[i] for r in rows], states[i]) for i in range(n)]
 
 
 class TransformerHead(ActionHead):
@@ -171,6 +217,18 @@ class TransformerHead(ActionHead):
             h, kv = block.step(h, kv, self.window, self)
             new_cache.append(kv)
         return self.norm(h)[:, 0], new_cache
+
+    def cache_group(self, cache):
+        return None if cache is None else cache[0][0].shape[2]  # frames held (<= window)
+
+    def stack_caches(self, caches):
+        if caches[0] is None:
+            return None
+        return [tuple(_cat([c[i][k] for c in caches]) for k in range(2)) for i in range(len(caches[0]))]
+
+    def split_cache(self, cache, n):
+        per_block = [list(zip(_rows(k, n), _rows(v, n))) for k, v in cache]
+        return [[block[i] for block in per_block] for i in range(n)]
 
 
 class _Block(nn.Module):

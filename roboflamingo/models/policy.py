@@ -8,8 +8,9 @@ Shapes: B windows, T frames, A = ``act_steps`` future actions, N = B*T frames th
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,8 @@ from roboflamingo.types import (
 )
 
 _TEXT_CACHE_SIZE = 4096
+# Inference precisions of the frozen towers (``eval.precision``).
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class RoboFlamingoPolicy(nn.Module):
@@ -53,6 +56,7 @@ class RoboFlamingoPolicy(nn.Module):
         self.normalizer = Normalizer()
         self._tokens: dict[str, torch.Tensor] = {}
         self._head_cache: Any = None
+        self._precision = torch.float32
         self._freeze()
 
     # -- freezing -----------------------------------------------------------------------------------
@@ -237,26 +241,57 @@ class RoboFlamingoPolicy(nn.Module):
         """Forget the history (call at the start of every subtask)."""
         self._head_cache = None
 
-    def step_outputs(self, obs: Mapping[str, np.ndarray], instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """One frame -> raw head outputs for it: pose (A, 6) normalized, gripper logits (A, 2)."""
+    def _frame_features(self, observations: Sequence[Mapping[str, np.ndarray]],
+                        instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """B observations (one frame each) -> backbone features (B, D) and normalized state (B, S)."""
         if self.training:
             raise RuntimeError("call policy.eval() before step(): dropout would make actions random")
         self.normalizer.check()
         keys = (RGB_STATIC, RGB_GRIPPER) + ((ROBOT_OBS,) if self.model_config.use_state else ())
-        check_observation(obs, keys)
-        if not isinstance(instruction, str):
-            raise TypeError(f"instruction must be a str, got {type(instruction).__name__}")
-        # Camera frames may be flipped views (negative strides), which torch cannot wrap.
-        static = self._images(np.ascontiguousarray(obs[RGB_STATIC])[None], RGB_STATIC, lead=1)
-        gripper = self._images(np.ascontiguousarray(obs[RGB_GRIPPER])[None], RGB_GRIPPER, lead=1)
-        ids, mask = self.tokenize([instruction])
-        feat = self.backbone(static, gripper, ids, mask)  # (1, D)
+        if len(observations) != len(instructions):
+            raise ValueError(f"{len(observations)} observations but {len(instructions)} instructions")
+        for i, (obs, instruction) in enumerate(zip(observations, instructions)):
+            try:
+                check_observation(obs, keys)
+            except ValueError as e:
+                raise ValueError(f"observation {i}: {e}") from e
+            if not isinstance(instruction, str):
+                raise TypeError(f"instruction {i} must be a str, got {type(instruction).__name__}")
+        static = self._camera(observations, RGB_STATIC)
+        gripper = self._camera(observations, RGB_GRIPPER)
+        ids, mask = self.tokenize(list(instructions))
+        with self._precision_context():
+            feat = self.backbone(static, gripper, ids, mask).float()  # (B, D)
         state = None
         if self.model_config.use_state:
-            robot_obs = torch.as_tensor(np.asarray(obs[ROBOT_OBS], dtype=np.float32), device=self.device)
-            state = self.normalizer.normalize_state(robot_obs[None])
+            robot_obs = torch.as_tensor(np.stack([np.asarray(o[ROBOT_OBS], dtype=np.float32) for o in observations]),
+                                        device=self.device)
+            state = self.normalizer.normalize_state(robot_obs)
+        return feat, state
+
+    def _camera(self, observations: Sequence[Mapping[str, np.ndarray]], key: str) -> torch.Tensor:
+        """One camera of B observations -> (B, 3, S, S); frames of one size are resized in one call."""
+        # Camera frames may be flipped views (negative strides), which torch cannot wrap.
+        frames = [np.ascontiguousarray(o[key]) for o in observations]
+        if all(f.shape == frames[0].shape for f in frames):
+            return self._images(np.stack(frames), key, lead=1)
+        return torch.cat([self._images(f[None], key, lead=1) for f in frames])
+
+    def step_outputs(self, obs: Mapping[str, np.ndarray], instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One frame -> raw head outputs for it: pose (A, 6) normalized, gripper logits (A, 2)."""
+        feat, state = self._frame_features([obs], [instruction])  # (1, D)
         (pose, grip), self._head_cache = self.action_head.step(feat, state, self._head_cache)
         return pose[0], grip[0]
+
+    def _to_actions(self, pose: torch.Tensor, grip: torch.Tensor) -> np.ndarray:
+        """The first of A predictions per row: pose (B, A, 6), logits (B, A, 2) -> actions (B, 7)."""
+        action = torch.empty((pose.shape[0], ACTION_DIM), dtype=torch.float32, device=pose.device)
+        action[:, :6] = self.normalizer.unnormalize_pose(pose[:, 0]).clamp(-1.0, 1.0)
+        if self.head_config.float16_actions:
+            # The original casts its actions to float16 before returning them (eval_utils.py).
+            action[:, :6] = action[:, :6].half().float()
+        action[:, 6] = torch.where(grip[:, 0].argmax(-1) == 1, GRIPPER_OPEN, GRIPPER_CLOSE)
+        return action.cpu().numpy()
 
     @torch.inference_mode()
     def step(self, obs: Mapping[str, np.ndarray], instruction: str) -> np.ndarray:
@@ -268,13 +303,61 @@ class RoboFlamingoPolicy(nn.Module):
 
     def step_from_outputs(self, pose: torch.Tensor, grip: torch.Tensor) -> np.ndarray:
         """Head outputs of one frame (:meth:`step_outputs`) -> the executed 7-d action."""
-        action = torch.empty(ACTION_DIM, dtype=torch.float32, device=pose.device)
-        action[:6] = self.normalizer.unnormalize_pose(pose[0]).clamp(-1.0, 1.0)
-        if self.head_config.float16_actions:
-            # The original casts its actions to float16 before returning them (eval_utils.py).
-            action[:6] = action[:6].half().float()
-        action[6] = GRIPPER_OPEN if grip[0].argmax() == 1 else GRIPPER_CLOSE
-        return action.cpu().numpy()
+        return self._to_actions(pose[None], grip[None])[0]
+
+    @torch.inference_mode()
+    def step_batch(self, observations: Sequence[Mapping[str, np.ndarray]], instructions: Sequence[str],
+                   histories: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+        """B independent episodes, one frame each, through one backbone forward.
+
+        ``histories[i]`` is episode i's history as returned by the previous call (``None`` starts a
+        new episode: that is the per-episode reset). Returns actions (B, 7) as ``step`` makes them
+        and the new histories; the policy itself keeps no state, so episodes never mix.
+        """
+        if len(histories) != len(observations):
+            raise ValueError(f"{len(observations)} observations but {len(histories)} histories")
+        feat, state = self._frame_features(observations, instructions)  # (B, D), (B, S)
+        head = self.action_head
+        groups: dict[Any, list[int]] = {}
+        for i, cache in enumerate(histories):
+            groups.setdefault(head.cache_group(cache), []).append(i)
+        pose = grip = None
+        new: list[Any] = [None] * len(histories)
+        for rows in groups.values():
+            index = torch.tensor(rows, device=feat.device) if len(groups) > 1 else None
+            f = feat if index is None else feat.index_select(0, index)
+            s = state if state is None or index is None else state.index_select(0, index)
+            (p, g), cache = head.step(f, s, head.stack_caches([histories[i] for i in rows]))
+            if index is None:
+                pose, grip = p, g
+            else:
+                if pose is None:
+                    pose = p.new_empty((len(histories), *p.shape[1:]))
+                    grip = g.new_empty((len(histories), *g.shape[1:]))
+                pose[index], grip[index] = p, g
+            for i, c in zip(rows, head.split_cache(cache, len(rows))):
+                new[i] = c
+        return self._to_actions(pose, grip), new
+
+    # -- inference precision ------------------------------------------------------------------------
+
+    def set_precision(self, precision: str) -> None:
+        """Run the frozen towers (vision encoder, LM) in ``fp32``, ``bf16`` or ``fp16`` for inference.
+
+        Their weights are cast (half the memory) and the backbone runs under autocast, so the trained
+        parts (resampler, cross-attention, head) keep fp32 weights and the head sees fp32 features.
+        """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got '{precision}'")
+        dtype = PRECISIONS[precision]
+        for tower in (self.backbone.vision_encoder, self.backbone.lang_encoder):
+            tower.to(dtype)
+        self._precision = dtype
+
+    def _precision_context(self):
+        if self._precision == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._precision)
 
     # -- checkpoints --------------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from roboflamingo.eval.protocol import EvalItem, GymOracleEnv
 
 
 class CounterEnv:
-    def __init__(self, log: list | None = None):
+    def __init__(self, log: list | None = None, die_on_start: int = -1):
+        self.die_on_start = die_on_start
         self.progress = 0
         self.resets = 0
         self.log = log if log is not None else []
@@ -39,6 +40,8 @@ class CounterEnv:
     def reset(self, *, seed=None, options=None):
         self.resets += 1
         self.progress = int(options["scene_obs"][0])
+        if self.progress == self.die_on_start:
+            os._exit(5)  # as a segfault in the simulator would
         self.log.append(("reset", seed, self.progress))
         return self._obs(), self.get_info()
 
@@ -71,9 +74,10 @@ def counter_state(initial_state: dict) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class CounterEnvFactory:
     need: int = 3
+    die_on_start: int = -1
 
     def __call__(self) -> GymOracleEnv:
-        return GymOracleEnv(CounterEnv(), CounterOracle(self.need), counter_state)
+        return GymOracleEnv(CounterEnv(die_on_start=self.die_on_start), CounterOracle(self.need), counter_state)
 
     def identity(self) -> dict:
         return {"kind": "counter", "need": self.need}

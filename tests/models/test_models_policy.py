@@ -182,3 +182,65 @@ def test_original_style_outputs_can_be_selected(stats):
     with torch.no_grad():
         pose, _ = policy.predict(make_batch())
     assert pose.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("kind,history", [("lstm", "sliding"), ("lstm", "running"), ("transformer", "sliding"),
+                                          ("mlp", "sliding")])
+def test_step_batch_equals_separate_steps(kind, history):
+    """B episodes of different ages and instructions, reset on their own, through one batched call:
+    every action equals that episode's own step() sequence."""
+    torch.manual_seed(2)
+    policy = build_policy(micro_config(window=3, use_state=True), micro_head(kind, lstm_history=history), make_stats())
+    open_gates(policy)
+    b, t = 4, 8
+    batch = make_batch(b=b, t=t, instructions=("stack the blocks", "open the drawer", "push the blue block left"))
+    # Episode i starts at frame starts[i] and episode 2 restarts at frame 5 (a new subtask).
+    starts, restart = [0, 1, 3, 0], (2, 5)
+    expected = {}
+    for i in range(b):
+        policy.reset()
+        for f in range(starts[i], t):
+            if (i, f) == restart:
+                policy.reset()
+            expected[i, f] = policy.step(frame_obs(batch, i, f), batch["instruction"][i])
+    histories: list = [None] * b
+    for f in range(t):
+        rows = [i for i in range(b) if f >= starts[i]]
+        for i in rows:
+            if (i, f) == restart:
+                histories[i] = None
+        actions, new = policy.step_batch([frame_obs(batch, i, f) for i in rows],
+                                         [batch["instruction"][i] for i in rows], [histories[i] for i in rows])
+        assert actions.shape == (len(rows), 7) and actions.dtype == np.float32
+        for row, i in enumerate(rows):
+            histories[i] = new[row]
+            np.testing.assert_allclose(actions[row], expected[i, f], atol=1e-5, rtol=1e-5)
+
+
+def test_step_batch_refuses_mismatched_inputs(stats):
+    policy = build_policy(micro_config(), micro_head(), stats)
+    obs = frame_obs(make_batch(b=1, t=1), 0, 0)
+    with pytest.raises(ValueError, match="2 observations but 1 histories"):
+        policy.step_batch([obs, obs], ["a", "b"], [None])
+    with pytest.raises(ValueError, match="observation 1: .*rgb_static"):
+        policy.step_batch([obs, {"rgb_gripper": obs["rgb_gripper"]}], ["a", "b"], [None, None])
+
+
+def test_bf16_towers_run_and_stay_close_to_fp32(stats):
+    """eval.precision on CPU: the bf16 path runs end to end; its actions are reported against fp32."""
+    torch.manual_seed(0)
+    policy = build_policy(micro_config(), micro_head(), stats)
+    open_gates(policy)
+    batch = make_batch(b=2, t=3)
+    obs = [frame_obs(batch, i, 0) for i in range(2)]
+    ref, _ = policy.step_batch(obs, batch["instruction"], [None, None])
+    policy.set_precision("bf16")
+    assert all(p.dtype == torch.bfloat16 for p in policy.backbone.vision_encoder.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in policy.backbone.lang_encoder.parameters())
+    trained = (policy.action_head, policy.backbone.perceiver, policy.backbone.gated_cross_attn_layers)
+    assert all(p.dtype == torch.float32 for m in trained for p in m.parameters())
+    low, _ = policy.step_batch(obs, batch["instruction"], [None, None])
+    assert np.all(np.isfinite(low)) and low.shape == ref.shape
+    assert np.abs(low[:, :6] - ref[:, :6]).max() < 0.1  # bf16 keeps ~3 significant digits
+    with pytest.raises(ValueError, match="precision must be one of"):
+        policy.set_precision("int8")
