@@ -250,13 +250,15 @@ class RoboFlamingoPolicy(nn.Module):
         keys = (RGB_STATIC, RGB_GRIPPER) + ((ROBOT_OBS,) if self.model_config.use_state else ())
         if len(observations) != len(instructions):
             raise ValueError(f"{len(observations)} observations but {len(instructions)} instructions")
+        batched = len(observations) > 1  # name the row only when there is more than one
         for i, (obs, instruction) in enumerate(zip(observations, instructions)):
             try:
                 check_observation(obs, keys)
             except ValueError as e:
-                raise ValueError(f"observation {i}: {e}") from e
+                raise ValueError(f"observation {i}: {e}" if batched else str(e)) from e
             if not isinstance(instruction, str):
-                raise TypeError(f"instruction {i} must be a str, got {type(instruction).__name__}")
+                which = f"instruction {i}" if batched else "instruction"
+                raise TypeError(f"{which} must be a str, got {type(instruction).__name__}")
         static = self._camera(observations, RGB_STATIC)
         gripper = self._camera(observations, RGB_GRIPPER)
         ids, mask = self.tokenize(list(instructions))
