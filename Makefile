@@ -8,7 +8,7 @@ DEMO_STAMP := $(VENV)/.installed-demo
 CALVIN_STAMP := $(VENV)/.installed-calvin
 VENDOR := ../shared/vendor
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ lint: $(DEV_STAMP)
 test: $(DEV_STAMP) $(TEST_DEPS)
 	$(BIN)/ruff check roboflamingo tests scripts
 	$(TEST_ENV) $(BIN)/python -m pytest -q
+
+# The edit loop: everything but the tests marked slow (the whole suite is `make test`, as CI runs it).
+test-fast: $(DEV_STAMP) $(TEST_DEPS)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
