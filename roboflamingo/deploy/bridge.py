@@ -13,6 +13,7 @@ With a rosauth secret (``deploy.rosauth_secret_file`` or ``$ROBOFLAMINGO_ROSAUTH
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -42,13 +43,24 @@ class RosBridge:
         self.ros.on("close", self._on_close)
         secret = read_secret("", cfg.rosauth_secret_file, ROSAUTH_ENV, what="rosauth secret")
         if secret:
-            # Registered before anything else listens for "ready", so the auth op is the first frame of
-            # every connection (rosbridge drops whatever an unauthenticated client sends first).
-            def authenticate(proto: Any) -> None:
-                msg = rosauth_message(secret, client=cfg.rosauth_client, dest=cfg.host, level=cfg.rosauth_level)
-                proto.send_ros_message(roslibpy.Message(msg))
+            # The auth op must be the first frame of every connection (rosbridge drops whatever an
+            # unauthenticated client sends first). roslibpy.Ros() starts dialling in its constructor, so
+            # the first connection may open before the "ready" listener below exists: on_ready covers
+            # that one, and the lock sends at most one auth per connection, before anyone else can send.
+            lock, authenticated = threading.Lock(), [None]
 
-            self.ros.on("ready", authenticate)
+            def authenticate(proto: Any) -> None:
+                with lock:
+                    if authenticated[0] is proto:
+                        return
+                    authenticated[0] = proto
+                    msg = rosauth_message(
+                        secret, client=cfg.rosauth_client, dest=cfg.host, level=cfg.rosauth_level
+                    )
+                    proto.send_ros_message(roslibpy.Message(msg))
+
+            self.ros.on("ready", authenticate)  # every reconnection
+            self.ros.factory.on_ready(authenticate)  # this connection, if it is already open
 
     def _on_close(self, *_: Any) -> None:
         if self._closing:

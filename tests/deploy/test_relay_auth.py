@@ -106,3 +106,28 @@ def test_without_a_secret_the_first_commander_owns_the_command_topics():
             publish(node, "/gripper_command", {"data": -1.0})
             assert wait_for(lambda: len(relay.published("/gripper_command")) == 1)
         assert len(relay.published("/target_pose")) == 1
+
+
+def test_the_auth_op_is_sent_once_even_when_the_connection_opens_before_the_bridge_listens(tmp_path, monkeypatch):
+    # roslibpy.Ros() dials in its constructor; on a loaded machine the socket can open before RosBridge
+    # registers its "ready" listener. Force that order: the auth op must still be the first frame.
+    import roslibpy
+
+    ros_init = roslibpy.Ros.__init__
+
+    def connected_before_returning(self, *args, **kwargs):
+        ros_init(self, *args, **kwargs)
+        assert wait_for(lambda: self.is_connected)
+
+    monkeypatch.setattr(roslibpy.Ros, "__init__", connected_before_returning)
+    secret_file = tmp_path / "rosauth_secret"
+    secret_file.write_text(SECRET + "\n")
+    with RosbridgeRelay(secret=SECRET) as relay:
+        bridge = RosBridge(BridgeConfig(port=relay.port, rosauth_secret_file=str(secret_file))).connect()
+        try:
+            bridge.subscribe(CHATTER, lambda m: None)
+            assert wait_for(lambda: relay.counts["subscribe"] == 1)
+            assert bridge.drops == 0 and relay.counts["refused"] == 0
+            assert relay.counts["auth"] == 0  # a second auth op on a session would be dispatched and counted
+        finally:
+            bridge.close()
