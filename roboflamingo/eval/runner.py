@@ -93,6 +93,28 @@ def execute_item(env: EvalEnv, policy: Policy, item: EvalItem, cfg: EvalConfig, 
     return drive(item_steps(env, item, cfg, video_dir), policy)
 
 
+class _Results:
+    """Workers to the main process: ``put`` returns once the message is in the pipe.
+
+    ``multiprocessing.Queue.put`` only buffers; a feeder thread writes later. A worker that dies hard
+    right after (a simulator segfault, ``os._exit``) then takes the results it already reported with
+    it, and the rerun repeats chains that had finished.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self._reader, self._writer = ctx.Pipe(duplex=False)
+        self._lock = ctx.Lock()  # one writer at a time, so frames from two workers never interleave
+
+    def put(self, message: tuple) -> None:
+        with self._lock:
+            self._writer.send(message)
+
+    def get(self, timeout: float) -> tuple:
+        if not self._reader.poll(timeout):
+            raise queue.Empty
+        return self._reader.recv()
+
+
 def _parent_alive() -> bool:
     parent = mp.parent_process()
     return parent is None or parent.is_alive()
@@ -228,7 +250,7 @@ def _run_workers(
     on_result: Callable[[ChainResult], None],
 ) -> float:
     ctx = mp.get_context(cfg.start_method)
-    tasks, results = ctx.Queue(), ctx.Queue()
+    tasks, results = ctx.Queue(), _Results(ctx)
     n = min(cfg.workers, len(items))
     for item in items:
         tasks.put(item)

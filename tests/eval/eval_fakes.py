@@ -137,3 +137,28 @@ class Chains:
                 tasks[n] = f"hard_{n}"
             out.append(EvalItem(i, {"start": 100 * i}, tasks, [f"do {t}" for t in tasks]))
         return out
+
+
+class DiesAfterOneChainPolicy(PushPolicy):
+    """Finishes its first chain, then dies without a word as the next one starts (a simulator segfault)."""
+
+    def __init__(self):
+        super().__init__()
+        self.first_start: int | None = None
+
+    def step(self, obs, instruction):
+        progress = int(obs["scene_obs"][0])  # a chain starts at 100 * index and moves < 100 steps
+        if self.first_start is None:
+            self.first_start = progress
+        elif progress % 100 == 0 and progress != self.first_start:
+            os._exit(3)
+        return super().step(obs, instruction)
+
+
+@dataclass
+class DiesAfterOneChainFactory:
+    def __call__(self, worker: int = 0):
+        return DiesAfterOneChainPolicy()
+
+    def identity(self) -> dict:
+        return {"kind": "push"}

@@ -4,7 +4,7 @@ import json
 
 import av
 import pytest
-from eval_fakes import Chains, CounterEnvFactory, PushPolicyFactory
+from eval_fakes import Chains, CounterEnvFactory, DiesAfterOneChainFactory, PushPolicyFactory
 
 from roboflamingo.eval.config import EvalConfig
 from roboflamingo.eval.report import write_report
@@ -73,6 +73,14 @@ def test_a_worker_that_dies_silently_is_reported_with_its_exit_code(tmp_path):
     with pytest.raises(RuntimeError, match=r"exit code"):
         run(tmp_path, cfg(workers=2), policy=PushPolicyFactory(fail_on_chain=300, hard_exit=True))
     assert ResultStore(tmp_path, "unused").files()  # chains finished before the crash were kept
+
+
+def test_a_chain_a_worker_reported_is_recorded_even_if_the_worker_dies_right_after(tmp_path):
+    # Each worker reports one chain and dies at once, before a queue's feeder thread could flush it.
+    with pytest.raises(RuntimeError, match=r"exit code"):
+        run(tmp_path, cfg(workers=2), policy=DiesAfterOneChainFactory())
+    records = (tmp_path / RECORDS_DIR / "rank-0.jsonl").read_text().splitlines()
+    assert len(records) == 2
 
 
 def test_videos_for_the_first_k_chains_are_named_by_outcome(tmp_path):
