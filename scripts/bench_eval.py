@@ -294,8 +294,8 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     result: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-eval-ckpt-") as tmp:
-        # torch first: the 1-worker runs build a simulator in this process, and torch's lazy triton
-        # import segfaults once pybullet's EGL renderer is up.
+        # The checkpoint is written before any simulator exists in this process (the 1-worker runs
+        # build one here); sim/egl.py makes the other order safe too.
         checkpoint = tiny_checkpoint(tmp)
         if not args.no_scaling:
             result.update(scaling_part(args))

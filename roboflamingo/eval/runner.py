@@ -131,7 +131,8 @@ def _worker_main(
 ) -> None:
     env = None
     try:
-        # The policy first: torch's lazy imports (triton) segfault once pybullet's EGL renderer is up.
+        # The policy first, so a bad checkpoint fails before a simulator starts. Either order is safe
+        # for EGL + triton: the env loads triton before Mesa's LLVM (sim/egl.py).
         policy = policy_factory(worker)
         env = env_factory()
         results.put(("ready", worker, None))
