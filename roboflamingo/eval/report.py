@@ -53,10 +53,16 @@ def markdown(summary: dict[str, Any], title: str = "Evaluation") -> str:
         lines += [
             "",
             f"Speed: {speed['chains_per_min']:.2f} chains/min, {speed['env_steps_per_s']:.1f} env steps/s "
-            f"({speed['workers']} worker(s) x {speed['world_size']} rank(s)); policy "
+            f"({_layout(speed)} x {speed['world_size']} rank(s)); policy "
             f"{speed['policy_ms_per_step']:.2f} ms/step, simulator {speed['env_ms_per_step']:.2f} ms/step.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _layout(speed: dict[str, Any]) -> str:
+    if speed.get("batch_size"):
+        return f"{speed['batch_size']} simulators, one batched policy"
+    return f"{speed['workers']} worker(s)"
 
 
 def plot_png(summary: dict[str, Any], title: str = "Evaluation") -> bytes:

@@ -257,8 +257,8 @@ def test_serve_command_runs_for_a_bounded_time(capsys):
 
 
 @pytest.mark.slow
-def test_a_checkpoint_is_served_with_one_policy_copy_per_session(tmp_path):
-    """The tiny model through the server gives the same actions as in process, per session."""
+def test_a_checkpoint_is_served_with_one_history_per_session(tmp_path):
+    """The tiny model through the server (one model, a history per session) acts as in process."""
     torch = pytest.importorskip("torch")
     from roboflamingo.config import load_yaml
     from roboflamingo.models.config import HeadConfig, ModelConfig
