@@ -9,9 +9,12 @@ is an error that lists the keys.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -24,6 +27,58 @@ from roboflamingo.models.normalization import STAT_SHAPES
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "roboflamingo-policy-v1"
+# A training checkpoint adds these (roboflamingo.train.checkpoint); the manifest lists every file.
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or corrupt; the message names the directory and file."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Check every file against the manifest; return the manifest or raise ``CheckpointError``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"checkpoint {path} is incomplete: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError(f"it must be a JSON object, got a {type(manifest).__name__}")
+        files = manifest["files"]
+        if not isinstance(files, dict) or not files:
+            raise ValueError("'files' must be a non-empty mapping")
+        if not all(isinstance(m, dict) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha256"), str)
+                   for m in files.values()):
+            raise ValueError("every entry of 'files' needs 'bytes' (int) and 'sha256' (str)")
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} is unreadable ({e})") from e
+    if TRAINER_STATE not in files:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} does not list {TRAINER_STATE}")
+    for name, meta in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"checkpoint {path} is corrupt: {name} is missing")
+        size = file.stat().st_size
+        if size != meta["bytes"]:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: {name} has {size} bytes, the manifest says {meta['bytes']} "
+                "(truncated or partially copied?)"
+            )
+        if sha256_file(file) != meta["sha256"]:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {name} does not match its sha256 in {MANIFEST}")
+    return manifest
 
 
 def _sourced_prefixes(policy) -> tuple[str, ...]:
@@ -137,8 +192,6 @@ def load_policy(directory: str | os.PathLike, map_location: str | torch.device =
 
 def _verify_manifest(directory: Path) -> None:
     """A training checkpoint (it has a trainer state or a manifest) is used only if its manifest verifies."""
-    from roboflamingo.train.checkpoint import MANIFEST, TRAINER_STATE, CheckpointError, verify_checkpoint
-
     if (directory / MANIFEST).exists() or (directory / TRAINER_STATE).exists():
         try:
             verify_checkpoint(directory)

@@ -17,7 +17,6 @@ naming the file, and resuming falls back to the previous one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,27 +29,22 @@ import torch
 
 from roboflamingo.io import atomic_dir
 
-MANIFEST = "manifest.json"
-TRAINER_STATE = "trainer.pt"
+# The manifest check lives with the checkpoint format (models), which loading a policy uses too.
+from roboflamingo.models.checkpoint import (  # noqa: F401  (re-exported for the training modules)
+    MANIFEST,
+    TRAINER_STATE,
+    CheckpointError,
+    sha256_file,
+    verify_checkpoint,
+)
+
 LAST = "last"
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step_(\d{7,})$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or corrupt; the message names the directory and file."""
-
-
 def step_dir_name(step: int) -> str:
     return f"step_{step:07d}"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_file(path: Path) -> None:
@@ -122,43 +116,6 @@ def prune(root: str | os.PathLike, keep: int) -> None:
     fallback)."""
     for path in list_checkpoints(root)[max(keep, 2):]:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Check every file against the manifest; return the manifest or raise ``CheckpointError``."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise CheckpointError(f"checkpoint {path} is incomplete: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        if not isinstance(manifest, dict):
-            raise ValueError(f"it must be a JSON object, got a {type(manifest).__name__}")
-        files = manifest["files"]
-        if not isinstance(files, dict) or not files:
-            raise ValueError("'files' must be a non-empty mapping")
-        if not all(isinstance(m, dict) and isinstance(m.get("bytes"), int) and isinstance(m.get("sha256"), str)
-                   for m in files.values()):
-            raise ValueError("every entry of 'files' needs 'bytes' (int) and 'sha256' (str)")
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint {path}: {MANIFEST} is unreadable ({e})") from e
-    if TRAINER_STATE not in files:
-        raise CheckpointError(f"checkpoint {path}: {MANIFEST} does not list {TRAINER_STATE}")
-    for name, meta in files.items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"checkpoint {path} is corrupt: {name} is missing")
-        size = file.stat().st_size
-        if size != meta["bytes"]:
-            raise CheckpointError(
-                f"checkpoint {path} is corrupt: {name} has {size} bytes, the manifest says {meta['bytes']} "
-                "(truncated or partially copied?)"
-            )
-        if sha256_file(file) != meta["sha256"]:
-            raise CheckpointError(f"checkpoint {path} is corrupt: {name} does not match its sha256 in {MANIFEST}")
-    return manifest
 
 
 def find_resumable(root: str | os.PathLike, warn: Callable[[str], None] = print) -> Path | None:
