@@ -2,11 +2,13 @@
 
 Everything the stack writes that a later step depends on (datasets, shards, checkpoints, results)
 goes through these helpers: write to a temporary sibling, flush to disk, then rename over the target.
+``sha256_file`` is the digest every manifest (shards, checkpoints, LeRobot sources) records.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -18,6 +20,14 @@ from typing import Any
 
 import numpy as np
 import yaml
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _umask() -> int:

@@ -16,7 +16,6 @@ checked again (a clear ``DatasetError`` at read time). ``validate_split`` reads 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Iterable
@@ -46,14 +45,6 @@ class DatasetError(ValueError):
 
 def frame_path(split_dir: str | os.PathLike, frame_id: int) -> Path:
     return Path(split_dir) / f"episode_{int(frame_id):07d}.npz"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

@@ -191,7 +191,7 @@ def read_tasks(root: Path) -> list[str]:
 def source_digests(root: Path) -> dict[str, str]:
     """sha256 of the metadata a packed copy was built from: ``info.json`` and the episode table
     (cheap to re-check on every open, unlike the frame data; LeRobot rewrites both on any edit)."""
-    from roboflamingo.data.layout import sha256_file
+    from roboflamingo.io import sha256_file
 
     paths = [root / INFO_PATH, *sorted((root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))]
     return {str(p.relative_to(root)): sha256_file(p) for p in paths if p.is_file()}

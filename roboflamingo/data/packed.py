@@ -45,9 +45,8 @@ from roboflamingo.data.layout import (
     REL_ACTIONS,
     DatasetError,
     SplitIndex,
-    sha256_file,
 )
-from roboflamingo.io import atomic_write_json
+from roboflamingo.io import atomic_write_json, sha256_file
 from roboflamingo.types import ROBOT_OBS
 
 FORMAT = "roboflamingo-packed"

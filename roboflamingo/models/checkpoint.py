@@ -9,7 +9,6 @@ is an error that lists the keys.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from roboflamingo.config import load_yaml, save_yaml
-from roboflamingo.io import atomic_path
+from roboflamingo.io import atomic_path, sha256_file
 from roboflamingo.models.config import PolicyConfig
 from roboflamingo.models.normalization import STAT_SHAPES
 
@@ -34,14 +33,6 @@ TRAINER_STATE = "trainer.pt"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or corrupt; the message names the directory and file."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -27,14 +27,13 @@ from typing import Any
 
 import torch
 
-from roboflamingo.io import atomic_dir
+from roboflamingo.io import atomic_dir, sha256_file
 
 # The manifest check lives with the checkpoint format (models), which loading a policy uses too.
 from roboflamingo.models.checkpoint import (  # noqa: F401  (re-exported for the training modules)
     MANIFEST,
     TRAINER_STATE,
     CheckpointError,
-    sha256_file,
     verify_checkpoint,
 )
 

@@ -199,7 +199,7 @@ def test_any_single_value_changed_in_a_packed_shard_is_refused_naming_the_file(
 
 def test_nan_in_a_packed_shard_with_a_matching_checksum_is_refused_naming_field_and_row(packed_split, tmp_path):
     """A packer that wrote the NaN itself (checksums match): the finiteness check on open catches it."""
-    from roboflamingo.data.layout import sha256_file
+    from roboflamingo.io import sha256_file
 
     split, index = packed_split
     packed = tmp_path / "packed"
