@@ -60,6 +60,15 @@ class Translator(Protocol):
         """The client's form of one frame the server sends (None: nothing goes out)."""
 
 
+def frame_problem(frame: bytes | str, limit: int, expected: str = "a binary msgpack frame") -> str | None:
+    """Why a foreign protocol's frame is refused before decoding (text, or over ``limit``), or None."""
+    if isinstance(frame, str):
+        return f"bad_request: expected {expected}, got a text frame"
+    if len(frame) > limit:
+        return f"too_large: message of {len(frame)} bytes exceeds max_message_bytes={limit}"
+    return None
+
+
 def walk(obj: Any, convert: Callable[[dict], Any], depth: int = 0) -> Any:
     """Apply ``convert`` to every map of a decoded frame, innermost first (``CodecError`` when too deep)."""
     if depth > MAX_DEPTH:

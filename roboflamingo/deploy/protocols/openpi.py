@@ -35,7 +35,7 @@ from roboflamingo.deploy.codec import (
     unpackb,
 )
 from roboflamingo.deploy.codec import packb as native_packb
-from roboflamingo.deploy.protocols import Send, walk
+from roboflamingo.deploy.protocols import Send, frame_problem, walk
 
 if TYPE_CHECKING:
     from roboflamingo.deploy.server import PolicyServer
@@ -86,12 +86,9 @@ class OpenpiTranslator:
         self.pending: deque[None] = deque()  # one entry per step frame handed to the server
 
     async def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
-        limit = self.server.max_message_bytes
-        if isinstance(frame, str):
-            await self.send("bad_request: expected a binary msgpack observation map, got a text frame")
-            return
-        if len(frame) > limit:
-            await self.send(f"too_large: message of {len(frame)} bytes exceeds max_message_bytes={limit}")
+        problem = frame_problem(frame, self.server.max_message_bytes, "a binary msgpack observation map")
+        if problem:
+            await self.send(problem)
             return
         try:
             msg = decode(frame)

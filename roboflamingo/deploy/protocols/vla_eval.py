@@ -37,7 +37,7 @@ import numpy as np
 
 from roboflamingo import __version__
 from roboflamingo.deploy.codec import CodecError, _decode_array, packb, unpackb
-from roboflamingo.deploy.protocols import Send, walk
+from roboflamingo.deploy.protocols import Send, frame_problem, walk
 from roboflamingo.types import CAMERAS, RGB_GRIPPER, ROBOT_OBS, SCENE_OBS
 
 if TYPE_CHECKING:
@@ -182,11 +182,9 @@ class VlaEvalTranslator:
 
     async def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
         limit = self.server.max_message_bytes
-        if isinstance(frame, str):
-            await self.error("bad_request: expected a binary msgpack frame, got a text frame")
-            return
-        if len(frame) > limit:
-            await self.error(f"too_large: message of {len(frame)} bytes exceeds max_message_bytes={limit}")
+        problem = frame_problem(frame, limit)
+        if problem:
+            await self.error(problem)
             return
         try:
             msg = unpack_message(frame, limit)
