@@ -162,3 +162,21 @@ class DiesAfterOneChainFactory:
 
     def identity(self) -> dict:
         return {"kind": "push"}
+
+
+def save_tiny_checkpoint(path) -> None:
+    """configs/model/tiny.yaml + the LSTM head, random weights, fixed statistics, saved at ``path``."""
+    from dataclasses import replace
+
+    from roboflamingo.config import config_dir, load_yaml
+    from roboflamingo.models.config import HeadConfig, ModelConfig
+    from roboflamingo.models.policy import build_policy
+
+    stats = {
+        "action_mean": np.zeros(7, np.float32), "action_std": np.full(7, 0.5, np.float32),
+        "robot_obs_mean": np.zeros(15, np.float32), "robot_obs_std": np.ones(15, np.float32),
+    }
+    model = load_yaml(config_dir() / "model" / "tiny.yaml", ModelConfig)
+    model = replace(model, lm=replace(model.lm, bpe_merges=1000))  # a smaller tokenizer builds faster
+    head = load_yaml(config_dir() / "head" / "lstm.yaml", HeadConfig)
+    build_policy(model, head, stats).save_pretrained(path)

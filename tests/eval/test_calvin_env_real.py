@@ -10,7 +10,6 @@ with an exit code rather than the end of the test run.
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -93,19 +92,10 @@ def test_calvins_oracle_judges_scripted_state_changes_through_the_adapter(env):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     require_calvin_env()
-    from roboflamingo.config import config_dir, load_yaml
-    from roboflamingo.models.config import HeadConfig, ModelConfig
-    from roboflamingo.models.policy import build_policy
+    from eval_fakes import save_tiny_checkpoint
 
-    stats = {
-        "action_mean": np.zeros(7, np.float32), "action_std": np.full(7, 0.5, np.float32),
-        "robot_obs_mean": np.zeros(15, np.float32), "robot_obs_std": np.ones(15, np.float32),
-    }
-    model = load_yaml(config_dir() / "model" / "tiny.yaml", ModelConfig)
-    model = replace(model, lm=replace(model.lm, bpe_merges=1000))  # a smaller tokenizer builds faster
-    head = load_yaml(config_dir() / "head" / "lstm.yaml", HeadConfig)
     path = tmp_path_factory.mktemp("ckpt") / "ckpt"
-    build_policy(model, head, stats).save_pretrained(path)
+    save_tiny_checkpoint(path)
     return path
 
 

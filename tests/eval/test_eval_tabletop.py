@@ -107,22 +107,9 @@ def test_bad_selection_exits_2_with_a_clear_message(args, message, capsys, tmp_p
 
 
 def test_a_checkpoint_directory_is_evaluated_through_reset_and_step(tmp_path):
-    from dataclasses import replace
+    from eval_fakes import save_tiny_checkpoint
 
-    import numpy as np
-
-    from roboflamingo.config import config_dir, load_yaml
-    from roboflamingo.models.config import HeadConfig, ModelConfig
-    from roboflamingo.models.policy import build_policy
-
-    stats = {
-        "action_mean": np.zeros(7, np.float32), "action_std": np.full(7, 0.5, np.float32),
-        "robot_obs_mean": np.zeros(15, np.float32), "robot_obs_std": np.ones(15, np.float32),
-    }
-    model = load_yaml(config_dir() / "model" / "tiny.yaml", ModelConfig)
-    model = replace(model, lm=replace(model.lm, bpe_merges=1000))  # a smaller tokenizer builds faster
-    head = load_yaml(config_dir() / "head" / "lstm.yaml", HeadConfig)
-    build_policy(model, head, stats).save_pretrained(tmp_path / "ckpt")
+    save_tiny_checkpoint(tmp_path / "ckpt")
     args = ["eval", f"checkpoint={tmp_path / 'ckpt'}", "eval.num_chains=2", "eval.ep_len=3", "eval.device=cpu",
             *FAST, f"run_dir={tmp_path / 'eval'}"]
     assert cli.main(args) == 0
