@@ -171,6 +171,7 @@ def stage_eval(job: Job, out: Path, policy: str, checkpoint: Path | None, mode: 
         episodes_per_task=job.eval_episodes_per_task, tasks=list(job.tasks), workers=job.workers,
         num_videos=job.num_videos if (policy == "checkpoint" and mode == "chains") else 0,
         progress=job.progress,
+        torch_threads=1,  # fixed, as train.threads: a thread count changes the float sums (configs/demo.yaml)
     )
     _banner("eval", f"{policy} policy, {mode} -> {out}")
     ejob = eval_run.Job(env=job.env, eval=cfg, policy=policy,
