@@ -1,0 +1,48 @@
+"""What every protocol translator shares: the ``Translator`` seam and the checks on foreign frames.
+
+Its own module, not the package's ``__init__`` (which picks a translator per connection and so
+imports every protocol), so that the protocols import it without an import circle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from roboflamingo.deploy.codec import CodecError
+
+MAX_DEPTH = 16  # foreign frames are walked after decoding; real observations nest 3 deep
+
+Send = Callable[[bytes | str], Awaitable[None]]
+
+
+class Translator(Protocol):
+    """One connection's protocol, between the client's frames and the server's native ones."""
+
+    name: str
+
+    def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
+        """The native request frames one client frame stands for, in order (it may answer directly)."""
+
+    def outgoing(self, frame: bytes | str) -> bytes | str | None:
+        """The client's form of one frame the server sends (None: nothing goes out)."""
+
+
+def frame_problem(frame: bytes | str, limit: int, expected: str = "a binary msgpack frame") -> str | None:
+    """Why a foreign protocol's frame is refused before decoding (text, or over ``limit``), or None."""
+    if isinstance(frame, str):
+        return f"bad_request: expected {expected}, got a text frame"
+    if len(frame) > limit:
+        return f"too_large: message of {len(frame)} bytes exceeds max_message_bytes={limit}"
+    return None
+
+
+def walk(obj: Any, convert: Callable[[dict], Any], depth: int = 0) -> Any:
+    """Apply ``convert`` to every map of a decoded frame, innermost first (``CodecError`` when too deep)."""
+    if depth > MAX_DEPTH:
+        raise CodecError(f"message nests deeper than {MAX_DEPTH} levels")
+    if isinstance(obj, dict):
+        return convert({k: walk(v, convert, depth + 1) for k, v in obj.items()})
+    if isinstance(obj, list):
+        return [walk(v, convert, depth + 1) for v in obj]
+    return obj
