@@ -13,7 +13,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from roboflamingo.config import require_choice
 from roboflamingo.eval.batching import BatchedModel, PerSlotPolicies, SlotPolicy
+from roboflamingo.eval.config import PRECISIONS
 from roboflamingo.policies import PolicyKind, PolicySourceConfig, build_policy
 from roboflamingo.threads import choose_threads
 from roboflamingo.types import Policy
@@ -39,6 +41,7 @@ class PolicySpec:
 
     def __post_init__(self) -> None:
         self.source.check(EVAL_KINDS, "eval")
+        require_choice("precision", self.precision, PRECISIONS)
 
     @property
     def kind(self) -> PolicyKind:
