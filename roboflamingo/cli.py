@@ -10,6 +10,7 @@ Modules are imported only when their command runs, so ``roboflamingo inspect`` n
 
 from __future__ import annotations
 
+import enum
 import importlib
 import json
 import sys
@@ -23,6 +24,7 @@ from roboflamingo.config import (
     compose,
     load,
     schema_keys,
+    schema_overrides,
     schema_sections,
     summary,
     to_yaml,
@@ -38,6 +40,14 @@ class Command:
     positional: tuple[str, ...] = ()
     # Boolean config keys that `--key` sets to true: `env --json`.
     flags: tuple[str, ...] = ()
+    # Short spellings of nested keys, `(alias, key, group option it implies)`: `checkpoint=<dir>` is
+    # `policy=checkpoint policy.checkpoint=<dir>` unless a `policy=` override picks another kind.
+    aliases: tuple[tuple[str, str, str | None], ...] = ()
+
+
+CHECKPOINT_ALIAS = ("checkpoint", "policy.checkpoint", "checkpoint")
+REMOTE_ALIASES = (("server", "policy.server", "remote"), ("token_file", "policy.token_file", None),
+                  ("server_ca", "policy.server_ca", None))
 
 
 COMMANDS: dict[str, Command] = {
@@ -48,10 +58,12 @@ COMMANDS: dict[str, Command] = {
     "export-lerobot": Command("roboflamingo.data.export_lerobot", "export_lerobot",
                               "export a split as a LeRobotDataset v3 (videos, parquet, meta/)", positional=("out",)),
     "train": Command("roboflamingo.train.loop", "train", "train a policy"),
-    "eval": Command("roboflamingo.eval.run", "eval", "closed-loop evaluation with CALVIN's long-horizon protocol"),
+    "eval": Command("roboflamingo.eval.run", "eval", "closed-loop evaluation with CALVIN's long-horizon protocol",
+                    aliases=(CHECKPOINT_ALIAS,)),
     "demo": Command("roboflamingo.demo", "demo", "generate, train, evaluate and report on the built-in tabletop"),
-    "serve": Command("roboflamingo.deploy.server", "serve", "websocket policy server"),
-    "ros": Command("roboflamingo.deploy.ros_node", "ros", "control a robot through rosbridge"),
+    "serve": Command("roboflamingo.deploy.server", "serve", "websocket policy server", aliases=(CHECKPOINT_ALIAS,)),
+    "ros": Command("roboflamingo.deploy.ros_node", "ros", "control a robot through rosbridge",
+                   aliases=(CHECKPOINT_ALIAS, *REMOTE_ALIASES)),
     "sim-robot": Command("roboflamingo.deploy.sim_robot", "sim_robot", "serve the tabletop as a robot over rosbridge"),
     "convert": Command("roboflamingo.models.convert", "convert", "convert published weights to our checkpoint format",
                        positional=("src", "dst")),
@@ -77,6 +89,8 @@ def format_value(value) -> str:
 
     if OmegaConf.is_config(value):
         value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, enum.Enum):
+        value = value.value
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -98,7 +112,7 @@ def _values(cmd: Command, job_cls: type, overrides: list[str]) -> tuple[dict[str
     if cmd.config is not None:
         groups = tuple(g.name for g in command_groups(cmd.config, job_cls))
         check_override_keys(job_cls, overrides, groups, source=f"configs/{cmd.config}.yaml")
-        tree = OmegaConf.merge(tree, compose(cmd.config, overrides))
+        tree = OmegaConf.merge(tree, compose(cmd.config, schema_overrides(overrides, groups)))
         note = f"configs/{cmd.config}.yaml" + (f" with {' '.join(overrides)}" if overrides else "")
     values = {}
     for key in schema_keys(job_cls):
@@ -107,6 +121,24 @@ def _values(cmd: Command, job_cls: type, overrides: list[str]) -> tuple[dict[str
         except MissingMandatoryValue:
             values[key.path] = "??? (required)"
     return values, note
+
+
+def expand_aliases(cmd: Command, overrides: list[str]) -> list[str]:
+    """``alias=value`` -> ``key=value``, plus the group option the alias implies when none is given."""
+    table = {alias: (key, option) for alias, key, option in cmd.aliases}
+    out: list[str] = []
+    implied: dict[str, str] = {}  # group -> option; the first alias wins (checkpoint= before server=)
+    for o in overrides:
+        name, eq, value = o.partition("=")
+        if eq and name in table:
+            key, option = table[name]
+            out.append(f"{key}={value}")
+            if option:
+                implied.setdefault(key.partition(".")[0], option)
+        else:
+            out.append(o)
+    picked = {o.partition("=")[0] for o in out}
+    return [*(f"{g}={o}" for g, o in implied.items() if g not in picked), *out]
 
 
 def _rst(text: str) -> str:
@@ -127,6 +159,9 @@ def command_help(name: str, cmd: Command, overrides: list[str] | None = None) ->
     usage_line = " ".join(["usage: roboflamingo", name, *(k.upper() for k in cmd.positional),
                            "[key=value ...]", *(f"[--{f}]" for f in cmd.flags), "[--cfg] [-h]"])
     lines = [usage_line, "", f"{cmd.help}."]
+    if cmd.aliases:
+        lines += _wrap("aliases: " + ", ".join(f"{a}= is {k}=" + (f" (and {k.partition('.')[0]}={o})" if o else "")
+                                               for a, k, o in cmd.aliases))
     if summary(job_cls):
         lines += _wrap(_rst(summary(job_cls)))
     if cmd.positional:
@@ -183,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overrides += [f"{key}={value}" for key, value in zip(cmd.positional, bare)]
     overrides += [a for a in args if "=" in a]
+    overrides = expand_aliases(cmd, overrides)
     module = importlib.import_module(cmd.module)
     try:
         if show_help:

@@ -85,7 +85,26 @@ def load(config_name: str | None, schema: type[T], overrides: list[str] | None =
         except OmegaConfBaseException as e:
             raise ConfigError(f"overrides {overrides}: {e}") from e
         return to_dataclass(cfg, schema, source=source)
-    return to_dataclass(compose(config_name, overrides), schema, source=source)
+    return to_dataclass(compose(config_name, schema_overrides(overrides, groups)), schema, source=source)
+
+
+def schema_overrides(overrides: list[str], groups: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """Key overrides as Hydra's override-or-add (``++key=value``).
+
+    The YAML files carry only what differs from the dataclass defaults, so a key such as
+    ``train.steps`` may be absent from the composed tree that Hydra checks overrides against; the
+    schema is the authority (``check_override_keys`` has vetted every key), so each may be added.
+    Group choices (``model=tiny``), explicit ``+``/``~`` and Hydra's own settings pass unchanged.
+    """
+    out = []
+    for o in overrides:
+        key = o.partition("=")[0]
+        if (o.startswith(("+", "~")) or key in groups or "/" in key or "@" in key or key == "hydra"
+                or key.startswith("hydra.")):
+            out.append(o)
+        else:
+            out.append("++" + o)
+    return out
 
 
 # ------------------------------------------------------------------ schema introspection

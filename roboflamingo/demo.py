@@ -19,7 +19,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,10 @@ from roboflamingo.data.config import DataConfig
 from roboflamingo.eval.config import EvalConfig
 from roboflamingo.io import atomic_write_json, atomic_write_text
 from roboflamingo.models.config import HeadConfig, ModelConfig
+from roboflamingo.policies import PolicyKind, PolicySourceConfig
 from roboflamingo.sim.config import EnvConfig
-from roboflamingo.train.config import TrainConfig
+from roboflamingo.sim.generate import Job as GenerateJob
+from roboflamingo.train.config import TrainConfig, check_data_fits_model
 
 # Articulated-object tasks from five of CALVIN's categories: learnable from a few minutes of CPU
 # training, and together enough for 5-task chains.
@@ -45,46 +47,43 @@ DEMO_TASKS = [
 ]
 
 
+# What the demo sets in its stages' configs from its own fields (so that data, training and evaluation
+# agree on them); setting one of these inside ``generate`` or ``eval`` would be ignored, so it is refused.
+SHARED = {
+    "generate": ("root", "train_scenes", "val_scenes", "tasks", "workers", "seed", "progress", "env"),
+    "eval": ("mode", "chain_seed", "tasks", "workers", "progress"),
+}
+
+
 @dataclass
 class Job:
-    """``configs/demo.yaml``.
+    """``configs/demo.yaml``: the stages' own configs, and what the demo shares between them.
 
     Args:
         run_dir: every stage's output; delete a stage's folder to redo it.
         tasks: the demo's task set (demonstrated, trained and evaluated).
         train_scenes: scenes of the training demonstrations; empty = ``env.scene``, the evaluation
             scene (``[A, B, C]`` with ``env.scene: D`` is CALVIN's ABC->D generalization split).
-        episodes_per_task / val_episodes_per_task: expert demonstrations per task and scene, each
-            from the neutral pose (where every evaluation chain starts) or, a ``handover`` fraction of
-            them, from where another task ended (where a chain's later subtasks start); with
-            ``handover_home`` the expert then returns to the neutral pose before the task.
-        train_chains / val_chains: expert 5-task chains over ``tasks`` per scene, recorded whole, so
-            that subtasks also start where a previous one ended, as a chain's later subtasks do.
-        eval_chains: 5-task chains per evaluated policy (chains drawn from ``tasks`` only).
-        eval_episodes_per_task: single-task episodes per task and evaluated policy.
         workers: processes for generation and evaluation.
-        num_videos: rollout videos of the trained policy's first chains.
+        seed: the demonstrations', the training's and the evaluation chains' seed.
+        progress: progress bars in every stage.
         env: the simulator (scene, camera sizes, renderer) for data and evaluation alike.
+        generate: the demonstrations (``roboflamingo generate``; its root, scenes, tasks, workers, seed,
+            progress and env come from the fields above).
+        eval: the evaluation protocol of every evaluated policy (``eval.num_videos``: videos of the
+            trained policy's first chains; mode, chain_seed, tasks, workers and progress come from the demo).
         model / head / data / train: the policy and its training recipe.
     """
 
     run_dir: str = "runs/demo"
     tasks: list[str] = field(default_factory=lambda: list(DEMO_TASKS))
     train_scenes: list[str] = field(default_factory=list)
-    episodes_per_task: int = 40
-    val_episodes_per_task: int = 3
-    handover: float = 0.3
-    handover_home: bool = False
-    train_chains: int = 0
-    val_chains: int = 0
-    eval_chains: int = 50
-    eval_episodes_per_task: int = 10
-    ep_len: int = 240
     workers: int = 2
-    num_videos: int = 2
     seed: int = 0
     progress: bool = True
     env: EnvConfig = field(default_factory=EnvConfig)
+    generate: GenerateJob = field(default_factory=GenerateJob)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -93,13 +92,28 @@ class Job:
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
-        for name in ("episodes_per_task", "eval_chains", "eval_episodes_per_task", "ep_len", "workers"):
-            require_positive(name, getattr(self, name))
-        for name in ("val_episodes_per_task", "train_chains", "val_chains"):
-            require_positive(name, getattr(self, name), allow_zero=True)
-        require_positive("num_videos", self.num_videos, allow_zero=True)
-        if self.data.window != self.model.window or self.data.act_steps != self.model.act_steps:
-            raise ValueError("data.window/act_steps must equal model.window/act_steps")
+        require_positive("workers", self.workers)
+        for group, names in SHARED.items():
+            sub = getattr(self, group)
+            defaults = {f.name: f for f in fields(sub)}
+            for name in names:
+                f = defaults[name]
+                default = f.default_factory() if f.default is MISSING else f.default
+                if getattr(sub, name) != default:
+                    raise ValueError(f"{group}.{name} is set by the demo for every stage; "
+                                     f"set {'seed' if name == 'chain_seed' else name} (or leave it) instead")
+        check_data_fits_model(self.data, self.model)
+
+    def generate_job(self, root: Path) -> GenerateJob:
+        """The data stage's job: the demo's recipe with the shared values filled in."""
+        return replace(self.generate, root=str(root), train_scenes=list(self.train_scenes or [self.env.scene]),
+                       val_scenes=[self.env.scene], tasks=list(self.tasks), workers=self.workers, seed=self.seed,
+                       progress=self.progress, env=self.env)
+
+    def eval_config(self, mode: str, videos: bool) -> EvalConfig:
+        """One evaluation's protocol: ``eval`` with the shared values; videos only where asked."""
+        return replace(self.eval, mode=mode, chain_seed=self.seed, tasks=list(self.tasks), workers=self.workers,
+                       num_videos=self.eval.num_videos if videos else 0, progress=self.progress)
 
 
 # --------------------------------------------------------------------------------------- stages
@@ -115,16 +129,7 @@ def stage_data(job: Job, root: Path) -> None:
         _banner("data", f"{root} is complete, skipped")
     else:
         _banner("data", f"expert demonstrations of {len(job.tasks)} tasks -> {root}")
-        gen = generate.Job(
-            root=str(root), train_scenes=list(job.train_scenes or [job.env.scene]), val_scenes=[job.env.scene],
-            mode="both", tasks=list(job.tasks), episodes_per_task=job.episodes_per_task,
-            val_episodes_per_task=job.val_episodes_per_task, handover=job.handover,
-            handover_home=job.handover_home, chains_per_scene=job.train_chains,
-            val_chains_per_scene=job.val_chains, static_size=job.env.static_size,
-            gripper_size=job.env.gripper_size, renderer=job.env.renderer,
-            workers=job.workers, seed=job.seed, progress=job.progress,
-        )
-        if generate.run(gen):
+        if generate.run(job.generate_job(root)):
             raise RuntimeError("generate failed")
     packed = all((root / split / "packed" / "manifest.json").is_file() for split in ("training", "validation"))
     if packed:
@@ -166,16 +171,11 @@ def stage_train(job: Job, data_root: Path, train_dir: Path) -> Path:
 def stage_eval(job: Job, out: Path, policy: str, checkpoint: Path | None, mode: str) -> dict[str, Any]:
     from roboflamingo.eval import run as eval_run
 
-    cfg = EvalConfig(
-        mode=mode, num_chains=job.eval_chains, chain_seed=job.seed, ep_len=job.ep_len,
-        episodes_per_task=job.eval_episodes_per_task, tasks=list(job.tasks), workers=job.workers,
-        num_videos=job.num_videos if (policy == "checkpoint" and mode == "chains") else 0,
-        progress=job.progress,
-        torch_threads=1,  # fixed, as train.threads: a thread count changes the float sums (configs/demo.yaml)
-    )
+    cfg = job.eval_config(mode, videos=policy == "checkpoint" and mode == "chains")
     _banner("eval", f"{policy} policy, {mode} -> {out}")
-    ejob = eval_run.Job(env=job.env, eval=cfg, policy=policy,
-                        checkpoint=str(checkpoint) if checkpoint else None, run_dir=str(out), seed=job.seed)
+    source = PolicySourceConfig(PolicyKind(policy), checkpoint=str(checkpoint) if checkpoint else None,
+                                scene=job.env.scene, seed=job.seed)
+    ejob = eval_run.Job(env=job.env, eval=cfg, policy=source, run_dir=str(out))
     if eval_run.run(ejob):
         raise RuntimeError(f"eval of the {policy} policy failed")
     return json.loads((out / "results.json").read_text())

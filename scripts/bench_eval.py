@@ -63,6 +63,7 @@ from roboflamingo.eval.metrics import ChainResult  # noqa: E402
 from roboflamingo.eval.policies import PolicySpec  # noqa: E402
 from roboflamingo.eval.protocol import EvalItem  # noqa: E402
 from roboflamingo.eval.runner import evaluate_items  # noqa: E402
+from roboflamingo.policies import PolicySourceConfig  # noqa: E402
 from roboflamingo.sim.config import EnvConfig  # noqa: E402
 
 
@@ -70,7 +71,7 @@ def measure(workers: int, base: EvalItem, args: argparse.Namespace) -> dict:
     items = [EvalItem(i, base.initial_state, base.tasks, base.instructions) for i in range(workers * args.chains_per_worker)]
     cfg = EvalConfig(workers=workers, ep_len=args.ep_len, progress=False, start_method=args.start_method)
     env = EnvSpec("tabletop", EnvConfig(scene=args.scene, renderer=args.renderer))
-    policy = PolicySpec("expert", scene=args.scene)
+    policy = PolicySpec(PolicySourceConfig("expert", scene=args.scene))
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         summary = evaluate_items(items, policy, env, cfg, tmp, {"bench": workers})
     speed = summary["speed"]
@@ -235,8 +236,8 @@ def scaling_part(args: argparse.Namespace) -> dict:
 def layouts_part(args: argparse.Namespace, checkpoint: str) -> dict:
     items = chain_items(args.chains, 0, evaluation_sentences())
     out: dict = {}
-    policies = {"tiny": ("", PolicySpec("checkpoint", checkpoint=checkpoint, device="cpu")),
-                "expert": ("_expert", PolicySpec("expert", scene=args.scene))}
+    policies = {"tiny": ("", PolicySpec(PolicySourceConfig(checkpoint=checkpoint, device="cpu"))),
+                "expert": ("_expert", PolicySpec(PolicySourceConfig("expert", scene=args.scene)))}
     for name, spec in (policies[p] for p in args.policies):
         # with --repeat the order is mirrored, so a load drifting during the run biases no layout
         runs: dict[str, list[dict]] = {"workers": [], "batched": [], "pipelined": []}

@@ -45,11 +45,11 @@ from roboflamingo.deploy.bridge import RosBridge  # noqa: E402
 from roboflamingo.deploy.client import PolicyClient  # noqa: E402
 from roboflamingo.deploy.config import BridgeConfig  # noqa: E402
 from roboflamingo.deploy.messages import encode_image, encode_joint_state, encode_pose_stamped  # noqa: E402
-from roboflamingo.deploy.policies import resolve_policy_source  # noqa: E402
 from roboflamingo.deploy.relay import RosbridgeRelay  # noqa: E402
 from roboflamingo.deploy.ros_node import ControlConfig, ControlNode, Job  # noqa: E402
 from roboflamingo.deploy.safety import SafetyConfig  # noqa: E402
 from roboflamingo.deploy.server import PolicyServer, ServerThread  # noqa: E402
+from roboflamingo.policies import PolicySourceConfig, policy_source  # noqa: E402
 from roboflamingo.types import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS  # noqa: E402
 
 
@@ -276,7 +276,7 @@ def bench_hostile(source, obs, steps: int, hostile: int, workers: int) -> tuple[
         ctx = multiprocessing.get_context("spawn")
         ready, stop = ctx.Event(), ctx.Event()
         proc = ctx.Process(target=hostile_process,
-                           args=(thread.url, hostile, MAX_MESSAGE_BYTES, server.max_instruction_chars, ready, stop))
+                           args=(thread.url, hostile, MAX_MESSAGE_BYTES, server.config.max_instruction_chars, ready, stop))
         proc.start()
         try:
             if not ready.wait(60):
@@ -344,9 +344,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.policy == "tiny":
-            source = resolve_policy_source(checkpoint=tiny_checkpoint(Path(tmp) / "tiny"))
+            source = policy_source(PolicySourceConfig(checkpoint=tiny_checkpoint(Path(tmp) / "tiny")))
         else:
-            source = resolve_policy_source("random")
+            source = policy_source(PolicySourceConfig("random"))
         bare = bench_bare(source.factory, obs, args.steps, args.warmup)
         print(f"bare step: {percentiles(bare)}", flush=True)
 
@@ -366,7 +366,7 @@ def main() -> None:
               f"{percentiles(loud)} ({refused} hostile frames refused meanwhile)", flush=True)
         # Slots, not inference, are what idle clients take: a policy that is quick to copy keeps the
         # 16 connects well inside the timeout.
-        idle = bench_idle(resolve_policy_source("random"), 16, args.idle_timeout)
+        idle = bench_idle(policy_source(PolicySourceConfig("random")), 16, args.idle_timeout)
         print(f"idle sessions: {idle}", flush=True)
 
     serve_p = percentiles(serve_ms)

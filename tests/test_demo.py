@@ -4,8 +4,8 @@ from roboflamingo import cli
 
 # Every stage at toy sizes: the random tiny LM (no MiniLM extra needed), 2 training steps, 100-step
 # subtasks. What is checked is the pipeline, not the policy's skill.
-TOY = ["model=tiny", "model.lm.cross_attn_every_n_layers=1", "episodes_per_task=1", "val_episodes_per_task=1", "train_chains=1", "val_chains=1", "eval_chains=2", "eval_episodes_per_task=1", "ep_len=20", "tasks=[move_slider_left,move_slider_right,open_drawer,close_drawer,turn_on_led]",
-       "workers=1", "num_videos=1", "progress=false", "env.static_size=32", "env.gripper_size=32",
+TOY = ["model=tiny", "model.lm.cross_attn_every_n_layers=1", "generate.episodes_per_task=1", "generate.val_episodes_per_task=1", "generate.chains_per_scene=1", "generate.val_chains_per_scene=1", "eval.num_chains=2", "eval.episodes_per_task=1", "eval.ep_len=20", "tasks=[move_slider_left,move_slider_right,open_drawer,close_drawer,turn_on_led]",
+       "workers=1", "eval.num_videos=1", "progress=false", "env.static_size=32", "env.gripper_size=32",
        "train.steps=2", "train.val_every=2", "train.checkpoint_every=2", "train.progress=false",
        "data.batch_size=4", "data.num_workers=0"]
 
@@ -34,5 +34,5 @@ def test_demo_runs_every_stage_then_skips_them_with_the_same_report(tmp_path, ca
 
 
 def test_demo_rejects_a_bad_recipe_before_any_work(tmp_path):
-    assert cli.main(["demo", f"run_dir={tmp_path / 'demo'}", "episodes_per_task=0"]) != 0
+    assert cli.main(["demo", f"run_dir={tmp_path / 'demo'}", "generate.handover=2"]) != 0
     assert not (tmp_path / "demo" / "data").exists()

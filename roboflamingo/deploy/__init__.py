@@ -3,7 +3,6 @@
 Modules:
     server      ``roboflamingo serve``: websocket + msgpack policy server, one session per client
     client      ``PolicyClient``: a remote policy that satisfies the ``Policy`` protocol
-    policies    ``resolve_policy_source`` / ``make_policy_factory``: checkpoint, expert, random, remote
     codec       msgpack with a numpy codec that never unpickles, with bounded decode work
     auth        the server's bearer token and rosbridge's rosauth MAC
     ros_node    ``roboflamingo ros``: rosbridge in, safety-filtered end-effector targets out
@@ -13,6 +12,9 @@ Modules:
     sim_robot   ``roboflamingo sim-robot``: the tabletop simulator behind rosbridge
     relay       a minimal rosbridge v2 relay (no ROS needed) for one-machine runs and tests; rosauth,
                 and command topics only from the control node's session
+
+Where a policy comes from (checkpoint, expert, random, remote) is ``roboflamingo.policies``, shared
+with evaluation.
 
 The whole ROS path on one machine, in three terminals::
 

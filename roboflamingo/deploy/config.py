@@ -21,35 +21,31 @@ class TopicConfig:
     type: str = ""
 
 
-def _topic(name: str, type_: str) -> TopicConfig:
-    return TopicConfig(name, type_)
-
-
 @dataclass
 class TopicsConfig:
     # Inputs to the control node (published by the robot).
     rgb_static: TopicConfig = field(
-        default_factory=lambda: _topic("/camera/static/image/compressed", "sensor_msgs/CompressedImage")
+        default_factory=lambda: TopicConfig("/camera/static/image/compressed", "sensor_msgs/CompressedImage")
     )
     rgb_gripper: TopicConfig = field(
-        default_factory=lambda: _topic("/camera/gripper/image/compressed", "sensor_msgs/CompressedImage")
+        default_factory=lambda: TopicConfig("/camera/gripper/image/compressed", "sensor_msgs/CompressedImage")
     )
-    tcp_pose: TopicConfig = field(default_factory=lambda: _topic("/tcp_pose", "geometry_msgs/PoseStamped"))
+    tcp_pose: TopicConfig = field(default_factory=lambda: TopicConfig("/tcp_pose", "geometry_msgs/PoseStamped"))
     joint_state: TopicConfig = field(
-        default_factory=lambda: _topic("/joint_states", "sensor_msgs/JointState")
+        default_factory=lambda: TopicConfig("/joint_states", "sensor_msgs/JointState")
     )
     # A separate gripper width (m); when empty the width is the sum of the finger joints in joint_state.
-    gripper_width: TopicConfig = field(default_factory=lambda: _topic("", "std_msgs/Float32"))
-    instruction: TopicConfig = field(default_factory=lambda: _topic("/instruction", "std_msgs/String"))
-    estop: TopicConfig = field(default_factory=lambda: _topic("/estop", "std_msgs/Bool"))
+    gripper_width: TopicConfig = field(default_factory=lambda: TopicConfig("", "std_msgs/Float32"))
+    instruction: TopicConfig = field(default_factory=lambda: TopicConfig("/instruction", "std_msgs/String"))
+    estop: TopicConfig = field(default_factory=lambda: TopicConfig("/estop", "std_msgs/Bool"))
     # Privileged simulator state (CALVIN scene_obs, 24 floats) for the scripted expert; sim only.
-    scene_obs: TopicConfig = field(default_factory=lambda: _topic("", "std_msgs/Float64MultiArray"))
+    scene_obs: TopicConfig = field(default_factory=lambda: TopicConfig("", "std_msgs/Float64MultiArray"))
     # Outputs of the control node (consumed by the robot's controller).
     target_pose: TopicConfig = field(
-        default_factory=lambda: _topic("/target_pose", "geometry_msgs/PoseStamped")
+        default_factory=lambda: TopicConfig("/target_pose", "geometry_msgs/PoseStamped")
     )
     gripper_command: TopicConfig = field(
-        default_factory=lambda: _topic("/gripper_command", "std_msgs/Float32")
+        default_factory=lambda: TopicConfig("/gripper_command", "std_msgs/Float32")
     )
 
 

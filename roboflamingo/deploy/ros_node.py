@@ -25,13 +25,11 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from roboflamingo.config import require_positive
-from roboflamingo.deploy.auth import TOKEN_ENV, read_secret
 from roboflamingo.deploy.bridge import RosBridge
 from roboflamingo.deploy.config import BridgeConfig
 from roboflamingo.deploy.messages import (
@@ -54,6 +52,7 @@ from roboflamingo.deploy.safety import (
     SafetyFilter,
 )
 from roboflamingo.io import atomic_write_json
+from roboflamingo.policies import PolicyKind, PolicySourceConfig, policy_source
 from roboflamingo.types import (
     RGB_GRIPPER,
     RGB_STATIC,
@@ -99,47 +98,16 @@ class Job:
     deploy: BridgeConfig = field(default_factory=BridgeConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
-    # The policy: a server URL (default), or in process with checkpoint=<dir> / policy=expert|random.
-    server: str = "ws://127.0.0.1:8765"
-    token_file: str = ""  # the policy server's token; empty reads $ROBOFLAMINGO_TOKEN
-    server_ca: str = ""  # CA (or self-signed) certificate that signs a wss:// server's certificate
-    checkpoint: str | None = None
-    policy: str = ""  # "" | remote | checkpoint | expert | random
-    scene: str = "D"
-    device: str = "cpu"
-    seed: int = 0
+    # A `roboflamingo serve` server (the default), or in process: checkpoint=<dir>, policy=expert|random.
+    policy: PolicySourceConfig = field(default_factory=lambda: PolicySourceConfig(PolicyKind.remote, device="cpu"))
     stats_path: str = ""  # write the run summary (latency percentiles, holds) here as JSON
 
     def __post_init__(self) -> None:
-        if self.policy not in ("", "remote", "checkpoint", "expert", "random"):
-            raise ValueError(
-                f"policy must be one of ['remote', 'checkpoint', 'expert', 'random'], got '{self.policy}'"
-            )
-        if self.policy_source == "remote" and not self.server.startswith(("ws://", "wss://")):
-            raise ValueError(f"server must be a ws:// or wss:// URL, got '{self.server}'")
-        for name in ("token_file", "server_ca"):
-            path = getattr(self, name)
-            if path and not Path(path).expanduser().is_file():
-                raise ValueError(f"{name}={path}: no such file")
-        if self.policy_source == "checkpoint" and not self.checkpoint:
-            raise ValueError("policy=checkpoint needs checkpoint=<dir>")
-
-    @property
-    def policy_source(self) -> str:
-        if self.policy:
-            return self.policy
-        return "checkpoint" if self.checkpoint else "remote"
+        self.policy.check(command="ros")
 
 
 def make_policy(job: Job) -> Policy:
-    from roboflamingo.deploy.policies import resolve_policy_source
-
-    policy = "" if job.policy_source == "checkpoint" else job.policy_source
-    token = read_secret("", job.token_file, TOKEN_ENV)
-    source = resolve_policy_source(
-        policy, job.checkpoint, job.scene, job.device, job.seed, job.server, token=token, ssl_cafile=job.server_ca
-    )
-    return source.factory()
+    return policy_source(job.policy).factory()
 
 
 def is_estop_release(msg: Any) -> bool:
@@ -432,10 +400,10 @@ def run(job: Job) -> int:
     try:
         policy = make_policy(job)
     except OSError as e:  # connection refused, unreachable host, handshake timeout, TLS failure
-        print(f"roboflamingo ros: cannot reach the policy server at {job.server}: {e}", file=sys.stderr)
+        print(f"roboflamingo ros: cannot reach the policy server at {job.policy.server}: {e}", file=sys.stderr)
         return 2
     except PolicyServerError as e:  # e.g. server_full or unauthorized, answered at the handshake
-        print(f"roboflamingo ros: the policy server at {job.server} refused the session: {e}", file=sys.stderr)
+        print(f"roboflamingo ros: the policy server at {job.policy.server} refused the session: {e}", file=sys.stderr)
         return 2
     node = ControlNode(job, policy)
     try:

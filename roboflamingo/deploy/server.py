@@ -50,7 +50,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -59,50 +59,57 @@ import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from roboflamingo.config import require_choice, require_positive
+from roboflamingo.config import require_positive
 from roboflamingo.deploy.auth import TOKEN_ENV, is_loopback, read_secret, token_matches
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
-from roboflamingo.deploy.policies import POLICY_SOURCES, PolicySource, observation_spec, resolve_policy_source
 from roboflamingo.deploy.protocols import PATHS
+from roboflamingo.policies import PolicyKind, PolicySource, PolicySourceConfig, policy_source
 from roboflamingo.types import (
     ACTION_DIM,
     CAMERAS,
     GRIPPER_INDEX,
     MAX_REL_ORN,
     MAX_REL_POS,
+    RGB_GRIPPER,
+    RGB_STATIC,
+    ROBOT_OBS,
+    ROBOT_OBS_DIM,
+    SCENE_OBS,
+    SCENE_OBS_DIM,
     Policy,
     check_observation,
 )
 
 LOG = logging.getLogger("roboflamingo.serve")
 PROTOCOL_VERSION = 1
+SERVE_KINDS = (PolicyKind.checkpoint, PolicyKind.expert, PolicyKind.random)
 MAX_ERROR_CHARS = 300  # error replies quote the input; a hostile request must not get megabytes back
 
 
-@dataclass
-class Job:
-    """``roboflamingo serve``: which policy to serve and how."""
+def observation_spec(keys: tuple[str, ...]) -> dict[str, dict]:
+    """The handshake's description of each observation entry (-1: any size)."""
+    spec = {
+        RGB_STATIC: {"shape": [-1, -1, 3], "dtype": "uint8"},
+        RGB_GRIPPER: {"shape": [-1, -1, 3], "dtype": "uint8"},
+        ROBOT_OBS: {"shape": [ROBOT_OBS_DIM], "dtype": "float32"},
+        SCENE_OBS: {"shape": [SCENE_OBS_DIM], "dtype": "float32"},
+    }
+    return {k: spec[k] for k in keys}
 
-    checkpoint: str | None = None  # policy directory (save_pretrained layout)
-    policy: str = ""  # "" with checkpoint=..., or expert | random
-    scene: str = "D"  # tabletop scene for policy=expert
-    device: str = "cpu"
-    seed: int = 0  # policy=random: session i uses seed + i
+
+@dataclass
+class ServerConfig:
+    """What a ``PolicyServer`` enforces: where it listens, its limits, who may connect."""
+
     host: str = "127.0.0.1"
-    port: int = 8765
+    port: int = 8765  # 0: any free port
     control_rate_hz: float = 30.0  # advertised to clients in the handshake
     max_message_bytes: int = 8 * 2**20  # larger frames get an error reply
     hard_max_message_bytes: int = 0  # transport ceiling; 0 means 4 x max_message_bytes
     max_sessions: int = 16  # each session holds its own policy copy
     workers: int = 4  # inference threads
-    duration_s: float = 0.0  # stop after this long; 0 serves until interrupted
-    # Who may connect; see the module docstring.
-    token: str = ""  # prefer token_file or $ROBOFLAMINGO_TOKEN: a command line is visible in `ps`
-    token_file: str = ""
     insecure: bool = False  # allow a non-loopback bind without a token (logged as a warning)
     allowed_origins: list[str] = field(default_factory=list)  # browser origins allowed to connect
-    ssl_certfile: str = ""  # PEM certificate (chain): serve wss://
-    ssl_keyfile: str = ""  # PEM private key; empty when the certificate file holds it
     idle_timeout_s: float = 60.0  # close a session after this long without a request; 0 = never
     max_instruction_chars: int = 1000
     # Received bytes per second a session may sustain (bursts of 2 x max_message_bytes); beyond it
@@ -110,10 +117,6 @@ class Job:
     max_session_bytes_per_s: float = 32 * 2**20
 
     def __post_init__(self) -> None:
-        if self.policy:
-            require_choice("policy", self.policy, POLICY_SOURCES)
-        if not self.checkpoint and self.policy in ("", "checkpoint"):
-            raise ValueError("give checkpoint=<dir> or policy=expert|random")
         require_positive("control_rate_hz", self.control_rate_hz)
         require_positive("max_message_bytes", self.max_message_bytes)
         require_positive("hard_max_message_bytes", self.hard_max_message_bytes, allow_zero=True)
@@ -124,12 +127,41 @@ class Job:
             )
         require_positive("max_sessions", self.max_sessions)
         require_positive("workers", self.workers)
-        require_positive("duration_s", self.duration_s, allow_zero=True)
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         require_positive("idle_timeout_s", self.idle_timeout_s, allow_zero=True)
         require_positive("max_instruction_chars", self.max_instruction_chars)
         require_positive("max_session_bytes_per_s", self.max_session_bytes_per_s, allow_zero=True)
+
+
+@dataclass
+class Job(ServerConfig):
+    """``roboflamingo serve``: which policy to serve (``policy``) and how (the server's settings).
+
+    Args:
+        policy: the policy source: ``checkpoint=<dir>``, ``policy=expert`` or ``policy=random``
+            (``policy.device``: where a checkpoint runs; ``policy.seed``: session i's random seed + i).
+        duration_s: stop after this long; 0 serves until interrupted.
+        token: prefer token_file or ``$ROBOFLAMINGO_TOKEN``: a command line is visible in ``ps``.
+        token_file: its first line is the token; clients send ``Authorization: Bearer <token>``.
+        ssl_certfile: PEM certificate (chain): serve ``wss://``.
+        ssl_keyfile: PEM private key; empty when the certificate file holds it.
+    """
+
+    # On the CPU unless told otherwise (policy.device=auto takes a GPU where there is one).
+    policy: PolicySourceConfig = field(default_factory=lambda: PolicySourceConfig(device="cpu"))
+    duration_s: float = 0.0
+    # Who may connect; see the module docstring.
+    token: str = ""
+    token_file: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # A relay of another server is not offered: serve the policy where it runs.
+        self.policy.check(SERVE_KINDS, "serve")
+        require_positive("duration_s", self.duration_s, allow_zero=True)
         if self.ssl_keyfile and not self.ssl_certfile:
             raise ValueError("ssl_keyfile needs ssl_certfile")
         for name in ("ssl_certfile", "ssl_keyfile", "token_file"):
@@ -224,38 +256,26 @@ class PolicyServer:
     def __init__(
         self,
         source: PolicySource,
+        config: ServerConfig | None = None,
         *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        control_rate_hz: float = 30.0,
-        max_message_bytes: int = 8 * 2**20,
-        hard_max_message_bytes: int = 0,
-        max_sessions: int = 16,
-        workers: int = 4,
         token: str = "",
-        insecure: bool = False,
-        allowed_origins: tuple[str, ...] | list[str] = (),
         ssl_context: ssl.SSLContext | None = None,
-        idle_timeout_s: float = 60.0,
-        max_instruction_chars: int = 1000,
-        max_session_bytes_per_s: float = 32 * 2**20,
         clock: Callable[[], float] = time.monotonic,
+        **settings: Any,
     ) -> None:
-        check_bind(host, token, insecure)
+        """``config`` (default ``ServerConfig()``) with ``settings`` replacing some of its fields
+        (``PolicyServer(source, port=0, max_sessions=2)``); ``token`` is the resolved secret."""
+        cfg = replace(config or ServerConfig(), **settings)
+        check_bind(cfg.host, token, cfg.insecure)
+        self.config = cfg
         self.source = source
-        self.host, self.port = host, port
+        self.host, self.port = cfg.host, cfg.port  # port: the bound one once serving (port 0 picks one)
         self.token = token
-        self.allowed_origins = frozenset(allowed_origins)
+        self.allowed_origins = frozenset(cfg.allowed_origins)
         self.ssl_context = ssl_context
-        self.idle_timeout_s = idle_timeout_s
-        self.max_instruction_chars = max_instruction_chars
-        self.max_session_bytes_per_s = max_session_bytes_per_s
         self.clock = clock
-        self.control_rate_hz = control_rate_hz
-        self.max_message_bytes = max_message_bytes
-        self.hard_max_message_bytes = hard_max_message_bytes or 4 * max_message_bytes
-        self.max_sessions = max_sessions
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="policy")
+        self.hard_max_message_bytes = cfg.hard_max_message_bytes or 4 * cfg.max_message_bytes
+        self.pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="policy")
         self.sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
         self._starting = 0  # connections whose policy is still being created
@@ -273,8 +293,8 @@ class PolicyServer:
             "policy_info": self.source.info,
             "observation_spec": observation_spec(self.source.observation_keys),
             "action_spec": action_spec(),
-            "control_rate_hz": self.control_rate_hz,
-            "max_message_bytes": self.max_message_bytes,
+            "control_rate_hz": self.config.control_rate_hz,
+            "max_message_bytes": self.config.max_message_bytes,
         }
 
     def health(self) -> dict[str, Any]:
@@ -309,30 +329,30 @@ class PolicyServer:
 
     async def drop_idle(self) -> int:
         """Close every session idle for longer than ``idle_timeout_s``; returns how many."""
-        if not self.idle_timeout_s:
+        if not self.config.idle_timeout_s:
             return 0
         now = self.clock()
-        idle = [s for s in self.sessions.values() if now - s.last_active > self.idle_timeout_s and not s.lock.locked()]
+        idle = [s for s in self.sessions.values() if now - s.last_active > self.config.idle_timeout_s and not s.lock.locked()]
         for session in idle:
             self.sessions.pop(session.id, None)  # the slot is free now, not when the close completes
             self.counters["idle_closed"] += 1
-            LOG.info("closing session %d: idle for more than %.1f s", session.id, self.idle_timeout_s)
+            LOG.info("closing session %d: idle for more than %.1f s", session.id, self.config.idle_timeout_s)
             if session.ws is not None:
                 asyncio.ensure_future(session.ws.close(1001, "idle timeout"))
         return len(idle)
 
     async def _sweep_idle(self) -> None:
         while True:
-            await asyncio.sleep(min(self.idle_timeout_s / 4, 5.0))
+            await asyncio.sleep(min(self.config.idle_timeout_s / 4, 5.0))
             await self.drop_idle()
 
     # -- per-connection loop ------------------------------------------------------------------------
     async def _handler(self, ws: ServerConnection) -> None:
         loop = asyncio.get_running_loop()
         # Slots are taken before the (slow) factory runs, so simultaneous connects cannot overshoot.
-        if len(self.sessions) + self._starting >= self.max_sessions:
+        if len(self.sessions) + self._starting >= self.config.max_sessions:
             await ws.send(
-                packb(self._error(None, "server_full", f"server holds {self.max_sessions} sessions"))
+                packb(self._error(None, "server_full", f"server holds {self.config.max_sessions} sessions"))
             )
             await ws.close(1013, "server full")
             return
@@ -347,7 +367,7 @@ class PolicyServer:
             return
         finally:
             self._starting -= 1
-        budget = ByteBudget(self.max_session_bytes_per_s, 2 * self.max_message_bytes, time.monotonic())
+        budget = ByteBudget(self.config.max_session_bytes_per_s, 2 * self.config.max_message_bytes, time.monotonic())
         session = Session(session_id, policy, asyncio.Lock(), ws, self.clock(), budget)
         self.sessions[session_id] = session
         self.counters["sessions_total"] += 1
@@ -382,10 +402,10 @@ class PolicyServer:
         try:
             if isinstance(frame, str):
                 raise RequestError("bad_request", "expected a binary msgpack frame, got a text frame")
-            if len(frame) > self.max_message_bytes:
+            if len(frame) > self.config.max_message_bytes:
                 raise RequestError(
                     "too_large",
-                    f"message of {len(frame)} bytes exceeds max_message_bytes={self.max_message_bytes}",
+                    f"message of {len(frame)} bytes exceeds max_message_bytes={self.config.max_message_bytes}",
                 )
             try:
                 msg = unpackb(frame)
@@ -418,11 +438,11 @@ class PolicyServer:
             raise RequestError(
                 "bad_request", f"'instruction' must be a string, got {type(instruction).__name__}"
             )
-        if len(instruction) > self.max_instruction_chars:
+        if len(instruction) > self.config.max_instruction_chars:
             # Refused before the tokenizer: a megabyte instruction would hold an inference thread.
             raise RequestError(
                 "too_long",
-                f"'instruction' has {len(instruction)} characters, max_instruction_chars={self.max_instruction_chars}",
+                f"'instruction' has {len(instruction)} characters, max_instruction_chars={self.config.max_instruction_chars}",
             )
         obs = _as_observation(msg.get("obs"), self.source.observation_keys)
         t_decoded = time.perf_counter()
@@ -475,7 +495,7 @@ class PolicyServer:
             max_queue=2,  # a paused (throttled) session's frames stay in the kernel, not in memory
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
-            sweeper = asyncio.ensure_future(self._sweep_idle()) if self.idle_timeout_s else None
+            sweeper = asyncio.ensure_future(self._sweep_idle()) if self.config.idle_timeout_s else None
             if ready is not None:
                 ready(self.port)
             try:
@@ -557,24 +577,7 @@ def build_server(job: Job) -> PolicyServer:
     if not job.insecure:
         check_bind(job.host, token, False)  # refuse before a checkpoint is loaded for nothing
     ssl_context = server_ssl_context(job.ssl_certfile, job.ssl_keyfile) if job.ssl_certfile else None
-    source = resolve_policy_source(job.policy, job.checkpoint, job.scene, job.device, job.seed)
-    return PolicyServer(
-        source,
-        host=job.host,
-        port=job.port,
-        control_rate_hz=job.control_rate_hz,
-        max_message_bytes=job.max_message_bytes,
-        hard_max_message_bytes=job.hard_max_message_bytes,
-        max_sessions=job.max_sessions,
-        workers=job.workers,
-        token=token,
-        insecure=job.insecure,
-        allowed_origins=job.allowed_origins,
-        ssl_context=ssl_context,
-        idle_timeout_s=job.idle_timeout_s,
-        max_instruction_chars=job.max_instruction_chars,
-        max_session_bytes_per_s=job.max_session_bytes_per_s,
-    )
+    return PolicyServer(policy_source(job.policy), job, token=token, ssl_context=ssl_context)
 
 
 def run(job: Job) -> int:

@@ -14,7 +14,6 @@ from roboflamingo.config import require_choice, require_positive
 
 MODES = ("chains", "single_task")
 START_METHODS = ("spawn", "forkserver")
-DEVICES = ("auto", "cpu", "cuda")
 SEQUENCES = ("auto", "calvin", "sampled")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -50,7 +49,6 @@ class EvalConfig:
             fingerprint, since actions change slightly).
         start_method: multiprocessing start method for the workers. ``fork`` is not offered: a forked
             child inherits pybullet/EGL/CUDA state that is not fork-safe.
-        device: where a checkpoint policy runs; ``auto`` picks CUDA when available.
         torch_threads: intra-op threads per worker for a checkpoint policy; 0 splits the machine's
             cores evenly between the workers so they do not oversubscribe it (batched: all cores,
             since the simulators wait while the policy runs).
@@ -82,7 +80,6 @@ class EvalConfig:
     batch_groups: int = 1
     precision: str = "fp32"
     start_method: str = "spawn"
-    device: str = "auto"
     torch_threads: int = 0
     num_videos: int = 0
     video_fps: int = 30
@@ -97,7 +94,6 @@ class EvalConfig:
     def __post_init__(self) -> None:
         require_choice("eval.mode", self.mode, MODES)
         require_choice("eval.start_method", self.start_method, START_METHODS)
-        require_choice("eval.device", self.device, DEVICES)
         require_choice("eval.sequences", self.sequences, SEQUENCES)
         require_positive("eval.num_chains", self.num_chains)
         require_positive("eval.ep_len", self.ep_len)

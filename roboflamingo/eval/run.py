@@ -1,6 +1,6 @@
 """``roboflamingo eval``: closed-loop evaluation with CALVIN's long-horizon protocol.
 
-    roboflamingo eval checkpoint=runs/train/checkpoints/last       # a trained policy
+    roboflamingo eval checkpoint=runs/train/checkpoints/last       # a trained policy (policy.checkpoint=)
     roboflamingo eval policy=expert eval.num_chains=100            # the scripted expert
     roboflamingo eval policy=random eval.workers=4                 # the floor
     roboflamingo eval checkpoint=... eval.batch_size=8             # 8 simulators, one batched forward per step
@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roboflamingo.config import require_choice, save_yaml
+from roboflamingo.config import save_yaml
 from roboflamingo.eval.calvin_adapter import INSTALL_HINT
 from roboflamingo.eval.config import EvalConfig
 from roboflamingo.eval.envs import EnvSpec
 from roboflamingo.eval.items import build_items
-from roboflamingo.eval.policies import POLICY_KINDS, PolicySpec, default_torch_threads
+from roboflamingo.eval.policies import EVAL_KINDS, PolicySpec, default_torch_threads
 from roboflamingo.eval.report import markdown, write_report
 from roboflamingo.eval.runner import distributed_rank_world, evaluate_items
+from roboflamingo.policies import PolicyKind, PolicySourceConfig
 from roboflamingo.sim.config import EnvConfig
 
 
@@ -37,37 +38,25 @@ class Job:
     Args:
         env: the tabletop simulator (ignored when ``eval.calvin_dataset`` selects the real CALVIN).
         eval: protocol, parallelism and report settings.
-        policy: ``checkpoint`` (with ``checkpoint=<dir>``), ``expert`` or ``random``.
-        checkpoint: a directory written by ``RoboFlamingoPolicy.save_pretrained`` (e.g. a training
-            run's ``checkpoints/last``).
+        policy: the policy source (``policy=checkpoint|expert|random``, ``checkpoint=<dir>``); the
+            expert acts in ``env.scene`` (``configs/eval.yaml``).
         run_dir: where records, report and videos go; rerunning into it resumes.
-        seed: seed of the random policy.
     """
 
     env: EnvConfig = field(default_factory=EnvConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    policy: str = "checkpoint"
-    checkpoint: str | None = None
+    policy: PolicySourceConfig = field(default_factory=PolicySourceConfig)
     run_dir: str = "runs/eval"
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        require_choice("policy", self.policy, POLICY_KINDS)
+        self.policy.check(EVAL_KINDS, "eval")
 
 
 def make_specs(job: Job) -> tuple[PolicySpec, EnvSpec]:
     """The picklable policy and environment factories a job describes (ValueError when inconsistent)."""
     cfg = job.eval
     threads = cfg.torch_threads or default_torch_threads(cfg.workers, cfg.batch_size)
-    policy = PolicySpec(
-        kind=job.policy,
-        checkpoint=job.checkpoint,
-        device=cfg.device,
-        torch_threads=threads,
-        precision=cfg.precision,
-        scene=job.env.scene,
-        seed=job.seed,
-    )
+    policy = PolicySpec(job.policy, torch_threads=threads, precision=cfg.precision)
     if cfg.calvin_dataset:
         env = EnvSpec("calvin", job.env, cfg.calvin_dataset, cfg.calvin_tasks_config)
     else:
@@ -76,7 +65,8 @@ def make_specs(job: Job) -> tuple[PolicySpec, EnvSpec]:
 
 
 def title(job: Job) -> str:
-    who = f"checkpoint {job.checkpoint}" if job.policy == "checkpoint" else f"{job.policy} policy"
+    src = job.policy
+    who = f"checkpoint {src.checkpoint}" if src.kind is PolicyKind.checkpoint else f"{src.kind.value} policy"
     where = f"CALVIN ({job.eval.calvin_dataset})" if job.eval.calvin_dataset else f"tabletop scene {job.env.scene}"
     return f"{who} on {where}"
 

@@ -32,7 +32,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ from tqdm import tqdm
 from roboflamingo import types as T
 from roboflamingo.config import require_choice, require_positive
 from roboflamingo.io import atomic_write_json, atomic_write_yaml
+from roboflamingo.sim.config import EnvConfig
 
 MODES = ("chains", "single", "both")
 SPLITS = (("training", "train_scenes"), ("validation", "val_scenes"))
@@ -63,6 +64,8 @@ class Job:
     handover_home: in those units the expert first returns to the neutral pose and then performs the
         task as from a neutral start: one way back for every task instead of a way to each task from
         everywhere (in the demo it trained worse policies than plain handover; README, "The demo").
+    env: the simulator: camera sizes, renderer, and ``max_episode_steps``, the steps allowed per
+        subtask; ``env.scene`` is not read (each split names its scenes).
     """
 
     root: str = "data/tabletop"
@@ -74,22 +77,17 @@ class Job:
     val_episodes_per_task: int = 2
     chains_per_scene: int = 100
     val_chains_per_scene: int = 20
-    static_size: int = 200
-    gripper_size: int = 84
-    renderer: str = "tiny"
-    max_steps: int = 360
     noise: float = 0.01
     handover: float = 0.0
     handover_home: bool = False
     workers: int = 2
     seed: int = 0
     progress: bool = True
+    env: EnvConfig = field(default_factory=EnvConfig)
 
     def __post_init__(self) -> None:
         require_choice("mode", self.mode, MODES)
-        require_choice("renderer", self.renderer, ("auto", "egl", "tiny"))
-        for name in ("static_size", "gripper_size", "max_steps", "workers"):
-            require_positive(name, getattr(self, name))
+        require_positive("workers", self.workers)
         # Zero is a valid count for the kind of unit that `both` mixes in, never for the only kind.
         for name, needed in (("episodes_per_task", "single"), ("chains_per_scene", "chains")):
             require_positive(name, getattr(self, name), allow_zero=self.mode != needed)
@@ -150,12 +148,10 @@ _ENVS: dict = {}
 
 
 def _env(job: Job, scene: str):
-    from roboflamingo.sim.config import EnvConfig
     from roboflamingo.sim.env import TabletopEnv
 
     if scene not in _ENVS:
-        _ENVS[scene] = TabletopEnv(EnvConfig(scene=scene, static_size=job.static_size, gripper_size=job.gripper_size,
-                                             renderer=job.renderer, max_episode_steps=job.max_steps))
+        _ENVS[scene] = TabletopEnv(replace(job.env, scene=scene))
     return _ENVS[scene]
 
 
@@ -207,7 +203,7 @@ def run_unit(job: Job, unit: Unit, tasks: list[str], out_dir: Path) -> dict:
         recorded = k >= episode.unrecorded
         actor = homing if homing is not None and recorded else expert
         actor.set_task(task)
-        ok, obs, _ = run_subtask(env, actor, oracle, task, task, obs, job.max_steps,
+        ok, obs, _ = run_subtask(env, actor, oracle, task, task, obs, job.env.max_episode_steps,
                                  on_step=record if recorded else None)
         if not ok:
             break  # the recording ends with the last completed subtask
@@ -311,7 +307,6 @@ def _assemble_split(root: Path, work: Path, split: str, units: list[Unit]) -> di
 
 def run(job: Job) -> int:
     from roboflamingo.config import save_yaml
-    from roboflamingo.sim.config import EnvConfig
     from roboflamingo.sim.scene import load_scene
     from roboflamingo.sim.tasks import TaskOracle
 
@@ -357,9 +352,8 @@ def run(job: Job) -> int:
         if not split_units:
             continue
         summary[split] = _assemble_split(root, work, split, split_units)
-        renderer = summary[split]["renderers"][0] if summary[split]["renderers"] else job.renderer
-        env_cfg = EnvConfig(scene=getattr(job, attr)[0], static_size=job.static_size,
-                            gripper_size=job.gripper_size, renderer=renderer, max_episode_steps=job.max_steps)
+        renderer = summary[split]["renderers"][0] if summary[split]["renderers"] else job.env.renderer
+        env_cfg = replace(job.env, scene=getattr(job, attr)[0], renderer=renderer)
         save_yaml(env_cfg, root / split / "env_config.yaml")
     atomic_write_json(root / "manifest.json", {"job": asdict(job), "tasks": tasks, "splits": summary})
     shutil.rmtree(work, ignore_errors=True)

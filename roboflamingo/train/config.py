@@ -98,3 +98,19 @@ class TrainConfig:
         require_choice("train.precision", self.precision, PRECISIONS)
         require_choice("train.strategy", self.strategy, STRATEGIES)
         require_choice("train.wandb_mode", self.wandb_mode, WANDB_MODES)
+
+
+def check_data_fits_model(data, model) -> None:
+    """The one cross-field rule between a dataset and the policy it trains (``data``: ``DataConfig``,
+    ``model``: ``ModelConfig``): checked by ``train`` and, before any work, by the demo."""
+    for key in ("window", "act_steps"):
+        if getattr(data, key) != getattr(model, key):
+            raise ValueError(
+                f"data.{key} ({getattr(data, key)}) must equal model.{key} ({getattr(model, key)}): "
+                "the dataset cuts windows the policy was built for"
+            )
+    if data.image_size not in (None, model.vision.image_size):
+        raise ValueError(
+            f"data.image_size ({data.image_size}) must be unset or equal model.vision.image_size "
+            f"({model.vision.image_size}): the workers resize for the policy's vision encoder"
+        )

@@ -51,7 +51,7 @@ from roboflamingo.train.checkpoint import (
     load_trainer_state,
     write_checkpoint,
 )
-from roboflamingo.train.config import TrainConfig
+from roboflamingo.train.config import TrainConfig, check_data_fits_model
 from roboflamingo.train.loggers import MetricLoggers, check_available, truncate_metrics
 from roboflamingo.train.optim import build_optimizer, build_scheduler
 
@@ -81,17 +81,7 @@ class Job:
     resume: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("window", "act_steps"):
-            if getattr(self.data, key) != getattr(self.model, key):
-                raise ValueError(
-                    f"data.{key} ({getattr(self.data, key)}) must equal model.{key} ({getattr(self.model, key)}): "
-                    "the dataset cuts windows the policy was built for"
-                )
-        if self.data.image_size not in (None, self.model.vision.image_size):
-            raise ValueError(
-                f"data.image_size ({self.data.image_size}) must be unset or equal model.vision.image_size "
-                f"({self.model.vision.image_size}): the workers resize for the policy's vision encoder"
-            )
+        check_data_fits_model(self.data, self.model)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 

@@ -12,13 +12,13 @@ import pytest
 
 from roboflamingo.config import load
 from roboflamingo.deploy.client import PolicyClient
-from roboflamingo.deploy.policies import resolve_policy_source
 from roboflamingo.deploy.relay import RosbridgeRelay
 from roboflamingo.deploy.ros_node import ControlNode
 from roboflamingo.deploy.ros_node import Job as RosJob
 from roboflamingo.deploy.server import PolicyServer, ServerThread
 from roboflamingo.deploy.sim_robot import Job as SimJob
 from roboflamingo.deploy.sim_robot import SimRobot
+from roboflamingo.policies import PolicySourceConfig, policy_source
 
 # Articulation tasks finish in few steps; the test takes the first chain that starts with one.
 QUICK_TASKS = {
@@ -63,7 +63,7 @@ def test_the_node_completes_a_tabletop_task_with_the_expert_behind_the_server():
                 "safety.max_duration_s=100",
             ],
         )
-        source = resolve_policy_source("expert", scene=sim_job.env.scene)
+        source = policy_source(PolicySourceConfig("expert", scene=sim_job.env.scene))
         with ServerThread(PolicyServer(source, port=0)) as server:
             robot = SimRobot(sim_job)
             assert robot.task in QUICK_TASKS

@@ -19,9 +19,9 @@ from websockets.sync.client import connect
 from roboflamingo.deploy import auth
 from roboflamingo.deploy.client import PolicyClient
 from roboflamingo.deploy.codec import packb, unpackb
-from roboflamingo.deploy.policies import PolicySource, resolve_policy_source
 from roboflamingo.deploy.protocols import PATHS
 from roboflamingo.deploy.server import PolicyServer, ServerThread
+from roboflamingo.policies import PolicySource, PolicySourceConfig, policy_source
 from roboflamingo.types import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS, SCENE_OBS
 
 websocket_client_policy = pytest.importorskip("openpi_client.websocket_client_policy")
@@ -53,8 +53,8 @@ def tiny_checkpoint(tmp_path_factory) -> str:
 
 def source_for(kind: str, checkpoint: str) -> PolicySource:
     if kind == "checkpoint":
-        return resolve_policy_source(checkpoint=checkpoint)
-    return resolve_policy_source("expert", scene="D")
+        return policy_source(PolicySourceConfig(checkpoint=checkpoint))
+    return policy_source(PolicySourceConfig("expert", scene="D"))
 
 
 def wire_obs(raw: dict, keys: tuple[str, ...]) -> dict:
@@ -101,7 +101,7 @@ def test_openpi_client_drives_whole_episodes_with_the_in_process_actions(kind, t
 
 @pytest.fixture
 def random_server():
-    with ServerThread(PolicyServer(resolve_policy_source("random", seed=0), port=0, max_message_bytes=4096)) as t:
+    with ServerThread(PolicyServer(policy_source(PolicySourceConfig("random", seed=0)), port=0, max_message_bytes=4096)) as t:
         yield t
 
 
@@ -267,7 +267,7 @@ def test_vla_eval_hello_tells_the_benchmark_what_the_policy_needs():
 
     checkpoint_like = PolicySource("checkpoint", lambda: None, (RGB_STATIC, RGB_GRIPPER, ROBOT_OBS))
     for source, params in [
-        (resolve_policy_source("expert"), {"send_wrist_image": False, "send_state": True, "send_scene_obs": True}),
+        (policy_source(PolicySourceConfig("expert")), {"send_wrist_image": False, "send_state": True, "send_scene_obs": True}),
         (checkpoint_like, {"send_wrist_image": True, "send_state": True}),
     ]:
         with ServerThread(PolicyServer(source, port=0)) as thread:
@@ -355,7 +355,7 @@ class TokenServer(PolicyServer):
 
 @pytest.fixture
 def token_server():
-    with ServerThread(TokenServer(resolve_policy_source("random", seed=0), port=0)) as t:
+    with ServerThread(TokenServer(policy_source(PolicySourceConfig("random", seed=0)), port=0)) as t:
         yield t
 
 
@@ -437,7 +437,7 @@ def test_a_full_server_refuses_a_vla_eval_client_in_its_own_protocol():
         async with vla_connection.Connection(url, timeout=10, max_retries=1) as conn:
             return conn.server_info
 
-    srv = PolicyServer(resolve_policy_source("random"), port=0, max_sessions=1)
+    srv = PolicyServer(policy_source(PolicySourceConfig("random")), port=0, max_sessions=1)
     with ServerThread(srv) as thread, PolicyClient(thread.url):
         with pytest.raises(RuntimeError, match="Expected HELLO reply, got MessageType.ERROR"):
             asyncio.run(hello(thread.url + "/vla-eval"))

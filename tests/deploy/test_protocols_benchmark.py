@@ -13,6 +13,7 @@ import pytest
 
 from roboflamingo import cli
 from roboflamingo.deploy.server import Job, ServerThread, build_server
+from roboflamingo.policies import PolicySourceConfig
 
 vla_api = pytest.importorskip("vla_eval.api")
 
@@ -62,7 +63,7 @@ def test_vla_eval_orchestrator_scores_roboflamingo_serve_as_roboflamingo_eval_do
     records = [json.loads(line) for line in (run_dir / "records/rank-0.jsonl").read_text().splitlines()]
     ours = {r["index"]: (r["completed"], sum(r["steps"])) for r in records}
 
-    job = Job(checkpoint=checkpoint, policy="" if checkpoint else "expert", port=0)
+    job = Job(policy=PolicySourceConfig(checkpoint=checkpoint) if checkpoint else PolicySourceConfig("expert"), port=0)
     config = {
         "benchmarks": [{"benchmark": IMPORT_STRING, "episodes_per_task": 1, "params": {**params, "env": ENV}}],
         "output_dir": str(tmp_path / "vla-eval"),

@@ -9,9 +9,9 @@ import pytest
 from roboflamingo.config import load
 from roboflamingo.deploy.config import BridgeConfig
 from roboflamingo.deploy.messages import encode_image, encode_joint_state, encode_pose_stamped
-from roboflamingo.deploy.policies import RandomPolicy
 from roboflamingo.deploy.ros_node import ControlConfig, ControlNode, Job
 from roboflamingo.deploy.safety import SafetyConfig, wrap_angle
+from roboflamingo.policies import RandomPolicy
 from roboflamingo.types import ROBOT_OBS
 
 from .rosbridge_mock import START_POSE, FakeRobot, RosbridgeRelay, wait_for

@@ -16,7 +16,6 @@ from websockets.sync.client import connect
 from roboflamingo.deploy import ros_node
 from roboflamingo.deploy.client import PolicyClient, PolicyServerError
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
-from roboflamingo.deploy.policies import PolicySource
 from roboflamingo.deploy.server import (
     MAX_ERROR_CHARS,
     ByteBudget,
@@ -25,6 +24,7 @@ from roboflamingo.deploy.server import (
     ServerThread,
     server_ssl_context,
 )
+from roboflamingo.policies import PolicySource, PolicySourceConfig
 from roboflamingo.types import RGB_STATIC, ROBOT_OBS
 
 from .test_server import HistoryPolicy, obs
@@ -64,10 +64,10 @@ def test_a_public_bind_without_a_token_is_refused_unless_insecure_which_is_logge
 
 
 def test_serve_command_refuses_a_public_bind_without_a_token(capsys):
-    assert Job(policy="random", host="0.0.0.0") is not None  # the config itself is fine
+    assert Job(policy=PolicySourceConfig("random"), host="0.0.0.0") is not None  # the config itself is fine
     from roboflamingo.deploy.server import run
 
-    assert run(Job(policy="random", host="0.0.0.0", duration_s=0.01)) == 2
+    assert run(Job(policy=PolicySourceConfig("random"), host="0.0.0.0", duration_s=0.01)) == 2
     assert "needs a token" in capsys.readouterr().err
 
 
@@ -111,19 +111,19 @@ def test_only_the_two_paths_exist(guarded):
 def test_the_ros_node_sends_the_token_and_reports_a_refusal_without_a_traceback(guarded, tmp_path, capsys):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    job = ros_node.Job(server=guarded.url, token_file=str(token_file))
+    job = ros_node.Job(policy=PolicySourceConfig("remote", server=guarded.url, token_file=str(token_file)))
     policy = ros_node.make_policy(job)
     assert policy.step(obs(2.0), "go").shape == (7,)
     policy.close()
     (tmp_path / "bad").write_text("nope\n")
-    assert ros_node.run(ros_node.Job(server=guarded.url, token_file=str(tmp_path / "bad"))) == 2
+    assert ros_node.run(ros_node.Job(policy=PolicySourceConfig("remote", server=guarded.url, token_file=str(tmp_path / "bad")))) == 2
     assert "refused the session" in capsys.readouterr().err
 
 
 def test_the_ros_node_reports_a_full_server_without_a_traceback(capsys):
     with ServerThread(PolicyServer(source(), port=0, max_sessions=1)) as thread:
         with PolicyClient(thread.url):
-            assert ros_node.run(ros_node.Job(server=thread.url)) == 2
+            assert ros_node.run(ros_node.Job(policy=PolicySourceConfig("remote", server=thread.url))) == 2
     assert "server_full" in capsys.readouterr().err
 
 

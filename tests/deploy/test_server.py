@@ -14,8 +14,8 @@ from websockets.sync.client import connect
 from roboflamingo import cli
 from roboflamingo.deploy.client import PolicyClient, PolicyServerError
 from roboflamingo.deploy.codec import packb, unpackb
-from roboflamingo.deploy.policies import PolicySource, RandomPolicy, resolve_policy_source
 from roboflamingo.deploy.server import Job, PolicyServer, ServerThread
+from roboflamingo.policies import PolicySource, PolicySourceConfig, RandomPolicy, policy_source
 from roboflamingo.types import ROBOT_OBS, Policy
 
 
@@ -219,7 +219,7 @@ def test_sessions_beyond_the_limit_are_refused_politely():
 
 
 def test_random_source_gives_each_session_its_own_seed():
-    source = resolve_policy_source("random", seed=3)
+    source = policy_source(PolicySourceConfig("random", seed=3))
     a, b = source.factory(), source.factory()
     assert isinstance(a, RandomPolicy) and a.seed == 3 and b.seed == 4
     act = a.step(obs(0.0), "x")
@@ -229,8 +229,8 @@ def test_random_source_gives_each_session_its_own_seed():
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        ([], "checkpoint=<dir> or policy=expert"),
-        (["policy=teleport"], "policy must be one of"),
+        ([], "policy=checkpoint needs checkpoint=<dir>"),
+        (["policy=teleport"], "Could not find 'policy/teleport'"),
         (["policy=random", "max_message_bytes=0"], "max_message_bytes must be > 0"),
         (["policy=random", "hard_max_message_bytes=10"], "hard_max_message_bytes must be >="),
     ],
@@ -241,14 +241,14 @@ def test_serve_config_errors_name_the_field(overrides, match, capsys):
 
 
 def test_checkpoint_source_rejects_a_missing_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a directory"):
-        resolve_policy_source(checkpoint=str(tmp_path / "nope"))
-    with pytest.raises(ValueError, match="choose one"):
-        resolve_policy_source("random", checkpoint=str(tmp_path))
+    with pytest.raises(ValueError, match="not a directory"):
+        policy_source(PolicySourceConfig(checkpoint=str(tmp_path / "nope")))
+    with pytest.raises(ValueError, match="only read with policy=checkpoint"):
+        policy_source(PolicySourceConfig("random", checkpoint=str(tmp_path)))
 
 
 def test_serve_command_runs_for_a_bounded_time(capsys):
-    job = Job(policy="random", port=0, duration_s=0.3)
+    job = Job(policy=PolicySourceConfig("random"), port=0, duration_s=0.3)
     from roboflamingo.deploy import server as server_mod
 
     assert server_mod.run(job) == 0
@@ -283,7 +283,7 @@ def test_a_checkpoint_is_served_with_one_history_per_session(tmp_path):
     local.reset()
     expected = [local.step(f, "open the drawer") for f in frames]
 
-    source = resolve_policy_source(checkpoint=str(tmp_path / "ckpt"))
+    source = policy_source(PolicySourceConfig(checkpoint=str(tmp_path / "ckpt")))
     with ServerThread(PolicyServer(source, port=0)) as thread:
         with PolicyClient(thread.url) as a, PolicyClient(thread.url) as b:
             assert set(a.observation_keys) == {"rgb_static", "rgb_gripper", "robot_obs"}
@@ -300,7 +300,7 @@ def test_a_checkpoint_is_served_with_one_history_per_session(tmp_path):
 
 
 def test_remote_source_makes_one_session_per_instance(server):
-    source = resolve_policy_source("remote", server=server.url)
+    source = policy_source(PolicySourceConfig("remote", server=server.url))
     a, b = source.factory(), source.factory()
     try:
         assert a.session != b.session
@@ -310,4 +310,4 @@ def test_remote_source_makes_one_session_per_instance(server):
         a.close()
         b.close()
     with pytest.raises(ValueError, match="policy=remote needs server=ws://host:port"):
-        resolve_policy_source("remote")
+        policy_source(PolicySourceConfig("remote", server="http://x"))

@@ -6,9 +6,9 @@ import threading
 import numpy as np
 
 from roboflamingo.deploy.client import PolicyClient
-from roboflamingo.deploy.policies import PolicySource
 from roboflamingo.deploy.server import PolicyServer, ServerThread
 from roboflamingo.eval.batching import BatchedModel, BatchedSession, SlotBatcher
+from roboflamingo.policies import PolicySource
 from roboflamingo.types import ROBOT_OBS
 
 

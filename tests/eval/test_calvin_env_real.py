@@ -105,7 +105,7 @@ def test_a_checkpoint_policy_evaluates_two_chains_in_real_calvin_env(checkpoint,
     split = write_split(tmp_path / "task_D_D" / "validation", use_egl=use_egl)
     run_dir = tmp_path / "eval"
     args = ["eval", f"checkpoint={checkpoint}", f"eval.calvin_dataset={split}", "eval.num_chains=2",
-            "eval.ep_len=3", "eval.device=cpu", "eval.progress=false", f"run_dir={run_dir}"]
+            "eval.ep_len=3", "policy.device=cpu", "eval.progress=false", f"run_dir={run_dir}"]
     # the evaluation builds the env (EGL: Mesa's LLVM) before it loads the policy (triton's LLVM)
     proc = subprocess.run([sys.executable, "-m", "roboflamingo.cli", *args], capture_output=True, text=True,
                           timeout=600)

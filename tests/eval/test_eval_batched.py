@@ -69,12 +69,13 @@ def test_a_checkpoint_policy_gives_the_same_records_for_any_batch_size(tmp_path)
 
     from roboflamingo.eval.policies import PolicySpec
     from roboflamingo.models.policy import build_policy
+    from roboflamingo.policies import PolicySourceConfig
 
     torch.manual_seed(3)
     policy = build_policy(micro_config(), micro_head(), make_stats())
     open_gates(policy, 2.0)  # let the image (the counter) drive the actions
     policy.save_pretrained(tmp_path / "ckpt")
-    spec = PolicySpec("checkpoint", checkpoint=str(tmp_path / "ckpt"), device="cpu", torch_threads=1)
+    spec = PolicySpec(PolicySourceConfig(checkpoint=str(tmp_path / "ckpt"), device="cpu"), torch_threads=1)
     env = CounterEnvFactory(need=2)
     run(tmp_path / "b1", cfg(batch_size=1), policy=spec, env=env)
     run(tmp_path / "b3", cfg(batch_size=3), policy=spec, env=env)
@@ -195,14 +196,15 @@ def test_per_slot_policies_make_one_instance_per_slot_and_non_finite_actions_are
 
 def test_precision_and_batch_size_are_validated_and_precision_enters_the_identity(tmp_path):
     from roboflamingo.eval.policies import PolicySpec
+    from roboflamingo.policies import PolicySourceConfig
 
     with pytest.raises(ValueError, match="eval.precision"):
         EvalConfig(precision="int4")
     with pytest.raises(ValueError, match="eval.batch_size"):
         EvalConfig(batch_size=-1)
     (tmp_path / "ckpt").mkdir()
-    fp32 = PolicySpec("checkpoint", checkpoint=str(tmp_path / "ckpt"))
-    bf16 = PolicySpec("checkpoint", checkpoint=str(tmp_path / "ckpt"), precision="bf16")
+    fp32 = PolicySpec(PolicySourceConfig(checkpoint=str(tmp_path / "ckpt")))
+    bf16 = PolicySpec(PolicySourceConfig(checkpoint=str(tmp_path / "ckpt")), precision="bf16")
     assert "precision" not in fp32.identity() and bf16.identity()["precision"] == "bf16"
     with pytest.raises(ValueError, match="precision must be one of"):
-        PolicySpec("expert", precision="fp8")
+        PolicySpec(PolicySourceConfig("expert"), precision="fp8")

@@ -110,7 +110,7 @@ def test_a_checkpoint_directory_is_evaluated_through_reset_and_step(tmp_path):
     from eval_fakes import save_tiny_checkpoint
 
     save_tiny_checkpoint(tmp_path / "ckpt")
-    args = ["eval", f"checkpoint={tmp_path / 'ckpt'}", "eval.num_chains=2", "eval.ep_len=3", "eval.device=cpu",
+    args = ["eval", f"checkpoint={tmp_path / 'ckpt'}", "eval.num_chains=2", "eval.ep_len=3", "policy.device=cpu",
             *FAST, f"run_dir={tmp_path / 'eval'}"]
     assert cli.main(args) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())

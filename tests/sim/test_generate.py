@@ -6,6 +6,7 @@ import yaml
 
 from roboflamingo import types as T
 from roboflamingo.sim import generate
+from roboflamingo.sim.config import EnvConfig
 
 KEYS = {T.RGB_STATIC: ((16, 16, 3), np.uint8), T.RGB_GRIPPER: ((12, 12, 3), np.uint8),
         T.ROBOT_OBS: ((15,), np.float64), T.SCENE_OBS: ((24,), np.float64),
@@ -14,8 +15,8 @@ KEYS = {T.RGB_STATIC: ((16, 16, 3), np.uint8), T.RGB_GRIPPER: ((12, 12, 3), np.u
 
 def tiny_job(root, **kw):
     base = dict(root=str(root), mode="single", tasks=["turn_on_led", "turn_off_led"], train_scenes=["A"],
-                val_scenes=["D"], episodes_per_task=1, val_episodes_per_task=1, static_size=16, gripper_size=12,
-                renderer="tiny", workers=1, progress=False)
+                val_scenes=["D"], episodes_per_task=1, val_episodes_per_task=1,
+                env=EnvConfig(static_size=16, gripper_size=12, renderer="tiny"), workers=1, progress=False)
     base.update(kw)
     return generate.Job(**base)
 

@@ -83,7 +83,7 @@ def _flip(path, offset_from_end=64):
     ids=["deleted-manifest", "bit-flip", "manifest-list", "truncated"],
 )
 def test_a_damaged_training_checkpoint_is_refused_by_eval_and_serve(trained, tmp_path, damage, match):
-    from roboflamingo.deploy.policies import resolve_policy_source
+    from roboflamingo.policies import PolicySourceConfig, policy_source
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(trained, ckpt)
@@ -91,7 +91,7 @@ def test_a_damaged_training_checkpoint_is_refused_by_eval_and_serve(trained, tmp
     with pytest.raises(ValueError, match=match):
         RoboFlamingoPolicy.from_pretrained(ckpt)
     with pytest.raises(ValueError, match=match):  # what `serve checkpoint=` and the ROS node build on
-        resolve_policy_source(checkpoint=str(ckpt))
+        policy_source(PolicySourceConfig(checkpoint=str(ckpt)))
 
 
 def test_an_exported_policy_without_manifest_still_names_a_truncated_or_non_finite_file(trained, tmp_path):

@@ -86,7 +86,7 @@ class OpenpiTranslator:
         self.pending: deque[None] = deque()  # one entry per step frame handed to the server
 
     async def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
-        problem = frame_problem(frame, self.server.max_message_bytes, "a binary msgpack observation map")
+        problem = frame_problem(frame, self.server.config.max_message_bytes, "a binary msgpack observation map")
         if problem:
             await self.send(problem)
             return

@@ -181,7 +181,7 @@ class VlaEvalTranslator:
         await self.send(pack_message("error", {"error": message}, seq))
 
     async def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
-        limit = self.server.max_message_bytes
+        limit = self.server.config.max_message_bytes
         problem = frame_problem(frame, limit)
         if problem:
             await self.error(problem)
