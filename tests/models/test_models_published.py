@@ -197,7 +197,7 @@ def test_mosaic_gpt_features_mpt_lacks_are_refused(tmp_path):
     _, raw = _write_mosaic_dir(tmp_path / "extra")
     raw["transformer.blocks.1.attn.q_ln.weight"] = torch.ones(32)
     torch.save(raw, tmp_path / "extra" / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"unmapped keys \[transformer.blocks.1.attn.Wqkv.q_ln.weight\]"):
+    with pytest.raises(ValueError, match=r"unexpected keys \[transformer.blocks.1.attn.Wqkv.q_ln.weight\]"):
         build_lm(LMConfig(family="mpt", path=str(tmp_path / "extra")), vocab=0)
     _write_mosaic_dir(tmp_path / "lowbias", no_bias=False)
     with pytest.raises(ValueError, match="no_bias=false"):

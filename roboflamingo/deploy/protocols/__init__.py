@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
+from roboflamingo.deploy.protocols.frames import Send
 from roboflamingo.types import OBS_KEYS
 
 if TYPE_CHECKING:
@@ -43,9 +44,6 @@ OPENPI_PATH = "/openpi"
 VLA_EVAL_PATH = "/vla-eval"
 PATHS = (NATIVE_PATH, OPENPI_PATH, VLA_EVAL_PATH)
 OPENPI_KEYS = ("prompt", *OBS_KEYS)  # what an openpi observation for our policies carries
-MAX_DEPTH = 16  # foreign frames are walked after decoding; real observations nest 3 deep
-
-Send = Callable[[bytes | str], Awaitable[None]]
 
 
 class Translator(Protocol):
@@ -58,26 +56,6 @@ class Translator(Protocol):
 
     def outgoing(self, frame: bytes | str) -> bytes | str | None:
         """The client's form of one frame the server sends (None: nothing goes out)."""
-
-
-def frame_problem(frame: bytes | str, limit: int, expected: str = "a binary msgpack frame") -> str | None:
-    """Why a foreign protocol's frame is refused before decoding (text, or over ``limit``), or None."""
-    if isinstance(frame, str):
-        return f"bad_request: expected {expected}, got a text frame"
-    if len(frame) > limit:
-        return f"too_large: message of {len(frame)} bytes exceeds max_message_bytes={limit}"
-    return None
-
-
-def walk(obj: Any, convert: Callable[[dict], Any], depth: int = 0) -> Any:
-    """Apply ``convert`` to every map of a decoded frame, innermost first (``CodecError`` when too deep)."""
-    if depth > MAX_DEPTH:
-        raise CodecError(f"message nests deeper than {MAX_DEPTH} levels")
-    if isinstance(obj, dict):
-        return convert({k: walk(v, convert, depth + 1) for k, v in obj.items()})
-    if isinstance(obj, list):
-        return [walk(v, convert, depth + 1) for v in obj]
-    return obj
 
 
 class NativeTranslator:

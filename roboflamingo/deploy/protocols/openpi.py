@@ -35,7 +35,7 @@ from roboflamingo.deploy.codec import (
     unpackb,
 )
 from roboflamingo.deploy.codec import packb as native_packb
-from roboflamingo.deploy.protocols import Send, frame_problem, walk
+from roboflamingo.deploy.protocols.frames import Send, frame_problem, walk
 
 if TYPE_CHECKING:
     from roboflamingo.deploy.server import PolicyServer
