@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from roboflamingo.config import load_yaml, save_yaml
 from roboflamingo.io import atomic_path, sha256_file
 from roboflamingo.models.config import PolicyConfig
 from roboflamingo.models.normalization import STAT_SHAPES
+from roboflamingo.models.weights import list_keys, load_state, read_weights
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -101,7 +102,7 @@ def _from_state_dict(policy, state_dict: Mapping[str, torch.Tensor]) -> dict[str
     names = checkpoint_tensors(policy)
     missing = sorted(k for k in names if k not in state_dict)
     if missing:
-        raise ValueError(f"save_pretrained: the given state_dict lacks [{_list(missing)}]")
+        raise ValueError(f"save_pretrained: the given state_dict lacks [{list_keys(missing)}]")
     out = {}
     for k, own in names.items():
         value = state_dict[k]
@@ -129,56 +130,28 @@ def save_policy(policy, directory: str | os.PathLike, state_dict: Mapping[str, t
     save_yaml(PolicyConfig(model=policy.model_config, head=policy.head_config), directory / CONFIG_FILE)
 
 
-def _list(keys: list[str], limit: int = 20) -> str:
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+def read_policy_config(directory: str | os.PathLike) -> PolicyConfig:
+    """The config of the policy checkpoint in ``directory`` (a training checkpoint's manifest verified
+    first): what to build before :func:`load_weights` fills it."""
+    directory = Path(directory)
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{directory}: not a policy checkpoint (no {WEIGHTS_FILE})")
+    _verify_manifest(directory)
+    return load_yaml(directory / CONFIG_FILE, PolicyConfig)
 
 
-def load_tensors(policy, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """Strictly copy ``tensors`` into ``policy``."""
+def load_weights(policy, directory: str | os.PathLike) -> None:
+    """Strictly copy ``directory``'s weights file into ``policy``, built from its config."""
+    weights = Path(directory) / WEIGHTS_FILE
+    tensors = read_weights(weights)
+    source = str(weights)
     stat_keys = [f"normalizer.{k}" for k in STAT_SHAPES]
     absent = [k for k in stat_keys if k not in tensors]
     if absent:
         raise ValueError(f"{source}: no normalization statistics (missing {absent})")
-    expected = checkpoint_tensors(policy)
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"{source} does not match the policy built from its config: "
-            f"missing keys [{_list(missing)}]; unexpected keys [{_list(unexpected)}]"
-        )
-    for name, value in tensors.items():
-        if tuple(value.shape) != tuple(expected[name].shape):
-            raise ValueError(f"{source}: '{name}' has shape {tuple(value.shape)}, expected {tuple(expected[name].shape)}")
-    with torch.no_grad():
-        for name, value in tensors.items():
-            expected[name].copy_(value)
-    policy.normalizer._ready = None
-    try:
-        policy.normalizer.check()
-    except RuntimeError as e:
-        raise ValueError(f"{source}: normalization statistics are not set (NaN)") from e
-
-
-def load_policy(directory: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    from roboflamingo.models.policy import RoboFlamingoPolicy
-
-    directory = Path(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"{directory}: not a policy checkpoint (no {WEIGHTS_FILE})")
-    _verify_manifest(directory)
-    cfg = load_yaml(directory / CONFIG_FILE, PolicyConfig)
-    policy = RoboFlamingoPolicy(cfg.model, cfg.head)
-    try:
-        tensors = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types for truncated or garbled files
-        raise ValueError(f"{weights}: not a readable safetensors file ({type(e).__name__}: {e})") from e
-    for name, value in tensors.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{weights}: tensor '{name}' holds NaN or inf (a corrupt or diverged checkpoint)")
-    load_tensors(policy, tensors, str(weights))
-    return policy.to(map_location).eval()
+    # read_weights refused non-finite values, so the statistics are usable.
+    load_state(checkpoint_tensors(policy), tensors, source, "the policy built from its config")
+    policy.normalizer.recheck()
 
 
 def _verify_manifest(directory: Path) -> None:

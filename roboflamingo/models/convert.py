@@ -82,13 +82,14 @@ def convert(job: Job) -> dict:
     from roboflamingo.models.checkpoint import WEIGHTS_FILE
     from roboflamingo.models.normalization import identity_stats
     from roboflamingo.models.policy import RoboFlamingoPolicy
+    from roboflamingo.models.weights import read_weights
 
     if not job.src or not job.dst:
         raise ConfigError("convert needs src=<published file> and dst=<checkpoint directory>")
     dst = Path(job.dst)
     if (dst / WEIGHTS_FILE).exists() and not job.overwrite:
         raise ConfigError(f"{dst} already holds a checkpoint; pass overwrite=true to replace it")
-    state = published.read_state_dict(job.src, trust_pickle=job.trust_pickle)
+    state = read_weights(job.src, trust_pickle=job.trust_pickle, unpickle_option="trust_pickle=true")
     kind = _detect(job, state)
     if kind == "roboflamingo":
         name = published.parse_checkpoint_name(job.src)

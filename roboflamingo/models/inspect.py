@@ -29,6 +29,8 @@ def _count(params) -> int:
 
 
 def summarize(policy) -> dict:
+    from torch import nn
+
     bb = policy.backbone
     parts = {
         "vision_encoder": _count(bb.vision_encoder.parameters()),
@@ -37,7 +39,7 @@ def summarize(policy) -> dict:
         "gated_cross_attn_layers": _count(bb.gated_cross_attn_layers.parameters()),
         "action_head": _count(policy.action_head.parameters()),
     }
-    trainable = {name: _count([part]) if not hasattr(part, "parameters") else _count(part.parameters())
+    trainable = {name: _count([part] if isinstance(part, nn.Parameter) else part.parameters())
                  for name, part in policy.trainable_modules().items()}
     return {
         "model": policy.model_config.name,

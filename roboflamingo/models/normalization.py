@@ -67,8 +67,12 @@ class Normalizer(nn.Module):
                 f"{list(STAT_SHAPES)} (e.g. from roboflamingo.data.dataset.compute_normalization)"
             )
 
+    def recheck(self) -> None:
+        """The buffers were written from outside ``set`` (a checkpoint load): check them again on use."""
+        self._ready = None
+
     def _load_from_state_dict(self, *args, **kwargs):
-        self._ready = None  # re-check after a load
+        self.recheck()
         return super()._load_from_state_dict(*args, **kwargs)
 
     def normalize_pose(self, pose: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from roboflamingo.models import checkpoint
 from roboflamingo.models.backbone import FlamingoBackbone
 from roboflamingo.models.config import HeadConfig, ModelConfig
 from roboflamingo.models.heads import build_head
@@ -84,7 +85,7 @@ class RoboFlamingoPolicy(nn.Module):
             for p in params:
                 p.requires_grad_(True)
                 expected[id(p)] = p.numel()
-        proj = getattr(self.backbone.vision_encoder, "proj", None)
+        proj = self.backbone.vision_encoder.proj  # open_clip's pooled projection, or None
         if isinstance(proj, nn.Parameter) and proj.requires_grad:
             # The pooled CLIP projection never reaches the policy; a trainable unused parameter
             # would make DDP need find_unused_parameters.
@@ -367,15 +368,15 @@ class RoboFlamingoPolicy(nn.Module):
                         state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
         """Write ``config.yaml`` and ``model.safetensors``; ``state_dict``: take the tensors from this
         full state dict (e.g. gathered from FSDP shards) instead of from the module's own parameters."""
-        from roboflamingo.models.checkpoint import save_policy
-
-        save_policy(self, directory, state_dict=state_dict)
+        checkpoint.save_policy(self, directory, state_dict=state_dict)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> RoboFlamingoPolicy:
-        from roboflamingo.models.checkpoint import load_policy
-
-        return load_policy(directory, map_location)
+        """The policy a ``save_pretrained`` directory holds, in eval mode; loading is strict."""
+        cfg = checkpoint.read_policy_config(directory)
+        policy = cls(cfg.model, cfg.head)
+        checkpoint.load_weights(policy, directory)
+        return policy.to(map_location).eval()
 
 
 def build_policy(model: ModelConfig, head: HeadConfig, stats: Mapping[str, Any] | None = None,

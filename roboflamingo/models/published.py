@@ -1,12 +1,14 @@
 """Published weights in their original layouts, mapped strictly onto our policy.
 
-Three sources, each loaded with every key accounted for:
+Two sources, each loaded with every key accounted for:
 
 - an **OpenFlamingo** ``checkpoint.pt`` (3B / 4B / 9B): ``perceiver.*``,
   ``lang_encoder.gated_cross_attn_layers.N.*`` and the LM's input embedding;
 - a released **RoboFlamingo** ``.pth`` (``{epoch, model_state_dict, optimizer_state_dict,
-  lr_scheduler_state_dict}``, keys prefixed ``module.``): the same plus the ``lm_head.*`` policy head;
-- **MosaicGPT** (the remote code MPT-1B ships with) parameter names, renamed onto transformers' MPT.
+  lr_scheduler_state_dict}``, keys prefixed ``module.``): the same plus the ``lm_head.*`` policy head.
+
+The files are read by ``weights.read_weights``; an MPT-1B LM's frozen copies carry MosaicGPT names,
+renamed as ``mosaic_gpt`` renames the LM itself.
 
 What the original files hold besides the trainable tensors (open_flamingo #210): open_flamingo wraps
 every decoder layer in a ``FlamingoLayer`` and keeps the old list as ``old_decoder_blocks``, so each
@@ -21,224 +23,17 @@ come from ``model.vision.weights`` / ``model.lm.path`` instead.
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from roboflamingo.models.config import HeadConfig, ModelConfig
+from roboflamingo.models.lm_adapters import get_adapter
+from roboflamingo.models.mosaic_gpt import mosaic_to_mpt_key
+from roboflamingo.models.weights import check_state, copy_state, list_keys
 from roboflamingo.types import POSE_DIM
-
-
-def _list(keys, limit: int = 20) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
-# -- reading files ----------------------------------------------------------------------------------
-
-def read_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """The model tensors of a published file, ``module.`` stripped.
-
-    Accepts a bare state dict or a training checkpoint holding ``model_state_dict`` / ``state_dict``
-    (the optimizer and scheduler states are not needed). Memory-mapped where possible: a released
-    3B ``.pth`` is 17.6 GB, most of it Adam state that is never touched.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        obj: object = load_file(str(path))
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            # Files written by torch < 1.6 (not a zip archive) cannot be memory-mapped.
-            obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-        except Exception as e:
-            if trust_pickle:
-                raise
-            raise ValueError(
-                f"{path}: cannot be read as plain tensors ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                f"if you trust this file, pass trust_pickle=true to unpickle it fully"
-            ) from e
-    if isinstance(obj, dict):
-        for key in ("model_state_dict", "state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
-            f"{path}: expected a state dict of tensors (or a dict with 'model_state_dict'), "
-            f"got {type(obj).__name__} with keys {_list(map(str, obj)) if isinstance(obj, dict) else '-'}"
-        )
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-# -- MosaicGPT (MPT-1B's remote code) -> transformers' MPT ------------------------------------------
-
-MOSAIC_MODEL_TYPES = ("mosaic_gpt",)
-
-# Block-level renames (MosaicGPT GPTBlock -> transformers MptBlock); the model level is below.
-_MOSAIC_BLOCK = {
-    "ln_1.weight": "norm_1.weight",
-    "attn.Wqkv.weight": "attn.Wqkv.weight",
-    "attn.out_proj.weight": "attn.out_proj.weight",
-    "ln_2.weight": "norm_2.weight",
-    "mlp.mlp_up.weight": "ffn.up_proj.weight",
-    "mlp.mlp_down.weight": "ffn.down_proj.weight",
-    # QK LayerNorm (MPT-1B has it): kept inside the fused projection, see QKNormWqkv.
-    "attn.q_ln.weight": "attn.Wqkv.q_ln.weight",
-    "attn.k_ln.weight": "attn.Wqkv.k_ln.weight",
-}
-_MOSAIC_BLOCK_KEY = re.compile(r"^(transformer\.blocks\.\d+)\.(.+)$")
-
-
-def mosaic_to_mpt_key(name: str) -> str | None:
-    """The transformers MPT name of a MosaicGPT parameter, or None if MPT has no such parameter.
-
-    MPT keys pass through unchanged, so a state dict may mix both spellings.
-    """
-    if name in ("transformer.wte.weight", "lm_head.weight"):
-        return name
-    if name in ("transformer.ln_f.weight", "transformer.norm_f.weight"):
-        return "transformer.norm_f.weight"
-    m = _MOSAIC_BLOCK_KEY.match(name)
-    if m:
-        rest = m.group(2)
-        if rest in _MOSAIC_BLOCK:
-            return f"{m.group(1)}.{_MOSAIC_BLOCK[rest]}"
-        if rest in _MOSAIC_BLOCK.values():
-            return name
-    return None
-
-
-def mosaic_to_mpt_config(cfg: dict):
-    """transformers ``MptConfig`` equivalent to a MosaicGPT ``config.json``; raises for what MPT lacks."""
-    from transformers import MptConfig
-
-    problems = []
-    if not cfg.get("alibi", False):
-        problems.append("alibi=false (learned positions; transformers' MPT always uses ALiBi)")
-    if cfg.get("alibi_bias_max", 8) != 8:
-        problems.append(f"alibi_bias_max={cfg.get('alibi_bias_max')} (transformers' MPT fixes 8)")
-    if not cfg.get("no_bias", False):
-        problems.append("no_bias=false (transformers' MPT has no biases)")
-    if cfg.get("mlp_ratio", 4) != 4:
-        problems.append(f"mlp_ratio={cfg.get('mlp_ratio')} (transformers' MPT fixes 4)")
-    if problems:
-        raise ValueError(f"this MosaicGPT cannot be mapped onto transformers' MPT: {'; '.join(problems)}")
-    for key in ("d_model", "n_heads", "n_layers", "max_seq_len", "vocab_size"):
-        if key not in cfg:
-            raise ValueError(f"MosaicGPT config.json has no '{key}'")
-    return MptConfig(
-        d_model=cfg["d_model"], n_heads=cfg["n_heads"], n_layers=cfg["n_layers"], expansion_ratio=4,
-        max_seq_len=cfg["max_seq_len"], vocab_size=cfg["vocab_size"], no_bias=True,
-        attn_config={"softmax_scale": cfg.get("softmax_scale"), "clip_qkv": cfg.get("attn_clip_qkv"),
-                     "alibi": True, "alibi_bias_max": 8},
-        logit_scale=cfg.get("logit_scale"), tie_word_embeddings=True,
-    )
-
-
-class QKNormWqkv(nn.Linear):
-    """MPT's fused q/k/v projection followed by MosaicGPT's QK LayerNorm (``attn_qk_ln``).
-
-    MosaicGPT clips the projection, then normalizes the query and the key (each over all heads,
-    weight only: the model has no biases); transformers' MPT has no such norm, so it lives here,
-    where MptAttention calls ``Wqkv``, and the clipping moves in with it (in the same order).
-    """
-
-    def __init__(self, d_model: int, clip_qkv: float | None):
-        super().__init__(d_model, 3 * d_model, bias=False)
-        self.clip_qkv = clip_qkv
-        self.q_ln = nn.LayerNorm(d_model, bias=False)
-        self.k_ln = nn.LayerNorm(d_model, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qkv = super().forward(x)
-        if self.clip_qkv:
-            qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
-        q, k, v = qkv.chunk(3, dim=-1)
-        return torch.cat([self.q_ln(q), self.k_ln(k), v], dim=-1)
-
-
-def _add_qk_norm(lm: nn.Module, d_model: int, clip_qkv: float | None) -> None:
-    for block in lm.transformer.blocks:
-        device = block.attn.Wqkv.weight.device
-        block.attn.Wqkv = QKNormWqkv(d_model, clip_qkv).to(device)
-        block.attn.clip_qkv = None  # applied inside Wqkv, before the norm
-
-
-def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a HuggingFace model directory (single or sharded, safetensors or .bin)."""
-    from safetensors.torch import load_file
-
-    for index_name, loader in (("model.safetensors.index.json", "st"), ("pytorch_model.bin.index.json", "pt")):
-        index = directory / index_name
-        if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            out: dict[str, torch.Tensor] = {}
-            for f in files:
-                out.update(load_file(str(directory / f)) if loader == "st"
-                           else torch.load(directory / f, map_location="cpu", weights_only=True))
-            return out
-    if (directory / "model.safetensors").is_file():
-        return load_file(str(directory / "model.safetensors"))
-    if (directory / "pytorch_model.bin").is_file():
-        return torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin (or sharded index)")
-
-
-def load_mosaic_gpt(directory: str | Path, load_weights: bool = True) -> nn.Module:
-    """A MosaicGPT directory (``model_type: mosaic_gpt``) as a transformers ``MptForCausalLM``.
-
-    No remote code is run: the config is translated and every weight renamed; a MosaicGPT weight with
-    no MPT counterpart, or an MPT weight the file lacks, is an error naming it.
-    """
-    from transformers import MptForCausalLM
-
-    directory = Path(directory)
-    raw_config = json.loads((directory / "config.json").read_text())
-    config = mosaic_to_mpt_config(raw_config)
-    lm = MptForCausalLM(config)
-    if raw_config.get("attn_qk_ln", False):
-        _add_qk_norm(lm, config.d_model, raw_config.get("attn_clip_qkv"))
-    if not load_weights:
-        return lm
-    raw = read_hf_weights(directory)
-    state, unknown = {}, []
-    for name, value in raw.items():
-        target = mosaic_to_mpt_key(name.removeprefix("model."))
-        if target is None:
-            unknown.append(name)
-        else:
-            state[target] = value
-    state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))  # tied, as in MosaicGPT
-    expected = lm.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unknown += sorted(set(state) - set(expected))  # e.g. q_ln weights without attn_qk_ln
-    if unknown or missing:
-        raise ValueError(f"{directory}: MosaicGPT weights do not map onto transformers' MPT: "
-                         f"unmapped keys [{_list(unknown)}]; missing keys [{_list(missing)}]")
-    for name, value in state.items():
-        if tuple(value.shape) != tuple(expected[name].shape):
-            raise ValueError(f"{directory}: '{name}' has shape {tuple(value.shape)}, "
-                             f"expected {tuple(expected[name].shape)}")
-    lm.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return lm
-
-
-def is_mosaic_gpt(directory: Path) -> bool:
-    config = directory / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") in MOSAIC_MODEL_TYPES
-
 
 # -- RoboFlamingo file names ------------------------------------------------------------------------
 
@@ -343,7 +138,7 @@ def head_config_from_state(head: dict[str, torch.Tensor], dropout: float = 0.1) 
     """
     layers = sorted({int(m.group(3)) for k in head if (m := _HEAD_RNN.match(k))})
     if not layers or layers != list(range(len(layers))) or not {"actions.mlp.0.weight", "gripper.mlp.0.weight"} <= set(head):
-        raise ValueError(f"not the original LSTM head (DeterministicDecoder): keys [{_list(head)}]")
+        raise ValueError(f"not the original LSTM head (DeterministicDecoder): keys [{list_keys(head)}]")
     hidden = head["rnn.weight_hh_l0"].shape[1]
     linears = sorted({int(m.group(2)) for k in head if (m := _HEAD_LINEAR.match(k)) and m.group(1) == "actions"})
     widths = [int(head[f"actions.mlp.{i}.weight"].shape[0]) for i in linears[:-1]]
@@ -393,8 +188,6 @@ def split_flamingo_state(state: dict[str, torch.Tensor], policy) -> tuple[dict, 
     ``frozen`` maps our (frozen, file-sourced) key -> the file's copy; ``unexpected`` lists file keys
     that are none of these.
     """
-    from roboflamingo.models.lm_adapters import get_adapter
-
     bb = policy.backbone
     family = bb.cfg.lm.family
     layers = get_adapter(family).layers_path
@@ -463,23 +256,12 @@ def load_flamingo_state(policy, state: dict[str, torch.Tensor], source: str, wit
     ``check_frozen=False``). Returns counts of what was loaded / checked.
     """
     load, aliases, frozen, unexpected = split_flamingo_state(state, policy)
-    required = {n for n, p in policy.named_parameters() if p.requires_grad}
+    params = dict(policy.named_parameters())
+    required = {n: p for n, p in params.items() if p.requires_grad and (with_head or not n.startswith("action_head."))}
     if not with_head:
-        required = {n for n in required if not n.startswith("action_head.")}
         unexpected += sorted(f"lm_head.{k[len('action_head.'):]}" for k in load if k.startswith("action_head."))
         load = {k: v for k, v in load.items() if not k.startswith("action_head.")}
-    missing = sorted(required - set(load))
-    extra = sorted(set(load) - required) + unexpected
-    if missing or extra:
-        raise ValueError(
-            f"{source} does not match the policy built from its config: missing keys [{_list(missing)}]; "
-            f"unexpected keys [{_list(extra)}]"
-        )
-    params = dict(policy.named_parameters())
-    for name, value in load.items():
-        if tuple(value.shape) != tuple(params[name].shape):
-            raise ValueError(f"{source}: '{name}' has shape {tuple(value.shape)}, "
-                             f"expected {tuple(params[name].shape)}")
+    check_state(required, load, source, "the policy built from its config", unexpected)
     for key, (target, value) in aliases.items():
         if not torch.equal(value, load[target]):
             raise ValueError(f"{source}: '{key}' is a duplicate of '{target}' but holds different values")
@@ -499,11 +281,9 @@ def load_flamingo_state(policy, state: dict[str, torch.Tensor], source: str, wit
             raise ValueError(
                 f"{source}: frozen weights saved in the file differ from the ones read from "
                 f"model.vision.weights / model.lm.path, so the file was trained on another backbone: "
-                f"[{_list(differ)}] (check_frozen=false skips this check)"
+                f"[{list_keys(differ)}] (check_frozen=false skips this check)"
             )
-    with torch.no_grad():
-        for name, value in load.items():
-            params[name].copy_(value.to(params[name].dtype))
+    copy_state(required, load)
     return {"loaded": len(load), "aliases_checked": len(aliases), "frozen_checked": len(frozen) if check_frozen else 0}
 
 
@@ -516,20 +296,13 @@ def _check_rotary(policy, saved: dict[str, torch.Tensor], source: str) -> None:
         return
     ours = [m.inv_freq for m in policy.backbone.lang_encoder.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
     if not ours:
-        raise ValueError(f"{source}: holds rotary frequencies ({_list(saved)}) but the LM has no rotary embedding")
+        raise ValueError(f"{source}: holds rotary frequencies ({list_keys(saved)}) but the LM has no rotary embedding")
     want = ours[0].detach().float().cpu()
     bad = [k for k, v in saved.items()
            if tuple(v.shape) != tuple(want.shape) or not torch.allclose(v.float(), want, rtol=1e-6, atol=0)]
     if bad:
-        raise ValueError(f"{source}: rotary frequencies [{_list(bad)}] differ from the ones model.lm.path's "
+        raise ValueError(f"{source}: rotary frequencies [{list_keys(bad)}] differ from the ones model.lm.path's "
                          f"config gives (shape {tuple(want.shape)}): another rotary_pct / rotary_emb_base")
-
-
-def load_openflamingo(policy, path: str | Path, check_frozen: bool = True, trust_pickle: bool = False) -> dict:
-    """An OpenFlamingo ``checkpoint.pt`` into ``policy.backbone`` (perceiver, cross-attention,
-    embeddings); the head is left as it is."""
-    return load_flamingo_state(policy, read_state_dict(path, trust_pickle), str(path), with_head=False,
-                               check_frozen=check_frozen)
 
 
 def head_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -550,8 +323,6 @@ def roboflamingo_model_config(model: ModelConfig, name: PublishedName, state: di
             f"{name.family}, cross-attention every {name.cross_attn_every_n_layers} layers) but the model "
             f"config has family {model.lm.family}, every {model.lm.cross_attn_every_n_layers}"
         )
-    from dataclasses import replace
-
     if not embedding_key_present(state):
         raise ValueError(
             "the file holds no LM input embeddings (trained with --freeze_embed): the original then "

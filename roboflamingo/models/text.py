@@ -94,7 +94,7 @@ def format_instruction(instruction: str, eos_token: str | None) -> str:
 
 def end_token(tok) -> str | None:
     """What closes an instruction: EOS, or BERT's [SEP] for an encoder without one."""
-    return tok.eos_token or getattr(tok, "sep_token", None)
+    return tok.eos_token or tok.sep_token
 
 
 def tokenize(tok, instructions: list[str], max_length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:

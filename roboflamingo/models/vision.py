@@ -7,14 +7,12 @@ needed; its weights come from a local file and are loaded strictly.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 from open_clip.factory import get_model_config
 from open_clip.model import _build_vision_tower
 from torch import nn
 
 from roboflamingo.models.config import VisionConfig
+from roboflamingo.models.weights import load_state, read_weights
 
 
 def vision_cfg_dict(cfg: VisionConfig) -> tuple[int, dict]:
@@ -56,42 +54,9 @@ def build_vision_encoder(cfg: VisionConfig, load_weights: bool = True) -> nn.Mod
     return visual
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
-    return state
-
-
 def load_vision_weights(visual: nn.Module, path: str) -> None:
     """Load open_clip weights strictly: a full CLIP state dict (its ``visual.*`` part) or a bare one."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"model.vision.weights: {file} does not exist")
-    state = _read_state_dict(file)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = read_weights(path, field="model.vision.weights")
     if any(k.startswith("visual.") for k in state):
         state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
-    expected = visual.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"model.vision.weights {file}: does not match the vision encoder; "
-            f"missing keys {missing[:20]}{'...' if len(missing) > 20 else ''}, "
-            f"unexpected keys {unexpected[:20]}{'...' if len(unexpected) > 20 else ''}"
-        )
-    bad = [k for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
-    if bad:
-        k = bad[0]
-        raise ValueError(
-            f"model.vision.weights {file}: '{k}' has shape {tuple(state[k].shape)}, "
-            f"expected {tuple(expected[k].shape)} ({len(bad)} mismatched)"
-        )
-    visual.load_state_dict(state, strict=True)
+    load_state(visual.state_dict(keep_vars=True), state, f"model.vision.weights {path}", "the vision encoder")

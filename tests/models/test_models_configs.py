@@ -64,7 +64,7 @@ def test_vision_weights_load_strictly(tmp_path):
     full_clip["visual.extra"] = torch.zeros(1)
     torch.save(full_clip, tmp_path / "bad.pt")
     cfg.weights = str(tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match=r"missing keys \['conv1.weight'\], unexpected keys \['extra'\]"):
+    with pytest.raises(ValueError, match=r"missing keys \[conv1.weight\]; unexpected keys \[extra\]"):
         build_vision_encoder(cfg)
     cfg.weights = str(tmp_path / "absent.pt")
     with pytest.raises(FileNotFoundError, match="model.vision.weights"):

@@ -1,4 +1,4 @@
-"""Published weights: MosaicGPT names, OpenFlamingo / RoboFlamingo key layouts, the convert command.
+"""Published weights: MosaicGPT names (models/mosaic_gpt.py), OpenFlamingo / RoboFlamingo key layouts, the convert command.
 
 The fixture writes, from tiny configs, the files a user downloads: a MosaicGPT LM directory (MPT-1B's
 remote-code names), an open_clip vision weights file, and checkpoints in the original layouts
@@ -21,7 +21,7 @@ from torch import nn
 
 from roboflamingo import cli
 from roboflamingo.config import to_yaml
-from roboflamingo.models import published
+from roboflamingo.models import mosaic_gpt, published
 from roboflamingo.models.config import HeadConfig, LMConfig, VisionConfig
 from roboflamingo.models.convert import Job, convert
 from roboflamingo.models.lm_adapters import build_lm
@@ -167,19 +167,19 @@ def _episode(n: int = 7):
 # -- MosaicGPT ---------------------------------------------------------------------------------------
 
 def test_mosaic_gpt_names_map_onto_transformers_mpt(tmp_path):
-    assert published.mosaic_to_mpt_key("transformer.blocks.3.attn.Wqkv.weight") == "transformer.blocks.3.attn.Wqkv.weight"
-    assert published.mosaic_to_mpt_key("transformer.blocks.3.attn.out_proj.weight") == \
+    assert mosaic_gpt.mosaic_to_mpt_key("transformer.blocks.3.attn.Wqkv.weight") == "transformer.blocks.3.attn.Wqkv.weight"
+    assert mosaic_gpt.mosaic_to_mpt_key("transformer.blocks.3.attn.out_proj.weight") == \
         "transformer.blocks.3.attn.out_proj.weight"
-    assert published.mosaic_to_mpt_key("transformer.blocks.0.ln_1.weight") == "transformer.blocks.0.norm_1.weight"
-    assert published.mosaic_to_mpt_key("transformer.blocks.0.ln_2.weight") == "transformer.blocks.0.norm_2.weight"
-    assert published.mosaic_to_mpt_key("transformer.blocks.0.mlp.mlp_up.weight") == "transformer.blocks.0.ffn.up_proj.weight"
-    assert published.mosaic_to_mpt_key("transformer.blocks.0.mlp.mlp_down.weight") == \
+    assert mosaic_gpt.mosaic_to_mpt_key("transformer.blocks.0.ln_1.weight") == "transformer.blocks.0.norm_1.weight"
+    assert mosaic_gpt.mosaic_to_mpt_key("transformer.blocks.0.ln_2.weight") == "transformer.blocks.0.norm_2.weight"
+    assert mosaic_gpt.mosaic_to_mpt_key("transformer.blocks.0.mlp.mlp_up.weight") == "transformer.blocks.0.ffn.up_proj.weight"
+    assert mosaic_gpt.mosaic_to_mpt_key("transformer.blocks.0.mlp.mlp_down.weight") == \
         "transformer.blocks.0.ffn.down_proj.weight"
-    assert published.mosaic_to_mpt_key("transformer.ln_f.weight") == "transformer.norm_f.weight"
-    assert published.mosaic_to_mpt_key("transformer.wte.weight") == "transformer.wte.weight"
-    assert published.mosaic_to_mpt_key("transformer.blocks.0.attn.q_ln.weight") == \
+    assert mosaic_gpt.mosaic_to_mpt_key("transformer.ln_f.weight") == "transformer.norm_f.weight"
+    assert mosaic_gpt.mosaic_to_mpt_key("transformer.wte.weight") == "transformer.wte.weight"
+    assert mosaic_gpt.mosaic_to_mpt_key("transformer.blocks.0.attn.q_ln.weight") == \
         "transformer.blocks.0.attn.Wqkv.q_ln.weight"
-    assert published.mosaic_to_mpt_key("transformer.blocks.0.attn.rotary.weight") is None
+    assert mosaic_gpt.mosaic_to_mpt_key("transformer.blocks.0.attn.rotary.weight") is None
 
     ref, _ = _write_mosaic_dir(tmp_path / "lm")
     lm = build_lm(LMConfig(family="mpt", path=str(tmp_path / "lm")), vocab=0).eval()
@@ -197,7 +197,7 @@ def test_mosaic_gpt_features_mpt_lacks_are_refused(tmp_path):
     _, raw = _write_mosaic_dir(tmp_path / "extra")
     raw["transformer.blocks.1.attn.q_ln.weight"] = torch.ones(32)
     torch.save(raw, tmp_path / "extra" / "pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"unmapped keys \[transformer.blocks.1.attn.Wqkv.q_ln.weight\]"):
+    with pytest.raises(ValueError, match=r"unexpected keys \[transformer.blocks.1.attn.Wqkv.q_ln.weight\]"):
         build_lm(LMConfig(family="mpt", path=str(tmp_path / "extra")), vocab=0)
     _write_mosaic_dir(tmp_path / "lowbias", no_bias=False)
     with pytest.raises(ValueError, match="no_bias=false"):

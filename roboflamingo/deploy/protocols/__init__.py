@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
-from roboflamingo.deploy.protocols.frames import Send, Translator
+from roboflamingo.deploy.protocols.frames import Send
 from roboflamingo.types import OBS_KEYS
 
 if TYPE_CHECKING:
@@ -44,6 +44,19 @@ OPENPI_PATH = "/openpi"
 VLA_EVAL_PATH = "/vla-eval"
 PATHS = (NATIVE_PATH, OPENPI_PATH, VLA_EVAL_PATH)
 OPENPI_KEYS = ("prompt", *OBS_KEYS)  # what an openpi observation for our policies carries
+
+
+class Translator(Protocol):
+    """One connection's protocol, between the client's frames and the server's native ones."""
+
+    name: str
+
+    def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
+        """The native request frames one client frame stands for, in order (it may answer directly)."""
+
+    def outgoing(self, frame: bytes | str) -> bytes | str | None:
+        """The client's form of one frame the server sends (None: nothing goes out)."""
+
 
 class NativeTranslator:
     """Our own protocol (``server.py``'s docstring): frames pass through unchanged."""

@@ -1,31 +1,19 @@
-"""What every protocol translator shares: the ``Translator`` seam and the checks on foreign frames.
+"""What every protocol translator shares: the send callable, the pre-decode frame check, the map walk.
 
-Its own module, not the package's ``__init__`` (which picks a translator per connection and so
-imports every protocol), so that the protocols import it without an import circle.
+A module of its own (not the package ``__init__``) so the translators can import it while the
+package picks among them without an import circle.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from roboflamingo.deploy.codec import CodecError
 
 MAX_DEPTH = 16  # foreign frames are walked after decoding; real observations nest 3 deep
 
 Send = Callable[[bytes | str], Awaitable[None]]
-
-
-class Translator(Protocol):
-    """One connection's protocol, between the client's frames and the server's native ones."""
-
-    name: str
-
-    def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
-        """The native request frames one client frame stands for, in order (it may answer directly)."""
-
-    def outgoing(self, frame: bytes | str) -> bytes | str | None:
-        """The client's form of one frame the server sends (None: nothing goes out)."""
 
 
 def frame_problem(frame: bytes | str, limit: int, expected: str = "a binary msgpack frame") -> str | None:
