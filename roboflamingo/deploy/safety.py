@@ -30,8 +30,12 @@ from roboflamingo.types import (
     GRIPPER_CLOSE,
     GRIPPER_INDEX,
     GRIPPER_OPEN,
-    MAX_REL_ORN,
-    MAX_REL_POS,
+    POSE_DIM,
+    TCP_ORN,
+    TCP_POS,
+    action_deltas,
+    integrate_action,
+    wrap_angle,
 )
 
 
@@ -72,11 +76,6 @@ class SafetyConfig:
 
 class SafetyError(RuntimeError):
     """The filter cannot produce a safe command (e.g. the robot starts outside the workspace)."""
-
-
-def wrap_angle(x: np.ndarray | float) -> np.ndarray:
-    """Angles to [-pi, pi)."""
-    return (np.asarray(x, dtype=np.float64) + np.pi) % (2 * np.pi) - np.pi
 
 
 def rotation_angle(euler_a: np.ndarray, euler_b: np.ndarray) -> float:
@@ -132,15 +131,15 @@ class SafetyFilter:
     def reset(self, tcp_pose: np.ndarray) -> None:
         """Start accumulating from the measured TCP pose (xyz, euler xyz), as CALVIN does on reset."""
         pose = np.asarray(tcp_pose, dtype=np.float64).reshape(-1)
-        if pose.shape != (6,) or not np.all(np.isfinite(pose)):
-            raise SafetyError(f"tcp pose must be 6 finite numbers, got {pose}")
-        if not self.in_workspace(pose[:3]):
+        if pose.shape != (POSE_DIM,) or not np.all(np.isfinite(pose)):
+            raise SafetyError(f"tcp pose must be {POSE_DIM} finite numbers, got {pose}")
+        if not self.in_workspace(pose[TCP_POS]):
             # Jumping into the box would exceed the step cap; a person must move the arm first.
             raise SafetyError(
-                f"tcp position {np.round(pose[:3], 4).tolist()} is outside the workspace box "
+                f"tcp position {np.round(pose[TCP_POS], 4).tolist()} is outside the workspace box "
                 f"{self.low.tolist()}..{self.high.tolist()}; move the arm inside before starting"
             )
-        self.target = np.concatenate([pose[:3], wrap_angle(pose[3:])])
+        self.target = np.concatenate([pose[TCP_POS], wrap_angle(pose[TCP_ORN])])
 
     def apply(self, action: np.ndarray) -> Command:
         if self.target is None:
@@ -150,18 +149,17 @@ class SafetyFilter:
             raise SafetyError(f"action must be {ACTION_DIM} finite numbers, got {a}")
         a = np.clip(a, -1.0, 1.0)
         scale = self.cfg.action_scale
-        prev_pos, prev_orn = self.target[:3], self.target[3:]
+        prev_pos, prev_orn = self.target[TCP_POS], self.target[TCP_ORN]
 
-        desired = np.clip(prev_pos + a[:3] * MAX_REL_POS * scale, self.low, self.high)
+        # where CALVIN's integration puts the target (the position; the turn is capped below instead)
+        desired, _ = integrate_action(prev_pos, prev_orn, a, self.low, self.high, scale)
         step = desired - prev_pos
         norm = float(np.linalg.norm(step))
         if norm > self.cfg.max_step_m:
             step *= self.cfg.max_step_m / norm
         position = np.clip(prev_pos + step, self.low, self.high)  # guards against rounding only
 
-        turn = np.clip(
-            wrap_angle(a[3:6] * MAX_REL_ORN * scale), -self.cfg.max_step_rad, self.cfg.max_step_rad
-        )
+        turn = np.clip(wrap_angle(action_deltas(a, scale)[1]), -self.cfg.max_step_rad, self.cfg.max_step_rad)
         euler = cap_rotation(prev_orn, turn, self.cfg.max_step_rad)
 
         gripper = GRIPPER_OPEN if a[GRIPPER_INDEX] >= 0 else GRIPPER_CLOSE

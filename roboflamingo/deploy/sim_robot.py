@@ -34,16 +34,27 @@ from roboflamingo.deploy.messages import (
     encode_joint_state,
     encode_pose_stamped,
 )
-from roboflamingo.deploy.safety import wrap_angle
 from roboflamingo.io import atomic_write_json
 from roboflamingo.sim.config import EnvConfig
 from roboflamingo.types import (
+    ACTION_DIM,
+    ACTION_ORN,
+    ACTION_POS,
+    ARM_JOINT_STATES,
+    GRIPPER_ACTION,
+    GRIPPER_CLOSE,
+    GRIPPER_INDEX,
+    GRIPPER_OPEN,
+    GRIPPER_WIDTH,
     MAX_REL_ORN,
     MAX_REL_POS,
     RGB_GRIPPER,
     RGB_STATIC,
     ROBOT_OBS,
     SCENE_OBS,
+    TCP_ORN,
+    TCP_POS,
+    wrap_angle,
 )
 
 LOG = logging.getLogger("roboflamingo.sim_robot")
@@ -78,11 +89,12 @@ class Job:
 
 
 def relative_action(target_pose: np.ndarray, current_target: np.ndarray, gripper: float) -> np.ndarray:
-    """Absolute target -> CALVIN relative action against the env's accumulated target pose."""
-    rel = np.empty(7)
-    rel[:3] = (target_pose[:3] - current_target[:3]) / MAX_REL_POS
-    rel[3:6] = wrap_angle(target_pose[3:6] - current_target[3:6]) / MAX_REL_ORN
-    rel[6] = 1.0 if gripper >= 0 else -1.0
+    """Absolute target -> CALVIN relative action against the env's accumulated target pose (both
+    xyz then euler xyz, as ``robot_obs[TCP_POSE]``): the inverse of ``types.integrate_action``."""
+    rel = np.empty(ACTION_DIM)
+    rel[ACTION_POS] = (target_pose[TCP_POS] - current_target[TCP_POS]) / MAX_REL_POS
+    rel[ACTION_ORN] = wrap_angle(target_pose[TCP_ORN] - current_target[TCP_ORN]) / MAX_REL_ORN
+    rel[GRIPPER_INDEX] = GRIPPER_OPEN if gripper >= 0 else GRIPPER_CLOSE
     return np.clip(rel, -1.0, 1.0)
 
 
@@ -96,7 +108,7 @@ class SimRobot:
         self.bridge = bridge if bridge is not None else RosBridge(job.deploy)
         self.task, self.instruction, reset_options = self._episode()
         self.obs, _ = self.env.reset(seed=job.seed, options=reset_options)
-        self.gripper = float(self.obs[ROBOT_OBS][14])
+        self.gripper = float(self.obs[ROBOT_OBS][GRIPPER_ACTION])
         self.steps = 0
         self.success = False
         self._lock = threading.Lock()
@@ -171,17 +183,17 @@ class SimRobot:
             ),
             (
                 topics.tcp_pose,
-                encode_pose_stamped(robot_obs[:3], robot_obs[3:6], t, d.frame_id, d.ros_version),
+                encode_pose_stamped(robot_obs[TCP_POS], robot_obs[TCP_ORN], t, d.frame_id, d.ros_version),
             ),
         ]
         if topics.joint_state.name:
-            half = robot_obs[6] / 2
+            half = robot_obs[GRIPPER_WIDTH] / 2
             msgs.append(
                 (
                     topics.joint_state,
                     encode_joint_state(
                         [*d.arm_joints, *d.finger_joints],
-                        [*robot_obs[7:14], half, half],
+                        [*robot_obs[ARM_JOINT_STATES], half, half],
                         t,
                         d.frame_id,
                         d.ros_version,
@@ -189,7 +201,7 @@ class SimRobot:
                 )
             )
         if topics.gripper_width.name:
-            msgs.append((topics.gripper_width, {"data": float(robot_obs[6])}))
+            msgs.append((topics.gripper_width, {"data": float(robot_obs[GRIPPER_WIDTH])}))
         if topics.scene_obs.name:
             msgs.append((topics.scene_obs, encode_float_array(obs[SCENE_OBS])))
         if job.publish_instruction and topics.instruction.name:

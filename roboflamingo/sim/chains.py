@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from roboflamingo import types as T
 from roboflamingo.io import atomic_write_text
 from roboflamingo.sim.scene import BLOCK_NAMES, Scene, load_scene
 from roboflamingo.sim.tasks import TaskOracle
@@ -362,6 +363,18 @@ def neutral_robot_obs(scene: Scene) -> np.ndarray:
     return np.array([*tcp, 0.08, *scene.neutral_joints, 1.0], dtype=np.float64)
 
 
+def furniture_obs(initial_state: dict) -> np.ndarray:
+    """A scene_obs with CALVIN's door, drawer and switch positions and the lights of a symbolic state
+    (the blocks' poses still zero)."""
+    scene_obs = np.zeros(T.SCENE_OBS_DIM)
+    scene_obs[T.SLIDING_DOOR] = DOOR_LEFT if initial_state["slider"] == "left" else 0.0
+    scene_obs[T.DRAWER] = DRAWER_OPEN if initial_state["drawer"] == "open" else 0.0
+    scene_obs[T.SWITCH] = SWITCH_ON if initial_state["lightbulb"] == 1 else 0.0
+    scene_obs[T.LIGHTBULB] = float(initial_state["lightbulb"])
+    scene_obs[T.GREEN_LIGHT] = float(initial_state["led"])
+    return scene_obs
+
+
 def initial_state_to_obs(initial_state: dict, scene: Scene | str, rng: np.random.Generator | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
     """(robot_obs, scene_obs) for a symbolic state.
@@ -372,19 +385,15 @@ def initial_state_to_obs(initial_state: dict, scene: Scene | str, rng: np.random
     """
     scene = load_scene(scene) if isinstance(scene, str) else scene
     robot_obs = neutral_robot_obs(scene)
-    scene_obs = np.zeros(24)
+    scene_obs = furniture_obs(initial_state)
     table_slots = [np.array(s, dtype=float) for s in scene.raw["slots"]["table"]]
     layout = calvin_block_layout(initial_state, list(_oracle().symbolic_state)) if rng is None else None
-    scene_obs[0] = DOOR_LEFT if initial_state["slider"] == "left" else 0.0
-    scene_obs[1] = DRAWER_OPEN if initial_state["drawer"] == "open" else 0.0
-    scene_obs[3] = SWITCH_ON if initial_state["lightbulb"] == 1 else 0.0
-    scene_obs[4] = float(initial_state["lightbulb"])
-    scene_obs[5] = float(initial_state["led"])
     if rng is not None:
         travel = np.array([scene.raw["door"]["travel"], scene.raw["drawer"]["travel"]])
         jitter = rng.uniform(0.0, 0.03, size=2)
-        scene_obs[0:2] = np.where(scene_obs[0:2] > 0, travel - jitter, jitter)
-        scene_obs[3] = scene.raw["switch"]["travel"] - rng.uniform(0, 0.02) if scene_obs[4] else rng.uniform(0, 0.02)
+        scene_obs[T.DOORS] = np.where(scene_obs[T.DOORS] > 0, travel - jitter, jitter)
+        scene_obs[T.SWITCH] = (scene.raw["switch"]["travel"] - rng.uniform(0, 0.02) if scene_obs[T.LIGHTBULB]
+                               else rng.uniform(0, 0.02))
     placed: list[np.ndarray] = []
     for k, name in enumerate(BLOCK_NAMES):
         where = initial_state[name]
@@ -401,7 +410,7 @@ def initial_state_to_obs(initial_state: dict, scene: Scene | str, rng: np.random
             # then reaches the block without touching the door behind it
             yaw = rng.uniform(-np.pi, np.pi) if where == "table" else rng.uniform(*SHELF_YAW_RANGE)
         placed.append(xy)
-        scene_obs[6 + 6 * k: 12 + 6 * k] = [xy[0], xy[1], z, 0.0, 0.0, yaw]
+        scene_obs[T.block_pose(k)] = [xy[0], xy[1], z, 0.0, 0.0, yaw]
     return robot_obs, scene_obs
 
 
