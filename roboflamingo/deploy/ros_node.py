@@ -48,6 +48,8 @@ from roboflamingo.deploy.safety import (
     HOLD_ESTOP,
     TERMINAL_HOLDS,
     CommandGate,
+    Hold,
+    HoldReason,
     LatencyLog,
     SafetyConfig,
     SafetyError,
@@ -263,10 +265,11 @@ class ControlNode:
         self.ready.set()
 
     # -- one cycle (control thread) --------------------------------------------------------------
-    def _hold(self, reason: str) -> str:
-        if reason != WAITING:
-            self.holds[reason.split(":")[0]] += 1
-        return reason
+    def _hold(self, hold: Hold | str) -> str:
+        hold = hold if isinstance(hold, Hold) else Hold(HoldReason(hold))  # an unknown reason raises
+        if hold.reason != WAITING:
+            self.holds[hold.reason] += 1
+        return str(hold)
 
     def _restart_episode(self) -> None:
         self.active_instruction = None

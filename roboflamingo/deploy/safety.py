@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
@@ -167,13 +168,46 @@ class SafetyFilter:
         return Command(position.copy(), euler.copy(), gripper)
 
 
-HOLD_ESTOP = "estop"
-HOLD_TIME_LIMIT = "time_limit"
-TERMINAL_HOLDS = (HOLD_ESTOP, HOLD_TIME_LIMIT)
+class HoldReason(StrEnum):
+    """Why a control cycle sends nothing. The values are the keys of the ROS node's ``holds`` counts
+    in its JSON summary (a StrEnum, so they serialise as these strings)."""
+
+    ESTOP = "estop"
+    TIME_LIMIT = "time_limit"
+    NO_OBSERVATION = "no_observation"
+    STALE = "stale"
+    FUTURE = "future"
+    DISCONNECTED = "disconnected"
+    NO_NEW_OBSERVATION = "no_new_observation"
+    NO_INSTRUCTION = "no_instruction"
+    BAD_MESSAGE = "bad_message"
+    OUTSIDE_WORKSPACE = "outside_workspace"
+    POLICY_ERROR = "policy_error"
+    BAD_ACTION = "bad_action"
+    STALE_ACTION = "stale_action"
+
+
+HOLD_ESTOP = HoldReason.ESTOP
+HOLD_TIME_LIMIT = HoldReason.TIME_LIMIT
+TERMINAL_HOLDS = (HOLD_ESTOP, HOLD_TIME_LIMIT)  # the node stops rather than waits
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A hold and, for the observation checks, the observation it is about.
+
+    ``str(hold)`` is the node's cycle result and log text: ``"stale:rgb_static"``, or the bare reason.
+    """
+
+    reason: HoldReason
+    observation: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.reason}:{self.observation}" if self.observation else str(self.reason)
 
 
 class CommandGate:
-    """Per-cycle go / hold decision. Returns ``None`` to go or a reason string to hold."""
+    """Per-cycle go / hold decision. Returns ``None`` to go or the ``Hold``."""
 
     def __init__(self, max_obs_age_s: float, max_duration_s: float = 0.0) -> None:
         self.max_obs_age_s = max_obs_age_s
@@ -188,21 +222,21 @@ class CommandGate:
         # Latched on purpose: releasing needs a deliberate restart, not a stray "false" message.
         self.estopped = True
 
-    def check(self, now: float, stamps: dict[str, float | None]) -> str | None:
+    def check(self, now: float, stamps: dict[str, float | None]) -> Hold | None:
         if self.estopped:
-            return HOLD_ESTOP
+            return Hold(HoldReason.ESTOP)
         if self.started is not None and self.max_duration_s and now - self.started >= self.max_duration_s:
-            return HOLD_TIME_LIMIT
+            return Hold(HoldReason.TIME_LIMIT)
         for name, stamp in stamps.items():
             if stamp is None:
-                return f"no_observation:{name}"
+                return Hold(HoldReason.NO_OBSERVATION, name)
             age = now - stamp
             if age > self.max_obs_age_s:
-                return f"stale:{name}"
+                return Hold(HoldReason.STALE, name)
             if age < -self.max_obs_age_s:
                 # Stamped ahead of our clock: a skewed or forged clock. Such a message would never
                 # go stale, so it is treated like a stale one.
-                return f"future:{name}"
+                return Hold(HoldReason.FUTURE, name)
         return None
 
 
