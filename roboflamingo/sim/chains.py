@@ -20,7 +20,6 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -86,14 +85,9 @@ def calvin_block_layout(state: dict, keys: tuple[str, ...] | list[str] = CALVIN_
     return layout
 
 
-@lru_cache(maxsize=4)
-def _oracle(path: str | None = None) -> TaskOracle:
-    return TaskOracle.from_file(path)
-
-
 def initial_states(oracle: TaskOracle | None = None) -> list[dict]:
     """CALVIN's symbolic initial states, in itertools.product order (192 with the default variables)."""
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     space = oracle.symbolic_state
     keys = list(space)
     states = []
@@ -114,7 +108,7 @@ def sample_initial_state(rng: np.random.Generator, oracle: TaskOracle | None = N
 
 def chain_start_states(oracle: TaskOracle | None = None, tasks: list[str] | None = None) -> list[dict]:
     """CALVIN's initial states; with ``tasks``, only those from which a chain of those tasks exists."""
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     states = initial_states(oracle)
     return [st for st in states if _has_sequence(st, tasks, oracle)] if tasks else states
 
@@ -131,7 +125,7 @@ def _matches(state: dict, condition: dict) -> bool:
 
 def next_states(state: dict, task: str, oracle: TaskOracle | None = None) -> list[dict]:
     """Symbolic states after ``task`` from ``state``: one per rule whose condition holds."""
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     out = []
     for rule in oracle.specs[task].rules:
         if _matches(state, rule["condition"]):
@@ -142,7 +136,7 @@ def next_states(state: dict, task: str, oracle: TaskOracle | None = None) -> lis
 
 
 def check_sequence(state: dict, tasks: list[str], oracle: TaskOracle | None = None) -> bool:
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     for task in tasks:
         nxt = next_states(state, task, oracle)
         if len(nxt) != 1:
@@ -215,7 +209,7 @@ def sequences_for_state(state: dict, num: int, rng_seed: int, oracle: TaskOracle
     categories cannot satisfy CALVIN's 5-distinct-categories rule, so there the rule becomes: 5
     distinct tasks, no two consecutive ones of the same category.
     """
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     tr = _transitions(oracle)
     pool = _task_pool(tr, tasks)
     distinct_categories = len(set(tr.cats[pool].tolist())) >= SEQUENCE_LENGTH
@@ -261,7 +255,7 @@ def sample_chains(num: int, seed: int = 0, oracle: TaskOracle | None = None,
     chain exists. With ``calvin``, they are exactly CALVIN's ``get_sequences(num)`` instead
     (``calvin_sequences``; no ``tasks``, ``seed`` 0).
     """
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     if calvin and (tasks or seed != 0):
         raise ValueError(f"CALVIN's sequences have no task subset and no seed (got tasks={tasks}, seed={seed}); "
                          "use the built-in generator for those")
@@ -292,7 +286,7 @@ def calvin_sequences(num: int = 1000, oracle: TaskOracle | None = None) -> list[
     """
     if num <= 0:
         raise ValueError(f"calvin_sequences: num must be > 0, got {num}")
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     tr = _transitions(oracle)
     table, cats, dead, n_tasks = tr.table.tolist(), tr.cats.tolist(), tr.dead, len(tr.names)
     states = initial_states(oracle)
@@ -323,7 +317,7 @@ def _cache_dir() -> Path:
 def _sample_chains(num: int, seed: int, oracle: TaskOracle | None, tasks: list[str] | None = None) -> list[Chain]:
     if num <= 0:
         raise ValueError(f"sample_chains: num must be > 0, got {num}")
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     states = chain_start_states(oracle, tasks)
     counts = [len(part) for part in np.array_split(np.arange(num), len(states))]
     chains = []
@@ -387,7 +381,7 @@ def initial_state_to_obs(initial_state: dict, scene: Scene | str, rng: np.random
     robot_obs = neutral_robot_obs(scene)
     scene_obs = furniture_obs(initial_state)
     table_slots = [np.array(s, dtype=float) for s in scene.raw["slots"]["table"]]
-    layout = calvin_block_layout(initial_state, list(_oracle().symbolic_state)) if rng is None else None
+    layout = calvin_block_layout(initial_state, list(TaskOracle.default().symbolic_state)) if rng is None else None
     if rng is not None:
         travel = np.array([scene.raw["door"]["travel"], scene.raw["drawer"]["travel"]])
         jitter = rng.uniform(0.0, 0.03, size=2)

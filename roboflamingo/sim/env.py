@@ -443,7 +443,7 @@ class TabletopEnv(gym.Env):
         if self._task is not None:
             from roboflamingo.sim.tasks import TaskOracle
 
-            self._oracle = TaskOracle.from_file()
+            self._oracle = TaskOracle.default()
             self._oracle.check_names([self._task], source="reset options['task']")
         self._steps = 0
         info = self.get_info()

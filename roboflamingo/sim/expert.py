@@ -68,7 +68,7 @@ class ScriptedExpert:
     def set_task(self, name: str) -> None:
         from roboflamingo.sim.tasks import TaskOracle
 
-        TaskOracle.from_file().check_names([name], source="ScriptedExpert.set_task")
+        TaskOracle.default().check_names([name], source="ScriptedExpert.set_task")
         self._fixed_task = name
         self.reset()
 

@@ -106,7 +106,7 @@ class Job:
 
         for scene in [*self.train_scenes, *self.val_scenes]:
             load_scene(scene)  # a bad scene fails here, naming its file and field
-        oracle = TaskOracle.from_file()
+        oracle = TaskOracle.default()
         oracle.check_names(self.tasks, source="generate.tasks")
         if self.handover:
             tasks = self.tasks or oracle.tasks
@@ -185,7 +185,7 @@ def run_unit(job: Job, unit: Unit, tasks: list[str], out_dir: Path) -> dict:
 
     split_id = [s for s, _ in SPLITS].index(unit.split)
     rng = np.random.default_rng([job.seed, split_id, ord(unit.scene[0]) if unit.scene else 0, unit.index])
-    oracle = TaskOracle.from_file()
+    oracle = TaskOracle.default()
     sentences = load_instructions("train")
     env = _env(job, unit.scene)
     expert = ScriptedExpert(env.scene, noise=job.noise, seed=int(rng.integers(2**31)))
@@ -317,7 +317,7 @@ def run(job: Job) -> int:
 
     for scene in [*job.train_scenes, *job.val_scenes]:
         load_scene(scene)  # a bad scene fails here, naming its file and field
-    oracle = TaskOracle.from_file()
+    oracle = TaskOracle.default()
     tasks = list(job.tasks) or oracle.tasks
     oracle.check_names(tasks, source="generate.tasks")
     root = Path(job.root)

@@ -9,7 +9,7 @@ from roboflamingo.sim.instructions import load_instructions
 from roboflamingo.sim.rollout import reset_to_episode, run_subtask, sample_episode
 from roboflamingo.sim.tasks import TaskOracle
 
-ORACLE = TaskOracle.from_file()
+ORACLE = TaskOracle.default()
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ GRASP_REACH = 0.05
 
 def expert_trace(task: str, home: bool) -> tuple[int, str]:
     """(number of actions, sha256 of their float32 bytes) over the task and its prefix."""
-    oracle = TaskOracle.from_file()
+    oracle = TaskOracle.default()
     scene = load_scene("D")
     rng = np.random.default_rng([SEED, oracle.tasks.index(task), int(home)])
     episode = sample_episode(task, rng, oracle)
@@ -75,7 +75,7 @@ def expert_trace(task: str, home: bool) -> tuple[int, str]:
 
 
 def all_traces() -> dict[str, dict[str, list]]:
-    tasks = TaskOracle.from_file().tasks
+    tasks = TaskOracle.default().tasks
     return {("home:" if home else "") + t: list(expert_trace(t, home)) for home in (False, True) for t in tasks}
 
 
@@ -85,14 +85,14 @@ def recorded():
 
 
 def test_fixture_covers_every_task(recorded):
-    tasks = TaskOracle.from_file().tasks
+    tasks = TaskOracle.default().tasks
     assert set(recorded) == set(tasks) | {"home:" + t for t in tasks}
 
 
 @pytest.mark.parametrize("home", [False, True])
 def test_expert_actions_match_the_recording(recorded, home):
     mismatched = {}
-    for task in TaskOracle.from_file().tasks:
+    for task in TaskOracle.default().tasks:
         key = ("home:" if home else "") + task
         got = list(expert_trace(task, home))
         if got != recorded[key]:
