@@ -128,6 +128,17 @@ def integrate_action(pos: np.ndarray, euler: np.ndarray, action: np.ndarray, low
     return np.clip(pos + d_pos, low, high), wrap_angle(euler + d_orn)
 
 
+def relative_action(target_pose: np.ndarray, current_target: np.ndarray, gripper: float) -> np.ndarray:
+    """The relative action that moves the accumulated target pose ``current_target`` to the absolute
+    ``target_pose`` (both xyz then euler xyz, as ``robot_obs[TCP_POSE]``), clipped to [-1, 1]: the
+    inverse of ``integrate_action``, for a robot commanded by absolute targets (``sim-robot``)."""
+    rel = np.empty(ACTION_DIM)
+    rel[ACTION_POS] = (target_pose[TCP_POS] - current_target[TCP_POS]) / MAX_REL_POS
+    rel[ACTION_ORN] = wrap_angle(target_pose[TCP_ORN] - current_target[TCP_ORN]) / MAX_REL_ORN
+    rel[GRIPPER_INDEX] = GRIPPER_OPEN if gripper >= 0 else GRIPPER_CLOSE
+    return np.clip(rel, -1.0, 1.0)
+
+
 @runtime_checkable
 class Policy(Protocol):
     """What the evaluator, the policy server and the ROS node need from a policy."""

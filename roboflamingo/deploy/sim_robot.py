@@ -37,24 +37,16 @@ from roboflamingo.deploy.messages import (
 from roboflamingo.io import atomic_write_json
 from roboflamingo.sim.config import EnvConfig
 from roboflamingo.types import (
-    ACTION_DIM,
-    ACTION_ORN,
-    ACTION_POS,
     ARM_JOINT_STATES,
     GRIPPER_ACTION,
-    GRIPPER_CLOSE,
-    GRIPPER_INDEX,
-    GRIPPER_OPEN,
     GRIPPER_WIDTH,
-    MAX_REL_ORN,
-    MAX_REL_POS,
     RGB_GRIPPER,
     RGB_STATIC,
     ROBOT_OBS,
     SCENE_OBS,
     TCP_ORN,
     TCP_POS,
-    wrap_angle,
+    relative_action,
 )
 
 LOG = logging.getLogger("roboflamingo.sim_robot")
@@ -86,16 +78,6 @@ class Job:
         require_positive("idle_republish_s", self.idle_republish_s)
         require_positive("max_steps", self.max_steps, allow_zero=True)
         require_positive("duration_s", self.duration_s)
-
-
-def relative_action(target_pose: np.ndarray, current_target: np.ndarray, gripper: float) -> np.ndarray:
-    """Absolute target -> CALVIN relative action against the env's accumulated target pose (both
-    xyz then euler xyz, as ``robot_obs[TCP_POSE]``): the inverse of ``types.integrate_action``."""
-    rel = np.empty(ACTION_DIM)
-    rel[ACTION_POS] = (target_pose[TCP_POS] - current_target[TCP_POS]) / MAX_REL_POS
-    rel[ACTION_ORN] = wrap_angle(target_pose[TCP_ORN] - current_target[TCP_ORN]) / MAX_REL_ORN
-    rel[GRIPPER_INDEX] = GRIPPER_OPEN if gripper >= 0 else GRIPPER_CLOSE
-    return np.clip(rel, -1.0, 1.0)
 
 
 class SimRobot:
