@@ -77,7 +77,7 @@ class ControlConfig:
     wait_for_new_obs: bool = True  # never act twice on the same camera frame
     static_size: int = 200  # images are resized to CALVIN's sizes before the policy sees them
     gripper_size: int = 84
-    initial_gripper: float = 1.0  # robot_obs[14] before the first command of an episode (open)
+    initial_gripper: float = 1.0  # robot_obs[GRIPPER_ACTION] before the first command of an episode (open)
     instruction: str = ""  # fixed instruction; empty: listen on the instruction topic
     max_commands: int = 0  # stop after this many commands; 0: no limit
     log_every_s: float = 5.0

@@ -199,7 +199,7 @@ def run_unit(job: Job, unit: Unit, tasks: list[str], out_dir: Path) -> dict:
         buf: list[dict] = []
 
         def record(o, a, nxt, buf=buf):
-            absolute = np.concatenate([nxt[T.ROBOT_OBS][:6], [a[6]]])
+            absolute = np.concatenate([nxt[T.ROBOT_OBS][T.TCP_POSE], [a[T.GRIPPER_INDEX]]])
             buf.append({T.RGB_STATIC: o[T.RGB_STATIC], T.RGB_GRIPPER: o[T.RGB_GRIPPER],
                         T.ROBOT_OBS: o[T.ROBOT_OBS], T.SCENE_OBS: o[T.SCENE_OBS],
                         T.ACTIONS: absolute, T.REL_ACTIONS: np.asarray(a, dtype=np.float64)})
