@@ -12,6 +12,10 @@ Observation (one control step, numpy, as the simulator and the robot bridge prod
     scene_obs    float (24,)           door, drawer, button, switch, lightbulb, led,
                                        red/blue/pink block pose (6 each)
 
+Code reads these fields by name (``robot_obs[TCP_POS]``, ``scene_obs[DRAWER]``, ``block_pose(k)``),
+never by position; the names below are calvin_env's fields, checked against calvin_env's own
+observation code in tests/eval/test_calvin_env_real.py.
+
 Action: 7-d *relative* action, CALVIN's ``rel_actions``::
 
     [0:3]  tcp position delta / 0.02 m, clipped to [-1, 1]
