@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,14 @@ PUSH_BY = 0.14  # the oracle needs 0.10 m
 FINGER_HALF = 0.012  # half thickness of a finger across its thin side
 FINGERS_HALF_WIDTH = 0.024  # half extent of the two closed fingers side by side
 HOME_TOL = 0.02  # a subtask starting this close to the neutral TCP position needs no homing
+
+
+class PlaceOn(Enum):
+    """Where a held block is put down."""
+
+    SHELF = "slider"  # the free side of the shelf behind the sliding door
+    DRAWER = "drawer"
+    BLOCK = "stack"  # on the nearest block on the table
 
 
 @dataclass
@@ -368,7 +377,7 @@ class ScriptedExpert:
             self._wp([g["x"], g["y"], g["top"] + 0.06], psi, CLOSE, speed=0.015, tol=0.02),
         ]
 
-    def _place_task(self, robot_obs, scene_obs, dest: str) -> list[Waypoint]:
+    def _place_task(self, robot_obs, scene_obs, dest: PlaceOn) -> list[Waypoint]:
         held = self._held_block(robot_obs, scene_obs)
         if held is None:
             return []
@@ -376,13 +385,13 @@ class ScriptedExpert:
         # keep the block's offset in the hand: place the block, not the TCP
         offset_z = robot_obs[T.TCP_POS][2] - pos[2]
         yaw = self._near_neutral(self._yaw(robot_obs))
-        if dest == "slider":
+        if dest is PlaceOn.SHELF:
             side = "slider_right" if scene_obs[T.SLIDING_DOOR] < self.scene.raw["door"]["travel"] / 2 else "slider_left"
             xy = self._shelf_spot(scene_obs, held, side)
             yaw = self._grasp_yaw(np.pi / 2, (1.0, 0.0, 0.0))
             z = self.scene.plank_top + size[2] / 2 + 0.006 + offset_z
             return self._up(robot_obs, yaw, CLOSE) + self._place(xy, z, yaw)
-        if dest == "drawer":
+        if dest is PlaceOn.DRAWER:
             g = self.scene.drawer_geometry()
             xy = self._drawer_spot(scene_obs)
             yaw = self._grasp_yaw(np.pi / 2, (1.0, 0.0, 0.0))
@@ -468,10 +477,10 @@ TASK_PLANS: dict[str, TaskPlan] = {
     # a block on the shelf or in the drawer is grasped across the hand's long side, along x
     **{f"lift_{c}_block_{where}": TaskPlan(E._lift, {"block": f"{c}_block", "prefer": prefer})
        for c in T.BLOCK_COLORS for where, prefer in (("table", None), ("slider", np.pi / 2), ("drawer", np.pi / 2))},
-    "place_in_slider": TaskPlan(E._place_task, {"dest": "slider"}, holding=True),
-    "place_in_drawer": TaskPlan(E._place_task, {"dest": "drawer"}, holding=True),
+    "place_in_slider": TaskPlan(E._place_task, {"dest": PlaceOn.SHELF}, holding=True),
+    "place_in_drawer": TaskPlan(E._place_task, {"dest": PlaceOn.DRAWER}, holding=True),
     "push_into_drawer": TaskPlan(E._push_into_drawer),
-    "stack_block": TaskPlan(E._place_task, {"dest": "stack"}, holding=True),
+    "stack_block": TaskPlan(E._place_task, {"dest": PlaceOn.BLOCK}, holding=True),
     "unstack_block": TaskPlan(E._unstack),
     "turn_on_lightbulb": TaskPlan(E._switch, {"on": True}),
     "turn_off_lightbulb": TaskPlan(E._switch, {"on": False}),
