@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,15 @@ class Job:
         require_positive("idle_republish_s", self.idle_republish_s)
         require_positive("max_steps", self.max_steps, allow_zero=True)
         require_positive("duration_s", self.duration_s)
+
+
+class Ended(StrEnum):
+    """Why a sim-robot episode ended (the result JSON's ``ended``)."""
+
+    SUCCESS = "success"  # the oracle reported the task (with stop_on_success)
+    MAX_STEPS = "max_steps"  # commands applied, or the env truncated the episode
+    DURATION = "duration"  # the wall-clock bound passed
+    STOPPED = "stopped"  # stop() was called
 
 
 class SimRobot:
@@ -215,7 +225,7 @@ class SimRobot:
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
-        ended = "duration"
+        ended = Ended.DURATION
         try:
             self._connect()
             LOG.info("sim robot: task %s, instruction %r", self.task, self.instruction)
@@ -223,7 +233,7 @@ class SimRobot:
             while time.monotonic() - started < self.job.duration_s:
                 got = self._command.wait(self.job.idle_republish_s)
                 if self._stop.is_set():
-                    ended = "stopped"
+                    ended = Ended.STOPPED
                     break
                 self._command.clear()
                 with self._lock:
@@ -232,7 +242,7 @@ class SimRobot:
                     done = self.apply(target)
                     self.publish_observation()
                     if done:
-                        ended = "success" if self.success else "max_steps"
+                        ended = Ended.SUCCESS if self.success else Ended.MAX_STEPS
                         break
                 else:
                     self.publish_observation()
