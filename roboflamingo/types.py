@@ -12,6 +12,10 @@ Observation (one control step, numpy, as the simulator and the robot bridge prod
     scene_obs    float (24,)           door, drawer, button, switch, lightbulb, led,
                                        red/blue/pink block pose (6 each)
 
+Code reads these fields by name (``robot_obs[TCP_POS]``, ``scene_obs[DRAWER]``, ``block_pose(k)``),
+never by position; the names below are calvin_env's fields, checked against calvin_env's own
+observation code in tests/eval/test_calvin_env_real.py.
+
 Action: 7-d *relative* action, CALVIN's ``rel_actions``::
 
     [0:3]  tcp position delta / 0.02 m, clipped to [-1, 1]
@@ -50,7 +54,51 @@ ROBOT_OBS_DIM = 15
 SCENE_OBS_DIM = 24
 ACTION_DIM = 7
 POSE_DIM = 6
-GRIPPER_INDEX = 6
+GRIPPER_INDEX = 6  # in an action: -1 close, +1 open
+
+# robot_obs, field by field (calvin_env ``Robot.get_observation`` with euler angles).
+TCP_POS = slice(0, 3)
+TCP_ORN = slice(3, 6)  # euler xyz
+TCP_POSE = slice(0, 6)  # TCP_POS then TCP_ORN
+GRIPPER_WIDTH = 6  # the sum of the two finger joints (m)
+ARM_JOINT_STATES = slice(7, 14)
+GRIPPER_ACTION = 14  # the last gripper command, -1 or +1
+
+# scene_obs, field by field (calvin_env ``PlayTableScene.get_obs``: doors, buttons, switches, lights,
+# then each movable object's position and euler orientation).
+SLIDING_DOOR = 0
+DRAWER = 1
+BUTTON = 2
+SWITCH = 3
+LIGHTBULB = 4
+GREEN_LIGHT = 5  # the LED the button toggles
+TABLE_JOINTS = slice(0, 4)  # sliding door, drawer, button, switch: the desk's joint positions
+DOORS = slice(0, 2)  # sliding door, drawer
+BLOCKS_START = 6
+BLOCK_COLORS = ("red", "blue", "pink")
+BLOCK_NAMES = tuple(f"{c}_block" for c in BLOCK_COLORS)  # in scene_obs order
+
+
+def block_pose(k: int) -> slice:
+    """The pose (xyz, euler xyz) of block ``k`` of ``BLOCK_NAMES`` in scene_obs."""
+    start = BLOCKS_START + POSE_DIM * k
+    return slice(start, start + POSE_DIM)
+
+
+def block_pos(k: int) -> slice:
+    """The position (xyz) of block ``k`` of ``BLOCK_NAMES`` in scene_obs."""
+    start = BLOCKS_START + POSE_DIM * k
+    return slice(start, start + 3)
+
+
+def block_yaw(k: int) -> int:
+    """The yaw (euler z) of block ``k`` of ``BLOCK_NAMES`` in scene_obs."""
+    return BLOCKS_START + POSE_DIM * k + 5
+
+
+# an action, field by field
+ACTION_POS = slice(0, 3)  # tcp position delta / MAX_REL_POS
+ACTION_ORN = slice(3, 6)  # tcp euler delta / MAX_REL_ORN
 
 STATIC_RES = 200
 GRIPPER_RES = 84
@@ -63,6 +111,36 @@ GRIPPER_OPEN = 1.0
 GRIPPER_CLOSE = -1.0
 
 Observation = dict[str, np.ndarray]
+
+
+def wrap_angle(x: np.ndarray | float) -> np.ndarray:
+    """Angles to [-pi, pi)."""
+    return (np.asarray(x, dtype=np.float64) + np.pi) % (2 * np.pi) - np.pi
+
+
+def action_deltas(action: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The target-pose change a relative action asks for: (position delta (m), euler delta (rad))."""
+    return action[ACTION_POS] * MAX_REL_POS * scale, action[ACTION_ORN] * MAX_REL_ORN * scale
+
+
+def integrate_action(pos: np.ndarray, euler: np.ndarray, action: np.ndarray, low: np.ndarray, high: np.ndarray,
+                     scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """CALVIN's ``use_target_pose``: the target pose after a relative action, position clipped to the
+    workspace box [low, high], euler angles wrapped (the simulator, the scripted expert and the safety
+    filter all accumulate their target this way)."""
+    d_pos, d_orn = action_deltas(action, scale)
+    return np.clip(pos + d_pos, low, high), wrap_angle(euler + d_orn)
+
+
+def relative_action(target_pose: np.ndarray, current_target: np.ndarray, gripper: float) -> np.ndarray:
+    """The relative action that moves the accumulated target pose ``current_target`` to the absolute
+    ``target_pose`` (both xyz then euler xyz, as ``robot_obs[TCP_POSE]``), clipped to [-1, 1]: the
+    inverse of ``integrate_action``, for a robot commanded by absolute targets (``sim-robot``)."""
+    rel = np.empty(ACTION_DIM)
+    rel[ACTION_POS] = (target_pose[TCP_POS] - current_target[TCP_POS]) / MAX_REL_POS
+    rel[ACTION_ORN] = wrap_angle(target_pose[TCP_ORN] - current_target[TCP_ORN]) / MAX_REL_ORN
+    rel[GRIPPER_INDEX] = GRIPPER_OPEN if gripper >= 0 else GRIPPER_CLOSE
+    return np.clip(rel, -1.0, 1.0)
 
 
 @runtime_checkable

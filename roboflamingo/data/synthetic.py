@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from roboflamingo import types as T
 from roboflamingo.data.layout import EP_START_END, LANG_ANN, frame_path
 from roboflamingo.io import atomic_save_npy, atomic_write_yaml
 
@@ -47,14 +48,14 @@ def make_frame(
     """One frame with every key CALVIN's npz files have that the stack uses."""
     rng = np.random.default_rng([seed, frame_id])
     rel = rng.uniform(-1.0, 1.0, size=7)
-    rel[6] = 1.0 if rng.random() < 0.5 else -1.0
-    robot_obs = np.concatenate([rng.normal(0.0, 0.3, size=14), [rel[6]]])
+    rel[T.GRIPPER_INDEX] = 1.0 if rng.random() < 0.5 else -1.0
+    robot_obs = np.concatenate([rng.normal(0.0, 0.3, size=T.GRIPPER_ACTION), [rel[T.GRIPPER_INDEX]]])
     return {
         "rgb_static": _image(rng, frame_id, static_size, content),
         "rgb_gripper": _image(rng, frame_id, gripper_size, content),
         "robot_obs": robot_obs,
         "scene_obs": rng.normal(0.0, 0.1, size=24),
-        "actions": np.concatenate([robot_obs[:6] + 0.01, [rel[6]]]),
+        "actions": np.concatenate([robot_obs[T.TCP_POSE] + 0.01, [rel[T.GRIPPER_INDEX]]]),
         "rel_actions": rel,
     }
 

@@ -46,6 +46,8 @@ from roboflamingo.deploy.safety import (
     HOLD_ESTOP,
     TERMINAL_HOLDS,
     CommandGate,
+    Hold,
+    HoldReason,
     LatencyLog,
     SafetyConfig,
     SafetyError,
@@ -74,7 +76,7 @@ class ControlConfig:
     wait_for_new_obs: bool = True  # never act twice on the same camera frame
     static_size: int = 200  # images are resized to CALVIN's sizes before the policy sees them
     gripper_size: int = 84
-    initial_gripper: float = 1.0  # robot_obs[14] before the first command of an episode (open)
+    initial_gripper: float = 1.0  # robot_obs[GRIPPER_ACTION] before the first command of an episode (open)
     instruction: str = ""  # fixed instruction; empty: listen on the instruction topic
     max_commands: int = 0  # stop after this many commands; 0: no limit
     log_every_s: float = 5.0
@@ -231,10 +233,11 @@ class ControlNode:
         self.ready.set()
 
     # -- one cycle (control thread) --------------------------------------------------------------
-    def _hold(self, reason: str) -> str:
-        if reason != WAITING:
-            self.holds[reason.split(":")[0]] += 1
-        return reason
+    def _hold(self, hold: Hold | str) -> str:
+        hold = hold if isinstance(hold, Hold) else Hold(HoldReason(hold))  # an unknown reason raises
+        if hold.reason != WAITING:
+            self.holds[hold.reason] += 1
+        return str(hold)
 
     def _restart_episode(self) -> None:
         self.active_instruction = None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
 
@@ -30,8 +31,12 @@ from roboflamingo.types import (
     GRIPPER_CLOSE,
     GRIPPER_INDEX,
     GRIPPER_OPEN,
-    MAX_REL_ORN,
-    MAX_REL_POS,
+    POSE_DIM,
+    TCP_ORN,
+    TCP_POS,
+    action_deltas,
+    integrate_action,
+    wrap_angle,
 )
 
 
@@ -72,11 +77,6 @@ class SafetyConfig:
 
 class SafetyError(RuntimeError):
     """The filter cannot produce a safe command (e.g. the robot starts outside the workspace)."""
-
-
-def wrap_angle(x: np.ndarray | float) -> np.ndarray:
-    """Angles to [-pi, pi)."""
-    return (np.asarray(x, dtype=np.float64) + np.pi) % (2 * np.pi) - np.pi
 
 
 def rotation_angle(euler_a: np.ndarray, euler_b: np.ndarray) -> float:
@@ -132,15 +132,15 @@ class SafetyFilter:
     def reset(self, tcp_pose: np.ndarray) -> None:
         """Start accumulating from the measured TCP pose (xyz, euler xyz), as CALVIN does on reset."""
         pose = np.asarray(tcp_pose, dtype=np.float64).reshape(-1)
-        if pose.shape != (6,) or not np.all(np.isfinite(pose)):
-            raise SafetyError(f"tcp pose must be 6 finite numbers, got {pose}")
-        if not self.in_workspace(pose[:3]):
+        if pose.shape != (POSE_DIM,) or not np.all(np.isfinite(pose)):
+            raise SafetyError(f"tcp pose must be {POSE_DIM} finite numbers, got {pose}")
+        if not self.in_workspace(pose[TCP_POS]):
             # Jumping into the box would exceed the step cap; a person must move the arm first.
             raise SafetyError(
-                f"tcp position {np.round(pose[:3], 4).tolist()} is outside the workspace box "
+                f"tcp position {np.round(pose[TCP_POS], 4).tolist()} is outside the workspace box "
                 f"{self.low.tolist()}..{self.high.tolist()}; move the arm inside before starting"
             )
-        self.target = np.concatenate([pose[:3], wrap_angle(pose[3:])])
+        self.target = np.concatenate([pose[TCP_POS], wrap_angle(pose[TCP_ORN])])
 
     def apply(self, action: np.ndarray) -> Command:
         if self.target is None:
@@ -150,18 +150,17 @@ class SafetyFilter:
             raise SafetyError(f"action must be {ACTION_DIM} finite numbers, got {a}")
         a = np.clip(a, -1.0, 1.0)
         scale = self.cfg.action_scale
-        prev_pos, prev_orn = self.target[:3], self.target[3:]
+        prev_pos, prev_orn = self.target[TCP_POS], self.target[TCP_ORN]
 
-        desired = np.clip(prev_pos + a[:3] * MAX_REL_POS * scale, self.low, self.high)
+        # where CALVIN's integration puts the target (the position; the turn is capped below instead)
+        desired, _ = integrate_action(prev_pos, prev_orn, a, self.low, self.high, scale)
         step = desired - prev_pos
         norm = float(np.linalg.norm(step))
         if norm > self.cfg.max_step_m:
             step *= self.cfg.max_step_m / norm
         position = np.clip(prev_pos + step, self.low, self.high)  # guards against rounding only
 
-        turn = np.clip(
-            wrap_angle(a[3:6] * MAX_REL_ORN * scale), -self.cfg.max_step_rad, self.cfg.max_step_rad
-        )
+        turn = np.clip(wrap_angle(action_deltas(a, scale)[1]), -self.cfg.max_step_rad, self.cfg.max_step_rad)
         euler = cap_rotation(prev_orn, turn, self.cfg.max_step_rad)
 
         gripper = GRIPPER_OPEN if a[GRIPPER_INDEX] >= 0 else GRIPPER_CLOSE
@@ -169,13 +168,46 @@ class SafetyFilter:
         return Command(position.copy(), euler.copy(), gripper)
 
 
-HOLD_ESTOP = "estop"
-HOLD_TIME_LIMIT = "time_limit"
-TERMINAL_HOLDS = (HOLD_ESTOP, HOLD_TIME_LIMIT)
+class HoldReason(StrEnum):
+    """Why a control cycle sends nothing. The values are the keys of the ROS node's ``holds`` counts
+    in its JSON summary (a StrEnum, so they serialise as these strings)."""
+
+    ESTOP = "estop"
+    TIME_LIMIT = "time_limit"
+    NO_OBSERVATION = "no_observation"
+    STALE = "stale"
+    FUTURE = "future"
+    DISCONNECTED = "disconnected"
+    NO_NEW_OBSERVATION = "no_new_observation"
+    NO_INSTRUCTION = "no_instruction"
+    BAD_MESSAGE = "bad_message"
+    OUTSIDE_WORKSPACE = "outside_workspace"
+    POLICY_ERROR = "policy_error"
+    BAD_ACTION = "bad_action"
+    STALE_ACTION = "stale_action"
+
+
+HOLD_ESTOP = HoldReason.ESTOP
+HOLD_TIME_LIMIT = HoldReason.TIME_LIMIT
+TERMINAL_HOLDS = (HOLD_ESTOP, HOLD_TIME_LIMIT)  # the node stops rather than waits
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A hold and, for the observation checks, the observation it is about.
+
+    ``str(hold)`` is the node's cycle result and log text: ``"stale:rgb_static"``, or the bare reason.
+    """
+
+    reason: HoldReason
+    observation: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.reason}:{self.observation}" if self.observation else str(self.reason)
 
 
 class CommandGate:
-    """Per-cycle go / hold decision. Returns ``None`` to go or a reason string to hold."""
+    """Per-cycle go / hold decision. Returns ``None`` to go or the ``Hold``."""
 
     def __init__(self, max_obs_age_s: float, max_duration_s: float = 0.0) -> None:
         self.max_obs_age_s = max_obs_age_s
@@ -190,21 +222,21 @@ class CommandGate:
         # Latched on purpose: releasing needs a deliberate restart, not a stray "false" message.
         self.estopped = True
 
-    def check(self, now: float, stamps: dict[str, float | None]) -> str | None:
+    def check(self, now: float, stamps: dict[str, float | None]) -> Hold | None:
         if self.estopped:
-            return HOLD_ESTOP
+            return Hold(HoldReason.ESTOP)
         if self.started is not None and self.max_duration_s and now - self.started >= self.max_duration_s:
-            return HOLD_TIME_LIMIT
+            return Hold(HoldReason.TIME_LIMIT)
         for name, stamp in stamps.items():
             if stamp is None:
-                return f"no_observation:{name}"
+                return Hold(HoldReason.NO_OBSERVATION, name)
             age = now - stamp
             if age > self.max_obs_age_s:
-                return f"stale:{name}"
+                return Hold(HoldReason.STALE, name)
             if age < -self.max_obs_age_s:
                 # Stamped ahead of our clock: a skewed or forged clock. Such a message would never
                 # go stale, so it is treated like a stale one.
-                return f"future:{name}"
+                return Hold(HoldReason.FUTURE, name)
         return None
 
 

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -34,16 +35,19 @@ from roboflamingo.deploy.messages import (
     encode_joint_state,
     encode_pose_stamped,
 )
-from roboflamingo.deploy.safety import wrap_angle
 from roboflamingo.io import atomic_write_json
 from roboflamingo.sim.config import EnvConfig
 from roboflamingo.types import (
-    MAX_REL_ORN,
-    MAX_REL_POS,
+    ARM_JOINT_STATES,
+    GRIPPER_ACTION,
+    GRIPPER_WIDTH,
     RGB_GRIPPER,
     RGB_STATIC,
     ROBOT_OBS,
     SCENE_OBS,
+    TCP_ORN,
+    TCP_POS,
+    relative_action,
 )
 
 LOG = logging.getLogger("roboflamingo.sim_robot")
@@ -77,13 +81,13 @@ class Job:
         require_positive("duration_s", self.duration_s)
 
 
-def relative_action(target_pose: np.ndarray, current_target: np.ndarray, gripper: float) -> np.ndarray:
-    """Absolute target -> CALVIN relative action against the env's accumulated target pose."""
-    rel = np.empty(7)
-    rel[:3] = (target_pose[:3] - current_target[:3]) / MAX_REL_POS
-    rel[3:6] = wrap_angle(target_pose[3:6] - current_target[3:6]) / MAX_REL_ORN
-    rel[6] = 1.0 if gripper >= 0 else -1.0
-    return np.clip(rel, -1.0, 1.0)
+class Ended(StrEnum):
+    """Why a sim-robot episode ended (the result JSON's ``ended``)."""
+
+    SUCCESS = "success"  # the oracle reported the task (with stop_on_success)
+    MAX_STEPS = "max_steps"  # commands applied, or the env truncated the episode
+    DURATION = "duration"  # the wall-clock bound passed
+    STOPPED = "stopped"  # stop() was called
 
 
 class SimRobot:
@@ -96,7 +100,7 @@ class SimRobot:
         self.bridge = bridge if bridge is not None else RosBridge(job.deploy)
         self.task, self.instruction, reset_options = self._episode()
         self.obs, _ = self.env.reset(seed=job.seed, options=reset_options)
-        self.gripper = float(self.obs[ROBOT_OBS][14])
+        self.gripper = float(self.obs[ROBOT_OBS][GRIPPER_ACTION])
         self.steps = 0
         self.success = False
         self._lock = threading.Lock()
@@ -171,17 +175,17 @@ class SimRobot:
             ),
             (
                 topics.tcp_pose,
-                encode_pose_stamped(robot_obs[:3], robot_obs[3:6], t, d.frame_id, d.ros_version),
+                encode_pose_stamped(robot_obs[TCP_POS], robot_obs[TCP_ORN], t, d.frame_id, d.ros_version),
             ),
         ]
         if topics.joint_state.name:
-            half = robot_obs[6] / 2
+            half = robot_obs[GRIPPER_WIDTH] / 2
             msgs.append(
                 (
                     topics.joint_state,
                     encode_joint_state(
                         [*d.arm_joints, *d.finger_joints],
-                        [*robot_obs[7:14], half, half],
+                        [*robot_obs[ARM_JOINT_STATES], half, half],
                         t,
                         d.frame_id,
                         d.ros_version,
@@ -189,7 +193,7 @@ class SimRobot:
                 )
             )
         if topics.gripper_width.name:
-            msgs.append((topics.gripper_width, {"data": float(robot_obs[6])}))
+            msgs.append((topics.gripper_width, {"data": float(robot_obs[GRIPPER_WIDTH])}))
         if topics.scene_obs.name:
             msgs.append((topics.scene_obs, encode_float_array(obs[SCENE_OBS])))
         if job.publish_instruction and topics.instruction.name:
@@ -221,7 +225,7 @@ class SimRobot:
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
-        ended = "duration"
+        ended = Ended.DURATION
         try:
             self._connect()
             LOG.info("sim robot: task %s, instruction %r", self.task, self.instruction)
@@ -229,7 +233,7 @@ class SimRobot:
             while time.monotonic() - started < self.job.duration_s:
                 got = self._command.wait(self.job.idle_republish_s)
                 if self._stop.is_set():
-                    ended = "stopped"
+                    ended = Ended.STOPPED
                     break
                 self._command.clear()
                 with self._lock:
@@ -238,7 +242,7 @@ class SimRobot:
                     done = self.apply(target)
                     self.publish_observation()
                     if done:
-                        ended = "success" if self.success else "max_steps"
+                        ended = Ended.SUCCESS if self.success else Ended.MAX_STEPS
                         break
                 else:
                     self.publish_observation()

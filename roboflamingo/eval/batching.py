@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from roboflamingo.eval.protocol import check_action
+from roboflamingo.subtask import check_action
 from roboflamingo.types import Observation, Policy
 
 Result = np.ndarray | Exception

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from roboflamingo.eval.protocol import side_by_side
-from roboflamingo.sim.chains import calvin_block_layout
+from roboflamingo.sim.chains import calvin_block_layout, furniture_obs
 from roboflamingo.sim.egl import prepare_egl
 from roboflamingo.types import (
     ACTION_DIM,
@@ -44,6 +44,8 @@ from roboflamingo.types import (
     SCENE_OBS,
     SCENE_OBS_DIM,
     Observation,
+    block_pos,
+    block_yaw,
 )
 
 INSTALL_HINT = (
@@ -77,19 +79,11 @@ class CalvinNotInstalled(ImportError):
 def calvin_initial_state_to_obs(initial_state: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """CALVIN's continuous (robot_obs, scene_obs) for a symbolic initial state."""
     layout = calvin_block_layout(initial_state)
-    scene = np.zeros(SCENE_OBS_DIM)
-    if initial_state["slider"] == "left":
-        scene[0] = 0.28
-    if initial_state["drawer"] == "open":
-        scene[1] = 0.22
-    if initial_state["lightbulb"] == 1:
-        scene[3] = 0.088
-    scene[4] = initial_state["lightbulb"]
-    scene[5] = initial_state["led"]
+    scene = furniture_obs(initial_state)
     slots = {"slider_right": BLOCK_SLIDER_RIGHT, "slider_left": BLOCK_SLIDER_LEFT}
     for k, (surface, table_slot, yaw) in enumerate(layout):
-        scene[6 + 6 * k: 9 + 6 * k] = BLOCK_TABLE[table_slot] if table_slot is not None else slots[surface]
-        scene[11 + 6 * k] = yaw
+        scene[block_pos(k)] = BLOCK_TABLE[table_slot] if table_slot is not None else slots[surface]
+        scene[block_yaw(k)] = yaw
     return NEUTRAL_ROBOT_OBS.copy(), scene
 
 

@@ -64,4 +64,4 @@ def make_env(spec: EnvSpec) -> EvalEnv:
 
     env = TabletopEnv(spec.env)
     to_state = partial(initial_state_to_obs, scene=env.scene)
-    return GymOracleEnv(env, TaskOracle.from_file(), to_state, frames_from_obs=spec.env.render)
+    return GymOracleEnv(env, TaskOracle.default(), to_state, frames_from_obs=spec.env.render)

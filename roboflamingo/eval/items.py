@@ -63,7 +63,7 @@ def single_task_items(tasks: list[str], episodes: int, seed: int, sentences: dic
     from roboflamingo.sim.chains import initial_states, next_states
     from roboflamingo.sim.tasks import TaskOracle
 
-    oracle = TaskOracle.from_file()
+    oracle = TaskOracle.default()
     names = list(tasks) or list(oracle.tasks)
     oracle.check_names(names, source="eval.tasks")
     states = initial_states(oracle)

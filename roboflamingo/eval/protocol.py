@@ -5,7 +5,8 @@ The protocol (``calvin_agent/evaluation/evaluate_policy.py``, ``evaluate_sequenc
 1. the environment is reset to the chain's initial state **once per chain**;
 2. for each subtask: ``policy.reset()``, take ``start_info`` from the environment, then for up to
    ``ep_len`` steps act with the subtask's evaluation sentence and ask the oracle, after every step,
-   whether *this* subtask (only the target task) is done relative to ``start_info``;
+   whether *this* subtask (only the target task) is done relative to ``start_info``
+   (``roboflamingo.subtask.subtask_steps``, the loop the demonstrations are recorded with too);
 3. robot and scene carry over between subtasks (no reset); the first failure ends the chain.
 
 An environment enters through the small ``EvalEnv`` interface below (the tabletop through
@@ -23,7 +24,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from roboflamingo.eval.metrics import ChainResult
-from roboflamingo.types import ACTION_DIM, RGB_GRIPPER, RGB_STATIC, Observation, Policy
+from roboflamingo.subtask import (
+    ActionRequest,
+    OracleEnv,
+    StepTimes,
+    SubtaskEnv,
+    drive,
+    subtask_steps,
+)
+from roboflamingo.types import RGB_GRIPPER, RGB_STATIC, Observation, Policy
+
+# ActionRequest and drive are the subtask loop's (roboflamingo.subtask); the chain runners use them from here
+__all__ = ["ActionRequest", "ChainSteps", "EvalEnv", "EvalItem", "GymOracleEnv", "chain_steps", "drive",
+           "rollout_chain", "side_by_side"]
 
 
 @dataclass
@@ -44,44 +57,17 @@ class EvalItem:
             raise ValueError(f"chain {self.index}: {len(self.tasks)} tasks but {len(self.instructions)} instructions")
 
 
-class EvalEnv(Protocol):
-    """What the protocol needs from a simulator plus its task oracle."""
+class EvalEnv(SubtaskEnv, Protocol):
+    """What the protocol needs from a simulator plus its task oracle: a ``SubtaskEnv`` that can be put
+    into a chain's initial state and draw video frames."""
 
     def reset_to(self, initial_state: dict[str, Any], seed: int) -> Observation:
         """Put robot and scene into the chain's initial state; return the first observation."""
-
-    def step(self, action: np.ndarray) -> Observation: ...
-
-    def info(self) -> Any:
-        """A snapshot of the state the oracle compares (CALVIN's ``env.get_info()``)."""
-
-    def successful(self, start_info: Any, task: str) -> bool:
-        """Whether ``task`` was achieved between ``start_info`` and now."""
 
     def frame(self, obs: Observation) -> np.ndarray:
         """An RGB uint8 (H, W, 3) frame for rollout videos."""
 
     def close(self) -> None: ...
-
-
-def check_action(action: Any, policy: Policy) -> np.ndarray:
-    """The policy's action as float32 (7,); a wrong shape or NaN is the policy's bug, named as such."""
-    arr = np.asarray(action, dtype=np.float32)
-    if arr.shape != (ACTION_DIM,):
-        raise ValueError(f"{type(policy).__name__}.step returned shape {arr.shape}, expected ({ACTION_DIM},)")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{type(policy).__name__}.step returned a non-finite action {arr.tolist()}")
-    return arr
-
-
-@dataclass
-class ActionRequest:
-    """What a chain needs next: an action for ``obs`` under ``instruction``; ``new_episode`` says the
-    policy must forget its history first (the subtask's ``policy.reset()``)."""
-
-    obs: Observation
-    instruction: str
-    new_episode: bool
 
 
 ChainSteps = Generator[ActionRequest, np.ndarray, ChainResult]
@@ -102,26 +88,14 @@ def chain_steps(
     Timing: ``policy_s`` is the time spent waiting for actions, ``env_s`` the simulator's.
     """
     start, cpu_start = time.perf_counter(), time.process_time()
-    policy_s = 0.0
     obs = env.reset_to(item.initial_state, seed=item.index)
-    env_s = time.perf_counter() - start
+    times = StepTimes(env_s=time.perf_counter() - start)
     if on_obs is not None:
         on_obs(obs)
+    on_step = None if on_obs is None else (lambda _obs, _action, next_obs: on_obs(next_obs))
     completed, steps = 0, []
     for task, instruction in zip(item.tasks, item.instructions):
-        start_info = env.info()
-        success, t = False, 0
-        while t < ep_len and not success:
-            t0 = time.perf_counter()
-            action = yield ActionRequest(obs, instruction, new_episode=t == 0)
-            t += 1
-            t1 = time.perf_counter()
-            obs = env.step(action)
-            success = env.successful(start_info, task)
-            policy_s += t1 - t0
-            env_s += time.perf_counter() - t1
-            if on_obs is not None:
-                on_obs(obs)
+        success, obs, t = yield from subtask_steps(env, task, instruction, obs, ep_len, on_step, times)
         steps.append(t)
         if not success:
             break
@@ -131,23 +105,11 @@ def chain_steps(
         tasks=list(item.tasks),
         completed=completed,
         steps=steps,
-        policy_s=policy_s,
-        env_s=env_s,
+        policy_s=times.policy_s,
+        env_s=times.env_s,
         wall_s=time.perf_counter() - start,
         cpu_s=time.process_time() - cpu_start,
     )
-
-
-def drive(steps: ChainSteps, policy: Policy) -> ChainResult:
-    """Run a chain's steps with one single-stream policy (``reset`` per subtask, ``step`` per frame)."""
-    try:
-        request = next(steps)
-        while True:
-            if request.new_episode:
-                policy.reset()
-            request = steps.send(check_action(policy.step(request.obs, request.instruction), policy))
-    except StopIteration as done:
-        return done.value
 
 
 def rollout_chain(
@@ -174,15 +136,13 @@ def side_by_side(obs: Observation) -> np.ndarray:
     return np.concatenate([static, gripper[rows][:, cols]], axis=1)
 
 
-class GymOracleEnv:
+class GymOracleEnv(OracleEnv):
     """A Gymnasium environment with our CALVIN-style API plus a task oracle, as an ``EvalEnv``.
 
     ``to_state(initial_state) -> (robot_obs, scene_obs)`` turns the generator's symbolic state into the
-    continuous one passed to ``reset(options=...)``; ``oracle.successful(start_info, now_info, tasks)``
-    returns the achieved subset of ``tasks``. The info dicts that ``reset`` and ``step`` return are
-    the ``get_info()`` snapshots the oracle compares; they are kept rather than queried again, since
-    each snapshot repeats every contact query. ``frames_from_obs=False`` (cameras off) renders video
-    frames with ``env.render()`` instead of reusing the observation's images.
+    continuous one passed to ``reset(options=...)``; stepping and the oracle are ``OracleEnv``'s.
+    ``frames_from_obs=False`` (cameras off) renders video frames with ``env.render()`` instead of
+    reusing the observation's images.
     """
 
     def __init__(
@@ -192,27 +152,12 @@ class GymOracleEnv:
         to_state: Callable[[dict[str, Any]], tuple[np.ndarray, np.ndarray]],
         frames_from_obs: bool = True,
     ):
-        self.env = env
-        self.oracle = oracle
+        super().__init__(env, oracle)
         self.to_state = to_state
         self.frames_from_obs = frames_from_obs
-        self._info: Any = None
 
     def reset_to(self, initial_state: dict[str, Any], seed: int) -> Observation:
-        robot_obs, scene_obs = self.to_state(initial_state)
-        obs, self._info = self.env.reset(seed=seed, options={"robot_obs": robot_obs, "scene_obs": scene_obs})
-        return obs
-
-    def step(self, action: np.ndarray) -> Observation:
-        # terminated/truncated are ignored on purpose: the protocol alone decides when a subtask ends.
-        obs, _reward, _terminated, _truncated, self._info = self.env.step(action)
-        return obs
-
-    def info(self) -> Any:
-        return self._info
-
-    def successful(self, start_info: Any, task: str) -> bool:
-        return task in self.oracle.successful(start_info, self._info, {task})
+        return self.reset_state(*self.to_state(initial_state), seed=seed)
 
     def frame(self, obs: Observation) -> np.ndarray:
         if self.frames_from_obs:

@@ -20,11 +20,11 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from roboflamingo import types as T
 from roboflamingo.io import atomic_write_text
 from roboflamingo.sim.scene import BLOCK_NAMES, Scene, load_scene
 from roboflamingo.sim.tasks import TaskOracle
@@ -85,14 +85,9 @@ def calvin_block_layout(state: dict, keys: tuple[str, ...] | list[str] = CALVIN_
     return layout
 
 
-@lru_cache(maxsize=4)
-def _oracle(path: str | None = None) -> TaskOracle:
-    return TaskOracle.from_file(path)
-
-
 def initial_states(oracle: TaskOracle | None = None) -> list[dict]:
     """CALVIN's symbolic initial states, in itertools.product order (192 with the default variables)."""
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     space = oracle.symbolic_state
     keys = list(space)
     states = []
@@ -113,7 +108,7 @@ def sample_initial_state(rng: np.random.Generator, oracle: TaskOracle | None = N
 
 def chain_start_states(oracle: TaskOracle | None = None, tasks: list[str] | None = None) -> list[dict]:
     """CALVIN's initial states; with ``tasks``, only those from which a chain of those tasks exists."""
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     states = initial_states(oracle)
     return [st for st in states if _has_sequence(st, tasks, oracle)] if tasks else states
 
@@ -130,7 +125,7 @@ def _matches(state: dict, condition: dict) -> bool:
 
 def next_states(state: dict, task: str, oracle: TaskOracle | None = None) -> list[dict]:
     """Symbolic states after ``task`` from ``state``: one per rule whose condition holds."""
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     out = []
     for rule in oracle.specs[task].rules:
         if _matches(state, rule["condition"]):
@@ -141,7 +136,7 @@ def next_states(state: dict, task: str, oracle: TaskOracle | None = None) -> lis
 
 
 def check_sequence(state: dict, tasks: list[str], oracle: TaskOracle | None = None) -> bool:
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     for task in tasks:
         nxt = next_states(state, task, oracle)
         if len(nxt) != 1:
@@ -214,7 +209,7 @@ def sequences_for_state(state: dict, num: int, rng_seed: int, oracle: TaskOracle
     categories cannot satisfy CALVIN's 5-distinct-categories rule, so there the rule becomes: 5
     distinct tasks, no two consecutive ones of the same category.
     """
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     tr = _transitions(oracle)
     pool = _task_pool(tr, tasks)
     distinct_categories = len(set(tr.cats[pool].tolist())) >= SEQUENCE_LENGTH
@@ -260,7 +255,7 @@ def sample_chains(num: int, seed: int = 0, oracle: TaskOracle | None = None,
     chain exists. With ``calvin``, they are exactly CALVIN's ``get_sequences(num)`` instead
     (``calvin_sequences``; no ``tasks``, ``seed`` 0).
     """
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     if calvin and (tasks or seed != 0):
         raise ValueError(f"CALVIN's sequences have no task subset and no seed (got tasks={tasks}, seed={seed}); "
                          "use the built-in generator for those")
@@ -291,7 +286,7 @@ def calvin_sequences(num: int = 1000, oracle: TaskOracle | None = None) -> list[
     """
     if num <= 0:
         raise ValueError(f"calvin_sequences: num must be > 0, got {num}")
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     tr = _transitions(oracle)
     table, cats, dead, n_tasks = tr.table.tolist(), tr.cats.tolist(), tr.dead, len(tr.names)
     states = initial_states(oracle)
@@ -322,7 +317,7 @@ def _cache_dir() -> Path:
 def _sample_chains(num: int, seed: int, oracle: TaskOracle | None, tasks: list[str] | None = None) -> list[Chain]:
     if num <= 0:
         raise ValueError(f"sample_chains: num must be > 0, got {num}")
-    oracle = oracle or _oracle()
+    oracle = oracle or TaskOracle.default()
     states = chain_start_states(oracle, tasks)
     counts = [len(part) for part in np.array_split(np.arange(num), len(states))]
     chains = []
@@ -362,6 +357,18 @@ def neutral_robot_obs(scene: Scene) -> np.ndarray:
     return np.array([*tcp, 0.08, *scene.neutral_joints, 1.0], dtype=np.float64)
 
 
+def furniture_obs(initial_state: dict) -> np.ndarray:
+    """A scene_obs with CALVIN's door, drawer and switch positions and the lights of a symbolic state
+    (the blocks' poses still zero)."""
+    scene_obs = np.zeros(T.SCENE_OBS_DIM)
+    scene_obs[T.SLIDING_DOOR] = DOOR_LEFT if initial_state["slider"] == "left" else 0.0
+    scene_obs[T.DRAWER] = DRAWER_OPEN if initial_state["drawer"] == "open" else 0.0
+    scene_obs[T.SWITCH] = SWITCH_ON if initial_state["lightbulb"] == 1 else 0.0
+    scene_obs[T.LIGHTBULB] = float(initial_state["lightbulb"])
+    scene_obs[T.GREEN_LIGHT] = float(initial_state["led"])
+    return scene_obs
+
+
 def initial_state_to_obs(initial_state: dict, scene: Scene | str, rng: np.random.Generator | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
     """(robot_obs, scene_obs) for a symbolic state.
@@ -372,19 +379,15 @@ def initial_state_to_obs(initial_state: dict, scene: Scene | str, rng: np.random
     """
     scene = load_scene(scene) if isinstance(scene, str) else scene
     robot_obs = neutral_robot_obs(scene)
-    scene_obs = np.zeros(24)
+    scene_obs = furniture_obs(initial_state)
     table_slots = [np.array(s, dtype=float) for s in scene.raw["slots"]["table"]]
-    layout = calvin_block_layout(initial_state, list(_oracle().symbolic_state)) if rng is None else None
-    scene_obs[0] = DOOR_LEFT if initial_state["slider"] == "left" else 0.0
-    scene_obs[1] = DRAWER_OPEN if initial_state["drawer"] == "open" else 0.0
-    scene_obs[3] = SWITCH_ON if initial_state["lightbulb"] == 1 else 0.0
-    scene_obs[4] = float(initial_state["lightbulb"])
-    scene_obs[5] = float(initial_state["led"])
+    layout = calvin_block_layout(initial_state, list(TaskOracle.default().symbolic_state)) if rng is None else None
     if rng is not None:
         travel = np.array([scene.raw["door"]["travel"], scene.raw["drawer"]["travel"]])
         jitter = rng.uniform(0.0, 0.03, size=2)
-        scene_obs[0:2] = np.where(scene_obs[0:2] > 0, travel - jitter, jitter)
-        scene_obs[3] = scene.raw["switch"]["travel"] - rng.uniform(0, 0.02) if scene_obs[4] else rng.uniform(0, 0.02)
+        scene_obs[T.DOORS] = np.where(scene_obs[T.DOORS] > 0, travel - jitter, jitter)
+        scene_obs[T.SWITCH] = (scene.raw["switch"]["travel"] - rng.uniform(0, 0.02) if scene_obs[T.LIGHTBULB]
+                               else rng.uniform(0, 0.02))
     placed: list[np.ndarray] = []
     for k, name in enumerate(BLOCK_NAMES):
         where = initial_state[name]
@@ -401,7 +404,7 @@ def initial_state_to_obs(initial_state: dict, scene: Scene | str, rng: np.random
             # then reaches the block without touching the door behind it
             yaw = rng.uniform(-np.pi, np.pi) if where == "table" else rng.uniform(*SHELF_YAW_RANGE)
         placed.append(xy)
-        scene_obs[6 + 6 * k: 12 + 6 * k] = [xy[0], xy[1], z, 0.0, 0.0, yaw]
+        scene_obs[T.block_pose(k)] = [xy[0], xy[1], z, 0.0, 0.0, yaw]
     return robot_obs, scene_obs
 
 

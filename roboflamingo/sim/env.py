@@ -102,10 +102,6 @@ def panda_urdf() -> str:
             .replace("package://meshes/collision/", meshes + "/collision/"))
 
 
-def wrap_pi(x: np.ndarray) -> np.ndarray:
-    return (np.asarray(x) + np.pi) % (2 * np.pi) - np.pi
-
-
 GL_SCISSOR_TEST = 0x0C11
 
 
@@ -292,26 +288,26 @@ class TabletopEnv(gym.Env):
         p.resetBasePositionAndOrientation(self.robot, [-20.0, -20.0, 0.0], [0, 0, 0, 1])
         p.performCollisionDetection()
         p.resetBasePositionAndOrientation(self.robot, *self._robot_base_pose)
-        for i, joint in enumerate(TABLE_JOINTS):
-            p.resetJointState(self.table, self.table_joints[joint], float(scene_obs[i]))
+        for joint, q in zip(TABLE_JOINTS, scene_obs[T.TABLE_JOINTS]):
+            p.resetJointState(self.table, self.table_joints[joint], float(q))
         for joint in ("base__slide", "base__drawer", "base__switch"):
             p.setJointMotorControl2(self.table, self.table_joints[joint], pybullet.VELOCITY_CONTROL,
                                     targetVelocity=0, force=DOOR_FRICTION)
         p.setJointMotorControl2(self.table, self.table_joints["base__button"], pybullet.POSITION_CONTROL,
                                 targetPosition=0, force=BUTTON_SPRING)
-        self._set_lights(round(float(scene_obs[4])), round(float(scene_obs[5])))
+        self._set_lights(round(float(scene_obs[T.LIGHTBULB])), round(float(scene_obs[T.GREEN_LIGHT])))
         self._button_pressed = self._table_q("base__button") > self.scene.button_geometry()["travel"] / 2
         for k, name in enumerate(BLOCK_NAMES):
-            pose = scene_obs[6 + 6 * k: 12 + 6 * k]
+            pose = scene_obs[T.block_pose(k)]
             p.resetBasePositionAndOrientation(self.blocks[name], pose[:3].tolist(), p.getQuaternionFromEuler(pose[3:6]))
             p.resetBaseVelocity(self.blocks[name], [0, 0, 0], [0, 0, 0])
-        joints = np.asarray(robot_obs[7:14], dtype=float)
+        joints = np.asarray(robot_obs[T.ARM_JOINT_STATES], dtype=float)
         for j, q in zip(ARM_JOINTS, joints):
             p.resetJointState(self.robot, j, float(q))
-        half = float(np.clip(robot_obs[6], 0.0, 0.08)) / 2
+        half = float(np.clip(robot_obs[T.GRIPPER_WIDTH], 0.0, 0.08)) / 2
         for j in FINGER_JOINTS:
             p.resetJointState(self.robot, j, half)
-        self.gripper_action = 1.0 if robot_obs[14] >= 0 else -1.0
+        self.gripper_action = 1.0 if robot_obs[T.GRIPPER_ACTION] >= 0 else -1.0
         self._command_arm(joints)
         self._command_gripper(self.gripper_action)
         pos, orn = self._tcp_pose()
@@ -447,7 +443,7 @@ class TabletopEnv(gym.Env):
         if self._task is not None:
             from roboflamingo.sim.tasks import TaskOracle
 
-            self._oracle = TaskOracle.from_file()
+            self._oracle = TaskOracle.default()
             self._oracle.check_names([self._task], source="reset options['task']")
         self._steps = 0
         info = self.get_info()
@@ -458,9 +454,9 @@ class TabletopEnv(gym.Env):
         a = np.clip(np.asarray(action, dtype=np.float64).reshape(T.ACTION_DIM), -1.0, 1.0)
         if not np.all(np.isfinite(a)):
             raise ValueError(f"action must be finite, got {action}")
-        self.target_pos = np.clip(self.target_pos + a[:3] * T.MAX_REL_POS, self.ws_low, self.ws_high)
-        self.target_euler = wrap_pi(self.target_euler + a[3:6] * T.MAX_REL_ORN)
-        self.gripper_action = T.GRIPPER_OPEN if a[6] >= 0 else T.GRIPPER_CLOSE
+        self.target_pos, self.target_euler = T.integrate_action(self.target_pos, self.target_euler, a,
+                                                                self.ws_low, self.ws_high)
+        self.gripper_action = T.GRIPPER_OPEN if a[T.GRIPPER_INDEX] >= 0 else T.GRIPPER_CLOSE
         self._command_arm(self._ik(self.target_pos, self.target_euler))
         self._command_gripper(self.gripper_action)
         for _ in range(self.action_repeat):

@@ -13,7 +13,10 @@ Conventions: the TCP points down with euler ``(pi, 0, yaw)``; the fingers close 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +33,12 @@ FINGERS_HALF_WIDTH = 0.024  # half extent of the two closed fingers side by side
 HOME_TOL = 0.02  # a subtask starting this close to the neutral TCP position needs no homing
 
 
-def wrap(x):
-    return (np.asarray(x) + np.pi) % (2 * np.pi) - np.pi
+class PlaceOn(Enum):
+    """Where a held block is put down."""
+
+    SHELF = "slider"  # the free side of the shelf behind the sliding door
+    DRAWER = "drawer"
+    BLOCK = "stack"  # on the nearest block on the table
 
 
 @dataclass
@@ -54,12 +61,12 @@ class ScriptedExpert:
         unless already there or holding a block, then plan the task as from a neutral start."""
         self.scene = load_scene(scene) if isinstance(scene, str) else scene
         self.ws_low, self.ws_high = workspace_bounds(self.scene)
-        self.neutral_yaw = float(self.scene.raw["robot"]["neutral_tcp"][5])
+        self.neutral_yaw = float(self.scene.raw["robot"]["neutral_tcp"][T.TCP_ORN][2])
         self.T = self.scene.table_height
         self.z_up = self.T + 0.14
         self.noise = float(noise)
         self.home = bool(home)
-        self.neutral_pos = np.array(self.scene.raw["robot"]["neutral_tcp"][:3], dtype=float)
+        self.neutral_pos = np.array(self.scene.raw["robot"]["neutral_tcp"][T.TCP_POS], dtype=float)
         self.rng = np.random.default_rng(seed)
         self._fixed_task = None
         if task is not None:
@@ -70,7 +77,7 @@ class ScriptedExpert:
     def set_task(self, name: str) -> None:
         from roboflamingo.sim.tasks import TaskOracle
 
-        TaskOracle.from_file().check_names([name], source="ScriptedExpert.set_task")
+        TaskOracle.default().check_names([name], source="ScriptedExpert.set_task")
         self._fixed_task = name
         self.reset()
 
@@ -93,13 +100,13 @@ class ScriptedExpert:
         task = self._fixed_task or task_for_instruction(instruction)
         if self._plan is None or task != self._task:
             self._task = task
-            self._homing = (self.home and np.linalg.norm(robot_obs[:3] - self.neutral_pos) > HOME_TOL
+            self._homing = (self.home and np.linalg.norm(robot_obs[T.TCP_POS] - self.neutral_pos) > HOME_TOL
                             and self._held_block(robot_obs, scene_obs) is None)
             self._plan = self._home_plan(robot_obs) if self._homing else self.plan(task, robot_obs, scene_obs)
             self._i = self._count = self._reached = 0
-            self.target_pos = robot_obs[:3].copy()
-            self.target_euler = robot_obs[3:6].copy()
-            self._grip = OPEN if robot_obs[14] >= 0 else CLOSE
+            self.target_pos = robot_obs[T.TCP_POS].copy()
+            self.target_euler = robot_obs[T.TCP_ORN].copy()
+            self._grip = self._hand(robot_obs)
         elif self._homing and self.done:
             # planned only now, from the neutral pose, so the rest is exactly a neutral start's plan
             self._homing = False
@@ -116,7 +123,7 @@ class ScriptedExpert:
     def _act(self, robot_obs: np.ndarray) -> np.ndarray:
         action = np.zeros(T.ACTION_DIM, dtype=np.float32)
         if self._i >= len(self._plan):
-            action[6] = self._grip
+            action[T.GRIPPER_INDEX] = self._grip
             return action
         wp = self._plan[self._i]
         delta = wp.pos - self.target_pos
@@ -125,18 +132,18 @@ class ScriptedExpert:
             delta = delta * (wp.speed / dist)
         a_pos = np.clip(delta / T.MAX_REL_POS, -1, 1)
         d_orn = np.array([
-            wrap(np.pi - self.target_euler[0]),
-            wrap(0.0 - self.target_euler[1]),
-            wrap(wp.yaw - self.neutral_yaw) - wrap(self.target_euler[2] - self.neutral_yaw),
+            T.wrap_angle(np.pi - self.target_euler[0]),
+            T.wrap_angle(0.0 - self.target_euler[1]),
+            T.wrap_angle(wp.yaw - self.neutral_yaw) - T.wrap_angle(self.target_euler[2] - self.neutral_yaw),
         ])
         a_orn = np.clip(d_orn / T.MAX_REL_ORN, -1, 1)
-        self.target_pos = np.clip(self.target_pos + a_pos * T.MAX_REL_POS, self.ws_low, self.ws_high)
-        self.target_euler = wrap(self.target_euler + a_orn * T.MAX_REL_ORN)
+        self.target_pos, self.target_euler = T.integrate_action(
+            self.target_pos, self.target_euler, np.concatenate([a_pos, a_orn]), self.ws_low, self.ws_high)
         self._grip = wp.grip
-        action[:3], action[3:6], action[6] = a_pos, a_orn, wp.grip
+        action[T.ACTION_POS], action[T.ACTION_ORN], action[T.GRIPPER_INDEX] = a_pos, a_orn, wp.grip
         self._count += 1
         at_target = np.linalg.norm(wp.pos - self.target_pos) < 1e-6 and np.all(np.abs(d_orn - a_orn * T.MAX_REL_ORN) < 1e-6)
-        if at_target and np.linalg.norm(robot_obs[:3] - wp.pos) < wp.tol:
+        if at_target and np.linalg.norm(robot_obs[T.TCP_POS] - wp.pos) < wp.tol:
             self._reached += 1
         limit = wp.max_steps or int(np.ceil(dist / wp.speed)) + 20
         if self._reached > wp.settle or self._count > limit + wp.settle:
@@ -145,10 +152,18 @@ class ScriptedExpert:
         return action
 
     # ------------------------------------------------------------------ scene reading
+    @staticmethod
+    def _hand(robot_obs: np.ndarray) -> float:
+        """The gripper as last commanded (what keeping the hand as it is means)."""
+        return OPEN if robot_obs[T.GRIPPER_ACTION] >= 0 else CLOSE
+
+    @staticmethod
+    def _yaw(robot_obs: np.ndarray) -> float:
+        return robot_obs[T.TCP_ORN][2]
+
     def _block(self, scene_obs: np.ndarray, name: str) -> tuple[np.ndarray, float, tuple]:
         k = BLOCK_NAMES.index(name)
-        pose = scene_obs[6 + 6 * k: 12 + 6 * k]
-        return pose[:3].copy(), float(pose[5]), self.scene.blocks[name].size
+        return scene_obs[T.block_pos(k)].copy(), float(scene_obs[T.block_yaw(k)]), self.scene.blocks[name].size
 
     def _grasp_yaw(self, block_yaw: float, size, rot: float = 0.0, prefer: float | None = None) -> float:
         """Gripper yaw closing across the block's width, nearest the neutral yaw (also after ``rot``)."""
@@ -156,18 +171,18 @@ class ScriptedExpert:
         best, best_cost = 0.0, np.inf
         for k in range(-4, 5):
             psi = block_yaw + k * period
-            rel = wrap(psi - self.neutral_yaw)
+            rel = T.wrap_angle(psi - self.neutral_yaw)
             cost = max(abs(rel), abs(rel + rot))
             if prefer is not None:
-                cost = abs(wrap(psi - prefer))
+                cost = abs(T.wrap_angle(psi - prefer))
             if cost < best_cost - 1e-9:
                 best, best_cost = self.neutral_yaw + rel, cost
         return float(best)
 
     def _held_block(self, robot_obs, scene_obs) -> str | None:
-        if robot_obs[14] >= 0 or robot_obs[6] < 0.01:
+        if robot_obs[T.GRIPPER_ACTION] >= 0 or robot_obs[T.GRIPPER_WIDTH] < 0.01:
             return None
-        dists = {n: np.linalg.norm(self._block(scene_obs, n)[0] - robot_obs[:3]) for n in BLOCK_NAMES}
+        dists = {n: np.linalg.norm(self._block(scene_obs, n)[0] - robot_obs[T.TCP_POS]) for n in BLOCK_NAMES}
         name = min(dists, key=dists.get)
         return name if dists[name] < 0.06 else None
 
@@ -197,15 +212,15 @@ class ScriptedExpert:
 
     def _up(self, robot_obs, yaw=None, grip=None) -> list[Waypoint]:
         """Rise to the travel height first when low, so lateral moves clear the furniture."""
-        pos = robot_obs[:3]
-        yaw = robot_obs[5] if yaw is None else yaw
-        grip = (OPEN if robot_obs[14] >= 0 else CLOSE) if grip is None else grip
+        pos = robot_obs[T.TCP_POS]
+        yaw = self._yaw(robot_obs) if yaw is None else yaw
+        grip = self._hand(robot_obs) if grip is None else grip
         if pos[2] >= self.z_up - 0.03:
             return []
         return [self._wp([pos[0], pos[1], self.z_up], self._near_neutral(yaw), grip, tol=0.03)]
 
     def _near_neutral(self, yaw: float) -> float:
-        return float(self.neutral_yaw + np.clip(wrap(yaw - self.neutral_yaw), -2.3, 2.3))
+        return float(self.neutral_yaw + np.clip(T.wrap_angle(yaw - self.neutral_yaw), -2.3, 2.3))
 
     def _pick(self, pos, yaw, lift_to: float, speed_down: float = 0.012) -> list[Waypoint]:
         above = [pos[0], pos[1], max(pos[2] + 0.09, self.z_up)]
@@ -227,16 +242,16 @@ class ScriptedExpert:
 
     def _release_prelude(self, task, robot_obs, scene_obs) -> list[Waypoint]:
         """A block left in the hand by a previous subtask is put down on the table first."""
-        holding = task in ("place_in_slider", "place_in_drawer", "stack_block")
+        holding = TASK_PLANS[task].holding if task in TASK_PLANS else False
         held = self._held_block(robot_obs, scene_obs)
-        if holding or robot_obs[14] >= 0:
+        if holding or robot_obs[T.GRIPPER_ACTION] >= 0:
             return []
-        yaw = self._near_neutral(robot_obs[5])
+        yaw = self._near_neutral(self._yaw(robot_obs))
         resting = held is not None and abs(self._block(scene_obs, held)[0][2] - self.T
                                            - self.scene.blocks[held].size[2] / 2) < 0.01
         if held is None or resting:  # let go where it is, then rise
-            return [self._wp(robot_obs[:3], yaw, OPEN, settle=3)] + self._up(robot_obs, yaw, OPEN)
-        spot = self._free_spot(scene_obs, held, robot_obs[:3])
+            return [self._wp(robot_obs[T.TCP_POS], yaw, OPEN, settle=3)] + self._up(robot_obs, yaw, OPEN)
+        spot = self._free_spot(scene_obs, held, robot_obs[T.TCP_POS])
         size = self.scene.blocks[held].size
         return self._up(robot_obs, yaw, CLOSE) + self._place(spot, self.T + size[2] / 2 - GRASP_DEPTH + 0.004, yaw)
 
@@ -245,12 +260,12 @@ class ScriptedExpert:
         if not pre:
             pre = self._up(robot_obs)
         body = self._plan_task(task, robot_obs, scene_obs)
-        here = pre[-1].pos if pre else robot_obs[:3]
+        here = pre[-1].pos if pre else robot_obs[T.TCP_POS]
         if body and np.linalg.norm(body[0].pos[:2] - here[:2]) > 0.4:
             # a long move (say from the switch to the drawer) passes over the neutral pose, where
             # IK's null space brings the arm back to its usual configuration; without it the arm
             # can arrive folded the other way and fall short of low targets near its base
-            home = np.array(self.scene.raw["robot"]["neutral_tcp"][:3], dtype=float)
+            home = self.neutral_pos.copy()
             home[2] = self.z_up
             pre = pre + [self._wp(home, body[0].yaw, body[0].grip, tol=0.04)]
         plan = pre + body
@@ -261,35 +276,17 @@ class ScriptedExpert:
         return plan
 
     def _plan_task(self, task: str, robot_obs, scene_obs) -> list[Waypoint]:
-        if task.startswith("lift_"):
-            name = task.split("_")[1] + "_block"
-            pos, yaw, size = self._block(scene_obs, name)
-            prefer = np.pi / 2 if task.endswith(("slider", "drawer")) else None
-            return self._pick(pos, self._grasp_yaw(yaw, size, prefer=prefer), self.z_up)
-        if task.startswith("rotate_"):
-            return self._rotate(task, scene_obs)
-        if task.startswith("push_") and task != "push_into_drawer":
-            return self._push(task, scene_obs)
-        if task in ("move_slider_left", "move_slider_right"):
-            return self._slider(task, scene_obs)
-        if task in ("open_drawer", "close_drawer"):
-            return self._drawer(task, scene_obs)
-        if task in ("turn_on_lightbulb", "turn_off_lightbulb"):
-            return self._switch(task, scene_obs)
-        if task in ("turn_on_led", "turn_off_led"):
-            return self._button()
-        if task in ("place_in_slider", "place_in_drawer", "stack_block"):
-            return self._place_task(task, robot_obs, scene_obs)
-        if task == "push_into_drawer":
-            return self._push_into_drawer(scene_obs)
-        if task == "unstack_block":
-            return self._unstack(scene_obs)
-        raise ValueError(f"ScriptedExpert: no plan for task {task!r}")
+        if task not in TASK_PLANS:
+            raise ValueError(f"ScriptedExpert: no plan for task {task!r} (planned: {', '.join(TASK_PLANS)})")
+        entry = TASK_PLANS[task]
+        return entry.plan(self, robot_obs, scene_obs, **entry.params)
 
-    def _rotate(self, task, scene_obs) -> list[Waypoint]:
-        name = task.split("_")[1] + "_block"
-        rot = -ROTATE_BY if task.endswith("right") else ROTATE_BY
-        pos, yaw, size = self._block(scene_obs, name)
+    def _lift(self, robot_obs, scene_obs, block: str, prefer: float | None) -> list[Waypoint]:
+        pos, yaw, size = self._block(scene_obs, block)
+        return self._pick(pos, self._grasp_yaw(yaw, size, prefer=prefer), self.z_up)
+
+    def _rotate(self, robot_obs, scene_obs, block: str, rot: float) -> list[Waypoint]:
+        pos, yaw, size = self._block(scene_obs, block)
         psi = self._grasp_yaw(yaw, size, rot=rot)
         grasp_z = pos[2] - GRASP_DEPTH
         plan = self._pick(pos, psi, grasp_z + 0.02)
@@ -301,10 +298,8 @@ class ScriptedExpert:
         ]
         return plan
 
-    def _push(self, task, scene_obs) -> list[Waypoint]:
-        name = task.split("_")[1] + "_block"
-        direction = 1.0 if task.endswith("right") else -1.0
-        pos, yaw, size = self._block(scene_obs, name)
+    def _push(self, robot_obs, scene_obs, block: str, direction: float) -> list[Waypoint]:
+        pos, yaw, size = self._block(scene_obs, block)
         half_x = abs(np.cos(yaw)) * size[0] / 2 + abs(np.sin(yaw)) * size[1] / 2
         psi = self._grasp_yaw(0.0, (1.0, 0.0, 0.0))  # fingers side by side along y: a wide pusher
         z = self.T + 0.022
@@ -317,14 +312,14 @@ class ScriptedExpert:
             self._wp([end, pos[1], z + 0.08], psi, CLOSE, speed=0.015, tol=0.03),
         ]
 
-    def _slider(self, task, scene_obs) -> list[Waypoint]:
+    def _slider(self, robot_obs, scene_obs, left: bool) -> list[Waypoint]:
         g = self.scene.door_geometry()
-        q = scene_obs[0]
+        q = scene_obs[T.SLIDING_DOOR]
         knob_x = g["x"] - q
         psi = self._grasp_yaw(np.pi / 2, (1.0, 0.0, 0.0), prefer=np.pi / 2)  # fingers side by side along x
         offset = 0.015 + FINGERS_HALF_WIDTH
         z = g["knob_z"]
-        if task == "move_slider_left":  # push the knob towards -x, from its +x side
+        if left:  # push the knob towards -x, from its +x side
             start, end = knob_x + offset + 0.02, g["x"] - g["travel"] + offset - 0.01
         else:
             start, end = knob_x - offset - 0.02, g["x"] - offset + 0.01
@@ -335,9 +330,9 @@ class ScriptedExpert:
             self._wp([end, g["y"], z + 0.08], psi, CLOSE, speed=0.015, tol=0.03),
         ]
 
-    def _drawer(self, task, scene_obs) -> list[Waypoint]:
+    def _drawer(self, robot_obs, scene_obs, opening: bool) -> list[Waypoint]:
         g = self.scene.drawer_geometry()
-        q = scene_obs[1]
+        q = scene_obs[T.DRAWER]
         psi = self._grasp_yaw(np.pi / 2, (1.0, 0.0, 0.0), prefer=np.pi / 2)  # thin side of the fingers along y
         z = g["handle_z"] + 0.006
         # the fingers go into the gap between the drawer front and its handle bar: pulling hooks the
@@ -345,7 +340,7 @@ class ScriptedExpert:
         # about 2 cm from fully closed)
         gap_y = (g["handle_y"] + 0.006 + g["front_y"]) / 2 - 0.008
         y = gap_y - q
-        end = gap_y - g["travel"] - 0.01 if task == "open_drawer" else gap_y + 0.012
+        end = gap_y - g["travel"] - 0.01 if opening else gap_y + 0.012
         above = self.T + 0.06
         return [
             self._wp([g["x"], y, above], psi, CLOSE, tol=0.02),
@@ -354,14 +349,14 @@ class ScriptedExpert:
             self._wp([g["x"], end, above], psi, CLOSE, speed=0.015, tol=0.03),
         ]
 
-    def _switch(self, task, scene_obs) -> list[Waypoint]:
+    def _switch(self, robot_obs, scene_obs, on: bool) -> list[Waypoint]:
         g = self.scene.switch_geometry()
-        q = scene_obs[3]
+        q = scene_obs[T.SWITCH]
         psi = self._grasp_yaw(np.pi / 2, (1.0, 0.0, 0.0), prefer=np.pi / 2)
         offset = 0.01 + FINGER_HALF
         knob_y = g["y"] + q
         z = g["knob_z"] - 0.008
-        if task == "turn_on_lightbulb":  # push towards +y from the -y side
+        if on:  # push towards +y from the -y side
             start, end = knob_y - offset - 0.02, g["y"] + g["travel"] - offset + 0.008
         else:
             start, end = knob_y + offset + 0.02, g["y"] + offset - 0.008
@@ -372,7 +367,7 @@ class ScriptedExpert:
             self._wp([g["x"], end, z + 0.08], psi, CLOSE, speed=0.015, tol=0.03),
         ]
 
-    def _button(self) -> list[Waypoint]:
+    def _button(self, robot_obs, scene_obs) -> list[Waypoint]:
         g = self.scene.button_geometry()
         psi = self.neutral_yaw
         press = g["top"] - g["travel"] - 0.004 + 0.011  # fingertips 11 mm below the TCP
@@ -382,21 +377,21 @@ class ScriptedExpert:
             self._wp([g["x"], g["y"], g["top"] + 0.06], psi, CLOSE, speed=0.015, tol=0.02),
         ]
 
-    def _place_task(self, task, robot_obs, scene_obs) -> list[Waypoint]:
+    def _place_task(self, robot_obs, scene_obs, dest: PlaceOn) -> list[Waypoint]:
         held = self._held_block(robot_obs, scene_obs)
         if held is None:
             return []
         pos, _, size = self._block(scene_obs, held)
         # keep the block's offset in the hand: place the block, not the TCP
-        offset_z = robot_obs[2] - pos[2]
-        yaw = self._near_neutral(robot_obs[5])
-        if task == "place_in_slider":
-            side = "slider_right" if scene_obs[0] < self.scene.raw["door"]["travel"] / 2 else "slider_left"
+        offset_z = robot_obs[T.TCP_POS][2] - pos[2]
+        yaw = self._near_neutral(self._yaw(robot_obs))
+        if dest is PlaceOn.SHELF:
+            side = "slider_right" if scene_obs[T.SLIDING_DOOR] < self.scene.raw["door"]["travel"] / 2 else "slider_left"
             xy = self._shelf_spot(scene_obs, held, side)
             yaw = self._grasp_yaw(np.pi / 2, (1.0, 0.0, 0.0))
             z = self.scene.plank_top + size[2] / 2 + 0.006 + offset_z
             return self._up(robot_obs, yaw, CLOSE) + self._place(xy, z, yaw)
-        if task == "place_in_drawer":
+        if dest is PlaceOn.DRAWER:
             g = self.scene.drawer_geometry()
             xy = self._drawer_spot(scene_obs)
             yaw = self._grasp_yaw(np.pi / 2, (1.0, 0.0, 0.0))
@@ -419,9 +414,9 @@ class ScriptedExpert:
     def _drawer_spot(self, scene_obs) -> list[float]:
         """Middle of the drawer, but in its part outside the desk when it is only partly open."""
         g = self.scene.drawer_geometry()
-        return [g["x"], min(g["front_y"] - scene_obs[1] + g["depth"] / 2 + 0.01, g["front_y"] - 0.075)]
+        return [g["x"], min(g["front_y"] - scene_obs[T.DRAWER] + g["depth"] / 2 + 0.01, g["front_y"] - 0.075)]
 
-    def _push_into_drawer(self, scene_obs) -> list[Waypoint]:
+    def _push_into_drawer(self, robot_obs, scene_obs) -> list[Waypoint]:
         # the block on the table is carried low over the desk edge and let go above the open drawer
         name = next((n for n in BLOCK_NAMES if self._on_table(scene_obs, n)), None)
         if name is None:
@@ -443,7 +438,7 @@ class ScriptedExpert:
         ]
         return plan
 
-    def _unstack(self, scene_obs) -> list[Waypoint]:
+    def _unstack(self, robot_obs, scene_obs) -> list[Waypoint]:
         tops = [n for n in BLOCK_NAMES if self._block(scene_obs, n)[0][2] > self.T + 0.045
                 and self._block(scene_obs, n)[0][1] < self.scene.raw["plank"]["y"][0]]
         if not tops:
@@ -454,3 +449,42 @@ class ScriptedExpert:
         spot = self._free_spot(scene_obs, name, pos)
         plan = self._pick(pos, psi, pos[2] + 0.06)
         return plan + self._place(spot, self.T + size[2] / 2 - GRASP_DEPTH + 0.004, psi)
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """How the expert plans one task: ``plan(expert, robot_obs, scene_obs, **params)``.
+
+    ``holding``: the task starts with a block in the hand (so a held block is not put down first).
+    """
+
+    plan: Callable[..., list[Waypoint]]
+    params: dict[str, Any] = field(default_factory=dict)
+    holding: bool = False
+
+
+E = ScriptedExpert
+# Every task of envs/tasks.yaml (a test checks the two agree), with what its plan needs to know.
+TASK_PLANS: dict[str, TaskPlan] = {
+    **{f"rotate_{c}_block_{side}": TaskPlan(E._rotate, {"block": f"{c}_block", "rot": rot})
+       for c in T.BLOCK_COLORS for side, rot in (("right", -ROTATE_BY), ("left", ROTATE_BY))},
+    **{f"push_{c}_block_{side}": TaskPlan(E._push, {"block": f"{c}_block", "direction": direction})
+       for c in T.BLOCK_COLORS for side, direction in (("right", 1.0), ("left", -1.0))},
+    "move_slider_left": TaskPlan(E._slider, {"left": True}),
+    "move_slider_right": TaskPlan(E._slider, {"left": False}),
+    "open_drawer": TaskPlan(E._drawer, {"opening": True}),
+    "close_drawer": TaskPlan(E._drawer, {"opening": False}),
+    # a block on the shelf or in the drawer is grasped across the hand's long side, along x
+    **{f"lift_{c}_block_{where}": TaskPlan(E._lift, {"block": f"{c}_block", "prefer": prefer})
+       for c in T.BLOCK_COLORS for where, prefer in (("table", None), ("slider", np.pi / 2), ("drawer", np.pi / 2))},
+    "place_in_slider": TaskPlan(E._place_task, {"dest": PlaceOn.SHELF}, holding=True),
+    "place_in_drawer": TaskPlan(E._place_task, {"dest": PlaceOn.DRAWER}, holding=True),
+    "push_into_drawer": TaskPlan(E._push_into_drawer),
+    "stack_block": TaskPlan(E._place_task, {"dest": PlaceOn.BLOCK}, holding=True),
+    "unstack_block": TaskPlan(E._unstack),
+    "turn_on_lightbulb": TaskPlan(E._switch, {"on": True}),
+    "turn_off_lightbulb": TaskPlan(E._switch, {"on": False}),
+    "turn_on_led": TaskPlan(E._button),
+    "turn_off_led": TaskPlan(E._button),
+}
+del E

@@ -44,7 +44,7 @@ class Job:
         from roboflamingo.sim.tasks import TaskOracle
 
         load_scene(self.scene)  # a bad scene fails here, naming its file and field
-        TaskOracle.from_file().check_names(self.tasks, source="expert_check.tasks")
+        TaskOracle.default().check_names(self.tasks, source="expert_check.tasks")
 
 
 def _check_task(args: tuple[str, str, int, int, int]) -> tuple[str, int, int, int, float]:
@@ -55,7 +55,7 @@ def _check_task(args: tuple[str, str, int, int, int]) -> tuple[str, int, int, in
     from roboflamingo.sim.tasks import TaskOracle
 
     scene, task, episodes, seed, max_steps = args
-    oracle = TaskOracle.from_file()
+    oracle = TaskOracle.default()
     env = TabletopEnv(EnvConfig(scene=scene, render=False))
     expert = ScriptedExpert(env.scene)
     rng = np.random.default_rng([seed, oracle.tasks.index(task)])
@@ -91,7 +91,7 @@ def run(job: Job) -> int:
     from roboflamingo.sim.tasks import TaskOracle
 
     load_scene(job.scene)  # fail early, naming the file, on a bad scene
-    oracle = TaskOracle.from_file()
+    oracle = TaskOracle.default()
     tasks = list(job.tasks) or oracle.tasks
     oracle.check_names(tasks, source="expert_check.tasks")
     args = [(job.scene, t, job.episodes_per_task, job.seed, job.max_steps) for t in tasks]

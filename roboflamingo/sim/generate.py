@@ -104,7 +104,7 @@ class Job:
 
         for scene in [*self.train_scenes, *self.val_scenes]:
             load_scene(scene)  # a bad scene fails here, naming its file and field
-        oracle = TaskOracle.from_file()
+        oracle = TaskOracle.default()
         oracle.check_names(self.tasks, source="generate.tasks")
         if self.handover:
             tasks = self.tasks or oracle.tasks
@@ -181,7 +181,7 @@ def run_unit(job: Job, unit: Unit, tasks: list[str], out_dir: Path) -> dict:
 
     split_id = [s for s, _ in SPLITS].index(unit.split)
     rng = np.random.default_rng([job.seed, split_id, ord(unit.scene[0]) if unit.scene else 0, unit.index])
-    oracle = TaskOracle.from_file()
+    oracle = TaskOracle.default()
     sentences = load_instructions("train")
     env = _env(job, unit.scene)
     expert = ScriptedExpert(env.scene, noise=job.noise, seed=int(rng.integers(2**31)))
@@ -195,7 +195,7 @@ def run_unit(job: Job, unit: Unit, tasks: list[str], out_dir: Path) -> dict:
         buf: list[dict] = []
 
         def record(o, a, nxt, buf=buf):
-            absolute = np.concatenate([nxt[T.ROBOT_OBS][:6], [a[6]]])
+            absolute = np.concatenate([nxt[T.ROBOT_OBS][T.TCP_POSE], [a[T.GRIPPER_INDEX]]])
             buf.append({T.RGB_STATIC: o[T.RGB_STATIC], T.RGB_GRIPPER: o[T.RGB_GRIPPER],
                         T.ROBOT_OBS: o[T.ROBOT_OBS], T.SCENE_OBS: o[T.SCENE_OBS],
                         T.ACTIONS: absolute, T.REL_ACTIONS: np.asarray(a, dtype=np.float64)})
@@ -312,7 +312,7 @@ def run(job: Job) -> int:
 
     for scene in [*job.train_scenes, *job.val_scenes]:
         load_scene(scene)  # a bad scene fails here, naming its file and field
-    oracle = TaskOracle.from_file()
+    oracle = TaskOracle.default()
     tasks = list(job.tasks) or oracle.tasks
     oracle.check_names(tasks, source="generate.tasks")
     root = Path(job.root)

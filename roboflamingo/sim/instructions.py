@@ -27,7 +27,7 @@ def _load(split: str) -> dict[str, tuple[str, ...]]:
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
         raise TaskError(f"{path}: expected a mapping of task name -> sentences")
-    oracle = TaskOracle.from_file()
+    oracle = TaskOracle.default()
     out = {}
     for task, sentences in raw.items():
         oracle.check_names([task], source=f"{path}: field '{task}'")

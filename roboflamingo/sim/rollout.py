@@ -16,6 +16,7 @@ import numpy as np
 
 from roboflamingo.sim.chains import initial_state_to_obs, initial_states, next_states
 from roboflamingo.sim.tasks import TaskOracle
+from roboflamingo.subtask import OracleEnv, drive, subtask_steps
 
 MAX_PREFIX = 3
 
@@ -88,19 +89,10 @@ def reset_to_episode(env, episode: Episode, rng: np.random.Generator):
 
 def run_subtask(env, policy, oracle: TaskOracle, task: str, instruction: str, obs: dict, max_steps: int,
                 on_step: Callable[[dict, np.ndarray, dict], None] | None = None) -> tuple[bool, dict, int]:
-    """CALVIN's rollout of one subtask: ``policy.reset()``, then step until the oracle reports success.
+    """CALVIN's rollout of one subtask (``roboflamingo.subtask``) on a tabletop ``env`` as it is now.
 
     ``on_step(obs, action, next_obs)`` sees every transition (for recording). Returns (success, last
     observation, steps taken).
     """
-    policy.reset()
-    start_info = env.get_info()
-    for t in range(max_steps):
-        action = policy.step(obs, instruction)
-        next_obs, _, _, _, info = env.step(action)
-        if on_step is not None:
-            on_step(obs, action, next_obs)
-        obs = next_obs
-        if oracle.successful(start_info, info, {task}):
-            return True, obs, t + 1
-    return False, obs, max_steps
+    stepper = OracleEnv(env, oracle, info=env.get_info())
+    return drive(subtask_steps(stepper, task, instruction, obs, max_steps, on_step), policy)

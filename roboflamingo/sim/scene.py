@@ -19,9 +19,9 @@ import numpy as np
 import yaml
 
 from roboflamingo.io import atomic_write_text
+from roboflamingo.types import BLOCK_COLORS as BLOCKS
+from roboflamingo.types import BLOCK_NAMES as BLOCK_NAMES  # re-exported: sim code names blocks by scene
 
-BLOCKS = ("red", "blue", "pink")
-BLOCK_NAMES = tuple(f"{c}_block" for c in BLOCKS)
 SURFACES = ("table", "slider_left", "slider_right")
 TEXTURES = ("none", "checker", "stripes")
 

@@ -7,6 +7,7 @@ does (rotation as relative euler angles of ``end * start^-1``, contact sets from
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,13 @@ class TaskOracle:
         return list(self.specs)
 
     @classmethod
+    def default(cls) -> TaskOracle:
+        """The oracle of ``envs/tasks.yaml``, parsed once per process and shared (treat it as read-only)."""
+        return _default_oracle()
+
+    @classmethod
     def from_file(cls, path: str | Path | None = None) -> TaskOracle:
+        """Parse a task file (``envs/tasks.yaml`` by default) into a new oracle; ``default()`` caches it."""
         path = Path(path) if path is not None else envs_dir() / "tasks.yaml"
         if not path.is_file():
             raise TaskError(f"{path}: task file not found")
@@ -162,6 +169,11 @@ class TaskOracle:
             e = end["scene_info"]["lights"][o["light"]]
             return s == int(o["start"]) and e == int(o["end"])
         raise TaskError(f"{self.path}: unknown oracle type {kind!r}")
+
+
+@functools.cache
+def _default_oracle() -> TaskOracle:
+    return TaskOracle.from_file()
 
 
 def _obj(info: dict, name: str) -> dict:

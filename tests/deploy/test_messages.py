@@ -10,7 +10,7 @@ from roboflamingo.config import ConfigError, load
 from roboflamingo.deploy import messages as m
 from roboflamingo.deploy.config import BridgeConfig, TopicConfig, TopicsConfig
 from roboflamingo.deploy.ros_node import Job as RosJob
-from roboflamingo.deploy.safety import wrap_angle
+from roboflamingo.types import wrap_angle
 
 
 @settings(max_examples=100, deadline=None)

@@ -7,17 +7,16 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from roboflamingo.deploy.safety import (
-    HOLD_ESTOP,
-    HOLD_TIME_LIMIT,
     CommandGate,
+    Hold,
+    HoldReason,
     LatencyLog,
     SafetyConfig,
     SafetyError,
     SafetyFilter,
     rotation_angle,
-    wrap_angle,
 )
-from roboflamingo.types import MAX_REL_ORN, MAX_REL_POS
+from roboflamingo.types import MAX_REL_ORN, MAX_REL_POS, wrap_angle
 
 EPS = 1e-9
 unit = st.floats(-1.0, 1.0)
@@ -147,7 +146,9 @@ def test_gate_holds_exactly_when_an_observation_is_missing_or_stale(ages, limit)
     should_hold = any(s is None or now - s > limit for s in stamps.values())
     assert (reason is not None) == should_hold
     if reason:
-        assert reason.startswith(("no_observation:", "stale:"))
+        first = next(k for k, s in stamps.items() if s is None or now - s > limit)
+        assert reason == Hold(HoldReason.NO_OBSERVATION if stamps[first] is None else HoldReason.STALE, first)
+        assert str(reason) == f"{reason.reason.value}:{first}"  # the node's cycle result
 
 
 @settings(max_examples=200, deadline=None)
@@ -156,8 +157,8 @@ def test_future_dated_observations_hold_like_stale_ones(ahead, limit):
     gate = CommandGate(max_obs_age_s=limit)
     stamp = 1000.0 + ahead
     reason = gate.check(1000.0, {"cam": stamp})
-    assert (reason == "future:cam") == (1000.0 - stamp < -limit)
-    assert reason in (None, "future:cam")
+    assert (reason == Hold(HoldReason.FUTURE, "cam")) == (1000.0 - stamp < -limit)
+    assert reason in (None, Hold(HoldReason.FUTURE, "cam"))
 
 
 def test_a_full_rotation_on_three_axes_is_capped_as_one_rotation():
@@ -210,7 +211,7 @@ def test_any_config_is_refused_or_yields_finite_bounded_commands(values, box, us
         assert np.linalg.norm(cmd.position - prev[:3]) <= cfg.max_step_m + EPS
         prev = cmd.pose
     gate = CommandGate(cfg.max_obs_age_s, cfg.max_duration_s)
-    assert gate.check(0.0, {"cam": -2 * cfg.max_obs_age_s}) == "stale:cam"
+    assert gate.check(0.0, {"cam": -2 * cfg.max_obs_age_s}) == Hold(HoldReason.STALE, "cam")
 
 
 @pytest.mark.parametrize("field", NUMERIC_FIELDS)
@@ -225,15 +226,15 @@ def test_estop_latches_and_wins_over_everything():
     gate.start(0.0)
     assert gate.check(1.0, {"cam": 1.0}) is None
     gate.engage_estop()
-    assert gate.check(1.0, {"cam": 1.0}) == HOLD_ESTOP
-    assert gate.check(100.0, {"cam": None}) == HOLD_ESTOP
+    assert gate.check(1.0, {"cam": 1.0}) == Hold(HoldReason.ESTOP)
+    assert gate.check(100.0, {"cam": None}) == Hold(HoldReason.ESTOP)
 
 
 def test_time_limit():
     gate = CommandGate(max_obs_age_s=1.0, max_duration_s=5.0)
     gate.start(10.0)
     assert gate.check(14.9, {"cam": 14.9}) is None
-    assert gate.check(15.0, {"cam": 15.0}) == HOLD_TIME_LIMIT
+    assert gate.check(15.0, {"cam": 15.0}) == Hold(HoldReason.TIME_LIMIT)
 
 
 def test_latency_percentiles():
@@ -243,3 +244,15 @@ def test_latency_percentiles():
     s = log.summary()["infer_ms"]
     assert s["count"] == 100 and s["p50_ms"] == pytest.approx(50.5) and s["max_ms"] == 100
     assert s["p90_ms"] <= s["p99_ms"] <= s["max_ms"]
+
+
+def test_hold_reasons_serialise_as_the_summary_keys():
+    import json
+    from collections import Counter
+
+    holds = Counter([HoldReason.STALE, HoldReason.STALE, HoldReason.ESTOP])
+    assert json.loads(json.dumps(dict(holds))) == {"stale": 2, "estop": 1}
+    assert str(Hold(HoldReason.NO_OBSERVATION, "rgb_static")) == "no_observation:rgb_static"
+    assert str(Hold(HoldReason.ESTOP)) == "estop"
+    with pytest.raises(ValueError):
+        HoldReason("estopp")  # a closed set: a misspelt reason is an error, not a new counter

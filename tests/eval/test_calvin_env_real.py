@@ -117,3 +117,76 @@ def test_a_checkpoint_policy_evaluates_two_chains_in_real_calvin_env(checkpoint,
 
     expected = {tuple(c.tasks) for c in calvin_sequences(2)}  # CALVIN's get_sequences(2)
     assert {tuple(r["tasks"]) for r in records} == expected
+
+
+def test_named_observation_fields_are_calvin_envs_own(env):
+    """types' robot_obs / scene_obs slices pick out the fields calvin_env's own info reports."""
+    import pybullet
+
+    from roboflamingo import types as T
+
+    env.reset_to(STATE, 0)
+    env.step(np.array([0.5, -0.5, -1, 0.2, 0, 0.3, -1.0]))  # move and close: no field is at its default
+    obs, info = env.env.get_obs(), env.env.get_info()
+    robot_obs, scene_obs = obs["robot_obs"], obs["scene_obs"]
+    robot = info["robot_info"]
+    np.testing.assert_array_equal(robot_obs[T.TCP_POS], robot["tcp_pos"])
+    np.testing.assert_array_equal(robot_obs[T.TCP_ORN], robot["tcp_orn"])  # euler: calvin_env's euler_obs
+    assert robot_obs[T.GRIPPER_WIDTH] == robot["gripper_opening_width"]
+    np.testing.assert_array_equal(robot_obs[T.ARM_JOINT_STATES], robot["arm_joint_states"])
+    assert robot_obs[T.GRIPPER_ACTION] == robot["gripper_action"] == -1
+    scene = info["scene_info"]
+    assert scene_obs[T.SLIDING_DOOR] == scene["doors"]["base__slide"]["current_state"]
+    assert scene_obs[T.DRAWER] == scene["doors"]["base__drawer"]["current_state"]
+    assert scene_obs[T.BUTTON] == scene["buttons"]["base__button"]["joint_state"]
+    assert scene_obs[T.SWITCH] == scene["switches"]["base__switch"]["joint_state"]
+    assert scene_obs[T.LIGHTBULB] == scene["lights"]["lightbulb"]["logical_state"]
+    assert scene_obs[T.GREEN_LIGHT] == scene["lights"]["led"]["logical_state"]
+    assert list(scene["movable_objects"]) == [f"block_{c}" for c in T.BLOCK_COLORS]
+    for k, color in enumerate(T.BLOCK_COLORS):
+        block = scene["movable_objects"][f"block_{color}"]
+        pose = np.concatenate([block["current_pos"], pybullet.getEulerFromQuaternion(block["current_orn"])])
+        np.testing.assert_allclose(scene_obs[T.block_pose(k)], pose, atol=1e-12)
+        np.testing.assert_array_equal(scene_obs[T.block_pos(k)], block["current_pos"])
+        assert scene_obs[T.block_yaw(k)] == scene_obs[T.block_pose(k)][5]
+
+
+def test_named_robot_fields_follow_calvin_envs_observation_labels():
+    require_calvin_env()
+    from types import SimpleNamespace
+
+    from calvin_env.robot.robot import Robot
+
+    from roboflamingo import types as T
+
+    labels = Robot.get_observation_labels(SimpleNamespace(euler_obs=True, arm_joint_ids=list(range(7))))
+    assert len(labels) == T.ROBOT_OBS_DIM
+    assert labels[T.TCP_POS] == ["tcp_pos_x", "tcp_pos_y", "tcp_pos_z"]
+    assert labels[T.TCP_ORN] == ["tcp_orn_x", "tcp_orn_y", "tcp_orn_z"]
+    assert labels[T.GRIPPER_WIDTH] == "gripper_opening_width"
+    assert labels[T.ARM_JOINT_STATES] == [f"robot_joint_{i}" for i in range(7)]
+    assert labels[T.GRIPPER_ACTION] == "gripper_action"
+
+
+def test_integrate_action_is_calvin_envs_target_pose_update():
+    """calvin_env's Robot.relative_to_absolute (use_target_pose) vs ours, inside the workspace box."""
+    require_calvin_env()
+    from types import SimpleNamespace
+
+    from calvin_env.robot.robot import Robot
+
+    from roboflamingo import types as T
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        pos, orn = rng.uniform(-0.3, 0.3, 3), rng.uniform(-3.0, 3.0, 3)
+        action = np.concatenate([rng.uniform(-1, 1, 6), [1.0]])
+        robot = SimpleNamespace(max_rel_pos=T.MAX_REL_POS, max_rel_orn=T.MAX_REL_ORN, magic_scaling_factor_pos=1,
+                                magic_scaling_factor_orn=1, use_target_pose=True, target_pos=pos.copy(),
+                                target_orn=orn.copy())
+        their_pos, their_orn, gripper = Robot.relative_to_absolute(robot, action)
+        ours_pos, ours_orn = T.integrate_action(pos, orn, action, np.full(3, -1.0), np.full(3, 1.0))
+        np.testing.assert_allclose(ours_pos, their_pos, rtol=0, atol=1e-15)
+        # calvin_env leaves the accumulated euler angles unwrapped; pybullet reads them modulo 2 pi
+        np.testing.assert_allclose(ours_orn, T.wrap_angle(their_orn), rtol=0, atol=1e-12)
+        assert gripper == action[T.GRIPPER_INDEX]

@@ -162,7 +162,7 @@ def calvin_oracle():
 
 
 def test_both_oracles_give_the_same_verdicts_over_all_34_tasks(calvin_oracle):
-    ours = TaskOracle.from_file()
+    ours = TaskOracle.default()
     tasks = set(ours.tasks)
     assert tasks == set(calvin_oracle.tasks) and len(tasks) == 34
     succeeded, failed = set(), set()

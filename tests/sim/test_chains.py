@@ -30,7 +30,7 @@ def test_192_initial_states():
 
 
 def test_chains_are_valid_deterministic_and_seed_dependent():
-    oracle = TaskOracle.from_file()
+    oracle = TaskOracle.default()
     a, b, c = sample_chains(40, seed=0), sample_chains(40, seed=0), sample_chains(40, seed=1)
     assert [(x.initial_state, x.tasks) for x in a] == [(x.initial_state, x.tasks) for x in b]
     assert [x.tasks for x in a] != [x.tasks for x in c]
@@ -67,7 +67,7 @@ def test_initial_state_to_obs():
 
 def test_instructions():
     train, evals = load_instructions("train"), load_instructions("eval")
-    assert set(train) == set(evals) == set(TaskOracle.from_file().tasks)
+    assert set(train) == set(evals) == set(TaskOracle.default().tasks)
     assert all(len(v) >= 3 for v in train.values()) and all(len(v) == 1 for v in evals.values())
     all_train = {s for v in train.values() for s in v}
     assert not all_train & {v[0] for v in evals.values()}
@@ -90,7 +90,7 @@ def test_initial_state_mapping_ignores_key_order():
 def test_chains_over_a_task_subset_use_only_those_tasks_and_stay_valid():
     subset = ["move_slider_left", "move_slider_right", "open_drawer", "close_drawer",
               "turn_on_led", "turn_off_led", "turn_on_lightbulb", "turn_off_lightbulb"]
-    oracle = TaskOracle.from_file()
+    oracle = TaskOracle.default()
     chains = sample_chains(30, seed=1, tasks=subset)
     assert len(chains) == 30
     for chain in chains:

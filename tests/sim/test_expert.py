@@ -9,7 +9,7 @@ from roboflamingo.sim.instructions import load_instructions
 from roboflamingo.sim.rollout import reset_to_episode, run_subtask, sample_episode
 from roboflamingo.sim.tasks import TaskOracle
 
-ORACLE = TaskOracle.from_file()
+ORACLE = TaskOracle.default()
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,12 @@ def test_homing_expert_returns_to_the_neutral_pose_then_does_the_task(env):
                            on_step=lambda o, a, n: dist.append(np.linalg.norm(o[T.ROBOT_OBS][:3] - expert.neutral_pos)))
     assert ok
     assert dist[0] > 0.1 and min(dist) < 0.02
+
+
+def test_the_task_table_plans_every_task_of_the_oracle():
+    from roboflamingo.sim.expert import TASK_PLANS
+
+    assert list(TASK_PLANS) != [] and set(TASK_PLANS) == set(ORACLE.tasks)
+    held = {t for t, entry in TASK_PLANS.items() if entry.holding}
+    # exactly the tasks whose every rule needs a grasped block start with one in the hand
+    assert held == {t for t in ORACLE.tasks if all(r["condition"].get("grasped") == 1 for r in ORACLE.specs[t].rules)}

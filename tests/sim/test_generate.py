@@ -151,7 +151,7 @@ def test_handover_units_start_where_an_unrecorded_task_of_another_category_ended
     from roboflamingo.sim.rollout import sample_handover
     from roboflamingo.sim.tasks import TaskOracle
 
-    oracle = TaskOracle.from_file()
+    oracle = TaskOracle.default()
     tasks = ["open_drawer", "close_drawer", "turn_on_led", "turn_off_led"]
     rng = np.random.default_rng(0)
     for task in tasks:

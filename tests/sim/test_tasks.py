@@ -7,7 +7,7 @@ import pytest
 
 from roboflamingo.sim.tasks import TaskError, TaskOracle
 
-ORACLE = TaskOracle.from_file()
+ORACLE = TaskOracle.default()
 TABLE = ("table", "base_link")
 FINGER = ("robot", "panda_leftfinger")
 
@@ -128,3 +128,10 @@ def test_unknown_task_and_bad_file_are_named(tmp_path):
                    "    rules: [{condition: {led: 0}, effect: {led: 1}}]\n")
     with pytest.raises(TaskError, match=r"tasks\.yaml: field 'tasks\.open_drawer\.oracle\.type'"):
         TaskOracle.from_file(bad)
+
+
+def test_the_default_oracle_is_parsed_once_and_is_the_task_file():
+    assert TaskOracle.default() is TaskOracle.default()
+    fresh = TaskOracle.from_file()
+    assert fresh is not TaskOracle.default()
+    assert fresh.specs == TaskOracle.default().specs and fresh.symbolic_state == TaskOracle.default().symbolic_state
