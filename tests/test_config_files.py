@@ -10,7 +10,9 @@ interpolations are resolved, so ``data.window: ${model.window}`` is a link that 
 
 from __future__ import annotations
 
+import functools
 import importlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +39,19 @@ class Reader:
     package: str = ""  # where the file's keys land: a group file composed alone sits under its group
 
 
-def _jobs() -> dict[str, type]:
-    """Primary config name -> its command's Job."""
-    return {c.config: importlib.import_module(c.module).Job for c in COMMANDS.values() if c.config}
+@functools.cache
+def _commands(root: Path) -> dict[str, tuple[type, frozenset[str]]]:
+    """Primary config name -> its command's Job and the config groups it takes."""
+    old = os.environ.get("ROBOFLAMINGO_CONFIG_DIR")
+    os.environ["ROBOFLAMINGO_CONFIG_DIR"] = str(root)  # command_groups reads the config dir
+    try:
+        jobs = {c.config: importlib.import_module(c.module).Job for c in COMMANDS.values() if c.config}
+        return {config: (job, frozenset(g.name for g in command_groups(config, job))) for config, job in jobs.items()}
+    finally:
+        if old is None:
+            del os.environ["ROBOFLAMINGO_CONFIG_DIR"]
+        else:
+            os.environ["ROBOFLAMINGO_CONFIG_DIR"] = old
 
 
 def _is_global(path: Path) -> bool:
@@ -48,14 +60,14 @@ def _is_global(path: Path) -> bool:
 
 def readers(rel: str, root: Path = ROOT) -> list[Reader]:
     """Every way a command reads <root>/<rel>."""
-    jobs = _jobs()
+    commands = _commands(root)
     name = rel.removesuffix(".yaml")
     if "/" not in name:
-        return [Reader(name, (), jobs[name])] if name in jobs else []
+        return [Reader(name, (), commands[name][0])] if name in commands else []
     group, option = name.rsplit("/", 1)
     out = []
-    for config, job in jobs.items():
-        if group not in {g.name for g in command_groups(config, job)}:
+    for config, (job, groups) in commands.items():
+        if group not in groups:
             continue
         if _is_global(root / rel):
             out.append(Reader(config, (f"+{group}={option}",), job))
@@ -80,9 +92,8 @@ def _at(tree: Any, path: str) -> Any:
     return tree
 
 
-def _composed(root: Path, reader: Reader, monkeypatch) -> dict:
-    monkeypatch.setenv("ROBOFLAMINGO_CONFIG_DIR", str(root))
-    tree = OmegaConf.merge(OmegaConf.structured(reader.schema), compose(reader.config, list(reader.overrides)))
+def _typed(composed: Any, reader: Reader) -> dict:
+    tree = OmegaConf.merge(OmegaConf.structured(reader.schema), composed)
     if reader.package:
         tree = OmegaConf.select(tree, reader.package)
     return OmegaConf.to_container(tree, resolve=False)
@@ -102,13 +113,18 @@ def restated(rel: str, scratch: Path, monkeypatch, root: Path = ROOT) -> list[st
     # the same file with only its package header and defaults list
     header = "# @package _global_\n" if _is_global(path) else ""
     (copy / rel).write_text(header + (yaml.safe_dump({"defaults": defaults}) if defaults is not None else ""))
-    monkeypatch.setenv("ROBOFLAMINGO_CONFIG_DIR", str(root))  # command_groups reads the config dir
     users = readers(rel, root)
     try:
         needed = set()
-        for reader in users:
-            full, without = _composed(root, reader, monkeypatch), _composed(copy, reader, monkeypatch)
-            needed |= {k for k in keys if _at(full, k) != _at(without, k)}
+        for config, overrides in dict.fromkeys((r.config, r.overrides) for r in users):
+            # composed once as written and once without its keys, then typed by each Job reading it
+            monkeypatch.setenv("ROBOFLAMINGO_CONFIG_DIR", str(root))
+            full = compose(config, list(overrides))
+            monkeypatch.setenv("ROBOFLAMINGO_CONFIG_DIR", str(copy))
+            without = compose(config, list(overrides))
+            for reader in (r for r in users if (r.config, r.overrides) == (config, overrides)):
+                a, b = _typed(full, reader), _typed(without, reader)
+                needed |= {k for k in keys if _at(a, k) != _at(b, k)}
     finally:
         shutil.copy(path, copy / rel)
     return [k for k in keys if k not in needed]
