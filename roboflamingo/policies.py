@@ -233,7 +233,7 @@ def policy_source(cfg: PolicySourceConfig) -> PolicySource:
     (the evaluator's batching core); for the others, ``build_policy`` per call (random: seeds count up)."""
     cfg.check()
     if cfg.kind is PolicyKind.checkpoint:
-        from roboflamingo.eval.batching import BatchedModel, BatchedSession, SlotBatcher
+        from roboflamingo.batching import BatchedModel, BatchedSession, SlotBatcher
         from roboflamingo.threads import choose_threads
 
         # On a CPU the free cores, not all of them (threads.py); elsewhere torch's default.

@@ -162,3 +162,58 @@ def test_the_checker_finds_lazy_and_relative_imports_and_skips_type_checking(tmp
     assert graph["pkg.e"] == set() and graph["pkg.f"] == {"pkg.e"}
     assert graph["pkg.sub"] == {"pkg.sub.x"} and graph["pkg.sub.x"] == {"pkg.d"} and graph["pkg.d"] == {"pkg.sub"}
     assert sorted(find_cycles(graph)) == [["pkg.a", "pkg.b", "pkg.c", "pkg.a"], ["pkg.d", "pkg.sub", "pkg.sub.x", "pkg.d"]]
+
+
+# README's "Layout": the layers, lowest first. A module may import its own top-level package and any
+# lower layer, never a higher one. Keys are module-name prefixes (the longest one that matches wins).
+LAYERS = [
+    # foundation: vocabulary, config and file plumbing, shared loops
+    {"roboflamingo", "roboflamingo.types", "roboflamingo.config", "roboflamingo.io", "roboflamingo.transforms",
+     "roboflamingo.threads", "roboflamingo.process", "roboflamingo.subtask", "roboflamingo.batching"},
+    # the parts: pure-torch models, datasets, the simulator, and the wire side of deploy (what a
+    # remote policy needs to talk to a server)
+    {"roboflamingo.models", "roboflamingo.data", "roboflamingo.sim", "roboflamingo.deploy.client",
+     "roboflamingo.deploy.auth", "roboflamingo.deploy.codec"},
+    # where a policy comes from (checkpoint, expert, random, remote)
+    {"roboflamingo.policies"},
+    # the commands' engines
+    {"roboflamingo.train", "roboflamingo.eval", "roboflamingo.deploy"},
+    # what runs engines: the demo pipeline, the vla-eval benchmark, `roboflamingo env`
+    {"roboflamingo.demo", "roboflamingo.benchmarks", "roboflamingo.envinfo"},
+    {"roboflamingo.cli"},
+]
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """(layer, the prefix that placed it) for a module of the package."""
+    best = max((p for layer in LAYERS for p in layer if module == p or module.startswith(p + ".")), key=len,
+               default=None)
+    assert best is not None, f"{module} is in no layer of LAYERS (tests/test_import_graph.py): add it"
+    return next(i for i, layer in enumerate(LAYERS) if best in layer), best
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    out = []
+    for module, targets in sorted(graph.items()):
+        level, _ = layer_of(module)
+        for target in sorted(targets):
+            t_level, _ = layer_of(target)
+            same_package = module.split(".")[:2] == target.split(".")[:2]  # e.g. within roboflamingo.deploy
+            if t_level > level or (t_level == level and level > 0 and not same_package):
+                out.append(f"{module} (layer {level}) imports {target} (layer {t_level})")
+    return out
+
+
+def test_imports_point_down_the_layers_readme_states():
+    violations = layer_violations(import_graph(PACKAGE_ROOT))
+    assert not violations, "imports against README's layering:\n" + "\n".join(violations)
+
+
+def test_the_layer_check_refuses_an_upward_or_sideways_import():
+    graph = {"roboflamingo.models.policy": {"roboflamingo.eval.run"},  # up
+             "roboflamingo.sim.env": {"roboflamingo.data.dataset"},  # sideways, between two parts
+             "roboflamingo.eval.run": {"roboflamingo.sim.env", "roboflamingo.eval.config"}}  # fine
+    assert layer_violations(graph) == [
+        "roboflamingo.models.policy (layer 1) imports roboflamingo.eval.run (layer 3)",
+        "roboflamingo.sim.env (layer 1) imports roboflamingo.data.dataset (layer 1)",
+    ]

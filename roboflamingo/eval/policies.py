@@ -13,8 +13,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from roboflamingo.batching import BatchedModel, PerSlotPolicies, SlotPolicy
 from roboflamingo.config import require_choice
-from roboflamingo.eval.batching import BatchedModel, PerSlotPolicies, SlotPolicy
 from roboflamingo.eval.config import PRECISIONS
 from roboflamingo.policies import PolicyKind, PolicySourceConfig, build_policy
 from roboflamingo.threads import choose_threads

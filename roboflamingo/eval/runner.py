@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from roboflamingo.eval.batching import BatchedModel, PerSlotPolicies, SlotBatcher, SlotPolicy
+from roboflamingo.batching import BatchedModel, PerSlotPolicies, SlotBatcher, SlotPolicy
 from roboflamingo.eval.config import EvalConfig
 from roboflamingo.eval.metrics import ChainResult, running_postfix, summarize_chains, summarize_episodes
 from roboflamingo.eval.protocol import ChainSteps, EvalEnv, EvalItem, chain_steps, drive

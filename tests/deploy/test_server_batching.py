@@ -5,9 +5,9 @@ import threading
 
 import numpy as np
 
+from roboflamingo.batching import BatchedModel, BatchedSession, SlotBatcher
 from roboflamingo.deploy.client import PolicyClient
 from roboflamingo.deploy.server import PolicyServer, ServerThread
-from roboflamingo.eval.batching import BatchedModel, BatchedSession, SlotBatcher
 from roboflamingo.policies import PolicySource
 from roboflamingo.types import ROBOT_OBS
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from eval_fakes import Chains, CounterEnvFactory, PushPolicyFactory
 
-from roboflamingo.eval.batching import BatchedModel, PerSlotPolicies, SlotBatcher
+from roboflamingo.batching import BatchedModel, PerSlotPolicies, SlotBatcher
 from roboflamingo.eval.config import EvalConfig
 from roboflamingo.eval.runner import CRASH_AFTER_ENV, CRASH_EXIT_CODE, evaluate_items
 from roboflamingo.eval.store import RECORDS_DIR, ResultStore
