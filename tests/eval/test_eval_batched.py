@@ -13,8 +13,9 @@ from eval_fakes import Chains, CounterEnvFactory, PushPolicyFactory
 
 from roboflamingo.eval.batching import BatchedModel, PerSlotPolicies, SlotBatcher
 from roboflamingo.eval.config import EvalConfig
-from roboflamingo.eval.runner import CRASH_AFTER_ENV, CRASH_EXIT_CODE, evaluate_items
+from roboflamingo.eval.runner import CRASH_AFTER_ENV, evaluate_items
 from roboflamingo.eval.store import RECORDS_DIR, ResultStore
+from roboflamingo.process import CRASH_EXIT_CODE
 
 LENGTHS = [5, 0, 2, 5, 3, 1, 4, 5]
 IDENTITY = {"policy": "push", "env": "counter"}

@@ -107,6 +107,7 @@ def test_report_files(tmp_path):
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_ranks_split_the_chains_and_rank_0_merges(tmp_path):
     """Two processes with torchrun's environment variables: each evaluates its share, rank 0 reports."""
     import os
