@@ -38,6 +38,7 @@ def outcomes(run_dir):
     return {r["index"]: {k: r.get(k) for k in OUTCOME} for r in records}
 
 
+@pytest.mark.slow
 def test_b4_gives_exactly_the_records_of_b1_and_of_the_unbatched_layout(tmp_path):
     one = run(tmp_path / "b1", cfg(batch_size=1))
     four = run(tmp_path / "b4", cfg(batch_size=4, num_videos=2))

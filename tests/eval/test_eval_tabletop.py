@@ -94,6 +94,7 @@ def test_killed_evaluation_resumes_to_the_same_totals(expert_run, tmp_path):
     resume_with_two_workers(tmp_path, reference, done_before)
 
 
+@pytest.mark.slow
 def test_random_policy_scores_about_zero(tmp_path):
     args = ["eval", "policy=random", "eval.num_chains=4", *FAST, f"run_dir={tmp_path}"]
     assert cli.main(args) == 0

@@ -138,6 +138,7 @@ def test_weight_decay_only_on_cross_attention_matrices(stats):
     assert total == policy.num_trainable_parameters()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lstm", "transformer"])
 def test_policy_overfits_a_handful_of_windows(kind, stats):
     torch.manual_seed(0)
