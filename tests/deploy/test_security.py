@@ -289,6 +289,7 @@ def test_decoder_under_random_bytes_returns_data_or_a_codec_error(data):
     assert out is None or isinstance(out, (bool, int, float, str, bytes, list, dict, np.ndarray))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(value=structures)
 def test_decoder_under_random_structures_returns_data_or_a_codec_error(value):

@@ -78,6 +78,7 @@ def test_relative_actions_reproduce_the_recording(dataset):
     env.close()
 
 
+@pytest.mark.slow
 def test_resumes_after_interruption_with_same_result(dataset, tmp_path, monkeypatch):
     root = tmp_path / "data"
     real = generate.run_unit
