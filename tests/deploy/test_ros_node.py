@@ -460,6 +460,7 @@ def test_estop_and_stale_frames_stop_commands_within_one_cycle(bridge_setup):
     assert len(relay.published(cfg.topics.target_pose.name)) <= result["commands"]
 
 
+@pytest.mark.slow
 def test_the_node_reconnects_after_the_bridge_drops(bridge_setup):
     relay, cfg, robot = bridge_setup
     node, thread, result = start_node(cfg, ConstantPolicy(action=(0, 0, 0, 0, 0, 0, 1)), rate_hz=50)
