@@ -139,12 +139,28 @@ class _Latest:
             return dict(self._items)
 
 
+class SystemClock:
+    """Every time the node reads, and its one way of waiting; tests substitute a fake that advances itself.
+
+    ``now`` is the wall clock because header stamps are wall time; ``monotonic`` paces the loop and
+    measures latency, so that a wall-clock step (NTP) neither stalls nor races it.
+    """
+
+    now = staticmethod(time.time)
+    monotonic = staticmethod(time.monotonic)
+
+    @staticmethod
+    def wait(event: threading.Event, timeout_s: float) -> bool:
+        """Block until ``event`` is set or ``timeout_s`` passes; True when it was set."""
+        return event.wait(timeout_s)
+
+
 class ControlNode:
-    def __init__(self, job: Job, policy: Policy, bridge: Any = None, clock: Any = time.time) -> None:
+    def __init__(self, job: Job, policy: Policy, bridge: Any = None, clock: Any = None) -> None:
         self.job = job
         self.policy = policy
         self.bridge = bridge if bridge is not None else RosBridge(job.deploy)
-        self.clock = clock
+        self.clock = clock if clock is not None else SystemClock()
         self.topics = job.deploy.topics
         self.safety = SafetyFilter(job.safety)
         self.gate = CommandGate(job.safety.max_obs_age_s, job.safety.max_duration_s)
@@ -164,7 +180,7 @@ class ControlNode:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.ready = threading.Event()  # set once every subscription has been sent
-        self.estop_at: float | None = None  # time.monotonic() of the first e-stop message
+        self.estop_at: float | None = None  # clock.monotonic() at the first e-stop message
         self._warned: set[str] = set()
 
     # -- inputs (network thread) -----------------------------------------------------------------
@@ -174,7 +190,7 @@ class ControlNode:
             if stamp is None:
                 # Without a stamp the age check would be meaningless; treat it as arriving now.
                 self._warn_once(f"nostamp:{key}", f"{key} messages carry no header stamp; using receive time")
-                stamp = self.clock()
+                stamp = self.clock.now()
             self.latest.put(key, msg, stamp)
             self._wake.set()
 
@@ -182,7 +198,7 @@ class ControlNode:
 
     def _plain_callback(self, key: str):
         def callback(msg: dict) -> None:
-            self.latest.put(key, msg, self.clock())
+            self.latest.put(key, msg, self.clock.now())
             self._wake.set()
 
         return callback
@@ -203,7 +219,7 @@ class ControlNode:
         # as an int, or a malformed message, must not be ignored on the one topic that stops it.
         if not is_estop_release(msg):
             if not self.gate.estopped:
-                self.estop_at = time.monotonic()
+                self.estop_at = self.clock.monotonic()
                 LOG.error("E-STOP received: no further commands")
             self.gate.engage_estop()
             self._wake.set()
@@ -229,7 +245,7 @@ class ControlNode:
             self.bridge.subscribe(t.instruction, self._on_instruction, queue_length=0)
         self.bridge.advertise(t.gripper_command)
         self.bridge.advertise(t.target_pose)
-        self.gate.start(self.clock())
+        self.gate.start(self.clock.now())
         self.ready.set()
 
     # -- one cycle (control thread) --------------------------------------------------------------
@@ -269,7 +285,7 @@ class ControlNode:
 
     def cycle(self) -> str:
         """One decision: returns ``"command"`` or the reason for holding."""
-        now = self.clock()
+        now = self.clock.now()
         stamps = {k: self.latest.stamp(k) for k in self.stamped}
         reason = self.gate.check(now, stamps)
         if reason is None and not self.bridge.connected:
@@ -286,7 +302,7 @@ class ControlNode:
         instruction = self.instruction
         if not instruction:
             return self._hold("no_instruction")
-        t0 = time.perf_counter()
+        t0 = self.clock.monotonic()
         items = self.latest.snapshot()
         try:
             if instruction != self.active_instruction:
@@ -304,14 +320,14 @@ class ControlNode:
         except SafetyError as e:
             self._warn_once("workspace", str(e))
             return self._hold("outside_workspace")
-        t1 = time.perf_counter()
+        t1 = self.clock.monotonic()
         try:
             action = self.policy.step(obs, instruction)
         except Exception as e:  # a remote policy can fail; hold and start over cleanly
             LOG.warning("policy step failed: %s", e)
             self._restart_episode()
             return self._hold("policy_error")
-        t2 = time.perf_counter()
+        t2 = self.clock.monotonic()
         if self.gate.estopped:  # the e-stop may have arrived during inference
             return self._hold(HOLD_ESTOP)
         try:
@@ -319,7 +335,7 @@ class ControlNode:
         except SafetyError as e:
             LOG.warning("unsafe action: %s", e)
             return self._hold("bad_action")
-        t_pub = self.clock()
+        t_pub = self.clock.now()
         if t_pub - obs_stamp > self.job.safety.max_obs_age_s:
             # Inference took so long that the action answers a scene that is gone (diffusion_policy drops
             # such actions too); the next fresh frame gets a new one.
@@ -337,7 +353,7 @@ class ControlNode:
         self.last_gripper = cmd.gripper
         self.last_obs_stamp = obs_stamp
         self.commands += 1
-        t3 = time.perf_counter()
+        t3 = self.clock.monotonic()
         self.latency.add("decode_ms", (t1 - t0) * 1000)
         self.latency.add("infer_ms", (t2 - t1) * 1000)
         self.latency.add("cycle_ms", (t3 - t0) * 1000)
@@ -354,14 +370,15 @@ class ControlNode:
         result = ""
         try:
             self.start()
-            next_allowed = time.monotonic()
-            next_log = time.monotonic() + self.job.control.log_every_s
+            clock = self.clock
+            next_allowed = clock.monotonic()
+            next_log = clock.monotonic() + self.job.control.log_every_s
             while not self._stop.is_set():
-                delay = next_allowed - time.monotonic()
-                if delay > 0 and self._stop.wait(delay):
+                delay = next_allowed - clock.monotonic()
+                if delay > 0 and clock.wait(self._stop, delay):
                     break
                 self._wake.clear()
-                started = time.monotonic()
+                started = clock.monotonic()
                 result = self.cycle()
                 if result == COMMAND:
                     next_allowed = started + period
@@ -371,8 +388,8 @@ class ControlNode:
                 elif result in TERMINAL_HOLDS:
                     break
                 else:
-                    self._wake.wait(period)  # any new message ends the wait early
-                if time.monotonic() >= next_log:
+                    clock.wait(self._wake, period)  # any new message ends the wait early
+                if clock.monotonic() >= next_log:
                     next_log += self.job.control.log_every_s
                     LOG.info(
                         "commands=%d holds=%s latency=%s",

@@ -26,8 +26,9 @@ from roboflamingo.eval.envs import EnvSpec
 from roboflamingo.eval.items import build_items
 from roboflamingo.eval.policies import EVAL_KINDS, PolicySpec, default_torch_threads
 from roboflamingo.eval.report import markdown, write_report
-from roboflamingo.eval.runner import distributed_rank_world, evaluate_items
+from roboflamingo.eval.runner import evaluate_items
 from roboflamingo.policies import PolicyKind, PolicySourceConfig
+from roboflamingo.process import torchrun_ranks
 from roboflamingo.sim.config import EnvConfig
 
 
@@ -83,7 +84,7 @@ def run(job: Job) -> int:
     items = build_items(job.eval)
     identity: dict[str, Any] = {"policy": policy_spec.identity(), "env": env_spec.identity()}
     run_dir = Path(job.run_dir)
-    rank, _ = distributed_rank_world()
+    rank = torchrun_ranks().rank
     if rank == 0:
         save_yaml(job, run_dir / "config.yaml")
     summary = evaluate_items(items, policy_spec, env_spec, job.eval, run_dir, identity)

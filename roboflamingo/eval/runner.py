@@ -43,12 +43,12 @@ from roboflamingo.eval.metrics import ChainResult, running_postfix, summarize_ch
 from roboflamingo.eval.protocol import ChainSteps, EvalEnv, EvalItem, chain_steps, drive
 from roboflamingo.eval.store import ResultStore, fingerprint
 from roboflamingo.eval.video import VideoWriter
+from roboflamingo.process import crash_hook, torchrun_ranks
 from roboflamingo.types import Policy
 
 VIDEOS_DIR = "videos"
 # Fault hook for tests: the main process exits hard after this many new records (no clean-up at all).
 CRASH_AFTER_ENV = "ROBOFLAMINGO_EVAL_CRASH_AFTER"
-CRASH_EXIT_CODE = 77
 SIM_NICENESS = 10  # batched simulators overlapping the policy's forwards yield the cores to it
 PolicyFactory = Callable[[int], Policy]  # called with the worker index
 EnvFactory = Callable[[], EvalEnv]
@@ -489,11 +489,6 @@ def _run_batched(
         pool.close()
 
 
-def distributed_rank_world() -> tuple[int, int]:
-    """(rank, world_size) as ``torchrun`` exports them; (0, 1) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 _OWN_PROCESS_GROUP = False
 
 
@@ -562,7 +557,7 @@ def evaluate_items(
     indices = [it.index for it in items]
     if len(set(indices)) != len(indices):
         raise ValueError("chain indices must be unique")
-    rank, world = distributed_rank_world()
+    rank, world, _ = torchrun_ranks()
     run_dir = Path(run_dir)
     chains = [[it.index, it.initial_state, it.tasks, it.instructions] for it in items]
     protocol = {"mode": cfg.mode, "ep_len": cfg.ep_len, "items": chains}
@@ -591,13 +586,12 @@ def evaluate_items(
         len(mine), [before[it.index] for it in mine if it.index in before], cfg.mode, cfg.progress and rank == 0
     )
 
-    crash_after = int(os.environ.get(CRASH_AFTER_ENV, "0") or 0)
+    crash_check = crash_hook(CRASH_AFTER_ENV)
 
     def on_result(result: ChainResult) -> None:
         store.append(result)
         progress.add(result)
-        if crash_after and progress.count_new() >= crash_after:
-            os._exit(CRASH_EXIT_CODE)  # the fault hook: die like a SIGKILL, right after a record
+        crash_check(progress.count_new())  # right after a record
 
     start = time.perf_counter()
     startup = 0.0

@@ -8,7 +8,6 @@ or, for backbones too large to replicate (9B), FSDP (``fully_shard``).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from roboflamingo.process import leave_process_group, torchrun_ranks
 from roboflamingo.train.config import TrainConfig
 
 
@@ -37,9 +37,7 @@ class DistInfo:
 
 def setup(cfg: TrainConfig) -> DistInfo:
     """Read the torchrun environment, pick the device and join the process group."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world_size, local_rank = torchrun_ranks()
     if cfg.device:
         device = torch.device(cfg.device)
         if device.type == "cuda" and device.index is None:
@@ -56,9 +54,10 @@ def setup(cfg: TrainConfig) -> DistInfo:
     return DistInfo(rank, world_size, local_rank, device)
 
 
-def cleanup(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+def cleanup(info: DistInfo, synchronize: bool = True) -> None:
+    """Leave the group; ``synchronize=False`` on an error path (see ``leave_process_group``)."""
+    if info.enabled:
+        leave_process_group(synchronize)
 
 
 def barrier(info: DistInfo) -> None:

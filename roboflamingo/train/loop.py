@@ -42,6 +42,7 @@ from roboflamingo.data.layout import DatasetError
 from roboflamingo.data.packed import packed_dir_for
 from roboflamingo.data.stats import compute_normalization
 from roboflamingo.models.config import HeadConfig, ModelConfig
+from roboflamingo.process import crash_hook
 from roboflamingo.threads import ThreadGovernor
 from roboflamingo.train import distributed
 from roboflamingo.train.checkpoint import (
@@ -55,6 +56,8 @@ from roboflamingo.train.config import TrainConfig, check_data_fits_model
 from roboflamingo.train.loggers import MetricLoggers, check_available, truncate_metrics
 from roboflamingo.train.optim import build_optimizer, build_scheduler
 
+# Fault hook for the resume tests: the run exits hard right after this step (and its checkpoint, if due).
+CRASH_AFTER_STEP_ENV = "ROBOFLAMINGO_TRAIN_CRASH_AFTER_STEP"
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient became NaN/inf; training stops before the update."""
@@ -89,13 +92,15 @@ class Job:
 def run(job: Job) -> int:
     """CLI entry: train, turning known user errors into one clear line and exit code 2."""
     info = distributed.setup(job.train)
+    finished = False
     try:
         train(job, info)
+        finished = True
     except (ConfigError, CheckpointError, DatasetError, NonFiniteLossError) as e:
         print(f"roboflamingo train: error: {e}", file=sys.stderr)
         return 2
     finally:
-        distributed.cleanup(info)
+        distributed.cleanup(info, synchronize=finished)
     return 0
 
 
@@ -186,6 +191,7 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
 
     # ---- the loop: one iteration is one optimizer step over grad_accum micro-batches
     window = _Window()
+    crash_check = crash_hook(CRASH_AFTER_STEP_ENV)
     while step < cfg.steps:
         if governor is not None:
             governor.update()
@@ -255,6 +261,7 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
             _save(model, policy, optimizer, scheduler, ckpt_root, cfg, info,
                   {"step": step, "epoch": epoch, "batches_in_epoch": consumed, "seed": job.seed,
                    "world_size": info.world_size, "batch_size": job.data.batch_size})
+        crash_check(step)
 
     if master:
         bar.close()

@@ -1,7 +1,12 @@
-"""Fixtures: small CALVIN-layout splits written into tmp_path by each test."""
+"""Fixtures: small CALVIN-layout splits, a fresh copy in each test's tmp_path.
+
+Each layout is written once per session and copied (tests edit, truncate and delete its files):
+writing the compressed noise frames costs far more than copying them.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +44,24 @@ def rewrite_frame(split_dir: Path, frame_id: int, seed: int = 0, **changes) -> N
     np.savez_compressed(frame_path(split_dir, frame_id), **frame)
 
 
+@pytest.fixture(scope="session")
+def pristine_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data_root")
+    write_fixture_split(root / "training")
+    write_fixture_split(root / "validation", EPISODES[:1], ANNOTATIONS[:3], seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pristine_tiny_root(tmp_path_factory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny_root") / "tiny", frames_per_episode=40, image_size=16,
+                              gripper_size=8)
+
+
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
+def root(tmp_path: Path, pristine_root: Path) -> Path:
     """A dataset root: the fixture layout as training, its first episode as validation."""
-    write_fixture_split(tmp_path / "training")
-    write_fixture_split(tmp_path / "validation", EPISODES[:1], ANNOTATIONS[:3], seed=1)
+    shutil.copytree(pristine_root, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 
@@ -53,8 +71,8 @@ def cfg(root: Path) -> DataConfig:
 
 
 @pytest.fixture
-def tiny_root(tmp_path: Path) -> Path:
-    return write_tiny_dataset(tmp_path / "tiny", frames_per_episode=40, image_size=16, gripper_size=8)
+def tiny_root(tmp_path: Path, pristine_tiny_root: Path) -> Path:
+    return Path(shutil.copytree(pristine_tiny_root, tmp_path / "tiny"))
 
 
 @pytest.fixture

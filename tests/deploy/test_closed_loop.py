@@ -8,8 +8,6 @@ expert reads state only.
 
 import threading
 
-import pytest
-
 from roboflamingo.config import load
 from roboflamingo.deploy.client import PolicyClient
 from roboflamingo.deploy.relay import RosbridgeRelay
@@ -39,7 +37,6 @@ def quick_chain_seed() -> int:
     return next(s for s in range(200) if sample_chains(1, s)[0].tasks[0] in QUICK_TASKS)
 
 
-@pytest.mark.slow
 def test_the_node_completes_a_tabletop_task_with_the_expert_behind_the_server():
     chain_seed = quick_chain_seed()
     with RosbridgeRelay() as relay:

@@ -32,6 +32,7 @@ def env(tmp_path_factory):
     env.close()
 
 
+@pytest.mark.slow
 def test_a_split_listing_the_tactile_camera_builds_without_tacto(env):
     from omegaconf import OmegaConf
 
@@ -46,6 +47,7 @@ def test_a_split_listing_the_tactile_camera_builds_without_tacto(env):
     assert obs["robot_obs"].shape == (15,) and np.isfinite(obs["robot_obs"]).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [0, 57, 191])
 def test_reset_puts_the_world_in_calvins_initial_state(env, k):
     golden = GOLDEN[k]
@@ -62,6 +64,7 @@ def _changed(scene_obs, index, value):
     return out
 
 
+@pytest.mark.slow
 def test_calvins_oracle_judges_scripted_state_changes_through_the_adapter(env):
     from roboflamingo.eval.calvin_adapter import calvin_initial_state_to_obs
 

@@ -13,8 +13,9 @@ from eval_fakes import Chains, CounterEnvFactory, PushPolicyFactory
 
 from roboflamingo.batching import BatchedModel, PerSlotPolicies, SlotBatcher
 from roboflamingo.eval.config import EvalConfig
-from roboflamingo.eval.runner import CRASH_AFTER_ENV, CRASH_EXIT_CODE, evaluate_items
+from roboflamingo.eval.runner import CRASH_AFTER_ENV, evaluate_items
 from roboflamingo.eval.store import RECORDS_DIR, ResultStore
+from roboflamingo.process import CRASH_EXIT_CODE
 
 LENGTHS = [5, 0, 2, 5, 3, 1, 4, 5]
 IDENTITY = {"policy": "push", "env": "counter"}
@@ -37,6 +38,7 @@ def outcomes(run_dir):
     return {r["index"]: {k: r.get(k) for k in OUTCOME} for r in records}
 
 
+@pytest.mark.slow
 def test_b4_gives_exactly_the_records_of_b1_and_of_the_unbatched_layout(tmp_path):
     one = run(tmp_path / "b1", cfg(batch_size=1))
     four = run(tmp_path / "b4", cfg(batch_size=4, num_videos=2))

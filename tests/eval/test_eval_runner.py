@@ -69,12 +69,14 @@ def test_worker_error_surfaces_with_its_traceback_and_finished_chains_stay_recor
     assert 5 not in indices
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_silently_is_reported_with_its_exit_code(tmp_path):
     with pytest.raises(RuntimeError, match=r"exit code"):
         run(tmp_path, cfg(workers=2), policy=PushPolicyFactory(fail_on_chain=300, hard_exit=True))
     assert ResultStore(tmp_path, "unused").files()  # chains finished before the crash were kept
 
 
+@pytest.mark.slow
 def test_a_chain_a_worker_reported_is_recorded_even_if_the_worker_dies_right_after(tmp_path):
     # Each worker reports one chain and dies at once, before a queue's feeder thread could flush it.
     with pytest.raises(RuntimeError, match=r"exit code"):
@@ -107,6 +109,7 @@ def test_report_files(tmp_path):
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_ranks_split_the_chains_and_rank_0_merges(tmp_path):
     """Two processes with torchrun's environment variables: each evaluates its share, rank 0 reports."""
     import os

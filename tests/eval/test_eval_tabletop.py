@@ -6,6 +6,7 @@ from ``env.render()`` at a small size.
 """
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -15,6 +16,8 @@ import time
 import pytest
 
 from roboflamingo import cli
+from roboflamingo.eval.runner import CRASH_AFTER_ENV
+from roboflamingo.process import CRASH_EXIT_CODE
 
 FAST = ["env.render=false", "env.static_size=64", "env.gripper_size=32", "eval.progress=false"]
 EXPERT_20 = ["eval", "policy=expert", "eval.num_chains=20", *FAST]
@@ -28,6 +31,7 @@ def expert_run(tmp_path_factory):
     return run_dir, json.loads((run_dir / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_expert_completes_at_least_four_tasks_per_chain_on_average(expert_run):
     run_dir, results = expert_run
     assert results["num_chains"] == 20
@@ -43,7 +47,32 @@ def test_expert_completes_at_least_four_tasks_per_chain_on_average(expert_run):
     assert re.fullmatch(r"chain0000_[0-5]of5_(success|fail-\w+)\.mp4", video.name)
 
 
+def resume_with_two_workers(run_dir, reference, done_before):
+    """Rerun with two workers (the records do not depend on how the first run was parallelised): the
+    totals are those of the uninterrupted run and every chain is recorded exactly once."""
+    records = run_dir / "records" / "rank-0.jsonl"
+    assert cli.main([*EXPERT_20, f"run_dir={run_dir}", "eval.workers=2"]) == 0
+    resumed = json.loads((run_dir / "results.json").read_text())
+    assert {k: resumed[k] for k in TOTALS} == {k: reference[k] for k in TOTALS}
+    assert resumed["speed"]["chains_this_run"] == 20 - done_before
+    indices = [json.loads(line)["index"] for line in records.read_text().splitlines()]
+    assert sorted(indices) == list(range(20))  # every chain exactly once
+
+
+@pytest.mark.slow
+def test_an_evaluation_that_dies_after_three_chains_resumes_to_the_same_totals(expert_run, tmp_path):
+    _, reference = expert_run
+    proc = subprocess.run([sys.executable, "-m", "roboflamingo.cli", *EXPERT_20, f"run_dir={tmp_path}"],
+                          env={**os.environ, CRASH_AFTER_ENV: "3"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == CRASH_EXIT_CODE, proc.stderr[-2000:]
+    records = tmp_path / "records" / "rank-0.jsonl"
+    assert records.read_bytes().count(b"\n") == 3
+    resume_with_two_workers(tmp_path, reference, 3)
+
+
+@pytest.mark.slow
 def test_killed_evaluation_resumes_to_the_same_totals(expert_run, tmp_path):
+    """The one real SIGKILL, wherever it lands after the third record."""
     _, reference = expert_run
     records = tmp_path / "records" / "rank-0.jsonl"
     proc = subprocess.Popen(
@@ -62,15 +91,10 @@ def test_killed_evaluation_resumes_to_the_same_totals(expert_run, tmp_path):
         proc.wait()
     done_before = records.read_bytes().count(b"\n")
     assert 3 <= done_before < 20
-    # rerun with two workers: the records do not depend on how the first run was parallelised
-    assert cli.main([*EXPERT_20, f"run_dir={tmp_path}", "eval.workers=2"]) == 0
-    resumed = json.loads((tmp_path / "results.json").read_text())
-    assert {k: resumed[k] for k in TOTALS} == {k: reference[k] for k in TOTALS}
-    assert resumed["speed"]["chains_this_run"] == 20 - done_before
-    indices = [json.loads(line)["index"] for line in records.read_text().splitlines()]
-    assert sorted(indices) == list(range(20))  # every chain exactly once
+    resume_with_two_workers(tmp_path, reference, done_before)
 
 
+@pytest.mark.slow
 def test_random_policy_scores_about_zero(tmp_path):
     args = ["eval", "policy=random", "eval.num_chains=4", *FAST, f"run_dir={tmp_path}"]
     assert cli.main(args) == 0

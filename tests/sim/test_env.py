@@ -114,10 +114,12 @@ def _run_isolated(check: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_egl_same_seed_same_observations():
     _run_isolated("_check_egl_same_seed_same_observations")
 
 
+@pytest.mark.slow
 def test_egl_scissor_leaves_images_unchanged():
     _run_isolated("_check_egl_scissor_leaves_images_unchanged")
 

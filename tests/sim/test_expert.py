@@ -19,8 +19,21 @@ def env():
     e.close()
 
 
-def test_expert_is_a_policy():
-    assert isinstance(ScriptedExpert("D"), T.Policy)
+def test_reset_makes_the_expert_replay_the_same_actions(env):
+    expert = ScriptedExpert("D", task="move_slider_left")
+
+    def actions():
+        obs, _ = env.reset(seed=0)
+        expert.reset()  # forgets the target it integrated during the previous run
+        out = []
+        for _ in range(10):
+            out.append(expert.step(obs, ""))
+            obs, *_ = env.step(out[-1])
+        return np.stack(out)
+
+    first = actions()
+    assert np.abs(first[:, :6]).max() > 0  # it moves
+    np.testing.assert_array_equal(actions(), first)
 
 
 @pytest.mark.parametrize("task", ["open_drawer", "turn_on_led", "lift_blue_block_table", "place_in_slider"])

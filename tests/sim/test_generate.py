@@ -79,6 +79,7 @@ def test_relative_actions_reproduce_the_recording(dataset):
     env.close()
 
 
+@pytest.mark.slow
 def test_resumes_after_interruption_with_same_result(dataset, tmp_path, monkeypatch):
     root = tmp_path / "data"
     real = generate.run_unit
@@ -127,6 +128,7 @@ def test_unknown_task_is_named(tmp_path):
         generate.run(tiny_job(tmp_path / "x", tasks=["fly_away"]))
 
 
+@pytest.mark.slow
 def test_both_modes_mix_single_units_and_chains_over_a_task_subset(tmp_path):
     subset = ["move_slider_left", "move_slider_right", "open_drawer", "close_drawer", "turn_on_led", "turn_off_led"]
     job = tiny_job(tmp_path / "data", mode="both", tasks=subset, train_scenes=["D"], episodes_per_task=1,
@@ -147,6 +149,7 @@ def test_both_modes_mix_single_units_and_chains_over_a_task_subset(tmp_path):
         assert max(np.linalg.norm(np.load(frames[s])[T.ROBOT_OBS][:3] - neutral) for s in starts) > 0.05
 
 
+@pytest.mark.slow
 def test_handover_units_start_where_an_unrecorded_task_of_another_category_ended(tmp_path):
     from roboflamingo.sim.rollout import sample_handover
     from roboflamingo.sim.tasks import TaskOracle

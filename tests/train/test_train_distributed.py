@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from roboflamingo import cli
 
 STEPS = 6
@@ -39,6 +41,7 @@ def _curve(run_dir: Path, key: str) -> dict[int, float]:
     return {r["step"]: r[key] for r in lines if key in r}
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_single_process(tmp_path, train_args, free_port, run_subprocess, final_weights):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)

@@ -96,6 +96,7 @@ def _losses(run_dir: Path) -> list[float]:
     return [r["train/loss"] for r in lines if "train/loss" in r]
 
 
+@pytest.mark.slow
 def test_fsdp_trains_like_one_process_and_resumes_exactly(tmp_path, train_args, free_port, run_subprocess,
                                                           final_weights, monkeypatch):
     (tmp_path / "double.py").write_text(DOUBLE)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from roboflamingo import cli
 from roboflamingo.data.layout import frame_path
@@ -26,6 +27,7 @@ def _write_tiny_split(split_dir: Path) -> None:
             np.savez_compressed(frame_path(split_dir, f), **frame)
 
 
+@pytest.mark.slow
 def test_tiny_config_overfits_a_tiny_dataset(tmp_path):
     _write_tiny_split(tmp_path / "data" / "training")
     run_dir = tmp_path / "run"

@@ -1,4 +1,5 @@
-"""Interrupted runs continue exactly: SIGKILL mid-training, or a corrupt newest checkpoint."""
+"""Interrupted runs continue exactly: a run that dies right after a step (the fault hook, at a chosen
+step; and once a real SIGKILL at whatever step it lands), or a corrupt newest checkpoint."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 import torch
 
 from roboflamingo import cli
+from roboflamingo.process import CRASH_EXIT_CODE
 from roboflamingo.train.checkpoint import CheckpointError, verify_checkpoint
+from roboflamingo.train.loop import CRASH_AFTER_STEP_ENV
 
 STEPS = 12
 RECIPE = [f"train.steps={STEPS}", "train.checkpoint_every=3", "train.keep_checkpoints=3", "train.log_every=1",
@@ -39,6 +42,26 @@ def reference(tmp_path_factory, train_args) -> Path:
     return run_dir
 
 
+@pytest.mark.slow
+def test_a_run_that_dies_after_a_step_resumes_to_the_uninterrupted_weights_and_losses(
+    reference, tmp_path, train_args, cli_command, subprocess_env, final_weights
+):
+    """Dies hard (no clean-up, as a SIGKILL would) right after step 4: past the checkpoint of step 3,
+    with step 4 already logged."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(cli_command(train_args(run_dir, *RECIPE)), env={**subprocess_env, CRASH_AFTER_STEP_ENV: "4"},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=240)
+    assert proc.returncode == CRASH_EXIT_CODE, proc.stderr[-2000:]
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_0000003"]
+    assert max(_losses(run_dir)) == 4  # logged after the checkpoint: must be replaced on resume
+
+    assert cli.main(["train", *train_args(run_dir, *RECIPE, "resume=true")]) == 0
+    _assert_same_weights(final_weights(run_dir), final_weights(reference))
+    assert _losses(run_dir) == _losses(reference)  # steps after the checkpoint replaced, not duplicated
+
+
+@pytest.mark.slow
 def test_sigkill_mid_training_then_resume_matches_uninterrupted(
     reference, tmp_path, train_args, cli_command, subprocess_env, final_weights
 ):
