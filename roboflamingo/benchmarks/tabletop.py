@@ -161,7 +161,8 @@ class TabletopBenchmark(StepBenchmark):
         return obs
 
     def step(self, action: Any) -> StepResult:
-        assert self._env is not None and self._item is not None, "step() before reset()"
+        if self._env is None or self._item is None:
+            raise RuntimeError("TabletopBenchmark.step() before reset()")
         obs = self._env.step(parse_action(action))
         self._t += 1
         task = self._item.tasks[self._subtask]
@@ -182,7 +183,8 @@ class TabletopBenchmark(StepBenchmark):
         return StepResult(obs=obs, reward=0.0, done=self._t >= self.protocol.ep_len, info={})
 
     def make_obs(self, raw_obs: Any, task: dict[str, Any]) -> dict[str, Any]:
-        assert self._item is not None
+        if self._item is None:
+            raise RuntimeError("TabletopBenchmark.make_obs() before reset()")
         images = {RGB_STATIC: raw_obs[RGB_STATIC]}
         if self.send_wrist_image:
             images[RGB_GRIPPER] = raw_obs[RGB_GRIPPER]

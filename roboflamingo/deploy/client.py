@@ -112,7 +112,8 @@ class PolicyClient:
     def send_raw(self, frame: bytes | str) -> dict[str, Any]:
         """Send one frame as is and return the decoded reply (error replies are returned, not raised)."""
         ws = self.connect()._ws
-        assert ws is not None
+        if ws is None:
+            raise ConnectionError(f"no connection to {self.url}")
         try:
             ws.send(frame)
             return unpackb(ws.recv(timeout=self.timeout_s))

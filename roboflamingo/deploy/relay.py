@@ -265,7 +265,8 @@ class RosbridgeRelay:
 
     def drop_connections(self) -> None:
         """Close every client connection (the relay keeps listening), as when a bridge restarts."""
-        assert self._loop is not None
+        if self._loop is None:
+            raise RuntimeError("drop_connections() on a relay that is not running (start() it first)")
 
         async def drop() -> None:
             for ws in list(self.clients):

@@ -231,8 +231,7 @@ class ControlNode:
 
     def start(self) -> None:
         t = self.topics
-        if hasattr(self.bridge, "connect"):
-            self.bridge.connect()
+        self.bridge.connect()
         # The e-stop is subscribed first so it is live before anything can be commanded.
         if t.estop.name:
             self.bridge.subscribe(t.estop, self._on_estop, queue_length=0)
@@ -273,7 +272,9 @@ class ControlNode:
             self._warn_once("width", "no gripper width (finger joints or gripper_width topic); using 0")
             width = 0.0
         robot_obs = np.concatenate([position, euler, [width], joints, [self.last_gripper]]).astype(np.float32)
-        assert robot_obs.shape == (ROBOT_OBS_DIM,)
+        if robot_obs.shape != (ROBOT_OBS_DIM,):  # joints come from deploy.arm_joints, which a config sets
+            raise ValueError(f"robot_obs from the robot's topics has {robot_obs.size} values, expected "
+                             f"{ROBOT_OBS_DIM}: deploy.arm_joints names {len(d.arm_joints)} joints (CALVIN's arm has 7)")
         obs = {
             RGB_STATIC: decode_image(items["rgb_static"][0], c.static_size or None),
             RGB_GRIPPER: decode_image(items["rgb_gripper"][0], c.gripper_size or None),

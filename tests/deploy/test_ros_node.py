@@ -25,6 +25,9 @@ class FakeBridge:
         self.subs: dict = {}
         self.published: list[tuple[str, dict]] = []
 
+    def connect(self):
+        return self
+
     def subscribe(self, topic, callback, queue_length=None):
         self.subs[topic.name] = callback
 
