@@ -84,6 +84,7 @@ LOG = logging.getLogger("roboflamingo.serve")
 PROTOCOL_VERSION = 1
 SERVE_KINDS = (PolicyKind.checkpoint, PolicyKind.expert, PolicyKind.random)
 MAX_ERROR_CHARS = 300  # error replies quote the input; a hostile request must not get megabytes back
+CLOSE_TIMEOUT_S = 2.0  # how long a closing connection waits for the client's close frame
 
 
 def observation_spec(keys: tuple[str, ...]) -> dict[str, dict]:
@@ -493,6 +494,9 @@ class PolicyServer:
             compression=None,  # images are already dense; deflate only costs CPU on both ends
             ssl=self.ssl_context,
             max_queue=2,  # a paused (throttled) session's frames stay in the kernel, not in memory
+            # A client that does not answer our close frame (a refused one that gave up, a dead link)
+            # would otherwise hold its handler, and shutdown, for websockets' default 10 s.
+            close_timeout=CLOSE_TIMEOUT_S,
         ) as server:
             self.port = server.sockets[0].getsockname()[1]
             sweeper = asyncio.ensure_future(self._sweep_idle()) if self.config.idle_timeout_s else None
