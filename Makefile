@@ -60,9 +60,9 @@ test: $(DEV_STAMP) $(TEST_DEPS)
 	$(BIN)/ruff check roboflamingo tests scripts
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 
-# The edit loop: everything but the tests marked slow (the whole suite is `make test`, as CI runs it).
+# The edit loop: everything but the tests marked slow, on every core (one torch thread per worker) (the whole suite is `make test`, as CI runs it).
 test-fast: $(DEV_STAMP) $(TEST_DEPS)
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow"
+	$(TEST_ENV) OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n auto
 
 # Re-resolve every extra from scratch (newest packages within pyproject's ranges) and write the lock.
 # The demo's figures depend on these versions: re-run `make demo` from a fresh clone and update README.

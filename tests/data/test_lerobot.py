@@ -71,6 +71,7 @@ def test_round_trip_is_exact_except_images(exported):
     assert all(np.array_equal(a["rgb_static"], b["rgb_static"]) for a, b in zip(mid, got[25:35]))
 
 
+@pytest.mark.slow
 def test_many_small_files_read_back_the_same(exported, tmp_path):
     """Past LeRobot's size caps episodes go to new data/video files; reading must not care."""
     src, out = exported
@@ -100,6 +101,7 @@ def test_stats_and_tasks_as_lerobot_expects(exported):
     assert tasks.column("task").to_pylist() == [a[3] for a in ANNOTATIONS]
 
 
+@pytest.mark.slow
 def test_packed_lerobot_split_gives_the_npz_windows(exported, tmp_path):
     """Same windows, act_steps targets and instructions as reading the original npz split."""
     src, out = exported

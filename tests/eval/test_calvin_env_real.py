@@ -122,6 +122,7 @@ def test_a_checkpoint_policy_evaluates_two_chains_in_real_calvin_env(checkpoint,
     assert {tuple(r["tasks"]) for r in records} == expected
 
 
+@pytest.mark.slow
 def test_named_observation_fields_are_calvin_envs_own(env):
     """types' robot_obs / scene_obs slices pick out the fields calvin_env's own info reports."""
     import pybullet
