@@ -62,7 +62,7 @@ from websockets.exceptions import ConnectionClosed
 from roboflamingo.config import require_positive
 from roboflamingo.deploy.auth import TOKEN_ENV, is_loopback, read_secret, token_matches
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
-from roboflamingo.deploy.protocols import PATHS
+from roboflamingo.deploy.protocols import PATHS, ProtocolConnection
 from roboflamingo.policies import PolicyKind, PolicySource, PolicySourceConfig, policy_source
 from roboflamingo.types import (
     ACTION_DIM,
@@ -85,6 +85,7 @@ PROTOCOL_VERSION = 1
 SERVE_KINDS = (PolicyKind.checkpoint, PolicyKind.expert, PolicyKind.random)
 MAX_ERROR_CHARS = 300  # error replies quote the input; a hostile request must not get megabytes back
 CLOSE_TIMEOUT_S = 2.0  # how long a closing connection waits for the client's close frame
+REFUSAL_WAIT_S = 2.0  # how long a refusal waits for the first frame of a client that speaks first
 
 
 def observation_spec(keys: tuple[str, ...]) -> dict[str, dict]:
@@ -348,14 +349,12 @@ class PolicyServer:
             await self.drop_idle()
 
     # -- per-connection loop ------------------------------------------------------------------------
-    async def _handler(self, ws: ServerConnection) -> None:
+    async def _handler(self, ws: ProtocolConnection) -> None:
         loop = asyncio.get_running_loop()
         # Slots are taken before the (slow) factory runs, so simultaneous connects cannot overshoot.
         if len(self.sessions) + self._starting >= self.config.max_sessions:
-            await ws.send(
-                packb(self._error(None, "server_full", f"server holds {self.config.max_sessions} sessions"))
-            )
-            await ws.close(1013, "server full")
+            full = self._error(None, "server_full", f"server holds {self.config.max_sessions} sessions")
+            await ws.refuse(packb(full), 1013, "server full", REFUSAL_WAIT_S)
             return
         session_id = next(self._ids)
         self._starting += 1
@@ -363,8 +362,8 @@ class PolicyServer:
             policy = await loop.run_in_executor(self.pool, self.source.factory)
         except Exception as e:
             LOG.exception("policy factory failed")
-            await ws.send(packb(self._error(None, "policy_error", f"could not create a policy: {e}")))
-            await ws.close(1011, "policy factory failed")
+            failed = self._error(None, "policy_error", f"could not create a policy: {e}")
+            await ws.refuse(packb(failed), 1011, "policy factory failed", REFUSAL_WAIT_S)
             return
         finally:
             self._starting -= 1

@@ -443,6 +443,45 @@ def test_a_full_server_refuses_a_vla_eval_client_in_its_own_protocol():
             asyncio.run(hello(thread.url + "/vla-eval"))
 
 
+class _RecordingSocket:
+    """A websocket that logs what the server does to it; its client has one frame (HELLO) to send."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.sent: list[bytes | str] = []
+
+    async def recv(self) -> bytes:
+        self.calls.append("recv")
+        return b"hello"
+
+    async def send(self, frame: bytes | str) -> None:
+        self.calls.append("send")
+        self.sent.append(frame)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.calls.append(f"close {code}")
+
+
+@pytest.mark.parametrize("path, order", [
+    # vla-eval's client speaks first and, finding the socket closed before its HELLO went out,
+    # reconnects instead of reading the refusal: it must get the refusal as the reply to HELLO.
+    ("/vla-eval", ["recv", "send", "close 1013"]),
+    # ours and openpi's wait for the server's first frame: the refusal goes out at once.
+    ("/", ["send", "close 1013"]),
+    ("/openpi", ["send", "close 1013"]),
+])
+def test_a_refusal_answers_the_first_frame_of_a_client_that_speaks_first(path, order):
+    from roboflamingo.deploy.protocols import ProtocolConnection, translator_for
+
+    srv = PolicyServer(policy_source(PolicySourceConfig("random")), port=0)
+    raw = _RecordingSocket()
+    conn = ProtocolConnection(raw, translator_for(path, srv, raw.send))
+    refusal = packb(srv._error(None, "server_full", "server holds 1 sessions"))
+    asyncio.run(conn.refuse(refusal, 1013, "server full", wait_s=5.0))
+    assert raw.calls == order
+    assert b"server_full" in raw.sent[0]
+
+
 @pytest.mark.parametrize(
     "payload, match",
     [

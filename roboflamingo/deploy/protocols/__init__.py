@@ -25,10 +25,14 @@ are in ``deploy.auth.presented_token``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
+
+from websockets.exceptions import ConnectionClosed
 
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
 from roboflamingo.deploy.protocols.frames import Send
@@ -50,6 +54,9 @@ class Translator(Protocol):
     """One connection's protocol, between the client's frames and the server's native ones."""
 
     name: str
+    # The client sends the first frame and reads every server frame as the reply to one of its own
+    # (vla-eval); otherwise the server greets first (ours, openpi).
+    speaks_first: bool
 
     def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
         """The native request frames one client frame stands for, in order (it may answer directly)."""
@@ -62,6 +69,7 @@ class NativeTranslator:
     """Our own protocol (``server.py``'s docstring): frames pass through unchanged."""
 
     name = "roboflamingo"
+    speaks_first = False
 
     async def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
         yield frame
@@ -92,6 +100,8 @@ class AutoTranslator:
     def __init__(self, server: PolicyServer, send: Send) -> None:
         self.server, self.send = server, send
         self.chosen: Translator | None = None
+
+    speaks_first = False  # both clients on / wait for our greeting
 
     @property
     def name(self) -> str:
@@ -141,6 +151,17 @@ class ProtocolConnection:
     @property
     def remote_address(self) -> Any:
         return self.ws.remote_address
+
+    async def refuse(self, frame: bytes, code: int, reason: str, wait_s: float) -> None:
+        """Send a refusal (a native error frame) and close. A client that speaks first gets it as the
+        reply to its first frame: vla-eval's, finding the socket closed before its HELLO went out,
+        reconnects (recursively, until RecursionError) instead of reading why it was refused."""
+        if self.translator.speaks_first:
+            with contextlib.suppress(asyncio.TimeoutError, ConnectionClosed):
+                await asyncio.wait_for(self.ws.recv(), wait_s)
+        with contextlib.suppress(ConnectionClosed):
+            await self.send(frame)
+        await self.close(code, reason)
 
     async def send(self, frame: bytes | str) -> None:
         out = self.translator.outgoing(frame)

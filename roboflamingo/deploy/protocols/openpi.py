@@ -80,6 +80,7 @@ def decode(frame: bytes) -> Any:
 
 class OpenpiTranslator:
     name = "openpi"
+    speaks_first = False
 
     def __init__(self, server: PolicyServer, send: Send) -> None:
         self.server, self.send = server, send

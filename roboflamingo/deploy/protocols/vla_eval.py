@@ -156,6 +156,7 @@ def to_observation(payload: dict[str, Any]) -> tuple[dict[str, Any], Any]:
 
 class VlaEvalTranslator:
     name = "vla-eval"
+    speaks_first = True  # HELLO comes from the client
 
     def __init__(self, server: PolicyServer, send: Send) -> None:
         self.server, self.send = server, send
