@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from roboflamingo.batching import BatchedModel, PerSlotPolicies, SlotBatcher, SlotPolicy
+from roboflamingo.batching import SlotBatcher, SlotPolicy, as_slot_policy
 from roboflamingo.eval.config import EvalConfig
 from roboflamingo.eval.metrics import ChainResult, running_postfix, summarize_chains, summarize_episodes
 from roboflamingo.eval.protocol import ChainSteps, EvalEnv, EvalItem, chain_steps, drive
@@ -311,10 +311,8 @@ def slot_policy(policy_factory: PolicyFactory) -> SlotPolicy:
     if hasattr(policy_factory, "slot_policy"):
         return policy_factory.slot_policy()
     first = policy_factory(0)
-    if hasattr(first, "step_batch"):
-        return BatchedModel(first)
-    made = {0: first}
-    return PerSlotPolicies(lambda slot: made.pop(slot, None) or policy_factory(slot))
+    made = {0: first}  # slot 0 keeps the policy that was made to look at
+    return as_slot_policy(first, lambda slot: made.pop(slot, None) or policy_factory(slot))
 
 
 def _sim_worker_main(env_factory: EnvFactory, cfg: EvalConfig, video_dir: Path | None, conn: Any) -> None:
