@@ -30,6 +30,15 @@ Two parts, in one run on the same cores:
    each group's forward (one torch thread) overlapping the other groups' stepping:
    ``chains_per_min_pipelined``, ``pipelined_speedup``, ``eval_steps_per_s_pipelined``,
    ``pipelined_vs_sim_only``.
+3. The ceiling any layout has on these cores, from the costs this run measured: ``sim_cpu_ms_per_step``
+   (a simulator step: the cores over ``sim_only_steps_per_s``), ``policy_cpu_ms_per_step_b1`` (a batch-1
+   policy step inside today's layout) and ``policy_cpu_ms_per_step_batched`` (the batched forward's
+   time per episode, one torch thread). Had every core been busy all the time with nothing but those
+   two costs, the run would have reached ``cores / (sim + policy)`` steps/s: ``ceiling_speedup`` is
+   that rate over today's layout's measured rate, ``ceiling_vs_sim_only`` (= sim / (sim + policy))
+   its ratio to the simulators alone. A measured figure above its ceiling would mean a measurement
+   error; a target above the ceiling cannot be met by scheduling, only by a cheaper policy or
+   simulator step. ``--precision`` runs every layout's policy at that precision (``eval.precision``).
 
 Start-up (spawning workers, building simulators and policies) is excluded from every rate. The
 last line printed is one JSON object with all fields.
@@ -56,14 +65,14 @@ import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from roboflamingo.eval.config import EvalConfig  # noqa: E402
+from roboflamingo.eval.config import PRECISIONS, EvalConfig  # noqa: E402
 from roboflamingo.eval.envs import EnvSpec  # noqa: E402
 from roboflamingo.eval.items import chain_items, evaluation_sentences  # noqa: E402
 from roboflamingo.eval.metrics import ChainResult  # noqa: E402
 from roboflamingo.eval.policies import PolicySpec  # noqa: E402
 from roboflamingo.eval.protocol import EvalItem  # noqa: E402
 from roboflamingo.eval.runner import evaluate_items  # noqa: E402
-from roboflamingo.policies import PolicySourceConfig  # noqa: E402
+from roboflamingo.policies import PolicyKind, PolicySourceConfig  # noqa: E402
 from roboflamingo.sim.config import EnvConfig  # noqa: E402
 
 
@@ -136,14 +145,16 @@ def tiny_checkpoint(directory: str) -> str:
 def run_layout(items: list[EvalItem], policy: PolicySpec, layout: str, args: argparse.Namespace) -> dict:
     if layout == "workers":
         cfg = EvalConfig(workers=2, ep_len=args.ep_len, progress=False, start_method=args.start_method)
-        policy = replace(policy, torch_threads=1)  # 2 workers on 2 cores: today's default split
+        threads = 1  # 2 workers on 2 cores: today's default split
     elif layout == "batched":
         cfg = EvalConfig(batch_size=args.batch, ep_len=args.ep_len, progress=False, start_method=args.start_method)
-        policy = replace(policy, torch_threads=args.main_threads)
+        threads = args.main_threads
     else:  # pipelined: as many simulators, in groups whose forwards overlap the others' stepping
         cfg = EvalConfig(batch_size=args.batch // args.groups, batch_groups=args.groups, ep_len=args.ep_len,
                          progress=False, start_method=args.start_method)
-        policy = replace(policy, torch_threads=1)  # the other core is stepping simulators meanwhile
+        threads = 1  # the other core is stepping simulators meanwhile
+    if policy.kind is PolicyKind.checkpoint:
+        policy = replace(policy, torch_threads=threads, precision=args.precision)
     env = EnvSpec("tabletop", EnvConfig(scene=args.scene, renderer=args.renderer))
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
         summary = evaluate_items(items, policy, env, cfg, tmp, {"bench": layout})
@@ -163,12 +174,14 @@ def run_layout(items: list[EvalItem], policy: PolicySpec, layout: str, args: arg
     if layout != "workers":
         out["policy_share"] = speed["policy_share"]
         out["forwards"] = speed["policy_forwards"]
+        out["policy_s_per_step"] = speed["policy_forward_s"] / steps
         # The main process's gathers: from scattering actions until all B simulators answered, i.e.
         # the wall time the simulators alone needed (the rate the run had had the policy been free).
         out["sim_only_steps_per_s"] = steps / speed["sim_wait_s"]
         out["sim_share"] = speed["sim_wait_s"] / max(busy, 1e-9)
     else:
         out["policy_share"] = sum(r.policy_s for r in results) / (cfg.workers * max(busy, 1e-9))
+        out["policy_s_per_step"] = sum(r.policy_s for r in results) / steps
     print(f"{policy.kind:10s} {layout:7s}: {out['chains_per_min']:.2f} chains/min, {out['steps_per_s']:.1f} steps/s, "
           f"policy share {out['policy_share']:.2f}, start-up {out['startup_s']:.1f} s, avg len {out['avg_len']:.2f}",
           flush=True)
@@ -261,15 +274,37 @@ def layouts_part(args: argparse.Namespace, checkpoint: str) -> dict:
             f"eval_steps_per_s_pipelined{name}": round(p["steps_per_s"], 2),
             f"policy_share_pipelined{name}": round(p["policy_share"], 3),
         })
+        if name == "":
+            out.update(ceiling(w, b, args))
     if "tiny" in args.policies:
         out["batched_vs_sim_only"] = round(out["eval_steps_per_s_batched"] / out["sim_only_steps_per_s"], 3)
         out["pipelined_vs_sim_only"] = round(out["eval_steps_per_s_pipelined"] / out["sim_only_steps_per_s"], 3)
     return out
 
 
+def ceiling(workers: dict, batched: dict, args: argparse.Namespace) -> dict:
+    """The best rate any layout could reach with the per-step CPU costs this run measured (part 3)."""
+    if args.main_threads != 1:
+        return {}  # a forward on several threads has no single CPU cost to read off its wall time
+    cores = len(os.sched_getaffinity(0))
+    sim = cores / batched["sim_only_steps_per_s"]
+    policy_b1, policy_batched = workers["policy_s_per_step"], batched["policy_s_per_step"]
+    best = cores / (sim + policy_batched)
+    return {
+        "cores": cores,
+        "sim_cpu_ms_per_step": round(1e3 * sim, 3),
+        "policy_cpu_ms_per_step_b1": round(1e3 * policy_b1, 3),
+        "policy_cpu_ms_per_step_batched": round(1e3 * policy_batched, 3),
+        "ceiling_steps_per_s": round(best, 2),
+        "ceiling_speedup": round(best / workers["steps_per_s"], 3),
+        "ceiling_vs_sim_only": round(sim / (sim + policy_batched), 3),
+    }
+
+
 def pooled(runs: list[dict]) -> dict:
     """Rates over repeated runs: means (each run does the same work, so the mean of rates is fair)."""
-    keys = ("chains_per_min", "steps_per_s", "sim_only_steps_per_s", "policy_share", "sim_share", "avg_len")
+    keys = ("chains_per_min", "steps_per_s", "sim_only_steps_per_s", "policy_share", "sim_share", "avg_len",
+            "policy_s_per_step")
     return {k: sum(r[k] for r in runs) / len(runs) for k in keys if k in runs[0]}
 
 
@@ -281,6 +316,8 @@ def main() -> None:
     # B=8: the same wall time, ~10% more CPU) and a second thread only risks spinning under load.
     parser.add_argument("--main-threads", type=int, default=1, help="torch threads of the batched policy")
     parser.add_argument("--groups", type=int, default=2, help="groups of the pipelined layout (--batch in all)")
+    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
+                        help="the checkpoint policy's frozen towers, in every layout (eval.precision)")
     parser.add_argument("--policies", nargs="+", default=["tiny", "expert"], choices=["tiny", "expert"])
     parser.add_argument("--repeat", action="store_true", help="run each layout twice (w, b, p, p, b, w)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the 1-vs-2-worker part")
@@ -304,6 +341,7 @@ def main() -> None:
         result.update(precision_check(checkpoint))
     result.update({
         "chains": args.chains, "ep_len": args.ep_len, "batch": args.batch, "main_threads": args.main_threads,
+        "precision": args.precision,
         "groups": args.groups,
         "load_avg_before": round(load_before, 2), "load_avg_after": round(os.getloadavg()[0], 2),
         "renderer": args.renderer, "cpu_count": os.cpu_count(),
