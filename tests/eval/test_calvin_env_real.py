@@ -123,6 +123,27 @@ def test_a_checkpoint_policy_evaluates_two_chains_in_real_calvin_env(checkpoint,
 
 
 @pytest.mark.slow
+def test_batched_evaluation_runs_real_calvin_env_in_its_simulator_processes(checkpoint, tmp_path):
+    """eval.batch_size: each simulator process builds its own calvin_env from the picklable spec; one
+    policy steps both; the records are those of the unbatched layout."""
+    split = write_split(tmp_path / "task_D_D" / "validation", use_egl=False)
+    outcomes = {}
+    for layout, extra in (("plain", []), ("batched", ["eval.batch_size=2"])):
+        run_dir = tmp_path / layout
+        args = ["eval", f"checkpoint={checkpoint}", f"eval.calvin_dataset={split}", "eval.num_chains=2",
+                "eval.ep_len=4", "policy.device=cpu", "eval.progress=false", f"run_dir={run_dir}", *extra]
+        proc = subprocess.run([sys.executable, "-m", "roboflamingo.cli", *args], capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, f"{layout}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        results = json.loads((run_dir / "results.json").read_text())
+        records = [json.loads(line) for line in (run_dir / "records" / "rank-0.jsonl").read_text().splitlines()]
+        outcomes[layout] = {r["index"]: (tuple(r["tasks"]), r["completed"], tuple(r["steps"])) for r in records}
+        if layout == "batched":
+            assert results["speed"]["simulators"] == 2 and results["speed"]["policy_forwards"] > 0
+    assert outcomes["batched"] == outcomes["plain"] and len(outcomes["plain"]) == 2
+
+
+@pytest.mark.slow
 def test_named_observation_fields_are_calvin_envs_own(env):
     """types' robot_obs / scene_obs slices pick out the fields calvin_env's own info reports."""
     import pybullet
