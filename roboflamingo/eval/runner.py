@@ -34,6 +34,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -211,14 +212,23 @@ class _Progress:
             self.bar.close()
 
 
-def _run_inline(
-    items: Sequence[EvalItem],
-    policy_factory: PolicyFactory,
-    env_factory: EnvFactory,
-    cfg: EvalConfig,
-    video_dir: Path | None,
-    on_result: Callable[[ChainResult], None],
-) -> float:
+@dataclass(frozen=True)
+class _Run:
+    """What every layout is handed: the chains still to do, the factories, and where a finished
+    chain goes (``on_result`` records it; only the rank's main process calls it)."""
+
+    items: Sequence[EvalItem]
+    policy_factory: PolicyFactory
+    env_factory: EnvFactory
+    cfg: EvalConfig
+    video_dir: Path | None
+    on_result: Callable[[ChainResult], None]
+
+
+def _run_inline(run: _Run) -> float:
+    """Every chain in this process; returns the start-up seconds."""
+    items, policy_factory, env_factory, cfg, video_dir, on_result = (
+        run.items, run.policy_factory, run.env_factory, run.cfg, run.video_dir, run.on_result)
     start = time.perf_counter()
     env = env_factory()
     try:
@@ -242,14 +252,10 @@ def _drain_results(results: Any, on_result: Callable[[ChainResult], None]) -> No
             on_result(ChainResult.from_record(payload))
 
 
-def _run_workers(
-    items: Sequence[EvalItem],
-    policy_factory: PolicyFactory,
-    env_factory: EnvFactory,
-    cfg: EvalConfig,
-    video_dir: Path | None,
-    on_result: Callable[[ChainResult], None],
-) -> float:
+def _run_workers(run: _Run) -> float:
+    """``cfg.workers`` processes, each with its own simulator and policy; returns the start-up seconds."""
+    items, policy_factory, env_factory, cfg, video_dir, on_result = (
+        run.items, run.policy_factory, run.env_factory, run.cfg, run.video_dir, run.on_result)
     ctx = mp.get_context(cfg.start_method)
     tasks, results = ctx.Queue(), _Results(ctx)
     n = min(cfg.workers, len(items))
@@ -415,16 +421,10 @@ class _SimPool:
             conn.close()
 
 
-def _run_batched(
-    items: Sequence[EvalItem],
-    policy_factory: PolicyFactory,
-    env_factory: EnvFactory,
-    cfg: EvalConfig,
-    video_dir: Path | None,
-    on_result: Callable[[ChainResult], None],
-    stats: dict[str, Any],
-) -> float:
+def _run_batched(run: _Run, stats: dict[str, Any]) -> float:
     """The batched layout (see the module docstring); fills ``stats`` with the forward counters."""
+    items, policy_factory, env_factory, cfg, video_dir, on_result = (
+        run.items, run.policy_factory, run.env_factory, run.cfg, run.video_dir, run.on_result)
     start = time.perf_counter()
     n = min(cfg.batch_size * cfg.batch_groups, len(items))
     pool = _SimPool(n, env_factory, cfg, video_dir)  # simulators start while the policy loads
@@ -595,11 +595,11 @@ def evaluate_items(
     startup = 0.0
     batch_stats: dict[str, Any] = {}
     try:
+        run = _Run(todo, policy_factory, env_factory, cfg, video_dir, on_result)
         if todo and cfg.batch_size:
-            startup = _run_batched(todo, policy_factory, env_factory, cfg, video_dir, on_result, batch_stats)
+            startup = _run_batched(run, batch_stats)
         elif todo:
-            run = _run_inline if cfg.workers == 1 else _run_workers
-            startup = run(todo, policy_factory, env_factory, cfg, video_dir, on_result)
+            startup = (_run_inline if cfg.workers == 1 else _run_workers)(run)
     finally:
         progress.close()
         store.close()
