@@ -51,7 +51,7 @@ class EvalConfig:
             child inherits pybullet/EGL/CUDA state that is not fork-safe.
         torch_threads: intra-op threads per worker for a checkpoint policy; 0 splits the machine's
             cores evenly between the workers so they do not oversubscribe it (batched: all cores,
-            since the simulators wait while the policy runs).
+            since the simulators wait while the policy runs; with ``batch_groups=G``, 1/G of them).
         num_videos: rollout videos for the first K chains (by chain index); 0 disables them.
         video_fps: frame rate of the videos (the simulator runs at 30 Hz).
         video_stride: keep every n-th control step in the video.

@@ -72,7 +72,9 @@ class PolicySpec:
         return PerSlotPolicies(partial(PolicySpec.__call__, self))
 
 
-def default_torch_threads(workers: int, batch_size: int = 0) -> int:
-    """This worker's share of the cores other processes leave free; batched, the one policy gets them
-    all (the simulators wait for its forward, so it would otherwise leave cores idle)."""
-    return choose_threads(0, 1 if batch_size else workers)
+def default_torch_threads(workers: int, batch_size: int = 0, batch_groups: int = 1) -> int:
+    """This worker's share of the cores other processes leave free. Batched, the one policy gets them
+    all (the simulators wait for its forward, so it would otherwise leave cores idle); with G groups,
+    a 1/G share, since the other groups' simulators step during each forward (on 2 cores, 2 threads
+    there ran the pipelined layout 0.98x today's layout, 1 thread 1.18-1.29x: bench_eval.py)."""
+    return choose_threads(0, batch_groups if batch_size else workers)

@@ -56,7 +56,7 @@ class Job:
 def make_specs(job: Job) -> tuple[PolicySpec, EnvSpec]:
     """The picklable policy and environment factories a job describes (ValueError when inconsistent)."""
     cfg = job.eval
-    threads = cfg.torch_threads or default_torch_threads(cfg.workers, cfg.batch_size)
+    threads = cfg.torch_threads or default_torch_threads(cfg.workers, cfg.batch_size, cfg.batch_groups)
     policy = PolicySpec(job.policy, torch_threads=threads, precision=cfg.precision)
     if cfg.calvin_dataset:
         env = EnvSpec("calvin", job.env, cfg.calvin_dataset, cfg.calvin_tasks_config)

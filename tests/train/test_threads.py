@@ -41,6 +41,8 @@ def test_eval_workers_use_the_shared_choice(monkeypatch):
     monkeypatch.setattr(threads, "available_cores", lambda: 8)
     monkeypatch.setattr(threads, "other_load", lambda: 4.0)
     assert default_torch_threads(2) == 2
+    assert default_torch_threads(2, batch_size=8) == 4  # the simulators wait during its forward
+    assert default_torch_threads(1, batch_size=4, batch_groups=2) == 2  # other groups step meanwhile
 
 
 def test_the_governor_rechecks_on_its_own_clock(monkeypatch):
