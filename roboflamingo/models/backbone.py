@@ -104,10 +104,16 @@ class FlamingoBackbone(nn.Module):
             return None  # the LM used on its own
         media, attends = self._conditioning
         block = self.gated_cross_attn_layers[idx]
+
+        def attend(hidden: torch.Tensor) -> torch.Tensor:
+            # The block's fp32 gates promote its output to fp32; a half-precision LM (eval.precision)
+            # must get its own dtype back, or its half-precision LayerNorms refuse the fp32 input.
+            return block(hidden, media, attends).to(hidden.dtype)
+
         if args:
-            return (block(args[0], media, attends), *args[1:]), kwargs
+            return (attend(args[0]), *args[1:]), kwargs
         kwargs = dict(kwargs)
-        kwargs["hidden_states"] = block(kwargs["hidden_states"], media, attends)
+        kwargs["hidden_states"] = attend(kwargs["hidden_states"])
         return args, kwargs
 
     @contextlib.contextmanager

@@ -7,6 +7,7 @@ import pytest
 import torch
 from model_helpers import frame_obs, make_batch, make_stats, micro_config, micro_head, open_gates
 
+from roboflamingo.models.config import LM_FAMILIES
 from roboflamingo.models.policy import build_policy
 
 HEADS = ["lstm", "transformer", "mlp"]
@@ -225,21 +226,26 @@ def test_step_batch_refuses_mismatched_inputs(stats):
         policy.step_batch([obs, {"rgb_gripper": obs["rgb_gripper"]}], ["a", "b"], [None, None])
 
 
-def test_bf16_towers_run_and_stay_close_to_fp32(stats):
-    """eval.precision on CPU: the bf16 path runs end to end; its actions are reported against fp32."""
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("family", LM_FAMILIES)
+def test_half_precision_towers_run_and_stay_close_to_fp32(stats, family, precision):
+    """eval.precision on CPU: the half-precision path runs end to end for every LM family (the real
+    3B/9B models are MPT, whose half-precision LayerNorms used to get fp32 hidden states from the
+    cross-attention and refuse them); its actions stay near fp32's."""
     torch.manual_seed(0)
-    policy = build_policy(micro_config(), micro_head(), stats)
+    policy = build_policy(micro_config(family), micro_head(), stats)
     open_gates(policy)
     batch = make_batch(b=2, t=3)
     obs = [frame_obs(batch, i, 0) for i in range(2)]
     ref, _ = policy.step_batch(obs, batch["instruction"], [None, None])
-    policy.set_precision("bf16")
-    assert all(p.dtype == torch.bfloat16 for p in policy.backbone.vision_encoder.parameters())
-    assert all(p.dtype == torch.bfloat16 for p in policy.backbone.lang_encoder.parameters())
+    policy.set_precision(precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert all(p.dtype == dtype for p in policy.backbone.vision_encoder.parameters())
+    assert all(p.dtype == dtype for p in policy.backbone.lang_encoder.parameters())
     trained = (policy.action_head, policy.backbone.perceiver, policy.backbone.gated_cross_attn_layers)
     assert all(p.dtype == torch.float32 for m in trained for p in m.parameters())
     low, _ = policy.step_batch(obs, batch["instruction"], [None, None])
     assert np.all(np.isfinite(low)) and low.shape == ref.shape
-    assert np.abs(low[:, :6] - ref[:, :6]).max() < 0.1  # bf16 keeps ~3 significant digits
+    assert np.abs(low[:, :6] - ref[:, :6]).max() < 0.1  # bf16 keeps ~3 significant digits, fp16 ~4
     with pytest.raises(ValueError, match="precision must be one of"):
         policy.set_precision("int8")
