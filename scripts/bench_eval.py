@@ -65,6 +65,8 @@ import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from bench_common import observation, save_random_checkpoint  # noqa: E402
+
 from roboflamingo.eval.config import PRECISIONS, EvalConfig  # noqa: E402
 from roboflamingo.eval.envs import EnvSpec  # noqa: E402
 from roboflamingo.eval.items import chain_items, evaluation_sentences  # noqa: E402
@@ -127,21 +129,6 @@ def pool(speeds: list[dict]) -> dict:
     }
 
 
-def tiny_checkpoint(directory: str) -> str:
-    """configs/model/tiny.yaml with an LSTM head, random weights, identity statistics, saved."""
-    import torch
-
-    from roboflamingo.config import load
-    from roboflamingo.models.inspect import Job
-    from roboflamingo.models.normalization import identity_stats
-    from roboflamingo.models.policy import build_policy
-
-    job = load("inspect", Job, ["model=tiny", "head=lstm"])
-    torch.manual_seed(0)
-    build_policy(job.model, job.head, identity_stats()).save_pretrained(directory)
-    return directory
-
-
 def run_layout(items: list[EvalItem], policy: PolicySpec, layout: str, args: argparse.Namespace) -> dict:
     if layout == "workers":
         cfg = EvalConfig(workers=2, ep_len=args.ep_len, progress=False, start_method=args.start_method)
@@ -188,7 +175,7 @@ def run_layout(items: list[EvalItem], policy: PolicySpec, layout: str, args: arg
     return out
 
 
-def precision_check(checkpoint: str, frames: int = 10, batch: int = 4) -> dict:
+def precision_check(checkpoint: str, device: str, frames: int = 10, batch: int = 4) -> dict:
     """Actions of bf16 frozen towers vs fp32 on the same episodes (CPU here; a GPU is where it pays)."""
     import numpy as np
     import torch
@@ -196,13 +183,11 @@ def precision_check(checkpoint: str, frames: int = 10, batch: int = 4) -> dict:
     from roboflamingo.models.policy import RoboFlamingoPolicy
 
     rng = np.random.default_rng(0)
-    episodes = [[{"rgb_static": rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
-                  "rgb_gripper": rng.integers(0, 256, (84, 84, 3), dtype=np.uint8),
-                  "robot_obs": rng.normal(size=15)} for _ in range(frames)] for _ in range(batch)]
+    episodes = [[observation(rng) for _ in range(frames)] for _ in range(batch)]
     sentences = list(evaluation_sentences().values())[:batch]
 
     def actions(precision: str) -> tuple[np.ndarray, torch.Tensor]:
-        model = RoboFlamingoPolicy.from_pretrained(checkpoint).eval()
+        model = RoboFlamingoPolicy.from_pretrained(checkpoint, map_location=device).eval()
         model.set_precision(precision)
         histories, out = [None] * batch, []
         for t in range(frames):
@@ -249,7 +234,7 @@ def scaling_part(args: argparse.Namespace) -> dict:
 def layouts_part(args: argparse.Namespace, checkpoint: str) -> dict:
     items = chain_items(args.chains, 0, evaluation_sentences())
     out: dict = {}
-    policies = {"tiny": ("", PolicySpec(PolicySourceConfig(checkpoint=checkpoint, device="cpu"))),
+    policies = {"tiny": ("", PolicySpec(PolicySourceConfig(checkpoint=checkpoint, device=args.device))),
                 "expert": ("_expert", PolicySpec(PolicySourceConfig("expert", scene=args.scene)))}
     for name, spec in (policies[p] for p in args.policies):
         # with --repeat the order is mirrored, so a load drifting during the run biases no layout
@@ -316,6 +301,8 @@ def main() -> None:
     # B=8: the same wall time, ~10% more CPU) and a second thread only risks spinning under load.
     parser.add_argument("--main-threads", type=int, default=1, help="torch threads of the batched policy")
     parser.add_argument("--groups", type=int, default=2, help="groups of the pipelined layout (--batch in all)")
+    parser.add_argument("--model", default="tiny", help="the checkpoint policy's model config (random weights)")
+    parser.add_argument("--device", default="cpu", help="the checkpoint policy's device (cuda: the GPU lines)")
     parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS),
                         help="the checkpoint policy's frozen towers, in every layout (eval.precision)")
     parser.add_argument("--policies", nargs="+", default=["tiny", "expert"], choices=["tiny", "expert"])
@@ -334,14 +321,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-eval-ckpt-") as tmp:
         # The checkpoint is written before any simulator exists in this process (the 1-worker runs
         # build one here); sim/egl.py makes the other order safe too.
-        checkpoint = tiny_checkpoint(tmp)
+        checkpoint = save_random_checkpoint(tmp, args.model)
         if not args.no_scaling:
             result.update(scaling_part(args))
         result.update(layouts_part(args, checkpoint))
-        result.update(precision_check(checkpoint))
+        result.update(precision_check(checkpoint, args.device))
     result.update({
         "chains": args.chains, "ep_len": args.ep_len, "batch": args.batch, "main_threads": args.main_threads,
-        "precision": args.precision,
+        "precision": args.precision, "model": args.model, "device": args.device,
         "groups": args.groups,
         "load_avg_before": round(load_before, 2), "load_avg_after": round(os.getloadavg()[0], 2),
         "renderer": args.renderer, "cpu_count": os.cpu_count(),

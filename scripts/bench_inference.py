@@ -34,11 +34,9 @@ import time
 
 import numpy as np
 import torch
+from bench_common import observation, random_weights_job
 
-from roboflamingo.config import load
 from roboflamingo.eval.config import PRECISIONS
-from roboflamingo.models.config import BUILTIN_TOKENIZER
-from roboflamingo.models.inspect import Job
 from roboflamingo.models.normalization import identity_stats
 from roboflamingo.models.policy import build_policy
 from roboflamingo.transforms import preprocess_images
@@ -49,26 +47,6 @@ INSTRUCTION = "push the blue block to the left"
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def model_job(model: str, head: str) -> tuple[Job, bool]:
-    """The config, made buildable with random weights when it names files this machine lacks."""
-    job = load("inspect", Job, [f"model={model}", f"head={head}"])
-    lm = job.model.lm
-    if lm.tokenizer == BUILTIN_TOKENIZER or (lm.path and lm.tokenizer):
-        return job, False
-    # No local LM/tokenizer: random weights, CLIP's BPE, the LM's own embedding rows kept.
-    overrides = [f"model={model}", f"head={head}", f"model.lm.tokenizer={BUILTIN_TOKENIZER}",
-                 "model.lm.path=", "model.lm.embedding_size=0", "model.vision.weights="]
-    if not lm.vocab_size:
-        raise ValueError(f"model={model}: no lm.vocab_size to size the random LM's embeddings with")
-    return load("inspect", Job, overrides), True
-
-
-def observation(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {"rgb_static": rng.integers(0, 256, (200, 200, 3), dtype=np.uint8),
-            "rgb_gripper": rng.integers(0, 256, (84, 84, 3), dtype=np.uint8),
-            "robot_obs": rng.normal(size=15)}
 
 
 def bench_batches(policy, window: int, device: torch.device, batches: list[int], precisions: list[str],
@@ -105,7 +83,7 @@ def bench_batches(policy, window: int, device: torch.device, batches: list[int],
 
 def bench(model: str, head: str, device: torch.device, reps: int, batches: list[int] | None = None,
           precisions: tuple[str, ...] = ("fp32",)) -> dict:
-    job, random_lm = model_job(model, head)
+    job, random_lm = random_weights_job(model, head)
     torch.manual_seed(0)
     policy = build_policy(job.model, job.head, identity_stats(), device=device)
     rng = np.random.default_rng(0)

@@ -42,7 +42,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from roboflamingo.config import load_yaml  # noqa: E402
+from bench_common import observation, save_random_checkpoint  # noqa: E402
+
 from roboflamingo.deploy.bridge import RosBridge  # noqa: E402
 from roboflamingo.deploy.client import PolicyClient  # noqa: E402
 from roboflamingo.deploy.config import BridgeConfig  # noqa: E402
@@ -61,26 +62,6 @@ def percentiles(ms: list[float]) -> dict[str, float]:
         "p50_ms": round(float(p50), 3),
         "p99_ms": round(float(p99), 3),
         "mean_ms": round(float(np.mean(ms)), 3),
-    }
-
-
-def tiny_checkpoint(directory: Path) -> str:
-    from roboflamingo.models.config import HeadConfig, ModelConfig
-    from roboflamingo.models.normalization import identity_stats
-    from roboflamingo.models.policy import build_policy
-
-    model = load_yaml(ROOT / "configs/model/tiny.yaml", ModelConfig)
-    head = load_yaml(ROOT / "configs/head/lstm.yaml", HeadConfig)
-    torch.manual_seed(0)
-    build_policy(model, head, identity_stats()).save_pretrained(directory)
-    return str(directory)
-
-
-def observation(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    return {
-        RGB_STATIC: rng.integers(0, 255, (200, 200, 3), dtype=np.uint8),
-        RGB_GRIPPER: rng.integers(0, 255, (84, 84, 3), dtype=np.uint8),
-        ROBOT_OBS: rng.normal(size=15).astype(np.float32),
     }
 
 
@@ -362,7 +343,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.policy == "tiny":
-            source = policy_source(PolicySourceConfig(checkpoint=tiny_checkpoint(Path(tmp) / "tiny")))
+            source = policy_source(PolicySourceConfig(checkpoint=save_random_checkpoint(Path(tmp) / "tiny")))
         else:
             source = policy_source(PolicySourceConfig("random"))
         bare = bench_bare(source.factory, obs, args.steps, args.warmup)
