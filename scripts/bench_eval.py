@@ -1,7 +1,8 @@
 """Evaluation throughput: worker scaling, and one batched policy vs a policy per worker.
 
-    python scripts/bench_eval.py [--chains 16] [--ep-len 120] [--batch 8] [--main-threads 2]
+    python scripts/bench_eval.py [--chains 16] [--ep-len 120] [--batch 8] [--main-threads 1]
                                  [--no-scaling] [--chains-per-worker 1] [--renderer auto]
+                                 [--precision fp32] [--model tiny] [--device cpu] [--repeat]
 
 Two parts, in one run on the same cores:
 
@@ -13,7 +14,8 @@ Two parts, in one run on the same cores:
    ``scaling`` (their ratio, wall clock), ``machine_scaling`` (a pure-Python busy loop in 1 and 2
    processes, before and after: what the machine allowed at the time) and ``scaling_cpu_time``
    (2 x cpu_1 / cpu_2: the ratio the CPU seconds per chain allow on two otherwise idle cores).
-2. Layouts, for the tiny checkpoint policy (configs/model/tiny.yaml, random weights, LSTM head) and
+2. Layouts, for the tiny checkpoint policy (configs/model/tiny.yaml, random weights, LSTM head;
+   ``--model``/``--device`` pick another config and device, e.g. ``of3b_mpt1b`` on ``cuda``) and
    for the expert, on the same ``--chains`` generator chains: ``workers`` is today's layout (2 worker
    processes, each with its own simulator and its own policy at batch 1, one torch thread each);
    ``batched`` is one policy in the main process (``--main-threads`` torch threads) stepping
