@@ -227,15 +227,13 @@ class _Run:
 
 def _run_inline(run: _Run) -> float:
     """Every chain in this process; returns the start-up seconds."""
-    items, policy_factory, env_factory, cfg, video_dir, on_result = (
-        run.items, run.policy_factory, run.env_factory, run.cfg, run.video_dir, run.on_result)
     start = time.perf_counter()
-    env = env_factory()
+    env = run.env_factory()
     try:
-        policy = policy_factory(0)
+        policy = run.policy_factory(0)
         startup = time.perf_counter() - start
-        for item in items:
-            on_result(execute_item(env, policy, item, cfg, video_dir))
+        for item in run.items:
+            run.on_result(execute_item(env, policy, item, run.cfg, run.video_dir))
     finally:
         env.close()
     return startup
@@ -253,13 +251,11 @@ def _drain_results(results: Any, on_result: Callable[[ChainResult], None]) -> No
 
 
 def _run_workers(run: _Run) -> float:
-    """``cfg.workers`` processes, each with its own simulator and policy; returns the start-up seconds."""
-    items, policy_factory, env_factory, cfg, video_dir, on_result = (
-        run.items, run.policy_factory, run.env_factory, run.cfg, run.video_dir, run.on_result)
-    ctx = mp.get_context(cfg.start_method)
+    """``run.cfg.workers`` processes, each with its own simulator and policy; returns the start-up seconds."""
+    ctx = mp.get_context(run.cfg.start_method)
     tasks, results = ctx.Queue(), _Results(ctx)
-    n = min(cfg.workers, len(items))
-    for item in items:
+    n = min(run.cfg.workers, len(run.items))
+    for item in run.items:
         tasks.put(item)
     for _ in range(n):
         tasks.put(None)
@@ -269,7 +265,7 @@ def _run_workers(run: _Run) -> float:
         procs = [
             ctx.Process(
                 target=_worker_main,
-                args=(w, policy_factory, env_factory, cfg, video_dir, tasks, results),
+                args=(w, run.policy_factory, run.env_factory, run.cfg, run.video_dir, tasks, results),
                 name=f"eval-worker-{w}",
                 daemon=True,
             )
@@ -278,21 +274,21 @@ def _run_workers(run: _Run) -> float:
         for p in procs:
             p.start()
     try:
-        pending, ready = len(items), 0
+        pending, ready = len(run.items), 0
         while pending:
             try:
                 kind, worker, payload = results.get(timeout=1.0)
             except queue.Empty:
                 dead = [(i, p.exitcode) for i, p in enumerate(procs) if not p.is_alive()]
                 if any(code != 0 for _, code in dead) or len(dead) == n:
-                    _drain_results(results, on_result)
+                    _drain_results(results, run.on_result)
                     raise RuntimeError(
                         f"eval worker(s) exited before finishing their chains: {dead} (worker, exit code); "
                         "finished chains are recorded, rerun to resume"
                     ) from None
                 continue
             if kind == "error":
-                _drain_results(results, on_result)
+                _drain_results(results, run.on_result)
                 raise RuntimeError(f"eval worker {worker} failed:\n{payload}")
             if kind == "ready":
                 ready += 1
@@ -300,7 +296,7 @@ def _run_workers(run: _Run) -> float:
                     startup = time.perf_counter() - start
                 continue
             pending -= 1
-            on_result(ChainResult.from_record(payload))
+            run.on_result(ChainResult.from_record(payload))
         for p in procs:
             p.join(timeout=30)
     finally:
@@ -423,17 +419,15 @@ class _SimPool:
 
 def _run_batched(run: _Run, stats: dict[str, Any]) -> float:
     """The batched layout (see the module docstring); fills ``stats`` with the forward counters."""
-    items, policy_factory, env_factory, cfg, video_dir, on_result = (
-        run.items, run.policy_factory, run.env_factory, run.cfg, run.video_dir, run.on_result)
     start = time.perf_counter()
-    n = min(cfg.batch_size * cfg.batch_groups, len(items))
-    pool = _SimPool(n, env_factory, cfg, video_dir)  # simulators start while the policy loads
+    n = min(run.cfg.batch_size * run.cfg.batch_groups, len(run.items))
+    pool = _SimPool(n, run.env_factory, run.cfg, run.video_dir)  # simulators start while the policy loads
     if "torch" not in sys.modules:
         # Between forwards the simulators need these cores: the policy's OpenMP threads must sleep
         # then, not spin (spinning threads of a 2-thread policy on a busy 2-core box cost it 5-10x).
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        batcher = SlotBatcher(slot_policy(policy_factory))
+        batcher = SlotBatcher(slot_policy(run.policy_factory))
         slots = [batcher.open() for _ in range(n)]
         waiting = set(range(n))
         while waiting:
@@ -442,12 +436,12 @@ def _run_batched(run: _Run, stats: dict[str, Any]) -> float:
                     raise RuntimeError(f"eval simulator {w} sent '{kind}' before it was ready")
                 waiting.discard(w)
         startup = time.perf_counter() - start
-        queue_ = list(reversed(items))  # pop() takes them in order
+        queue_ = list(reversed(run.items))  # pop() takes them in order
         for w in range(n):
             pool.conns[w].send(("chain", queue_.pop()))
         # Simulator w belongs to group w % G. A group's forward runs as soon as each of its busy
         # simulators waits for an action; with G > 1 the other groups keep stepping meanwhile.
-        groups = [list(range(g, n, cfg.batch_groups)) for g in range(min(cfg.batch_groups, n))]
+        groups = [list(range(g, n, run.cfg.batch_groups)) for g in range(min(run.cfg.batch_groups, n))]
         busy, requests = set(range(n)), {}
         sim_wait = 0.0  # time spent waiting for simulators, the policy idle
         while busy:
@@ -471,7 +465,7 @@ def _run_batched(run: _Run, stats: dict[str, Any]) -> float:
                 if kind == "request":
                     requests[w] = payload
                 elif kind == "result":
-                    on_result(ChainResult.from_record(payload))
+                    run.on_result(ChainResult.from_record(payload))
                     if queue_:  # refill the slot at once; its first request joins the next forward
                         pool.conns[w].send(("chain", queue_.pop()))
                     else:
@@ -479,7 +473,7 @@ def _run_batched(run: _Run, stats: dict[str, Any]) -> float:
                 else:
                     raise RuntimeError(f"eval simulator {w} sent an unexpected '{kind}'")
             sim_wait += time.perf_counter() - t0
-        stats.update({"batch_size": cfg.batch_size, "batch_groups": len(groups), "simulators": n,
+        stats.update({"batch_size": run.cfg.batch_size, "batch_groups": len(groups), "simulators": n,
                       "policy_forwards": batcher.forwards, "policy_forward_s": batcher.policy_s,
                       "sim_wait_s": sim_wait})
         return startup
