@@ -14,10 +14,10 @@ the backbone would make it ~``window``.
 ``--batches 1 8 32``: ``step_batch`` over B episodes (each its own history, past the window) at each
 ``--precisions`` (the frozen towers' ``eval.precision``): ``batch[precision][B]`` holds the median
 ``step_ms`` per call, ``ms_per_episode`` and, on CUDA, ``peak_mem_gb`` (peak allocated during the
-steps, weights included) with ``weights_gb``. A config whose LM or tokenizer names no local files
-(``of3b_mpt1b``, ``of9b_mpt7b``: nothing can be downloaded) is built with random weights and CLIP's
-built-in tokenizer; the LM keeps its own embedding rows (``lm.vocab_size``), so weights and memory
-are the real model's. The last line printed is one JSON object; the top-level
+steps, weights included) with ``weights_gb``. A config that names weight or tokenizer files
+(``of3b_mpt1b``: nothing can be downloaded) is built with random weights and CLIP's built-in
+tokenizer; the LM keeps its own embedding rows (``lm.vocab_size``), so weights and memory are the
+real model's (``bench_common.random_weights_job``). The last line printed is one JSON object; the top-level
 ``step_ms``/``backbone_ms``/``overhead_ratio`` are the mid config's (else the last config's).
 
     python scripts/bench_inference.py [--configs tiny mid] [--head lstm] [--device cpu|cuda] [--reps 20]
@@ -87,15 +87,11 @@ def bench(model: str, head: str, device: torch.device, reps: int, batches: list[
     torch.manual_seed(0)
     policy = build_policy(job.model, job.head, identity_stats(), device=device)
     rng = np.random.default_rng(0)
-
-    def obs() -> dict[str, np.ndarray]:
-        return observation(rng)
-
     size = job.model.vision.image_size
-    static = preprocess_images(torch.from_numpy(obs()["rgb_static"]).to(device)[None], size)
-    gripper = preprocess_images(torch.from_numpy(obs()["rgb_gripper"]).to(device)[None], size)
+    static = preprocess_images(torch.from_numpy(observation(rng)["rgb_static"]).to(device)[None], size)
+    gripper = preprocess_images(torch.from_numpy(observation(rng)["rgb_gripper"]).to(device)[None], size)
     ids, mask = policy.tokenize([INSTRUCTION])
-    observations = [obs() for _ in range(8)]
+    observations = [observation(rng) for _ in range(8)]
 
     def backbone_once() -> float:
         _sync(device)

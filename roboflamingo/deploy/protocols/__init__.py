@@ -97,11 +97,11 @@ def _looks_openpi(frame: bytes | str) -> bool:
 class AutoTranslator:
     """``/``: the greeting both clients expect goes out as is; the first frame picks the protocol."""
 
+    speaks_first = False  # the clients it tells apart on "/" (ours, openpi) wait for our greeting
+
     def __init__(self, server: PolicyServer, send: Send) -> None:
         self.server, self.send = server, send
         self.chosen: Translator | None = None
-
-    speaks_first = False  # both clients on / wait for our greeting
 
     @property
     def name(self) -> str:
