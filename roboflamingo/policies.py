@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from roboflamingo.types import (
+from roboflamingo.robots.calvin import (
     ACTION_DIM,
     GRIPPER_CLOSE,
     GRIPPER_INDEX,
@@ -36,9 +36,8 @@ from roboflamingo.types import (
     RGB_STATIC,
     ROBOT_OBS,
     SCENE_OBS,
-    Observation,
-    Policy,
 )
+from roboflamingo.types import Observation, Policy
 
 DEVICES = ("auto", "cpu", "cuda")
 # How long a served tick waits for the other sessions' frames once the first arrived (a session that

@@ -20,7 +20,8 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from roboflamingo.types import ACTION_DIM, Observation, Policy
+from roboflamingo.robots.calvin import ACTION_DIM
+from roboflamingo.types import Observation, Policy
 
 R = TypeVar("R")
 

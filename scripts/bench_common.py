@@ -13,7 +13,7 @@ import numpy as np
 from roboflamingo.config import load
 from roboflamingo.models.config import BUILTIN_TOKENIZER
 from roboflamingo.models.inspect import Job
-from roboflamingo.types import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS, ROBOT_OBS_DIM
+from roboflamingo.robots.calvin import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS, ROBOT_OBS_DIM
 
 
 def random_weights_job(model: str = "tiny", head: str = "lstm") -> tuple[Job, bool]:

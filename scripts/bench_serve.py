@@ -53,7 +53,7 @@ from roboflamingo.deploy.ros_node import ControlConfig, ControlNode, Job  # noqa
 from roboflamingo.deploy.safety import SafetyConfig  # noqa: E402
 from roboflamingo.deploy.server import PolicyServer, ServerThread  # noqa: E402
 from roboflamingo.policies import PolicySourceConfig, policy_source  # noqa: E402
-from roboflamingo.types import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS  # noqa: E402
+from roboflamingo.robots.calvin import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS  # noqa: E402
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from roboflamingo import types as T
-from roboflamingo.types import check_observation
+from roboflamingo.robots import calvin as T
+from roboflamingo.robots.calvin import check_observation
 
 
 def _obs():

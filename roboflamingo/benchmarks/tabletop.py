@@ -32,8 +32,8 @@ import numpy as np
 from roboflamingo.config import to_dataclass
 from roboflamingo.eval.config import EvalConfig
 from roboflamingo.eval.protocol import EvalEnv, EvalItem
+from roboflamingo.robots.calvin import ACTION_DIM, RGB_GRIPPER, RGB_STATIC, ROBOT_OBS, SCENE_OBS
 from roboflamingo.sim.config import EnvConfig
-from roboflamingo.types import ACTION_DIM, RGB_GRIPPER, RGB_STATIC, ROBOT_OBS, SCENE_OBS
 
 try:
     from vla_eval.benchmarks.base import StepBenchmark, StepResult

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from roboflamingo.types import GRIPPER_RES, STATIC_RES
+from roboflamingo.robots.calvin import GRIPPER_RES, STATIC_RES
 
 
 def shift_pad(pixels_at_calvin_res: int, size: int, calvin_size: int) -> int:

@@ -55,7 +55,8 @@ from roboflamingo.data.layout import (
 )
 from roboflamingo.data.packed import MANIFEST, PackedSplit, packed_dir_for
 from roboflamingo.data.stats import compute_normalization
-from roboflamingo.types import ACTION_MASK, ACTIONS, INSTRUCTION, RGB_GRIPPER, RGB_STATIC, ROBOT_OBS
+from roboflamingo.robots.calvin import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS
+from roboflamingo.types import ACTION_MASK, ACTIONS, INSTRUCTION
 
 __all__ = ["CalvinDataset", "WindowSampler", "collate", "compute_normalization", "make_dataloader"]
 

@@ -56,7 +56,7 @@ from roboflamingo.data.lerobot import (
     LeRobotSplit,
 )
 from roboflamingo.io import atomic_dir
-from roboflamingo.types import REL_ACTIONS, ROBOT_OBS
+from roboflamingo.robots.calvin import REL_ACTIONS, ROBOT_OBS
 
 CODECS = ("h264", "libsvtav1", "hevc")
 PIX_FMTS = ("yuv444p", "yuv420p")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from roboflamingo.types import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS, ROBOT_OBS_DIM
+from roboflamingo.robots.calvin import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS, ROBOT_OBS_DIM
 
 REL_ACTIONS = "rel_actions"
 ACTION_DIM = 7

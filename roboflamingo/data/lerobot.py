@@ -36,7 +36,7 @@ import numpy as np
 
 from roboflamingo.data.config import LeRobotConfig
 from roboflamingo.data.layout import IMAGE_KEYS, DatasetError, SplitIndex
-from roboflamingo.types import REL_ACTIONS, ROBOT_OBS
+from roboflamingo.robots.calvin import REL_ACTIONS, ROBOT_OBS
 
 INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"

@@ -47,7 +47,7 @@ from roboflamingo.data.layout import (
     SplitIndex,
 )
 from roboflamingo.io import atomic_write_json, sha256_file
-from roboflamingo.types import ROBOT_OBS
+from roboflamingo.robots.calvin import ROBOT_OBS
 
 FORMAT = "roboflamingo-packed"
 VERSION = 1

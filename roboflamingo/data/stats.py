@@ -31,7 +31,7 @@ from roboflamingo.data.layout import (
     load_split_index,
     read_frame,
 )
-from roboflamingo.types import ACTION_DIM, GRIPPER_INDEX, ROBOT_OBS, ROBOT_OBS_DIM
+from roboflamingo.robots.calvin import ACTION_DIM, GRIPPER_INDEX, ROBOT_OBS, ROBOT_OBS_DIM
 
 STATS_KEYS = ("action_mean", "action_std", "robot_obs_mean", "robot_obs_std")
 _MIN_STD = 1e-6

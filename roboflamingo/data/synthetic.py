@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from roboflamingo import types as T
 from roboflamingo.data.layout import EP_START_END, LANG_ANN, frame_path
 from roboflamingo.io import atomic_save_npy, atomic_write_yaml
+from roboflamingo.robots import calvin as T
 
 TASKS = ("open_drawer", "close_drawer", "lift_red_block_table", "push_into_drawer", "turn_on_led")
 

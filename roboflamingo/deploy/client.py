@@ -23,7 +23,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from roboflamingo.deploy.auth import TOKEN_ENV, read_secret
 from roboflamingo.deploy.codec import packb, unpackb
-from roboflamingo.types import ACTION_DIM, Observation
+from roboflamingo.robots.calvin import ACTION_DIM
+from roboflamingo.types import Observation
 
 
 class PolicyServerError(RuntimeError):

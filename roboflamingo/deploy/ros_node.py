@@ -55,15 +55,15 @@ from roboflamingo.deploy.safety import (
 )
 from roboflamingo.io import atomic_write_json
 from roboflamingo.policies import PolicyKind, PolicySourceConfig, policy_source
-from roboflamingo.types import (
+from roboflamingo.robots.calvin import (
     RGB_GRIPPER,
     RGB_STATIC,
     ROBOT_OBS,
     ROBOT_OBS_DIM,
     SCENE_OBS,
     SCENE_OBS_DIM,
-    Policy,
 )
+from roboflamingo.types import Policy
 
 LOG = logging.getLogger("roboflamingo.ros")
 COMMAND = "command"

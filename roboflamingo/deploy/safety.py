@@ -26,7 +26,7 @@ import numpy as np
 
 from roboflamingo.config import require_positive
 from roboflamingo.deploy.messages import quat_from_euler
-from roboflamingo.types import (
+from roboflamingo.robots.calvin import (
     ACTION_DIM,
     GRIPPER_CLOSE,
     GRIPPER_INDEX,
@@ -36,8 +36,8 @@ from roboflamingo.types import (
     TCP_POS,
     action_deltas,
     integrate_action,
-    wrap_angle,
 )
+from roboflamingo.types import wrap_angle
 
 
 @dataclass

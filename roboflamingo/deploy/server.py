@@ -64,7 +64,7 @@ from roboflamingo.deploy.auth import TOKEN_ENV, is_loopback, read_secret, token_
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
 from roboflamingo.deploy.protocols import PATHS, ProtocolConnection
 from roboflamingo.policies import PolicyKind, PolicySource, PolicySourceConfig, policy_source
-from roboflamingo.types import (
+from roboflamingo.robots.calvin import (
     ACTION_DIM,
     CAMERAS,
     GRIPPER_INDEX,
@@ -76,9 +76,9 @@ from roboflamingo.types import (
     ROBOT_OBS_DIM,
     SCENE_OBS,
     SCENE_OBS_DIM,
-    Policy,
     check_observation,
 )
+from roboflamingo.types import Policy
 
 LOG = logging.getLogger("roboflamingo.serve")
 PROTOCOL_VERSION = 1

@@ -36,8 +36,7 @@ from roboflamingo.deploy.messages import (
     encode_pose_stamped,
 )
 from roboflamingo.io import atomic_write_json
-from roboflamingo.sim.config import EnvConfig
-from roboflamingo.types import (
+from roboflamingo.robots.calvin import (
     ARM_JOINT_STATES,
     GRIPPER_ACTION,
     GRIPPER_WIDTH,
@@ -49,6 +48,7 @@ from roboflamingo.types import (
     TCP_POS,
     relative_action,
 )
+from roboflamingo.sim.config import EnvConfig
 
 LOG = logging.getLogger("roboflamingo.sim_robot")
 

@@ -30,9 +30,7 @@ from typing import Any
 import numpy as np
 
 from roboflamingo.eval.protocol import side_by_side
-from roboflamingo.sim.chains import calvin_block_layout, furniture_obs
-from roboflamingo.sim.egl import prepare_egl
-from roboflamingo.types import (
+from roboflamingo.robots.calvin import (
     ACTION_DIM,
     GRIPPER_CLOSE,
     GRIPPER_INDEX,
@@ -43,10 +41,12 @@ from roboflamingo.types import (
     ROBOT_OBS_DIM,
     SCENE_OBS,
     SCENE_OBS_DIM,
-    Observation,
     block_pos,
     block_yaw,
 )
+from roboflamingo.sim.chains import calvin_block_layout, furniture_obs
+from roboflamingo.sim.egl import prepare_egl
+from roboflamingo.types import Observation
 
 INSTALL_HINT = (
     "the real CALVIN simulator is not installed. Install it with\n"

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from roboflamingo.eval.metrics import ChainResult
+from roboflamingo.robots.calvin import RGB_GRIPPER, RGB_STATIC
 from roboflamingo.subtask import (
     ActionRequest,
     OracleEnv,
@@ -32,7 +33,7 @@ from roboflamingo.subtask import (
     drive,
     subtask_steps,
 )
-from roboflamingo.types import RGB_GRIPPER, RGB_STATIC, Observation, Policy
+from roboflamingo.types import Observation, Policy
 
 # ActionRequest and drive are the subtask loop's (roboflamingo.subtask); the chain runners use them from here
 __all__ = ["ActionRequest", "ChainSteps", "EvalEnv", "EvalItem", "GymOracleEnv", "chain_steps", "drive",

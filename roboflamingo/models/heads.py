@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from roboflamingo.models.config import HeadConfig
-from roboflamingo.types import POSE_DIM
+from roboflamingo.robots.calvin import POSE_DIM
 
 
 class MLP(nn.Module):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from roboflamingo.types import ACTION_DIM, ROBOT_OBS_DIM
+from roboflamingo.robots.calvin import ACTION_DIM, ROBOT_OBS_DIM
 
 STAT_SHAPES = {
     "action_mean": ACTION_DIM,

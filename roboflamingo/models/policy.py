@@ -24,20 +24,18 @@ from roboflamingo.models.config import HeadConfig, ModelConfig
 from roboflamingo.models.heads import build_head
 from roboflamingo.models.normalization import Normalizer
 from roboflamingo.models.text import tokenize
-from roboflamingo.transforms import preprocess_images
-from roboflamingo.types import (
+from roboflamingo.robots.calvin import (
     ACTION_DIM,
-    ACTION_MASK,
-    ACTIONS,
     GRIPPER_CLOSE,
     GRIPPER_OPEN,
-    INSTRUCTION,
     RGB_GRIPPER,
     RGB_STATIC,
     ROBOT_OBS,
     ROBOT_OBS_DIM,
     check_observation,
 )
+from roboflamingo.transforms import preprocess_images
+from roboflamingo.types import ACTION_MASK, ACTIONS, INSTRUCTION
 
 _TEXT_CACHE_SIZE = 4096
 # Inference precisions of the frozen towers (``eval.precision``).

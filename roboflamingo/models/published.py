@@ -33,7 +33,7 @@ from roboflamingo.models.config import HeadConfig, ModelConfig
 from roboflamingo.models.lm_adapters import get_adapter
 from roboflamingo.models.mosaic_gpt import mosaic_to_mpt_key
 from roboflamingo.models.weights import check_state, copy_state, list_keys
-from roboflamingo.types import POSE_DIM
+from roboflamingo.robots.calvin import POSE_DIM
 
 # -- RoboFlamingo file names ------------------------------------------------------------------------
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from roboflamingo import types as T
 from roboflamingo.io import atomic_write_text
+from roboflamingo.robots import calvin as T
 from roboflamingo.sim.scene import BLOCK_NAMES, Scene, load_scene
 from roboflamingo.sim.tasks import TaskOracle
 

@@ -59,7 +59,7 @@ import pybullet_data
 from gymnasium import spaces
 from pybullet_utils.bullet_client import BulletClient
 
-from roboflamingo import types as T
+from roboflamingo.robots import calvin as T
 from roboflamingo.sim.config import EnvConfig
 from roboflamingo.sim.egl import prepare_egl
 from roboflamingo.sim.scene import (

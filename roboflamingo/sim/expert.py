@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from roboflamingo import types as T
+from roboflamingo.robots import calvin as T
 from roboflamingo.sim.instructions import task_for_instruction
 from roboflamingo.sim.scene import BLOCK_NAMES, Scene, load_scene, workspace_bounds
 

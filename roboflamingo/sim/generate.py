@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from roboflamingo import types as T
 from roboflamingo.config import require_choice, require_positive
 from roboflamingo.io import atomic_write_json, atomic_write_yaml
+from roboflamingo.robots import calvin as T
 from roboflamingo.sim.config import EnvConfig
 
 MODES = ("chains", "single", "both")

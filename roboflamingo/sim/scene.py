@@ -19,8 +19,10 @@ import numpy as np
 import yaml
 
 from roboflamingo.io import atomic_write_text
-from roboflamingo.types import BLOCK_COLORS as BLOCKS
-from roboflamingo.types import BLOCK_NAMES as BLOCK_NAMES  # re-exported: sim code names blocks by scene
+from roboflamingo.robots.calvin import BLOCK_COLORS as BLOCKS
+from roboflamingo.robots.calvin import (
+    BLOCK_NAMES as BLOCK_NAMES,  # re-exported: sim code names blocks by scene,
+)
 
 SURFACES = ("table", "slider_left", "slider_right")
 TEXTURES = ("none", "checker", "stripes")

@@ -22,7 +22,7 @@ from roboflamingo.deploy.codec import packb, unpackb
 from roboflamingo.deploy.protocols import PATHS
 from roboflamingo.deploy.server import PolicyServer, ServerThread
 from roboflamingo.policies import PolicySource, PolicySourceConfig, policy_source
-from roboflamingo.types import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS, SCENE_OBS
+from roboflamingo.robots.calvin import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS, SCENE_OBS
 
 websocket_client_policy = pytest.importorskip("openpi_client.websocket_client_policy")
 vla_connection = pytest.importorskip("vla_eval.connection")

@@ -12,7 +12,7 @@ from roboflamingo.deploy.messages import encode_image, encode_joint_state, encod
 from roboflamingo.deploy.ros_node import ControlConfig, ControlNode, Job
 from roboflamingo.deploy.safety import SafetyConfig, wrap_angle
 from roboflamingo.policies import RandomPolicy
-from roboflamingo.types import ROBOT_OBS
+from roboflamingo.robots.calvin import ROBOT_OBS
 
 from .rosbridge_mock import START_POSE, FakeRobot, RosbridgeRelay, wait_for
 

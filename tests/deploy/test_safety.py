@@ -16,7 +16,8 @@ from roboflamingo.deploy.safety import (
     SafetyFilter,
     rotation_angle,
 )
-from roboflamingo.types import MAX_REL_ORN, MAX_REL_POS, wrap_angle
+from roboflamingo.robots.calvin import MAX_REL_ORN, MAX_REL_POS
+from roboflamingo.types import wrap_angle
 
 EPS = 1e-9
 unit = st.floats(-1.0, 1.0)

@@ -25,7 +25,7 @@ from roboflamingo.deploy.server import (
     server_ssl_context,
 )
 from roboflamingo.policies import PolicySource, PolicySourceConfig
-from roboflamingo.types import RGB_STATIC, ROBOT_OBS
+from roboflamingo.robots.calvin import RGB_STATIC, ROBOT_OBS
 
 from .test_server import HistoryPolicy, obs
 

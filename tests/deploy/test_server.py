@@ -16,7 +16,7 @@ from roboflamingo.deploy.client import PolicyClient, PolicyServerError
 from roboflamingo.deploy.codec import packb, unpackb
 from roboflamingo.deploy.server import Job, PolicyServer, ServerThread
 from roboflamingo.policies import PolicySource, PolicySourceConfig, RandomPolicy, policy_source
-from roboflamingo.types import ROBOT_OBS
+from roboflamingo.robots.calvin import ROBOT_OBS
 
 
 class HistoryPolicy:

@@ -9,7 +9,7 @@ from roboflamingo.batching import BatchedModel, BatchedSession, SlotBatcher
 from roboflamingo.deploy.client import PolicyClient
 from roboflamingo.deploy.server import PolicyServer, ServerThread
 from roboflamingo.policies import PolicySource
-from roboflamingo.types import ROBOT_OBS
+from roboflamingo.robots.calvin import ROBOT_OBS
 
 
 class SumModel:

@@ -148,7 +148,7 @@ def test_named_observation_fields_are_calvin_envs_own(env):
     """types' robot_obs / scene_obs slices pick out the fields calvin_env's own info reports."""
     import pybullet
 
-    from roboflamingo import types as T
+    from roboflamingo.robots import calvin as T
 
     env.reset_to(STATE, 0)
     env.step(np.array([0.5, -0.5, -1, 0.2, 0, 0.3, -1.0]))  # move and close: no field is at its default
@@ -182,7 +182,7 @@ def test_named_robot_fields_follow_calvin_envs_observation_labels():
 
     from calvin_env.robot.robot import Robot
 
-    from roboflamingo import types as T
+    from roboflamingo.robots import calvin as T
 
     labels = Robot.get_observation_labels(SimpleNamespace(euler_obs=True, arm_joint_ids=list(range(7))))
     assert len(labels) == T.ROBOT_OBS_DIM
@@ -200,7 +200,7 @@ def test_integrate_action_is_calvin_envs_target_pose_update():
 
     from calvin_env.robot.robot import Robot
 
-    from roboflamingo import types as T
+    from roboflamingo.robots import calvin as T
 
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -9,7 +9,7 @@ import yaml
 from gymnasium.utils.env_checker import check_env
 
 import roboflamingo.sim  # noqa: F401  (registers the ids)
-from roboflamingo import types as T
+from roboflamingo.robots import calvin as T
 from roboflamingo.sim.config import EnvConfig
 from roboflamingo.sim.env import GL_SCISSOR_TEST, TabletopEnv
 from roboflamingo.sim.scene import SceneError, envs_dir, load_scene

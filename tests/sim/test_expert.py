@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from roboflamingo import types as T
+from roboflamingo.robots import calvin as T
 from roboflamingo.sim.config import EnvConfig
 from roboflamingo.sim.env import TabletopEnv
 from roboflamingo.sim.expert import ScriptedExpert

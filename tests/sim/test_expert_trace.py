@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from roboflamingo import types as T
+from roboflamingo.robots import calvin as T
 from roboflamingo.sim.chains import initial_state_to_obs
 from roboflamingo.sim.expert import ScriptedExpert
 from roboflamingo.sim.rollout import sample_episode

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import yaml
 
-from roboflamingo import types as T
+from roboflamingo.robots import calvin as T
 from roboflamingo.sim import generate
 from roboflamingo.sim.config import EnvConfig
 

@@ -36,7 +36,7 @@ from websockets.exceptions import ConnectionClosed
 
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
 from roboflamingo.deploy.protocols.frames import Send
-from roboflamingo.types import OBS_KEYS
+from roboflamingo.robots.calvin import OBS_KEYS
 
 if TYPE_CHECKING:
     from roboflamingo.deploy.server import PolicyServer

@@ -38,7 +38,7 @@ import numpy as np
 from roboflamingo import __version__
 from roboflamingo.deploy.codec import CodecError, _decode_array, packb, unpackb
 from roboflamingo.deploy.protocols.frames import Send, frame_problem, walk
-from roboflamingo.types import CAMERAS, RGB_GRIPPER, ROBOT_OBS, SCENE_OBS
+from roboflamingo.robots.calvin import CAMERAS, RGB_GRIPPER, ROBOT_OBS, SCENE_OBS
 
 if TYPE_CHECKING:
     from roboflamingo.deploy.server import PolicyServer
