@@ -27,16 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from roboflamingo.robots.calvin import (
-    ACTION_DIM,
-    GRIPPER_CLOSE,
-    GRIPPER_INDEX,
-    GRIPPER_OPEN,
-    RGB_GRIPPER,
-    RGB_STATIC,
-    ROBOT_OBS,
-    SCENE_OBS,
-)
+from roboflamingo.robot import RobotDescription
+from roboflamingo.robots.calvin import CALVIN, RGB_GRIPPER, RGB_STATIC, ROBOT_OBS, SCENE_OBS
 from roboflamingo.types import Observation, Policy
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -53,6 +45,10 @@ class PolicyKind(str, enum.Enum):
     random = "random"
     remote = "remote"
 
+
+# The kinds that run in this process. ``eval`` and ``serve`` take only these (serving a remote policy
+# would be a relay of a relay); the ROS node takes every kind.
+LOCAL_KINDS = (PolicyKind.checkpoint, PolicyKind.expert, PolicyKind.random)
 
 # What each kind reads from an observation: a client must send these (the server's handshake says so).
 # The scripted expert reads the privileged scene state, so it needs scene_obs; a remote policy's needs
@@ -139,36 +135,26 @@ class PolicySourceConfig:
 
 
 class RandomPolicy:
-    """Uniform random relative actions with a random open/close gripper: the floor of every score."""
+    """Uniform random actions over the robot's action bounds (unbounded dims: [-1, 1]) with random
+    binary grippers: the floor of every score."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, robot: RobotDescription | None = None):
         self.seed = seed
+        self.robot = robot or CALVIN
         self.rng = np.random.default_rng(seed)
+        spec = self.robot.action
+        self._low = np.where(np.isfinite(spec.low), spec.low, -1.0)
+        self._high = np.where(np.isfinite(spec.high), spec.high, 1.0)
 
     def reset(self) -> None:
         pass
 
     def step(self, obs: Observation, instruction: str) -> np.ndarray:
-        action = self.rng.uniform(-1.0, 1.0, size=ACTION_DIM).astype(np.float32)
-        action[GRIPPER_INDEX] = GRIPPER_OPEN if self.rng.random() < 0.5 else GRIPPER_CLOSE
+        spec = self.robot.action
+        action = self.rng.uniform(self._low, self._high, size=spec.dim).astype(np.float32)
+        for i in spec.grippers:
+            action[i] = spec.open if self.rng.random() < 0.5 else spec.close
         return action
-
-
-class TorchPolicy:
-    """A loaded ``RoboFlamingoPolicy`` (whose ``step`` runs under inference mode) returning float32."""
-
-    def __init__(self, model: Any):
-        self.model = model
-
-    def reset(self) -> None:
-        self.model.reset()
-
-    def step(self, obs: Observation, instruction: str) -> np.ndarray:
-        return np.asarray(self.model.step(obs, instruction), dtype=np.float32)
-
-    def step_batch(self, observations, instructions, histories) -> tuple[np.ndarray, list]:
-        """B independent episodes in one forward (``RoboFlamingoPolicy.step_batch``)."""
-        return self.model.step_batch(observations, instructions, histories)
 
 
 def resolve_device(device: str) -> str:
@@ -213,7 +199,7 @@ def build_policy(cfg: PolicySourceConfig, index: int = 0, torch_threads: int = 0
     model.eval()
     if precision != "fp32":
         model.set_precision(precision)
-    return TorchPolicy(model)
+    return model
 
 
 @dataclass

@@ -38,11 +38,11 @@ def save_random_checkpoint(directory: str | os.PathLike, model: str = "tiny", he
     import torch
 
     from roboflamingo.models.normalization import identity_stats
-    from roboflamingo.models.policy import build_policy
+    from roboflamingo.models.policy import RoboFlamingoPolicy
 
     job, _ = random_weights_job(model, head)
     torch.manual_seed(0)
-    build_policy(job.model, job.head, identity_stats()).save_pretrained(directory)
+    RoboFlamingoPolicy.from_config(job.model, job.head, identity_stats()).save_pretrained(directory)
     return str(directory)
 
 

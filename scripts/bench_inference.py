@@ -38,7 +38,7 @@ from bench_common import observation, random_weights_job
 
 from roboflamingo.eval.config import PRECISIONS
 from roboflamingo.models.normalization import identity_stats
-from roboflamingo.models.policy import build_policy
+from roboflamingo.models.policy import RoboFlamingoPolicy
 from roboflamingo.transforms import preprocess_images
 
 INSTRUCTION = "push the blue block to the left"
@@ -85,7 +85,7 @@ def bench(model: str, head: str, device: torch.device, reps: int, batches: list[
           precisions: tuple[str, ...] = ("fp32",)) -> dict:
     job, random_lm = random_weights_job(model, head)
     torch.manual_seed(0)
-    policy = build_policy(job.model, job.head, identity_stats(), device=device)
+    policy = RoboFlamingoPolicy.from_config(job.model, job.head, identity_stats(), device=device)
     rng = np.random.default_rng(0)
     size = job.model.vision.image_size
     static = preprocess_images(torch.from_numpy(observation(rng)["rgb_static"]).to(device)[None], size)
@@ -97,7 +97,7 @@ def bench(model: str, head: str, device: torch.device, reps: int, batches: list[
         _sync(device)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            policy.backbone(static, gripper, ids, mask)
+            policy.backbone([static, gripper], ids, mask)
         _sync(device)
         return time.perf_counter() - t0
 

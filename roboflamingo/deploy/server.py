@@ -63,7 +63,7 @@ from roboflamingo.config import require_positive
 from roboflamingo.deploy.auth import TOKEN_ENV, is_loopback, read_secret, token_matches
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
 from roboflamingo.deploy.protocols import PATHS, ProtocolConnection
-from roboflamingo.policies import PolicyKind, PolicySource, PolicySourceConfig, policy_source
+from roboflamingo.policies import LOCAL_KINDS, PolicySource, PolicySourceConfig, policy_source
 from roboflamingo.robots.calvin import (
     ACTION_DIM,
     CAMERAS,
@@ -82,7 +82,6 @@ from roboflamingo.types import Policy
 
 LOG = logging.getLogger("roboflamingo.serve")
 PROTOCOL_VERSION = 1
-SERVE_KINDS = (PolicyKind.checkpoint, PolicyKind.expert, PolicyKind.random)
 MAX_ERROR_CHARS = 300  # error replies quote the input; a hostile request must not get megabytes back
 CLOSE_TIMEOUT_S = 2.0  # how long a closing connection waits for the client's close frame
 REFUSAL_WAIT_S = 2.0  # how long a refusal waits for the first frame of a client that speaks first
@@ -162,7 +161,7 @@ class Job(ServerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         # A relay of another server is not offered: serve the policy where it runs.
-        self.policy.check(SERVE_KINDS, "serve")
+        self.policy.check(LOCAL_KINDS, "serve")
         require_positive("duration_s", self.duration_s, allow_zero=True)
         if self.ssl_keyfile and not self.ssl_certfile:
             raise ValueError("ssl_keyfile needs ssl_certfile")

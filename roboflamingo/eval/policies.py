@@ -2,26 +2,21 @@
 
 Worker processes are started with ``spawn``/``forkserver``, so they cannot inherit a live policy; each
 receives a ``PolicySpec`` and builds its own with ``build_policy``. The evaluator sees the result only
-through ``reset()`` / ``step(obs, instruction)``, or, batched, through ``PolicySpec.slot_policy()`` (one
+through ``reset()`` / ``step(obs, instruction)``, or, batched, through ``eval.runner.slot_policy`` (one
 model for every simulator of the rank, see ``batching``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-from roboflamingo.batching import BatchedModel, PerSlotPolicies, SlotPolicy
 from roboflamingo.config import require_choice
 from roboflamingo.eval.config import PRECISIONS
-from roboflamingo.policies import PolicyKind, PolicySourceConfig, build_policy
+from roboflamingo.policies import LOCAL_KINDS, PolicyKind, PolicySourceConfig, build_policy
 from roboflamingo.threads import choose_threads
 from roboflamingo.types import Policy
-
-# What `roboflamingo eval` runs; a remote server is the ROS node's.
-EVAL_KINDS = (PolicyKind.checkpoint, PolicyKind.expert, PolicyKind.random)
 
 
 @dataclass(frozen=True)
@@ -40,7 +35,7 @@ class PolicySpec:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        self.source.check(EVAL_KINDS, "eval")
+        self.source.check(LOCAL_KINDS, "eval")
         require_choice("precision", self.precision, PRECISIONS)
 
     @property
@@ -63,13 +58,6 @@ class PolicySpec:
 
     def __call__(self, worker: int = 0) -> Policy:
         return build_policy(self.source, worker, self.torch_threads, self.precision)
-
-    def slot_policy(self) -> SlotPolicy:
-        """The batched evaluator's policy: the checkpoint loaded once for all slots; the expert and
-        the random floor one instance per slot (slot i seeded like worker i)."""
-        if self.kind is PolicyKind.checkpoint:
-            return BatchedModel(self())
-        return PerSlotPolicies(partial(PolicySpec.__call__, self))
 
 
 def default_torch_threads(workers: int, batch_size: int = 0, batch_groups: int = 1) -> int:

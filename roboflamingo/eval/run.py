@@ -24,10 +24,10 @@ from roboflamingo.eval.calvin_adapter import INSTALL_HINT
 from roboflamingo.eval.config import EvalConfig
 from roboflamingo.eval.envs import EnvSpec
 from roboflamingo.eval.items import build_items
-from roboflamingo.eval.policies import EVAL_KINDS, PolicySpec, default_torch_threads
+from roboflamingo.eval.policies import PolicySpec, default_torch_threads
 from roboflamingo.eval.report import markdown, write_report
 from roboflamingo.eval.runner import evaluate_items
-from roboflamingo.policies import PolicyKind, PolicySourceConfig
+from roboflamingo.policies import LOCAL_KINDS, PolicyKind, PolicySourceConfig
 from roboflamingo.process import torchrun_ranks
 from roboflamingo.sim.config import EnvConfig
 
@@ -50,7 +50,7 @@ class Job:
     run_dir: str = "runs/eval"
 
     def __post_init__(self) -> None:
-        self.policy.check(EVAL_KINDS, "eval")
+        self.policy.check(LOCAL_KINDS, "eval")
 
 
 def make_specs(job: Job) -> tuple[PolicySpec, EnvSpec]:
@@ -62,6 +62,13 @@ def make_specs(job: Job) -> tuple[PolicySpec, EnvSpec]:
         env = EnvSpec("calvin", job.env, cfg.calvin_dataset, cfg.calvin_tasks_config)
     else:
         env = EnvSpec("tabletop", job.env)
+    if job.policy.kind is PolicyKind.checkpoint:
+        # Both worlds are CALVIN's robot; a checkpoint of another robot would be fed the wrong shapes.
+        from roboflamingo.models.checkpoint import read_robot
+        from roboflamingo.robots.calvin import CALVIN
+
+        read_robot(job.policy.checkpoint).require_compatible(
+            CALVIN, f"checkpoint={job.policy.checkpoint}", f"the {env.kind} environment")
     return policy, env
 
 

@@ -308,10 +308,9 @@ def _run_workers(run: _Run) -> float:
 
 
 def slot_policy(policy_factory: PolicyFactory) -> SlotPolicy:
-    """The batched evaluator's policy: a factory's own ``slot_policy()``, one ``step_batch`` model for
-    all slots, or else one single-stream policy per slot (``policy_factory(slot)``)."""
-    if hasattr(policy_factory, "slot_policy"):
-        return policy_factory.slot_policy()
+    """The batched evaluator's policy: one ``step_batch`` model for all slots (a checkpoint, loaded
+    once), or else one single-stream policy per slot (``policy_factory(slot)``, slot i seeded like
+    worker i)."""
     first = policy_factory(0)
     made = {0: first}  # slot 0 keeps the policy that was made to look at
     return as_slot_policy(first, lambda slot: made.pop(slot, None) or policy_factory(slot))

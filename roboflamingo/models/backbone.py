@@ -17,7 +17,7 @@ Cross-attention is attached by composition: a forward pre-hook on each chosen de
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 
 import torch
@@ -129,16 +129,17 @@ class FlamingoBackbone(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------
 
-    def encode_images(self, static: torch.Tensor, gripper: torch.Tensor) -> torch.Tensor:
-        """static, gripper (N, 3, S, S) preprocessed -> visual latents (N, M, D_v)."""
-        n = static.shape[0]
+    def encode_images(self, *cameras: torch.Tensor) -> torch.Tensor:
+        """One (N, 3, S, S) preprocessed batch per camera, in image-slot order -> visual latents
+        (N, M, D_v): ``post`` fusion concatenates each camera's latents, ``pre`` their patch tokens."""
+        n = cameras[0].shape[0]
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_vision):
-            # Both cameras in one batch: one ViT call per frame instead of two.
-            tokens = self.vision_encoder(torch.cat([static, gripper], dim=0))[1]  # (2N, v, D_v)
+            # All cameras in one batch: one ViT call per frame instead of one per camera.
+            tokens = self.vision_encoder(torch.cat(cameras, dim=0))[1]  # (K*N, v, D_v)
         if self.cfg.fusion == "pre":
-            return self.perceiver(torch.cat([tokens[:n], tokens[n:]], dim=1))  # (N, latents, D_v)
-        latents = self.perceiver(tokens)  # (2N, latents, D_v)
-        return torch.cat([latents[:n], latents[n:]], dim=1)  # (N, 2*latents, D_v)
+            return self.perceiver(torch.cat(tokens.split(n), dim=1))  # (N, latents, D_v)
+        latents = self.perceiver(tokens)  # (K*N, latents, D_v)
+        return torch.cat(latents.split(n), dim=1)  # (N, K*latents, D_v)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask (N, L), media (N, M, D_v) -> pooled last hidden states (N, D_lm)."""
@@ -164,7 +165,7 @@ class FlamingoBackbone(nn.Module):
         # Max over real tokens only; the original pooled over padding too.
         return hidden.masked_fill(~mask[..., None], torch.finfo(hidden.dtype).min).amax(dim=1)
 
-    def forward(self, static: torch.Tensor, gripper: torch.Tensor, input_ids: torch.Tensor,
+    def forward(self, cameras: Sequence[torch.Tensor], input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
-        """One feature per frame: images (N, 3, S, S), tokens (N, L) -> (N, D_lm)."""
-        return self.encode_text(input_ids, attention_mask, self.encode_images(static, gripper))
+        """One feature per frame: each camera's images (N, 3, S, S), tokens (N, L) -> (N, D_lm)."""
+        return self.encode_text(input_ids, attention_mask, self.encode_images(*cameras))

@@ -1,4 +1,5 @@
-"""Checkpoint directory: ``config.yaml`` (resolved model + head) and ``model.safetensors``.
+"""Checkpoint directory: ``config.yaml`` (resolved model + head), ``robot.json`` (the robot it was
+trained for) and ``model.safetensors``.
 
 What the weights file holds: every trainable parameter, the normalization statistics, and every
 frozen parameter that has no other source. A vision encoder or LM loaded from a weights file
@@ -21,8 +22,9 @@ from safetensors.torch import save_file
 from roboflamingo.config import load_yaml, save_yaml
 from roboflamingo.io import atomic_path, sha256_file
 from roboflamingo.models.config import PolicyConfig
-from roboflamingo.models.normalization import STAT_SHAPES
+from roboflamingo.models.normalization import STAT_KEYS
 from roboflamingo.models.weights import list_keys, load_state, read_weights
+from roboflamingo.robot import ROBOT_FILE, RobotDescription
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -128,6 +130,15 @@ def save_policy(policy, directory: str | os.PathLike, state_dict: Mapping[str, t
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
     save_yaml(PolicyConfig(model=policy.model_config, head=policy.head_config), directory / CONFIG_FILE)
+    policy.robot.save(directory / ROBOT_FILE)
+
+
+def read_robot(directory: str | os.PathLike) -> RobotDescription:
+    """The robot a checkpoint was trained for: its ``robot.json``; CALVIN's Franka for a checkpoint
+    written before descriptions existed (they all were CALVIN's)."""
+    from roboflamingo.robots import read_dataset_robot
+
+    return read_dataset_robot(directory)
 
 
 def read_policy_config(directory: str | os.PathLike) -> PolicyConfig:
@@ -145,7 +156,7 @@ def load_weights(policy, directory: str | os.PathLike) -> None:
     weights = Path(directory) / WEIGHTS_FILE
     tensors = read_weights(weights)
     source = str(weights)
-    stat_keys = [f"normalizer.{k}" for k in STAT_SHAPES]
+    stat_keys = [f"normalizer.{k}" for k in STAT_KEYS]
     absent = [k for k in stat_keys if k not in tensors]
     if absent:
         raise ValueError(f"{source}: no normalization statistics (missing {absent})")

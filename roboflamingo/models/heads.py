@@ -19,7 +19,8 @@ History semantics (what makes the two paths equal):
   bias, so cached keys/values of the last W frames give the same result as the batched band mask.
 - MLP: each frame on its own.
 
-Outputs: ``pose`` (..., A, 6) in normalized units and ``gripper`` logits (..., A, 2), class 1 = open.
+Outputs: ``pose`` (..., A, C), the robot's C continuous action dims in normalized units, and
+``gripper`` logits (..., A, G, 2) for its G binary grippers, class 1 = open.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from roboflamingo.models.config import HeadConfig
-from roboflamingo.robots.calvin import POSE_DIM
 
 
 class MLP(nn.Module):
@@ -53,7 +53,8 @@ class MLP(nn.Module):
 class ActionHead(nn.Module):
     """Shared parts: the optional state embedding and the pose / gripper output MLPs."""
 
-    def __init__(self, cfg: HeadConfig, in_dim: int, act_steps: int, window: int, state_dim: int | None):
+    def __init__(self, cfg: HeadConfig, in_dim: int, act_steps: int, window: int, state_dim: int | None,
+                 outputs: tuple[int, int]):
         super().__init__()
         self.cfg = cfg
         self.act_steps = act_steps
@@ -65,8 +66,15 @@ class ActionHead(nn.Module):
         # Max-pooled LM states carry an offset and no fixed scale; normalizing them keeps the LSTM's
         # gates out of saturation (a tiny policy fitted ~10x faster with it). Off to mirror the original.
         self.input_norm = nn.LayerNorm(self.in_dim) if cfg.input_norm else nn.Identity()
-        self.actions = MLP([cfg.hidden_size, *cfg.mlp_widths, POSE_DIM * act_steps])
-        self.gripper = MLP([cfg.hidden_size, *cfg.mlp_widths, 2 * act_steps])
+        self.continuous_dim, self.num_grippers = outputs
+        if self.continuous_dim + self.num_grippers < 1:
+            raise ValueError("an action head needs at least one continuous or gripper output")
+        # A robot without a regressed dim (or without a binary gripper) gets no such MLP at all, so no
+        # untrained parameters sit in its checkpoint.
+        self.actions = MLP([cfg.hidden_size, *cfg.mlp_widths, self.continuous_dim * act_steps]) \
+            if self.continuous_dim else None
+        self.gripper = MLP([cfg.hidden_size, *cfg.mlp_widths, 2 * self.num_grippers * act_steps]) \
+            if self.num_grippers else None
 
     def fuse(self, feature: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
         if self.state_encoder is not None:
@@ -76,19 +84,25 @@ class ActionHead(nn.Module):
         return self.input_norm(feature)
 
     def outputs(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """h (..., hidden) -> pose (..., A, 6), gripper logits (..., A, 2)."""
-        pose = self.actions(h).unflatten(-1, (self.act_steps, POSE_DIM))
-        if self.cfg.pose_tanh:
-            pose = pose.tanh()
-        grip = self.gripper(h).unflatten(-1, (self.act_steps, 2))
+        """h (..., hidden) -> continuous (..., A, C), gripper logits (..., A, G, 2)."""
+        if self.actions is None:
+            pose = h.new_zeros((*h.shape[:-1], self.act_steps, 0))
+        else:
+            pose = self.actions(h).unflatten(-1, (self.act_steps, self.continuous_dim))
+            if self.cfg.pose_tanh:
+                pose = pose.tanh()
+        if self.gripper is None:
+            grip = h.new_zeros((*h.shape[:-1], self.act_steps, 0, 2))
+        else:
+            grip = self.gripper(h).unflatten(-1, (self.act_steps, self.num_grippers, 2))
         return pose, grip
 
     def forward(self, feature: torch.Tensor, state: torch.Tensor | None = None):
-        """feature (B, T, D), state (B, T, S) normalized -> pose (B, T, A, 6), gripper (B, T, A, 2)."""
+        """feature (B, T, D), state (B, T, S) normalized -> pose (B, T, A, C), gripper (B, T, A, G, 2)."""
         return self.outputs(self.trunk(self.fuse(feature, state)))
 
     def step(self, feature: torch.Tensor, state: torch.Tensor | None, cache: Any):
-        """feature (B, D) of the newest frame -> (pose (B, A, 6), gripper (B, A, 2)), new cache."""
+        """feature (B, D) of the newest frame -> (pose (B, A, C), gripper (B, A, G, 2)), new cache."""
         h, cache = self.trunk_step(self.fuse(feature, state), cache)
         pose, grip = self.outputs(h)
         return (pose, grip), cache
@@ -128,8 +142,9 @@ def _rows(t: torch.Tensor, n: int, dim: int = 0) -> list[torch.Tensor]:
 class LSTMHead(ActionHead):
     """The original's DeterministicDecoder: an LSTM over frame features, then pose/gripper MLPs."""
 
-    def __init__(self, cfg: HeadConfig, in_dim: int, act_steps: int, window: int, state_dim: int | None):
-        super().__init__(cfg, in_dim, act_steps, window, state_dim)
+    def __init__(self, cfg: HeadConfig, in_dim: int, act_steps: int, window: int, state_dim: int | None,
+                 outputs: tuple[int, int]):
+        super().__init__(cfg, in_dim, act_steps, window, state_dim, outputs)
         self.rnn = nn.LSTM(self.in_dim, cfg.hidden_size, cfg.num_layers, batch_first=True,
                            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0)
         self.sliding = cfg.lstm_history == "sliding"
@@ -183,8 +198,9 @@ class LSTMHead(ActionHead):
 class TransformerHead(ActionHead):
     """Causal transformer over at most ``window`` frames, pre-LN, learned relative-position bias."""
 
-    def __init__(self, cfg: HeadConfig, in_dim: int, act_steps: int, window: int, state_dim: int | None):
-        super().__init__(cfg, in_dim, act_steps, window, state_dim)
+    def __init__(self, cfg: HeadConfig, in_dim: int, act_steps: int, window: int, state_dim: int | None,
+                 outputs: tuple[int, int]):
+        super().__init__(cfg, in_dim, act_steps, window, state_dim, outputs)
         d = cfg.hidden_size
         self.heads = cfg.num_heads
         self.in_proj = nn.Linear(self.in_dim, d)
@@ -269,8 +285,9 @@ class _Block(nn.Module):
 class MLPHead(ActionHead):
     """Per-frame MLP: no history (a baseline for what the history-aware heads add)."""
 
-    def __init__(self, cfg: HeadConfig, in_dim: int, act_steps: int, window: int, state_dim: int | None):
-        super().__init__(cfg, in_dim, act_steps, window, state_dim)
+    def __init__(self, cfg: HeadConfig, in_dim: int, act_steps: int, window: int, state_dim: int | None,
+                 outputs: tuple[int, int]):
+        super().__init__(cfg, in_dim, act_steps, window, state_dim, outputs)
         dims = [self.in_dim] + [cfg.hidden_size] * cfg.num_layers
         layers: list[nn.Module] = []
         for i in range(cfg.num_layers):
@@ -287,5 +304,7 @@ class MLPHead(ActionHead):
 HEADS = {"lstm": LSTMHead, "transformer": TransformerHead, "mlp": MLPHead}
 
 
-def build_head(cfg: HeadConfig, in_dim: int, act_steps: int, window: int, state_dim: int | None) -> ActionHead:
-    return HEADS[cfg.type](cfg, in_dim, act_steps, window, state_dim)
+def build_head(cfg: HeadConfig, in_dim: int, act_steps: int, window: int, state_dim: int | None,
+               outputs: tuple[int, int]) -> ActionHead:
+    """``outputs``: (continuous action dims C, binary grippers G) of the robot."""
+    return HEADS[cfg.type](cfg, in_dim, act_steps, window, state_dim, outputs)

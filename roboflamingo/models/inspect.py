@@ -53,9 +53,9 @@ def summarize(policy) -> dict:
 
 
 def run(job: Job) -> int:
-    from roboflamingo.models.policy import build_policy
+    from roboflamingo.models.policy import RoboFlamingoPolicy
 
-    policy = build_policy(job.model, job.head, device=job.device)
+    policy = RoboFlamingoPolicy.from_config(job.model, job.head, device=job.device)
     summary = summarize(policy)
     print(f"model {summary['model']} + head {summary['head']} on {job.device}")
     for name, n in summary["params_by_part"].items():

@@ -11,38 +11,56 @@ import numpy as np
 import torch
 from torch import nn
 
-from roboflamingo.robots.calvin import ACTION_DIM, ROBOT_OBS_DIM
+from roboflamingo.robot import RobotDescription
 
-STAT_SHAPES = {
-    "action_mean": ACTION_DIM,
-    "action_std": ACTION_DIM,
-    "robot_obs_mean": ROBOT_OBS_DIM,
-    "robot_obs_std": ROBOT_OBS_DIM,
-}
+# The buffers keep their first names ("robot_obs" is the state, whatever the robot calls it), so every
+# checkpoint written before robot descriptions existed loads unchanged.
+STAT_KEYS = ("action_mean", "action_std", "robot_obs_mean", "robot_obs_std")
 # A dimension that never moves in the data would otherwise blow up its normalized values.
 MIN_STD = 1e-3
 
 
-def identity_stats() -> dict[str, np.ndarray]:
-    """Statistics that leave actions and state as they are: CALVIN's rel_actions are already in
-    [-1, 1] (the original normalizes nothing), and random-init models have no data to measure."""
-    return {
-        key: (np.zeros if key.endswith("_mean") else np.ones)(dim, np.float32) for key, dim in STAT_SHAPES.items()
-    }
+def stat_shapes(robot: RobotDescription) -> dict[str, int]:
+    """The length of each statistic for ``robot``: the whole action and the whole state vector."""
+    return {"action_mean": robot.action.dim, "action_std": robot.action.dim,
+            "robot_obs_mean": robot.state.dim, "robot_obs_std": robot.state.dim}
+
+
+def identity_stats(robot: RobotDescription | None = None) -> dict[str, np.ndarray]:
+    """Statistics that leave actions and state as they are (CALVIN's by default): CALVIN's rel_actions
+    are already in [-1, 1] (the original normalizes nothing), and random-init models have no data."""
+    if robot is None:
+        from roboflamingo.robots.calvin import CALVIN
+
+        robot = CALVIN
+    return {key: (np.zeros if key.endswith("_mean") else np.ones)(dim, np.float32)
+            for key, dim in stat_shapes(robot).items()}
+
+
+def _index(dims: tuple[int, ...]) -> slice | torch.Tensor:
+    """A slice where the dims are one run (CALVIN's pose: [:6], the same kernels as before descriptions
+    existed), an index tensor otherwise."""
+    if dims and dims == tuple(range(dims[0], dims[0] + len(dims))):
+        return slice(dims[0], dims[0] + len(dims))
+    return torch.tensor(dims, dtype=torch.long)
 
 
 class Normalizer(nn.Module):
-    def __init__(self):
+    def __init__(self, robot: RobotDescription):
         super().__init__()
-        for key, dim in STAT_SHAPES.items():
+        self.shapes = stat_shapes(robot)
+        for key, dim in self.shapes.items():
             self.register_buffer(key, torch.full((dim,), float("nan")))
+        self._continuous = _index(robot.action.continuous)
+        used = robot.state.used
+        self._state_used = None if used == tuple(range(robot.state.dim)) else _index(used)
         self._ready: bool | None = None
 
     def set(self, stats: Mapping[str, np.ndarray | torch.Tensor]) -> None:
-        missing = [k for k in STAT_SHAPES if k not in stats]
+        missing = [k for k in self.shapes if k not in stats]
         if missing:
-            raise ValueError(f"normalization stats are missing {missing} (expected keys {list(STAT_SHAPES)})")
-        for key, dim in STAT_SHAPES.items():
+            raise ValueError(f"normalization stats are missing {missing} (expected keys {list(self.shapes)})")
+        for key, dim in self.shapes.items():
             value = torch.as_tensor(np.asarray(stats[key], dtype=np.float32))
             if value.shape != (dim,):
                 raise ValueError(f"normalization stats['{key}'] must have shape ({dim},), got {tuple(value.shape)}")
@@ -56,15 +74,15 @@ class Normalizer(nn.Module):
         self._ready = True
 
     def stats(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k).detach().cpu().numpy().copy() for k in STAT_SHAPES}
+        return {k: getattr(self, k).detach().cpu().numpy().copy() for k in self.shapes}
 
     def check(self) -> None:
         if self._ready is None:
-            self._ready = all(torch.isfinite(getattr(self, k)).all().item() for k in STAT_SHAPES)
+            self._ready = all(torch.isfinite(getattr(self, k)).all().item() for k in self.shapes)
         if not self._ready:
             raise RuntimeError(
                 "the policy has no normalization statistics: call set_normalization(stats) with "
-                f"{list(STAT_SHAPES)} (e.g. from roboflamingo.data.dataset.compute_normalization)"
+                f"{list(self.shapes)} (e.g. from roboflamingo.data.dataset.compute_normalization)"
             )
 
     def recheck(self) -> None:
@@ -75,11 +93,23 @@ class Normalizer(nn.Module):
         self.recheck()
         return super()._load_from_state_dict(*args, **kwargs)
 
-    def normalize_pose(self, pose: torch.Tensor) -> torch.Tensor:
-        return (pose - self.action_mean[:6]) / self.action_std[:6]
+    def _pick(self, values: torch.Tensor, index: slice | torch.Tensor) -> torch.Tensor:
+        if isinstance(index, slice):
+            return values[..., index]
+        return values.index_select(-1, index.to(values.device))
 
-    def unnormalize_pose(self, pose: torch.Tensor) -> torch.Tensor:
-        return pose * self.action_std[:6] + self.action_mean[:6]
+    def continuous(self, actions: torch.Tensor) -> torch.Tensor:
+        """The regressed dims of actions (..., action dim) -> (..., C)."""
+        return self._pick(actions, self._continuous)
+
+    def normalize_continuous(self, values: torch.Tensor) -> torch.Tensor:
+        """Continuous action values (..., C) in the robot's units -> normalized."""
+        return (values - self.continuous(self.action_mean)) / self.continuous(self.action_std)
+
+    def unnormalize_continuous(self, values: torch.Tensor) -> torch.Tensor:
+        return values * self.continuous(self.action_std) + self.continuous(self.action_mean)
 
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
-        return (state - self.robot_obs_mean) / self.robot_obs_std
+        """The whole state vector (..., S) -> the normalized entries the policy reads."""
+        state = (state - self.robot_obs_mean) / self.robot_obs_std
+        return state if self._state_used is None else self._pick(state, self._state_used)

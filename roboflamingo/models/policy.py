@@ -24,16 +24,7 @@ from roboflamingo.models.config import HeadConfig, ModelConfig
 from roboflamingo.models.heads import build_head
 from roboflamingo.models.normalization import Normalizer
 from roboflamingo.models.text import tokenize
-from roboflamingo.robots.calvin import (
-    ACTION_DIM,
-    GRIPPER_CLOSE,
-    GRIPPER_OPEN,
-    RGB_GRIPPER,
-    RGB_STATIC,
-    ROBOT_OBS,
-    ROBOT_OBS_DIM,
-    check_observation,
-)
+from roboflamingo.robot import RobotDescription
 from roboflamingo.transforms import preprocess_images
 from roboflamingo.types import ACTION_MASK, ACTIONS, INSTRUCTION
 
@@ -43,16 +34,31 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 
 
 class RoboFlamingoPolicy(nn.Module):
-    def __init__(self, model_config: ModelConfig, head_config: HeadConfig, load_weights: bool = True):
+    """The policy for one robot (``robot``: its cameras feed the image slots in order, its state the
+    head, its action the outputs; CALVIN's Franka when not given)."""
+
+    def __init__(self, model_config: ModelConfig, head_config: HeadConfig, load_weights: bool = True,
+                 robot: RobotDescription | None = None):
         super().__init__()
+        if robot is None:
+            from roboflamingo.robots.calvin import CALVIN
+
+            robot = CALVIN
+        self.robot = robot
         self.backbone = FlamingoBackbone(model_config, load_weights=load_weights)
         self.model_config = model_config
         self.head_config = head_config.resolved(self.backbone.lm_dim)
         self.action_head = build_head(
             self.head_config, self.backbone.lm_dim, model_config.act_steps, model_config.window,
-            ROBOT_OBS_DIM if model_config.use_state else None,
+            len(robot.state.used) if model_config.use_state else None,
+            (len(robot.action.continuous), len(robot.action.grippers)),
         )
-        self.normalizer = Normalizer()
+        self.normalizer = Normalizer(robot)
+        # Per action dim: the range predictions are clipped to, and which dims are binary grippers.
+        low = torch.tensor(robot.action.low, dtype=torch.float32)
+        high = torch.tensor(robot.action.high, dtype=torch.float32)
+        self._clip = (self.normalizer.continuous(low), self.normalizer.continuous(high))
+        self._grippers = torch.tensor(robot.action.grippers, dtype=torch.long)
         self._tokens: dict[str, torch.Tensor] = {}
         self._head_cache: Any = None
         self._precision = torch.float32
@@ -177,42 +183,51 @@ class RoboFlamingoPolicy(nn.Module):
 
     # -- training -----------------------------------------------------------------------------------
 
+    def _state_key(self) -> tuple[str, ...]:
+        return (self.robot.state.key,) if self.model_config.use_state else ()
+
     def predict(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch of windows -> pose (B, T, A, 6) normalized, gripper logits (B, T, A, 2)."""
+        """Batch of windows -> continuous (B, T, A, C) normalized, gripper logits (B, T, A, G, 2)."""
         self.normalizer.check()
-        for key in (RGB_STATIC, RGB_GRIPPER, INSTRUCTION) + ((ROBOT_OBS,) if self.model_config.use_state else ()):
+        for key in (*self.robot.camera_names, INSTRUCTION, *self._state_key()):
             if key not in batch:
-                raise KeyError(f"batch is missing '{key}' (expected the batch schema of roboflamingo.types)")
-        static = self._images(batch[RGB_STATIC], RGB_STATIC, lead=2)
-        gripper = self._images(batch[RGB_GRIPPER], RGB_GRIPPER, lead=2)
-        b, t = static.shape[:2]
-        if gripper.shape[:2] != (b, t):
-            raise ValueError(f"{RGB_GRIPPER} has (B, T) = {tuple(gripper.shape[:2])}, {RGB_STATIC} has {(b, t)}")
+                raise KeyError(f"batch is missing '{key}' (expected the batch schema of roboflamingo.robot for "
+                               f"{self.robot.summary()})")
+        cams = [self._images(batch[name], name, lead=2) for name in self.robot.camera_names]
+        first = self.robot.camera_names[0]
+        b, t = cams[0].shape[:2]
+        for name, cam in zip(self.robot.camera_names, cams):
+            if cam.shape[:2] != (b, t):
+                raise ValueError(f"{name} has (B, T) = {tuple(cam.shape[:2])}, {first} has {(b, t)}")
         instructions = list(batch[INSTRUCTION])
         if len(instructions) != b:
             raise ValueError(f"batch['{INSTRUCTION}'] must hold B={b} strings, got {len(instructions)}")
         ids, mask = self.tokenize(instructions)
         feats = self.backbone(
-            static.flatten(0, 1), gripper.flatten(0, 1), ids.repeat_interleave(t, 0), mask.repeat_interleave(t, 0)
+            [c.flatten(0, 1) for c in cams], ids.repeat_interleave(t, 0), mask.repeat_interleave(t, 0)
         ).unflatten(0, (b, t))  # (B, T, D)
         state = None
         if self.model_config.use_state:
-            robot_obs = torch.as_tensor(batch[ROBOT_OBS], dtype=torch.float32, device=self.device)
-            if robot_obs.shape != (b, t, ROBOT_OBS_DIM):
-                raise ValueError(f"{ROBOT_OBS} must have shape {(b, t, ROBOT_OBS_DIM)}, got {tuple(robot_obs.shape)}")
-            state = self.normalizer.normalize_state(robot_obs)
+            key, dim = self.robot.state.key, self.robot.state.dim
+            values = torch.as_tensor(batch[key], dtype=torch.float32, device=self.device)
+            if values.shape != (b, t, dim):
+                raise ValueError(f"{key} must have shape {(b, t, dim)} for {self.robot.summary()}, "
+                                 f"got {tuple(values.shape)}")
+            state = self.normalizer.normalize_state(values)
         return self.action_head(feats, state)
 
     def forward(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss on a batch of windows: MSE on the normalized pose + cross-entropy on the gripper."""
+        """Loss on a batch of windows: MSE on the normalized continuous dims + cross-entropy on each
+        binary gripper."""
         pose, grip = self.predict(batch)
         b, t, a = pose.shape[:3]
+        dim = self.robot.action.dim
         if ACTIONS not in batch:
-            raise KeyError(f"batch is missing '{ACTIONS}' (expected (B, T, A, {ACTION_DIM}))")
+            raise KeyError(f"batch is missing '{ACTIONS}' (expected (B, T, A, {dim}))")
         actions = torch.as_tensor(batch[ACTIONS], dtype=torch.float32, device=self.device)
-        if actions.shape != (b, t, a, ACTION_DIM):
-            raise ValueError(f"batch['{ACTIONS}'] must have shape {(b, t, a, ACTION_DIM)} "
-                             f"(model.act_steps={a}), got {tuple(actions.shape)}")
+        if actions.shape != (b, t, a, dim):
+            raise ValueError(f"batch['{ACTIONS}'] must have shape {(b, t, a, dim)} "
+                             f"(model.act_steps={a}) for {self.robot.summary()}, got {tuple(actions.shape)}")
         if ACTION_MASK in batch:
             valid = torch.as_tensor(batch[ACTION_MASK], device=self.device).bool()
             if valid.shape != (b, t, a):
@@ -221,18 +236,36 @@ class RoboFlamingoPolicy(nn.Module):
             valid = torch.ones((b, t, a), dtype=torch.bool, device=self.device)
         weight = valid.float()
         count = weight.sum().clamp(min=1.0)
-        target = self.normalizer.normalize_pose(actions[..., :6])
-        pose_loss = (((pose - target) ** 2).mean(dim=-1) * weight).sum() / count
-        grip_target = (actions[..., 6] > 0).long()  # class 1 = open (+1)
-        ce = F.cross_entropy(grip.reshape(-1, 2), grip_target.reshape(-1), reduction="none").view(b, t, a)
-        grip_loss = (ce * weight).sum() / count
         hc = self.head_config
-        loss = hc.pose_loss_weight * pose_loss + hc.gripper_loss_weight * grip_loss
+        names, figures = ["loss"], []
+        loss = pose.new_zeros(())
+        if pose.shape[-1]:
+            target = self.normalizer.normalize_continuous(self.normalizer.continuous(actions))
+            pose_loss = (((pose - target) ** 2).mean(dim=-1) * weight).sum() / count
+            loss = loss + hc.pose_loss_weight * pose_loss
+            names.append("pose_loss")
+            figures.append(pose_loss)
+        if grip.shape[-2]:
+            g = grip.shape[-2]
+            grip_target = self._gripper_classes(actions)  # (B, T, A, G), class 1 = open
+            ce = F.cross_entropy(grip.reshape(-1, 2), grip_target.reshape(-1), reduction="none").view(b, t, a, g)
+            grip_loss = (ce.mean(dim=-1) * weight).sum() / count
+            loss = loss + hc.gripper_loss_weight * grip_loss
+            with torch.no_grad():
+                acc = (((grip.argmax(-1) == grip_target).float().mean(dim=-1)) * weight).sum() / count
+            names += ["gripper_loss", "gripper_acc"]
+            figures += [grip_loss, acc]
         with torch.no_grad():
-            acc = ((grip.argmax(-1) == grip_target).float() * weight).sum() / count
             # One device-to-host transfer for all the figures.
-            values = torch.stack([loss, pose_loss, grip_loss, acc]).tolist()
-        return loss, dict(zip(("loss", "pose_loss", "gripper_loss", "gripper_acc"), values))
+            values = torch.stack([loss, *figures]).tolist()
+        return loss, dict(zip(names, values))
+
+    def _gripper_classes(self, actions: torch.Tensor) -> torch.Tensor:
+        """Binary gripper dims of actions (..., action dim) -> class (..., G): 1 where open."""
+        spec = self.robot.action
+        values = actions.index_select(-1, self._grippers.to(actions.device))
+        opened = values > spec.gripper_threshold if spec.open_is_greater else values < spec.gripper_threshold
+        return opened.long()
 
     # -- inference ----------------------------------------------------------------------------------
 
@@ -246,28 +279,28 @@ class RoboFlamingoPolicy(nn.Module):
         if self.training:
             raise RuntimeError("call policy.eval() before step(): dropout would make actions random")
         self.normalizer.check()
-        keys = (RGB_STATIC, RGB_GRIPPER) + ((ROBOT_OBS,) if self.model_config.use_state else ())
+        keys = (*self.robot.camera_names, *self._state_key())
         if len(observations) != len(instructions):
             raise ValueError(f"{len(observations)} observations but {len(instructions)} instructions")
         batched = len(observations) > 1  # name the row only when there is more than one
         for i, (obs, instruction) in enumerate(zip(observations, instructions)):
             try:
-                check_observation(obs, keys)
+                self.robot.check_observation(obs, keys)
             except ValueError as e:
                 raise ValueError(f"observation {i}: {e}" if batched else str(e)) from e
             if not isinstance(instruction, str):
                 which = f"instruction {i}" if batched else "instruction"
                 raise TypeError(f"{which} must be a str, got {type(instruction).__name__}")
-        static = self._camera(observations, RGB_STATIC)
-        gripper = self._camera(observations, RGB_GRIPPER)
+        cams = [self._camera(observations, name) for name in self.robot.camera_names]
         ids, mask = self.tokenize(list(instructions))
         with self._precision_context():
-            feat = self.backbone(static, gripper, ids, mask).float()  # (B, D)
+            feat = self.backbone(cams, ids, mask).float()  # (B, D)
         state = None
         if self.model_config.use_state:
-            robot_obs = torch.as_tensor(np.stack([np.asarray(o[ROBOT_OBS], dtype=np.float32) for o in observations]),
-                                        device=self.device)
-            state = self.normalizer.normalize_state(robot_obs)
+            key = self.robot.state.key
+            values = torch.as_tensor(np.stack([np.asarray(o[key], dtype=np.float32) for o in observations]),
+                                     device=self.device)
+            state = self.normalizer.normalize_state(values)
         return feat, state
 
     def _camera(self, observations: Sequence[Mapping[str, np.ndarray]], key: str) -> torch.Tensor:
@@ -279,31 +312,42 @@ class RoboFlamingoPolicy(nn.Module):
         return torch.cat([self._images(f[None], key, lead=1) for f in frames])
 
     def step_outputs(self, obs: Mapping[str, np.ndarray], instruction: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """One frame -> raw head outputs for it: pose (A, 6) normalized, gripper logits (A, 2)."""
+        """One frame -> raw head outputs for it: continuous (A, C) normalized, gripper logits (A, G, 2)."""
         feat, state = self._frame_features([obs], [instruction])  # (1, D)
         (pose, grip), self._head_cache = self.action_head.step(feat, state, self._head_cache)
         return pose[0], grip[0]
 
     def _to_actions(self, pose: torch.Tensor, grip: torch.Tensor) -> np.ndarray:
-        """The first of A predictions per row: pose (B, A, 6), logits (B, A, 2) -> actions (B, 7)."""
-        action = torch.empty((pose.shape[0], ACTION_DIM), dtype=torch.float32, device=pose.device)
-        action[:, :6] = self.normalizer.unnormalize_pose(pose[:, 0]).clamp(-1.0, 1.0)
+        """The first of A predictions per row: continuous (B, A, C), logits (B, A, G, 2) -> actions
+        (B, action dim) in the robot's units."""
+        spec = self.robot.action
+        action = torch.empty((pose.shape[0], spec.dim), dtype=torch.float32, device=pose.device)
+        low, high = (x.to(pose.device) for x in self._clip)
+        values = self.normalizer.unnormalize_continuous(pose[:, 0]).clamp(low, high)
         if self.head_config.float16_actions:
             # The original casts its actions to float16 before returning them (eval_utils.py).
-            action[:, :6] = action[:, :6].half().float()
-        action[:, 6] = torch.where(grip[:, 0].argmax(-1) == 1, GRIPPER_OPEN, GRIPPER_CLOSE)
+            values = values.half().float()
+        cont = self.normalizer._continuous
+        if isinstance(cont, slice):
+            action[:, cont] = values
+        else:
+            action[:, cont.to(pose.device)] = values
+        if spec.grippers:
+            opened = grip[:, 0].argmax(-1) == 1  # (B, G)
+            action[:, self._grippers.to(pose.device)] = torch.where(opened, spec.open, spec.close)
         return action.cpu().numpy()
 
     @torch.inference_mode()
     def step(self, obs: Mapping[str, np.ndarray], instruction: str) -> np.ndarray:
-        """CALVIN-style observation -> 7-d relative action (float32; pose clipped to [-1, 1], gripper +-1).
+        """One observation of the robot -> one action in its units (float32; continuous dims clipped to
+        the description's bounds, binary grippers exactly close or open).
 
         Only the first of the A predicted actions is executed, as in the original.
         """
         return self.step_from_outputs(*self.step_outputs(obs, instruction))
 
     def step_from_outputs(self, pose: torch.Tensor, grip: torch.Tensor) -> np.ndarray:
-        """Head outputs of one frame (:meth:`step_outputs`) -> the executed 7-d action."""
+        """Head outputs of one frame (:meth:`step_outputs`) -> the executed action."""
         return self._to_actions(pose[None], grip[None])[0]
 
     @torch.inference_mode()
@@ -312,7 +356,7 @@ class RoboFlamingoPolicy(nn.Module):
         """B independent episodes, one frame each, through one backbone forward.
 
         ``histories[i]`` is episode i's history as returned by the previous call (``None`` starts a
-        new episode: that is the per-episode reset). Returns actions (B, 7) as ``step`` makes them
+        new episode: that is the per-episode reset). Returns actions (B, action dim) as ``step`` makes them
         and the new histories; the policy itself keeps no state, so episodes never mix.
         """
         if len(histories) != len(observations):
@@ -372,21 +416,23 @@ class RoboFlamingoPolicy(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> RoboFlamingoPolicy:
         """The policy a ``save_pretrained`` directory holds, in eval mode; loading is strict."""
         cfg = checkpoint.read_policy_config(directory)
-        policy = cls(cfg.model, cfg.head)
+        policy = cls(cfg.model, cfg.head, robot=checkpoint.read_robot(directory))
         checkpoint.load_weights(policy, directory)
         return policy.to(map_location).eval()
 
-
-def build_policy(model: ModelConfig, head: HeadConfig, stats: Mapping[str, Any] | None = None,
-                 device: str | torch.device | None = None) -> RoboFlamingoPolicy:
-    """Build a policy (in eval mode). ``device="meta"`` builds shapes only, reading no weight files."""
-    if device is not None and torch.device(device).type == "meta":
-        with torch.device("meta"):
-            policy = RoboFlamingoPolicy(model, head, load_weights=False)
-    else:
-        policy = RoboFlamingoPolicy(model, head)
-        if device is not None:
-            policy.to(device)
-    if stats is not None:
-        policy.set_normalization(stats)
-    return policy.eval()
+    @classmethod
+    def from_config(cls, model: ModelConfig, head: HeadConfig, stats: Mapping[str, Any] | None = None,
+                    device: str | torch.device | None = None, robot: RobotDescription | None = None
+                    ) -> RoboFlamingoPolicy:
+        """A fresh policy (in eval mode) for ``robot`` (CALVIN's by default), normalized by ``stats``.
+        ``device="meta"`` builds shapes only, reading no weight files."""
+        if device is not None and torch.device(device).type == "meta":
+            with torch.device("meta"):
+                policy = cls(model, head, load_weights=False, robot=robot)
+        else:
+            policy = cls(model, head, robot=robot)
+            if device is not None:
+                policy.to(device)
+        if stats is not None:
+            policy.set_normalization(stats)
+        return policy.eval()

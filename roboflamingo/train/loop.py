@@ -43,6 +43,8 @@ from roboflamingo.data.packed import packed_dir_for
 from roboflamingo.data.stats import compute_normalization
 from roboflamingo.models.config import HeadConfig, ModelConfig
 from roboflamingo.process import crash_hook
+from roboflamingo.robot import RobotDescription
+from roboflamingo.robots import read_dataset_robot
 from roboflamingo.threads import ThreadGovernor
 from roboflamingo.train import distributed
 from roboflamingo.train.checkpoint import (
@@ -143,9 +145,10 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     _seed_everything(job.seed)
     if resume_from is not None:
         policy = _load_policy(resume_from)
+        policy.robot.require_compatible(_robot(job.data), f"checkpoint {resume_from}", f"data.root={job.data.root}")
     else:
         stats = _normalization(job.data) if master else None
-        policy = _build_policy(job.model, job.head, distributed.broadcast_object(stats, info))
+        policy = _build_policy(job.model, job.head, distributed.broadcast_object(stats, info), _robot(job.data))
     policy.to(info.device)
     policy.train()
     model = distributed.wrap(policy, cfg, info)
@@ -305,10 +308,16 @@ def _normalization(data: DataConfig) -> dict[str, np.ndarray]:
     return compute_normalization(split_dir, packed_dir=packed_dir_for(data.root, data.train_split, data.packed_root))
 
 
-def _build_policy(model: ModelConfig, head: HeadConfig, stats: dict[str, np.ndarray]) -> torch.nn.Module:
-    from roboflamingo.models.policy import build_policy
+def _robot(data: DataConfig) -> RobotDescription:
+    """The robot the training split was recorded on (its ``robot.json``; CALVIN's without one)."""
+    return read_dataset_robot(Path(data.root) / data.train_split)
 
-    return build_policy(model, head, stats)
+
+def _build_policy(model: ModelConfig, head: HeadConfig, stats: dict[str, np.ndarray],
+                  robot: RobotDescription) -> torch.nn.Module:
+    from roboflamingo.models.policy import RoboFlamingoPolicy
+
+    return RoboFlamingoPolicy.from_config(model, head, stats, robot=robot)
 
 
 def _load_policy(checkpoint: Path) -> torch.nn.Module:

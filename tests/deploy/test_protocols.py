@@ -41,13 +41,13 @@ def tiny_checkpoint(tmp_path_factory) -> str:
     from roboflamingo.config import load_yaml
     from roboflamingo.models.config import HeadConfig, ModelConfig
     from roboflamingo.models.normalization import identity_stats
-    from roboflamingo.models.policy import build_policy
+    from roboflamingo.models.policy import RoboFlamingoPolicy
 
     model = load_yaml(CONFIGS / "model/tiny.yaml", ModelConfig)
     head = load_yaml(CONFIGS / "head/lstm.yaml", HeadConfig)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
-    build_policy(model, head, identity_stats()).save_pretrained(path)
+    RoboFlamingoPolicy.from_config(model, head, identity_stats()).save_pretrained(path)
     return str(path)
 
 

@@ -262,13 +262,13 @@ def test_a_checkpoint_is_served_with_one_history_per_session(tmp_path):
     from roboflamingo.config import load_yaml
     from roboflamingo.models.config import HeadConfig, ModelConfig
     from roboflamingo.models.normalization import identity_stats
-    from roboflamingo.models.policy import RoboFlamingoPolicy, build_policy
+    from roboflamingo.models.policy import RoboFlamingoPolicy
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     model = load_yaml(configs / "model/tiny.yaml", ModelConfig)
     head = load_yaml(configs / "head/lstm.yaml", HeadConfig)
     torch.manual_seed(0)
-    build_policy(model, head, identity_stats()).save_pretrained(tmp_path / "ckpt")
+    RoboFlamingoPolicy.from_config(model, head, identity_stats()).save_pretrained(tmp_path / "ckpt")
     rng = np.random.default_rng(0)
     frames = [
         {

@@ -170,7 +170,7 @@ def save_tiny_checkpoint(path) -> None:
 
     from roboflamingo.config import config_dir, load_yaml
     from roboflamingo.models.config import HeadConfig, ModelConfig
-    from roboflamingo.models.policy import build_policy
+    from roboflamingo.models.policy import RoboFlamingoPolicy
 
     stats = {
         "action_mean": np.zeros(7, np.float32), "action_std": np.full(7, 0.5, np.float32),
@@ -179,4 +179,4 @@ def save_tiny_checkpoint(path) -> None:
     model = load_yaml(config_dir() / "model" / "tiny.yaml", ModelConfig)
     model = replace(model, lm=replace(model.lm, bpe_merges=1000))  # a smaller tokenizer builds faster
     head = load_yaml(config_dir() / "head" / "lstm.yaml", HeadConfig)
-    build_policy(model, head, stats).save_pretrained(path)
+    RoboFlamingoPolicy.from_config(model, head, stats).save_pretrained(path)

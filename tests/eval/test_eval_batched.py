@@ -70,11 +70,11 @@ def test_a_checkpoint_policy_gives_the_same_records_for_any_batch_size(tmp_path)
     from model_helpers import make_stats, micro_config, micro_head, open_gates
 
     from roboflamingo.eval.policies import PolicySpec
-    from roboflamingo.models.policy import build_policy
+    from roboflamingo.models.policy import RoboFlamingoPolicy
     from roboflamingo.policies import PolicySourceConfig
 
     torch.manual_seed(3)
-    policy = build_policy(micro_config(), micro_head(), make_stats())
+    policy = RoboFlamingoPolicy.from_config(micro_config(), micro_head(), make_stats())
     open_gates(policy, 2.0)  # let the image (the counter) drive the actions
     policy.save_pretrained(tmp_path / "ckpt")
     spec = PolicySpec(PolicySourceConfig(checkpoint=str(tmp_path / "ckpt"), device="cpu"), torch_threads=1)

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from roboflamingo.models.backbone import FlamingoBackbone
 from roboflamingo.models.config import LM_FAMILIES, LMConfig
 from roboflamingo.models.lm_adapters import adapter_for_model, get_adapter
-from roboflamingo.models.policy import build_policy
+from roboflamingo.models.policy import RoboFlamingoPolicy
 from roboflamingo.models.resampler import PerceiverResampler
 
 
@@ -19,7 +19,7 @@ def test_every_family_builds_and_runs_with_its_own_parameter_names(family):
     torch.manual_seed(0)
     cfg = micro_config(family, lm=LMConfig(**{**micro_config(family).lm.__dict__, "num_layers": 4,
                                                "cross_attn_every_n_layers": 2}))
-    policy = build_policy(cfg, micro_head(), make_stats())
+    policy = RoboFlamingoPolicy.from_config(cfg, micro_head(), make_stats())
     lm = policy.backbone.lang_encoder
     # The LM's state_dict is exactly that of the same HF model built on its own.
     plain = AutoModelForCausalLM.from_config(lm.config)
@@ -55,7 +55,7 @@ def _lm_states(backbone: FlamingoBackbone, ids, mask, media=None):
 @pytest.mark.parametrize("family", ["mpt", "gpt2"])
 def test_gates_at_zero_leave_the_lm_output_unchanged(family):
     torch.manual_seed(0)
-    policy = build_policy(micro_config(family), micro_head(), make_stats())
+    policy = RoboFlamingoPolicy.from_config(micro_config(family), micro_head(), make_stats())
     bb = policy.backbone
     ids, mask = policy.tokenize(["open the drawer", "lift the red block from the table"])
     media = torch.randn(2, 8, bb.vis_dim) * 3
@@ -70,7 +70,7 @@ def test_gates_at_zero_leave_the_lm_output_unchanged(family):
 
 
 def test_conditioning_is_cleared_when_the_lm_raises():
-    policy = build_policy(micro_config(), micro_head(), make_stats())
+    policy = RoboFlamingoPolicy.from_config(micro_config(), micro_head(), make_stats())
     bb = policy.backbone
     with pytest.raises(RuntimeError), bb.conditioned_on(torch.zeros(1, 4, bb.vis_dim), None):
         raise RuntimeError("boom")
@@ -81,21 +81,21 @@ def test_conditioning_is_cleared_when_the_lm_raises():
 def test_pooling_ignores_padding(pooling):
     torch.manual_seed(0)
     cfg = micro_config(lm=LMConfig(**{**micro_config().lm.__dict__, "pooling": pooling}))
-    policy = build_policy(cfg, micro_head(), make_stats())
+    policy = RoboFlamingoPolicy.from_config(cfg, micro_head(), make_stats())
     open_gates(policy)
     bb = policy.backbone
     images = torch.randn(1, 3, 32, 32)
     short = "open the drawer"
     with torch.no_grad():
-        alone = bb(images, images, *policy.tokenize([short]))
+        alone = bb([images, images], *policy.tokenize([short]))
         ids, mask = policy.tokenize([short, "push the pink block all the way to the right side of the table"])
         assert not mask[0].all()  # the short instruction is padded here
-        padded = bb(images.expand(2, -1, -1, -1), images.expand(2, -1, -1, -1), ids, mask)
+        padded = bb([images.expand(2, -1, -1, -1)] * 2, ids, mask)
     torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-5)
 
 
 def test_instruction_format_and_special_tokens():
-    policy = build_policy(micro_config(), micro_head(), make_stats())
+    policy = RoboFlamingoPolicy.from_config(micro_config(), micro_head(), make_stats())
     tok = policy.backbone.tokenizer
     ids, mask = policy.tokenize(["Open the drawer"])
     tokens = tok.convert_ids_to_tokens(ids[0].tolist())
@@ -127,11 +127,11 @@ def test_pretrained_minilm_ships_offline_and_reloads_exactly(tmp_path):
     from roboflamingo.models.policy import RoboFlamingoPolicy
 
     job = load("inspect", Job, ["model=tiny_minilm"])
-    policy = build_policy(job.model, job.head, make_stats())
+    policy = RoboFlamingoPolicy.from_config(job.model, job.head, make_stats())
     bb = policy.backbone
     images = torch.zeros(3, 3, 64, 64)
     with torch.no_grad():
-        feats = bb(images, images, *policy.tokenize(
+        feats = bb([images, images], *policy.tokenize(
             ["open the drawer", "pull the drawer open", "push the pink block to the right"]))
     cos = torch.nn.functional.cosine_similarity
     # Pretrained word knowledge: a paraphrase lands nearer than a different task.

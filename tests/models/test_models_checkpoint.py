@@ -9,13 +9,13 @@ from model_helpers import frame_obs, make_batch, make_stats, micro_config, micro
 from safetensors.torch import load_file, save_file
 
 from roboflamingo.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from roboflamingo.models.policy import RoboFlamingoPolicy, build_policy
+from roboflamingo.models.policy import RoboFlamingoPolicy
 
 
 @pytest.fixture
 def saved(tmp_path):
     torch.manual_seed(0)
-    policy = build_policy(micro_config(use_state=True), micro_head("transformer"), make_stats(1))
+    policy = RoboFlamingoPolicy.from_config(micro_config(use_state=True), micro_head("transformer"), make_stats(1))
     open_gates(policy, 0.3)
     policy.save_pretrained(tmp_path / "ckpt")
     return policy, tmp_path / "ckpt"
@@ -77,7 +77,7 @@ def test_missing_normalization_statistics_raise(saved, tmp_path):
     save_file(tensors, str(path / WEIGHTS_FILE))
     with pytest.raises(ValueError, match=r"no normalization statistics \(missing \['normalizer.action_std'\]\)"):
         RoboFlamingoPolicy.from_pretrained(path)
-    bare = build_policy(micro_config(), micro_head())
+    bare = RoboFlamingoPolicy.from_config(micro_config(), micro_head())
     with pytest.raises(RuntimeError, match="no normalization statistics.*set_normalization"):
         bare.save_pretrained(tmp_path / "bare")
     with pytest.raises(RuntimeError, match="no normalization statistics"):

@@ -8,12 +8,12 @@ import torch
 from model_helpers import frame_obs, make_batch, make_stats, micro_config, micro_head
 
 from roboflamingo.models.config import HeadConfig, ModelConfig, VisionConfig
-from roboflamingo.models.policy import build_policy
+from roboflamingo.models.policy import RoboFlamingoPolicy
 
 
 @pytest.fixture(scope="module")
 def policy():
-    return build_policy(micro_config(use_state=True), micro_head(), make_stats())
+    return RoboFlamingoPolicy.from_config(micro_config(use_state=True), micro_head(), make_stats())
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_instruction_must_be_text(policy, obs):
 
 
 def test_step_in_training_mode_is_refused(obs):
-    p = build_policy(micro_config(), micro_head(), make_stats())
+    p = RoboFlamingoPolicy.from_config(micro_config(), micro_head(), make_stats())
     p.train()
     with pytest.raises(RuntimeError, match=r"policy.eval\(\)"):
         p.step(obs, "open the drawer")
@@ -92,6 +92,6 @@ def test_config_values_are_validated():
     with pytest.raises(ValueError, match="head.type must be one of"):
         HeadConfig(type="diffusion")
     with pytest.raises(ValueError, match="not an open_clip model config"):
-        build_policy(micro_config(vision=VisionConfig(name="ViT-Nope-1", image_size=224)), micro_head())
+        RoboFlamingoPolicy.from_config(micro_config(vision=VisionConfig(name="ViT-Nope-1", image_size=224)), micro_head())
     with pytest.raises(ValueError, match=r"model.vision.image_size \(64\) must equal ViT-B-16's own \(224\)"):
-        build_policy(micro_config(vision=VisionConfig(name="ViT-B-16", image_size=64)), micro_head(), device="meta")
+        RoboFlamingoPolicy.from_config(micro_config(vision=VisionConfig(name="ViT-B-16", image_size=64)), micro_head(), device="meta")

@@ -8,7 +8,7 @@ import torch
 from model_helpers import frame_obs, make_batch, make_stats, micro_config, micro_head, open_gates
 
 from roboflamingo.models.config import LM_FAMILIES
-from roboflamingo.models.policy import build_policy
+from roboflamingo.models.policy import RoboFlamingoPolicy
 
 HEADS = ["lstm", "transformer", "mlp"]
 
@@ -27,7 +27,7 @@ def _step_outputs(policy, batch, i: int, frames: int):
 @pytest.mark.parametrize("kind", HEADS)
 def test_step_equals_batched_forward(kind):
     torch.manual_seed(0)
-    policy = build_policy(micro_config(use_state=True), micro_head(kind), make_stats())
+    policy = RoboFlamingoPolicy.from_config(micro_config(use_state=True), micro_head(kind), make_stats())
     open_gates(policy)
     # Two instructions of different lengths: the shorter one is padded in the batch but not in step().
     batch = make_batch(b=2, t=4)
@@ -43,7 +43,7 @@ def test_step_equals_batched_forward(kind):
 def test_step_equals_forward_past_the_window(kind, history):
     """Episodes outlast the training window: the cached history must keep matching forward()."""
     torch.manual_seed(1)
-    policy = build_policy(micro_config(window=3), micro_head(kind, lstm_history=history), make_stats())
+    policy = RoboFlamingoPolicy.from_config(micro_config(window=3), micro_head(kind, lstm_history=history), make_stats())
     open_gates(policy)
     batch = make_batch(b=1, t=7, instructions=("stack the blocks",))
     with torch.no_grad():
@@ -59,7 +59,7 @@ def test_step_equals_forward_past_the_window(kind, history):
 
 
 def test_step_returns_a_relative_action_and_satisfies_the_protocol(stats):
-    policy = build_policy(micro_config(), micro_head(), stats)
+    policy = RoboFlamingoPolicy.from_config(micro_config(), micro_head(), stats)
     batch = make_batch(b=1, t=2)
     policy.reset()
     for t in range(2):
@@ -71,7 +71,7 @@ def test_step_returns_a_relative_action_and_satisfies_the_protocol(stats):
 
 def test_forward_reports_both_losses_and_respects_the_action_mask(stats):
     torch.manual_seed(0)
-    policy = build_policy(micro_config(), micro_head(), stats)
+    policy = RoboFlamingoPolicy.from_config(micro_config(), micro_head(), stats)
     batch = make_batch()
     loss, logs = policy(batch)
     assert {"loss", "pose_loss", "gripper_loss", "gripper_acc"} <= set(logs)
@@ -90,7 +90,7 @@ def test_forward_reports_both_losses_and_respects_the_action_mask(stats):
 
 def test_frozen_parameters_never_change_and_frozen_towers_stay_in_eval(stats):
     torch.manual_seed(0)
-    policy = build_policy(micro_config(), micro_head(dropout=0.1), stats)
+    policy = RoboFlamingoPolicy.from_config(micro_config(), micro_head(dropout=0.1), stats)
     policy.train()
     assert not policy.backbone.vision_encoder.training and not policy.backbone.lang_encoder.training
     assert policy.action_head.training and policy.backbone.perceiver.training
@@ -114,13 +114,13 @@ def test_frozen_parameters_never_change_and_frozen_towers_stay_in_eval(stats):
 
 
 def test_freezing_options_change_what_trains(stats):
-    base = build_policy(micro_config(), micro_head(), stats)
+    base = RoboFlamingoPolicy.from_config(micro_config(), micro_head(), stats)
     emb = base.backbone.lang_encoder.get_input_embeddings().weight
-    with_emb = build_policy(micro_config(train_embeddings=True, freeze_resampler=True), micro_head(), stats)
+    with_emb = RoboFlamingoPolicy.from_config(micro_config(train_embeddings=True, freeze_resampler=True), micro_head(), stats)
     perceiver = sum(p.numel() for p in base.backbone.perceiver.parameters())
     assert with_emb.num_trainable_parameters() == base.num_trainable_parameters() - perceiver + emb.numel()
     assert with_emb.backbone.lang_encoder.get_input_embeddings().weight.requires_grad
-    vit = build_policy(micro_config(unfreeze_vision=True), micro_head(), stats)
+    vit = RoboFlamingoPolicy.from_config(micro_config(unfreeze_vision=True), micro_head(), stats)
     vit.train()
     assert vit.backbone.vision_encoder.training
     assert not vit.backbone.vision_encoder.proj.requires_grad  # unused by the policy
@@ -128,7 +128,7 @@ def test_freezing_options_change_what_trains(stats):
 
 
 def test_weight_decay_only_on_cross_attention_matrices(stats):
-    policy = build_policy(micro_config(), micro_head(), stats)
+    policy = RoboFlamingoPolicy.from_config(micro_config(), micro_head(), stats)
     groups = {g["name"]: g for g in policy.optimizer_param_groups(0.1)}
     names = {id(p): n for n, p in policy.named_parameters()}
     decayed = [names[id(p)] for p in groups["xattn_weights"]["params"]]
@@ -143,7 +143,7 @@ def test_weight_decay_only_on_cross_attention_matrices(stats):
 @pytest.mark.parametrize("kind", ["lstm", "transformer"])
 def test_policy_overfits_a_handful_of_windows(kind, stats):
     torch.manual_seed(0)
-    policy = build_policy(micro_config(), micro_head(kind, hidden_size=32), stats)
+    policy = RoboFlamingoPolicy.from_config(micro_config(), micro_head(kind, hidden_size=32), stats)
     policy.train()
     batch = make_batch(b=4, t=4, seed=3, instructions=("open the drawer", "close the drawer", "lift the red block",
                                                       "turn on the led"))
@@ -164,8 +164,8 @@ def test_policy_overfits_a_handful_of_windows(kind, stats):
 
 
 def test_fusion_pre_uses_one_resampler_pass_for_both_cameras(stats):
-    post = build_policy(micro_config(fusion="post"), micro_head(), stats)
-    pre = build_policy(micro_config(fusion="pre"), micro_head(), stats)
+    post = RoboFlamingoPolicy.from_config(micro_config(fusion="post"), micro_head(), stats)
+    pre = RoboFlamingoPolicy.from_config(micro_config(fusion="pre"), micro_head(), stats)
     x = torch.randn(3, 3, 32, 32)
     latents = micro_config().resampler.num_latents
     with torch.no_grad():
@@ -177,7 +177,7 @@ def test_fusion_pre_uses_one_resampler_pass_for_both_cameras(stats):
 
 def test_original_style_outputs_can_be_selected(stats):
     """The original's tanh pose head (for its published weights) is one switch away."""
-    policy = build_policy(micro_config(), micro_head(pose_tanh=True, input_norm=False), stats)
+    policy = RoboFlamingoPolicy.from_config(micro_config(), micro_head(pose_tanh=True, input_norm=False), stats)
     assert isinstance(policy.action_head.input_norm, torch.nn.Identity)
     with torch.no_grad():
         pose, _ = policy.predict(make_batch())
@@ -190,7 +190,7 @@ def test_step_batch_equals_separate_steps(kind, history):
     """B episodes of different ages and instructions, reset on their own, through one batched call:
     every action equals that episode's own step() sequence."""
     torch.manual_seed(2)
-    policy = build_policy(micro_config(window=3, use_state=True), micro_head(kind, lstm_history=history), make_stats())
+    policy = RoboFlamingoPolicy.from_config(micro_config(window=3, use_state=True), micro_head(kind, lstm_history=history), make_stats())
     open_gates(policy)
     b, t = 4, 8
     batch = make_batch(b=b, t=t, instructions=("stack the blocks", "open the drawer", "push the blue block left"))
@@ -218,7 +218,7 @@ def test_step_batch_equals_separate_steps(kind, history):
 
 
 def test_step_batch_refuses_mismatched_inputs(stats):
-    policy = build_policy(micro_config(), micro_head(), stats)
+    policy = RoboFlamingoPolicy.from_config(micro_config(), micro_head(), stats)
     obs = frame_obs(make_batch(b=1, t=1), 0, 0)
     with pytest.raises(ValueError, match="2 observations but 1 histories"):
         policy.step_batch([obs, obs], ["a", "b"], [None])
@@ -233,7 +233,7 @@ def test_half_precision_towers_run_and_stay_close_to_fp32(stats, family, precisi
     3B/9B models are MPT, whose half-precision LayerNorms used to get fp32 hidden states from the
     cross-attention and refuse them); its actions stay near fp32's."""
     torch.manual_seed(0)
-    policy = build_policy(micro_config(family), micro_head(), stats)
+    policy = RoboFlamingoPolicy.from_config(micro_config(family), micro_head(), stats)
     open_gates(policy)
     batch = make_batch(b=2, t=3)
     obs = [frame_obs(batch, i, 0) for i in range(2)]

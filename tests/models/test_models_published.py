@@ -26,7 +26,7 @@ from roboflamingo.models.config import HeadConfig, LMConfig, VisionConfig
 from roboflamingo.models.convert import Job, convert
 from roboflamingo.models.lm_adapters import build_lm
 from roboflamingo.models.normalization import identity_stats
-from roboflamingo.models.policy import RoboFlamingoPolicy, build_policy
+from roboflamingo.models.policy import RoboFlamingoPolicy
 from roboflamingo.models.vision import build_vision_encoder
 from roboflamingo.transforms import preprocess_images
 
@@ -116,7 +116,7 @@ def world(tmp_path_factory):
 
     # The source of every trained tensor: a policy in our layout with open gates and trained embeddings.
     torch.manual_seed(1)
-    source = build_policy(model, HeadConfig(hidden_size=16, num_layers=2, mlp_widths=WIDTHS))
+    source = RoboFlamingoPolicy.from_config(model, HeadConfig(hidden_size=16, num_layers=2, mlp_widths=WIDTHS))
     with torch.no_grad():
         for block in source.backbone.gated_cross_attn_layers:
             block.attn_gate.uniform_(0.3, 0.9)
@@ -155,7 +155,7 @@ def _features(policy, batch, frames) -> list[torch.Tensor]:
             obs = frame_obs(batch, 0, t)
             s = preprocess_images(torch.as_tensor(obs["rgb_static"])[None], policy.image_size)
             g = preprocess_images(torch.as_tensor(obs["rgb_gripper"])[None], policy.image_size)
-            out.append(policy.backbone(s, g, ids, mask)[0])
+            out.append(policy.backbone([s, g], ids, mask)[0])
     return out
 
 
@@ -237,7 +237,7 @@ def test_released_checkpoint_reproduces_the_original(world, tmp_path):
         obs = frame_obs(batch, 0, t)
         with torch.no_grad():
             _, grip = policy.step_outputs(obs, INSTRUCTION)
-        got_p.append(float(grip[0].softmax(-1)[1]))
+        got_p.append(float(grip[0, 0].softmax(-1)[1]))  # first action, the one gripper
     policy.reset()
     got = np.stack([policy.step(frame_obs(batch, 0, t), INSTRUCTION) for t in frames])
     # The original returns float16 actions (eval_utils.py), and so does a converted policy.
@@ -249,7 +249,7 @@ def test_released_checkpoint_reproduces_the_original(world, tmp_path):
 def test_a_missing_key_is_named(world):
     gone = "module.lang_encoder.gated_cross_attn_layers.1.attn.to_q.weight"
     state = {k: v for k, v in world["rf_state"].items() if k != gone}
-    policy = build_policy(world["model"], published.head_config_from_state(published.head_state(_strip(state))))
+    policy = RoboFlamingoPolicy.from_config(world["model"], published.head_config_from_state(published.head_state(_strip(state))))
     with pytest.raises(ValueError, match=r"missing keys \[backbone.gated_cross_attn_layers.1.attn.to_q.weight\]"):
         published.load_flamingo_state(policy, _strip(state), "x.pth", with_head=True)
     head_less = {k: v for k, v in world["rf_state"].items() if k != "module.lm_head.rnn.bias_hh_l1"}
@@ -259,7 +259,7 @@ def test_a_missing_key_is_named(world):
 
 def test_an_extra_or_inconsistent_key_is_named(world):
     rf = _strip(world["rf_state"])
-    policy = build_policy(world["model"], published.head_config_from_state(published.head_state(rf)))
+    policy = RoboFlamingoPolicy.from_config(world["model"], published.head_config_from_state(published.head_state(rf)))
     for extra in ("lang_encoder.transformer.blocks.0.attn.q_ln.weight", "perceiver_gripper.latents",
                   "lm_head.embed_arm_state.0.weight"):
         with pytest.raises(ValueError, match=rf"unexpected keys \[.*{extra.replace('.', '[.]')}"):
