@@ -26,6 +26,7 @@ from roboflamingo.config import (
     schema_keys,
     schema_overrides,
     schema_sections,
+    section_doc,
     summary,
     to_yaml,
 )
@@ -182,7 +183,7 @@ def command_help(name: str, cmd: Command, overrides: list[str] | None = None) ->
         if not own:
             continue
         if path:
-            lines += [""] + _wrap(f"{path} ({cls.__name__}): {_rst(summary(cls))}".rstrip(": "), 0, 4)
+            lines += [""] + _wrap(f"{path} ({cls.__name__}): {_rst(section_doc(job_cls, path))}".rstrip(": "), 0, 4)
         for k in own:
             lines.append(f"  {k.path}: {k.type} = {values[k.path]}")
             if k.doc:

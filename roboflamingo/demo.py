@@ -72,7 +72,7 @@ class Job:
             progress and env come from the fields above).
         eval: the evaluation protocol of every evaluated policy (``eval.num_videos``: videos of the
             trained policy's first chains; mode, chain_seed, tasks, workers and progress come from the demo).
-        model / head / data / train: the policy and its training recipe.
+        model, head, data, train: the policy and its training recipe.
     """
 
     run_dir: str = "runs/demo"

@@ -56,14 +56,24 @@ from roboflamingo.io import atomic_dir, atomic_write_bytes, atomic_write_json
 
 @dataclass
 class Job:
+    """``roboflamingo pack``: the splits of ``data.root`` written as checksummed, memory-mapped shards.
+
+    Args:
+        data: the dataset to pack (``data.root``, ``data.format``, ``data.packed_root``); its
+            loader settings are not used here.
+        splits: splits to pack, by name under ``data.root``; each goes to ``<data.packed_root>/<split>``
+            (default ``<data.root>/<split>/packed``).
+        shard_frames: frames per shard (1024 CALVIN frames are about 145 MB of images).
+        threads: threads decompressing npz files (zlib releases the GIL).
+        verify_existing: re-hash existing shards before skipping them on a rerun (slower, but catches
+            bit rot and edits); false trusts their ``shard.json``.
+        progress: show a progress bar per split.
+    """
+
     data: DataConfig = field(default_factory=DataConfig)
-    # Splits to pack, by name under data.root; the output goes to data.packed_root / the default.
     splits: list[str] = field(default_factory=lambda: ["training", "validation"])
-    # Frames per shard: 1024 CALVIN frames are about 145 MB of images per shard.
     shard_frames: int = 1024
-    # Threads decompressing npz files (zlib releases the GIL).
     threads: int = 4
-    # Re-hash existing shards before skipping them (slower resume, catches bit rot and edits).
     verify_existing: bool = True
     progress: bool = True
 

@@ -51,7 +51,10 @@ class TrainConfig:
         wandb_project: W&B project name.
         wandb_mode: offline (default; sync later with ``wandb sync``) | online | disabled.
         device: torch device; empty picks cuda:<local_rank> when available, else cpu.
-        threads: torch intra-op threads per process; 0 leaves torch's default.
+        threads: torch intra-op threads per process. 0 on a CPU: this process's share of the cores
+            other processes leave free, re-checked every 10 s as other jobs come and go (a thread
+            governor, ``roboflamingo.threads``); 0 on a GPU: torch's default. Set a number for
+            repeatable CPU results (sums change with the thread count).
         run_name: W&B run name; empty uses the run directory's name.
     """
 
