@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 from roboflamingo.config import (
     ConfigError,
+    check_group_options,
     check_override_keys,
     command_groups,
     compose,
+    did_you_mean,
     load,
     schema_keys,
     schema_overrides,
@@ -111,7 +113,9 @@ def _values(cmd: Command, job_cls: type, overrides: list[str]) -> tuple[dict[str
     tree = OmegaConf.structured(job_cls)
     note = "the Job's defaults"
     if cmd.config is not None:
-        groups = tuple(g.name for g in command_groups(cmd.config, job_cls))
+        found = command_groups(cmd.config, job_cls)
+        groups = tuple(g.name for g in found)
+        check_group_options(found, overrides, source=f"configs/{cmd.config}.yaml")
         check_override_keys(job_cls, overrides, groups, source=f"configs/{cmd.config}.yaml")
         tree = OmegaConf.merge(tree, compose(cmd.config, schema_overrides(overrides, groups)))
         note = f"configs/{cmd.config}.yaml" + (f" with {' '.join(overrides)}" if overrides else "")
@@ -198,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, args = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"roboflamingo: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
+        print(f"roboflamingo: unknown command '{name}'{did_you_mean(name, list(COMMANDS))}\n\n{usage()}",
+              file=sys.stderr)
         return 2
     cmd = COMMANDS[name]
     show_cfg = "--cfg" in args

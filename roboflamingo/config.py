@@ -50,7 +50,9 @@ def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"configs/{config_name}.yaml with overrides {overrides or []}: {e}") from e
+        # Hydra appends its search path, which says nothing the user can act on
+        message = str(e).split("\nConfig search path:")[0].strip()
+        raise ConfigError(f"configs/{config_name}.yaml with overrides {overrides or []}: {message}") from e
 
 
 def to_dataclass(cfg: DictConfig | dict, schema: type[T], source: str = "config") -> T:
@@ -77,7 +79,9 @@ def load(config_name: str | None, schema: type[T], overrides: list[str] | None =
     """
     overrides = list(overrides or [])
     source = f"configs/{config_name}.yaml" if config_name else "config"
-    groups = tuple(g.name for g in command_groups(config_name, schema))
+    found = command_groups(config_name, schema)
+    groups = tuple(g.name for g in found)
+    check_group_options(found, overrides, source=source)
     check_override_keys(schema, overrides, groups=groups, source=source)
     if config_name is None:
         try:
@@ -456,6 +460,41 @@ def check_override_keys(schema: type, overrides: list[str], groups: tuple[str, .
             raise ConfigError(f"{source}: override '{o.input_line}' has no key (expected key=value)")
         if unknown_key(schema, key):
             raise ConfigError(f"{source}: {unknown_key_message(schema, key, extra=tuple(groups))}")
+
+
+def _close(word: str, choices: list[str] | tuple[str, ...], n: int = 3) -> list[str]:
+    """The choices closest to a mistyped ``word``, best first (case-insensitive)."""
+    lowered = {c.lower(): c for c in choices}
+    return [lowered[c] for c in difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)]
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """``"; did you mean 'tiny'?"`` for the closest choices, or "" when none is close."""
+    close = _close(word, choices)
+    return f"; did you mean {_quote_list(close)}?" if close else ""
+
+
+def check_group_options(groups: list[Group], overrides: list[str], source: str = "config") -> None:
+    """Raise a ConfigError for ``group=option`` naming an option the group lacks, with the closest
+    ones and the full list (rather than Hydra's error and its search path)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    by_name = {g.name: g for g in groups}
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(f"{source}: overrides {overrides}: {e}") from e
+    for o in parsed:
+        group = by_name.get(o.key_or_group)
+        if group is None or o.package is not None or o.is_delete():
+            continue
+        value = o.value()
+        if isinstance(value, str) and value not in group.options:
+            raise ConfigError(
+                f"{source}: unknown option '{value}' for config group '{group.name}'{did_you_mean(value, group.options)} "
+                f"(options: {', '.join(group.options)}; configs/{group.name}/<option>.yaml)"
+            )
 
 
 def load_yaml(path: str | os.PathLike, schema: type[T]) -> T:

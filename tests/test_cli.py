@@ -154,6 +154,34 @@ def test_mistyped_key_gets_the_closest_valid_keys(override, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_mistyped_command_gets_the_closest_command(capsys):
+    assert cli.main(["trian", "model=tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'trian'; did you mean 'train'?" in err
+    assert cli.main(["export-lerobto"]) == 2
+    assert "did you mean 'export-lerobot'?" in capsys.readouterr().err
+    assert cli.main(["fly"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'fly'\n" in err and "did you mean" not in err and "commands:" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "model=tinny"], "unknown option 'tinny' for config group 'model'; did you mean 'tiny'? (options: mid, "
+                               "of3b_mpt1b, of4b, of9b_mpt7b, tiny, tiny_minilm; configs/model/<option>.yaml)"),
+    (["train", "head=lstn"], "unknown option 'lstn' for config group 'head'; did you mean 'lstm'?"),
+    (["eval", "policy=expret"], "unknown option 'expret' for config group 'policy'; did you mean 'expert'?"),
+    (["ros", "deploy=ros3"], "for config group 'deploy'; did you mean 'ros2' or 'ros1'? (options: ros1, ros2, sim;"),
+    (["demo", "+experiment=zzz"], "unknown option 'zzz' for config group 'experiment' (options: abc_to_d;"),
+])
+def test_mistyped_group_option_gets_the_closest_options(args, message, capsys):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Config search path" not in err and "file://" not in err  # not Hydra's dump
+    assert cli.main([*args, "--help"]) == 2  # help with the typo says the same
+    assert message in capsys.readouterr().err
+
+
 def test_flags(capsys):
     assert cli.main(["env", "--json", "--cfg"]) == 0
     assert "json: true" in capsys.readouterr().out
