@@ -35,6 +35,7 @@ import numpy as np
 
 from roboflamingo.config import require_choice, require_positive
 from roboflamingo.data.config import DataConfig, LeRobotConfig
+from roboflamingo.data.inputs import check_source_split
 from roboflamingo.data.layout import (
     FRAME_KEYS,
     IMAGE_KEYS,
@@ -424,6 +425,7 @@ def run(job: Job) -> int:
         print("roboflamingo export-lerobot: give the output directory (export-lerobot OUT or out=DIR)", file=sys.stderr)
         return 2
     try:
+        check_source_split(job.data, job.split)
         info = export_split(job)
     except DatasetError as e:
         print(f"roboflamingo export-lerobot: {e}", file=sys.stderr)

@@ -28,6 +28,7 @@ import numpy as np
 
 from roboflamingo.config import require_positive
 from roboflamingo.data.config import DataConfig, LeRobotConfig
+from roboflamingo.data.inputs import check_source_split
 from roboflamingo.data.layout import (
     EP_START_END,
     FRAME_KEYS,
@@ -247,6 +248,12 @@ def write_index_files(out_dir: Path, index: SplitIndex) -> None:
 
 
 def run(job: Job) -> int:
+    try:  # every split before the first is packed: a typo in the last must not cost an hour's work
+        for split in job.splits:
+            check_source_split(job.data, split, key=f"splits[{job.splits.index(split)}]")
+    except DatasetError as e:
+        print(f"roboflamingo pack: {e}", file=sys.stderr)
+        return 1
     for split in job.splits:
         split_dir = Path(job.data.root) / split
         out_dir = packed_dir_for(job.data.root, split, job.data.packed_root)
