@@ -61,6 +61,8 @@ COMMANDS: dict[str, Command] = {
     "export-lerobot": Command("roboflamingo.data.export_lerobot", "export_lerobot",
                               "export a split as a LeRobotDataset v3 (videos, parquet, meta/)", positional=("out",)),
     "train": Command("roboflamingo.train.loop", "train", "train a policy"),
+    "plot": Command("roboflamingo.train.plot", None, "draw a training run's metrics.jsonl (losses and every other "
+                    "series) into a PNG", positional=("run_dir",)),
     "eval": Command("roboflamingo.eval.run", "eval", "closed-loop evaluation with CALVIN's long-horizon protocol",
                     aliases=(CHECKPOINT_ALIAS,)),
     "demo": Command("roboflamingo.demo", "demo", "generate, train, evaluate and report on the built-in tabletop"),

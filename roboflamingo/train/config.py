@@ -56,6 +56,8 @@ class TrainConfig:
             governor, ``roboflamingo.threads``); 0 on a GPU: torch's default. Set a number for
             repeatable CPU results (sums change with the thread count).
         run_name: W&B run name; empty uses the run directory's name.
+        plot: when training ends, draw every series of ``metrics.jsonl`` (loss, validation loss, ...)
+            into ``<run_dir>/metrics.png``; ``roboflamingo plot RUN_DIR`` redraws it at any time.
     """
 
     steps: int = 1000
@@ -85,6 +87,7 @@ class TrainConfig:
     device: str = ""
     threads: int = 0
     run_name: str = ""
+    plot: bool = True
 
     def __post_init__(self) -> None:
         for name in ("steps", "grad_accum", "log_every", "checkpoint_every", "val_batches"):

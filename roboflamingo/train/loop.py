@@ -271,6 +271,8 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
         bar.close()
         loggers.close()
         print(f"[train] done: {step} steps; final checkpoint {ckpt_root / 'last'}", file=sys.stderr)
+        if cfg.plot:
+            _plot(run_dir)
     distributed.barrier(info)
     return policy
 
@@ -296,6 +298,18 @@ def _check_same_run(job: Job, run_dir: Path) -> None:
             f"resume=true: {', '.join(diffs)} differ from {saved_path}; pass the same overrides as the "
             "interrupted run (or start a new run_dir)"
         )
+
+
+def _plot(run_dir: Path) -> None:
+    """The metrics picture; a failure to draw it costs the picture, never the trained run."""
+    from roboflamingo.train.plot import write_plot
+
+    try:
+        path, _ = write_plot(run_dir)
+    except Exception as e:  # matplotlib's errors have no common base; the run itself is complete
+        print(f"[train] warning: could not draw {run_dir / 'metrics.png'}: {e}", file=sys.stderr)
+        return
+    print(f"[train] metrics plot: {path}", file=sys.stderr)
 
 
 def _check_inputs(job: Job) -> None:
