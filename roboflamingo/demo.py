@@ -250,7 +250,7 @@ def write_report(job: Job, report_dir: Path, policy: dict[str, Any], expert: dic
 
 
 def frame_strip(video: Path, out: Path, frames: int = 6) -> None:
-    """A row of evenly spaced frames from a rollout video, for the README."""
+    """A row of evenly spaced frames from a rollout video, for docs/demo.md."""
     import av
     import numpy as np
     from PIL import Image
