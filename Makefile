@@ -7,7 +7,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
 CALVIN_STAMP := $(VENV)/.installed-calvin
 VENDOR := ../shared/vendor
-# Every install takes the exact versions README's figures were measured with (see `lock`).
+# Every install takes the exact versions the figures in docs/ were measured with (see `lock`).
 LOCK := constraints.txt
 PIP := $(BIN)/pip install --quiet -c $(LOCK)
 
@@ -65,7 +65,7 @@ test-fast: $(DEV_STAMP) $(TEST_DEPS)
 	$(TEST_ENV) OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n auto
 
 # Re-resolve every extra from scratch (newest packages within pyproject's ranges) and write the lock.
-# The demo's figures depend on these versions: re-run `make demo` from a fresh clone and update README.
+# The demo's figures depend on these versions: re-run `make demo` from a fresh clone and update docs/demo.md (and README's table).
 LOCK_VENV := .venv-lock
 lock:
 	rm -rf $(LOCK_VENV)

@@ -19,13 +19,16 @@ from dataclasses import dataclass
 
 from roboflamingo.config import (
     ConfigError,
+    check_group_options,
     check_override_keys,
     command_groups,
     compose,
+    did_you_mean,
     load,
     schema_keys,
     schema_overrides,
     schema_sections,
+    section_doc,
     summary,
     to_yaml,
 )
@@ -58,6 +61,8 @@ COMMANDS: dict[str, Command] = {
     "export-lerobot": Command("roboflamingo.data.export_lerobot", "export_lerobot",
                               "export a split as a LeRobotDataset v3 (videos, parquet, meta/)", positional=("out",)),
     "train": Command("roboflamingo.train.loop", "train", "train a policy"),
+    "plot": Command("roboflamingo.train.plot", None, "draw a training run's metrics.jsonl (losses and every other "
+                    "series) into a PNG", positional=("run_dir",)),
     "eval": Command("roboflamingo.eval.run", "eval", "closed-loop evaluation with CALVIN's long-horizon protocol",
                     aliases=(CHECKPOINT_ALIAS,)),
     "demo": Command("roboflamingo.demo", "demo", "generate, train, evaluate and report on the built-in tabletop"),
@@ -110,7 +115,9 @@ def _values(cmd: Command, job_cls: type, overrides: list[str]) -> tuple[dict[str
     tree = OmegaConf.structured(job_cls)
     note = "the Job's defaults"
     if cmd.config is not None:
-        groups = tuple(g.name for g in command_groups(cmd.config, job_cls))
+        found = command_groups(cmd.config, job_cls)
+        groups = tuple(g.name for g in found)
+        check_group_options(found, overrides, source=f"configs/{cmd.config}.yaml")
         check_override_keys(job_cls, overrides, groups, source=f"configs/{cmd.config}.yaml")
         tree = OmegaConf.merge(tree, compose(cmd.config, schema_overrides(overrides, groups)))
         note = f"configs/{cmd.config}.yaml" + (f" with {' '.join(overrides)}" if overrides else "")
@@ -182,7 +189,7 @@ def command_help(name: str, cmd: Command, overrides: list[str] | None = None) ->
         if not own:
             continue
         if path:
-            lines += [""] + _wrap(f"{path} ({cls.__name__}): {_rst(summary(cls))}".rstrip(": "), 0, 4)
+            lines += [""] + _wrap(f"{path} ({cls.__name__}): {_rst(section_doc(job_cls, path))}".rstrip(": "), 0, 4)
         for k in own:
             lines.append(f"  {k.path}: {k.type} = {values[k.path]}")
             if k.doc:
@@ -197,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, args = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"roboflamingo: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
+        print(f"roboflamingo: unknown command '{name}'{did_you_mean(name, list(COMMANDS))}\n\n{usage()}",
+              file=sys.stderr)
         return 2
     cmd = COMMANDS[name]
     show_cfg = "--cfg" in args

@@ -50,7 +50,9 @@ def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"configs/{config_name}.yaml with overrides {overrides or []}: {e}") from e
+        # Hydra appends its search path, which says nothing the user can act on
+        message = str(e).split("\nConfig search path:")[0].strip()
+        raise ConfigError(f"configs/{config_name}.yaml with overrides {overrides or []}: {message}") from e
 
 
 def to_dataclass(cfg: DictConfig | dict, schema: type[T], source: str = "config") -> T:
@@ -77,7 +79,9 @@ def load(config_name: str | None, schema: type[T], overrides: list[str] | None =
     """
     overrides = list(overrides or [])
     source = f"configs/{config_name}.yaml" if config_name else "config"
-    groups = tuple(g.name for g in command_groups(config_name, schema))
+    found = command_groups(config_name, schema)
+    groups = tuple(g.name for g in found)
+    check_group_options(found, overrides, source=source)
     check_override_keys(schema, overrides, groups=groups, source=source)
     if config_name is None:
         try:
@@ -122,12 +126,6 @@ class KeyInfo:
     doc: str
 
 
-# `name: text` or `a, b / c: text`, at the start of a docstring line (Google-style Args or plain) or
-# after a sentence on it (`scene: the scene to check. tasks: empty = all 34.`).
-_DOC_ENTRY = re.compile(r"(?:^|(?<=\. ))([A-Za-z_]\w*(?:\s*[,/]\s*[A-Za-z_]\w*)*):\s+")
-_DOC_SECTION = re.compile(r"^(Args|Arguments|Attributes|Fields):$")
-
-
 def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
     """Each field with its resolved annotation (postponed annotations are strings)."""
     try:
@@ -147,53 +145,140 @@ def _dataclass_of(annotation: Any) -> type | None:
     return None
 
 
-def _doc_entries(text: str, names: set[str]) -> list[tuple[list[str], int, int]]:
-    """``(field names, start of their text, end)`` for each entry on one docstring line."""
-    hits = []
-    for m in _DOC_ENTRY.finditer(text):
-        keys = [k.strip() for k in re.split(r"[,/]", m.group(1))]
-        if all(k in names for k in keys):
-            hits.append((keys, m.start(), m.end()))
-    if not hits or hits[0][1] != 0:
-        return []
-    ends = [h[1] for h in hits[1:]] + [len(text)]
-    return [(keys, start, end) for (keys, _, start), end in zip(hits, ends)]
+def _own_doc(cls: type) -> str:
+    """``cls``'s own docstring, cleaned; "" when it has none (``dataclass`` fills an empty one with the
+    constructor's signature, which is no help text, and ``inspect.getdoc`` would inherit a base's)."""
+    doc = cls.__dict__.get("__doc__") or ""
+    if dataclasses.is_dataclass(cls) and doc.startswith(f"{cls.__name__}("):
+        return ""
+    return inspect.cleandoc(doc)
+
+
+# The one place a key's help lives: the ``Args:`` section of the docstring of the dataclass that
+# declares the field (Google style). An entry is ``name: text`` (or ``a, b: text`` for fields sharing
+# one sentence); lines indented deeper than the entry continue it. The section ends where the text
+# returns to the header's indentation.
+_ARGS_HEADER = "Args:"
+_ENTRY = re.compile(r"([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*):(?:\s+(.*))?$")
+
+
+def _parse_args(cls: type) -> tuple[list[tuple[list[str], str]], list[str]]:
+    """The ``Args:`` section of ``cls``'s own docstring: ``(names, text)`` per entry, and the lines
+    that are neither an entry nor indented under one (reported by ``doc_problems``, skipped here)."""
+    lines = _own_doc(cls).splitlines()
+    try:
+        i = next(n for n, line in enumerate(lines) if line.strip() == _ARGS_HEADER)
+    except StopIteration:
+        return [], []
+    header_indent = len(lines[i]) - len(lines[i].lstrip())
+    entries: list[tuple[list[str], list[str]]] = []
+    bad: list[str] = []
+    entry_indent = None
+    for line in lines[i + 1:]:
+        text, depth = line.strip(), len(line) - len(line.lstrip())
+        if not text:
+            continue
+        if depth <= header_indent:
+            break
+        if entry_indent is None:
+            entry_indent = depth
+        m = _ENTRY.match(text)
+        if depth == entry_indent and m:
+            entries.append(([k.strip() for k in m.group(1).split(",")], [m.group(2) or ""]))
+        elif entries and depth > entry_indent:
+            entries[-1][1].append(text)
+        else:
+            bad.append(text)
+    return [(names, " ".join(t for t in parts if t)) for names, parts in entries], bad
+
+
+def args_entries(cls: type) -> list[tuple[list[str], str]]:
+    """``(names, text)`` for each entry of the ``Args:`` section of ``cls``'s own docstring, in order."""
+    return _parse_args(cls)[0]
+
+
+def _dataclass_mro(cls: type) -> list[type]:
+    return [c for c in reversed(cls.__mro__) if dataclasses.is_dataclass(c)]
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the sentence(s) the ``Args:`` sections of ``cls`` and its dataclass bases give it.
+
+    A subclass's entry wins over its base's, so a command's Job may reword an inherited field.
+    """
+    docs: dict[str, str] = {}
+    for klass in _dataclass_mro(cls):
+        for names, text in args_entries(klass):
+            for name in names:
+                docs[name] = text
+    return docs
 
 
 def summary(cls: type) -> str:
-    """What a class's docstring says before its first paragraph break or field entry, on one line."""
-    names = set(_fields(cls)) if dataclasses.is_dataclass(cls) else set()
+    """What a class's docstring says before its first paragraph break or ``Args:``, on one line."""
     out = []
-    for line in (inspect.getdoc(cls) or "").splitlines():
+    for line in _own_doc(cls).splitlines():
         text = line.strip()
-        if not text or _DOC_SECTION.match(text) or _doc_entries(text, names):
+        if not text or text == _ARGS_HEADER:
             break
         out.append(text)
     return " ".join(out)
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Field name -> the sentence(s) its dataclass docstring gives it (continuation lines joined).
+def declared_in(cls: type, name: str) -> type:
+    """The class in ``cls``'s MRO whose body declares field ``name``: where its ``Args:`` entry belongs."""
+    for klass in cls.__mro__:
+        if name in klass.__dict__.get("__annotations__", {}):
+            return klass
+    return cls
 
-    Entries naming several fields (``width, layers: ...``, ``a / b: ...``) document each of them.
+
+def where(cls: type) -> str:
+    """``path/to/file.py:line (ClassName)`` of a class, relative to the repository when inside it."""
+    try:
+        path = Path(inspect.getsourcefile(cls) or "?").resolve()
+        line = inspect.getsourcelines(cls)[1]
+    except (OSError, TypeError):
+        return cls.__qualname__
+    root = Path(__file__).resolve().parents[1]
+    shown = path.relative_to(root) if path.is_relative_to(root) else path
+    return f"{shown}:{line} ({cls.__qualname__})"
+
+
+def doc_problems(schema: type, prefix: str = "") -> list[str]:
+    """Every documentation gap of ``schema``'s keys and sections, each saying where to write the fix.
+
+    A key needs a non-empty ``Args:`` entry in the class declaring it; a nested section needs its
+    class's summary line or an entry for its field in the parent; an entry naming no field is stale.
     """
-    names = set(_fields(cls))
-    docs: dict[str, str] = {}
-    current: list[str] = []
-    indent = 0
-    for line in (inspect.getdoc(cls) or "").splitlines():
-        text, depth = line.strip(), len(line) - len(line.lstrip())
-        # deeper than the entry it follows: a continuation, even when it reads `family: ...`
-        if current and text and depth > indent:
-            for k in current:
-                docs[k] += " " + text
-            continue
-        current = []
-        for keys, start, end in _doc_entries(text, names):
-            for k in keys:
-                docs[k] = text[start:end].strip()
-            current, indent = keys, depth
-    return docs
+    problems = []
+    docs = field_docs(schema)
+    fields = _fields(schema)
+    for klass in _dataclass_mro(schema):
+        own = set(_fields(klass))
+        entries, bad = _parse_args(klass)
+        for text in bad:
+            problems.append(f"{where(klass)}: the Args: line '{text}' is neither `name: text` (or `a, b: text`) "
+                            "nor indented under an entry as its continuation")
+        for names, _ in entries:
+            for name in names:
+                if name not in own:
+                    problems.append(f"{where(klass)}: its Args: section documents '{name}', which is not a "
+                                    f"field of {klass.__qualname__} (renamed or removed?); update or delete it")
+    for name, (_, annotation) in fields.items():
+        path = prefix + name
+        sub = _dataclass_of(annotation)
+        home = declared_in(schema, name)
+        if sub is not None:
+            if not docs.get(name, "").strip() and not summary(sub):
+                problems.append(f"section '{path}' ({sub.__qualname__}) has no description: give "
+                                f"{where(sub)} a docstring whose first line says what it configures, or add "
+                                f"`{name}: <sentence>` under Args: in {where(home)}")
+            problems += doc_problems(sub, path + ".")
+        elif not docs.get(name, "").strip():
+            problems.append(f"key '{path}' has no help sentence: add `{name}: <what it does; its unit and what "
+                            f"0 or empty means, where that applies>` under Args: in the docstring of {where(home)}")
+    return list(dict.fromkeys(problems))  # a class nested at several paths is reported once
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -233,6 +318,17 @@ def schema_sections(schema: type, prefix: str = "") -> list[tuple[str, type]]:
         if sub is not None:
             out += schema_sections(sub, f"{prefix}{name}.")
     return out
+
+
+def section_doc(schema: type, path: str) -> str:
+    """What ``--help`` says of the nested section at dotted ``path``: its field's ``Args:`` entry in the
+    parent (specific to this use: ``deploy.topics.estop``), else the section class's summary line."""
+    parent, _, name = path.rpartition(".")
+    cls = schema
+    for part in parent.split(".") if parent else []:
+        cls = _dataclass_of(_fields(cls)[part][1])  # type: ignore[assignment]
+    sub = _dataclass_of(_fields(cls)[name][1])
+    return field_docs(cls).get(name, "") or (summary(sub) if sub is not None else "")
 
 
 def unknown_key(schema: type, key: str) -> str | None:
@@ -364,6 +460,41 @@ def check_override_keys(schema: type, overrides: list[str], groups: tuple[str, .
             raise ConfigError(f"{source}: override '{o.input_line}' has no key (expected key=value)")
         if unknown_key(schema, key):
             raise ConfigError(f"{source}: {unknown_key_message(schema, key, extra=tuple(groups))}")
+
+
+def _close(word: str, choices: list[str] | tuple[str, ...], n: int = 3) -> list[str]:
+    """The choices closest to a mistyped ``word``, best first (case-insensitive)."""
+    lowered = {c.lower(): c for c in choices}
+    return [lowered[c] for c in difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)]
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """``"; did you mean 'tiny'?"`` for the closest choices, or "" when none is close."""
+    close = _close(word, choices)
+    return f"; did you mean {_quote_list(close)}?" if close else ""
+
+
+def check_group_options(groups: list[Group], overrides: list[str], source: str = "config") -> None:
+    """Raise a ConfigError for ``group=option`` naming an option the group lacks, with the closest
+    ones and the full list (rather than Hydra's error and its search path)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    by_name = {g.name: g for g in groups}
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(f"{source}: overrides {overrides}: {e}") from e
+    for o in parsed:
+        group = by_name.get(o.key_or_group)
+        if group is None or o.package is not None or o.is_delete():
+            continue
+        value = o.value()
+        if isinstance(value, str) and value not in group.options:
+            raise ConfigError(
+                f"{source}: unknown option '{value}' for config group '{group.name}'{did_you_mean(value, group.options)} "
+                f"(options: {', '.join(group.options)}; configs/{group.name}/<option>.yaml)"
+            )
 
 
 def load_yaml(path: str | os.PathLike, schema: type[T]) -> T:

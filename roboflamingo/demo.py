@@ -72,7 +72,7 @@ class Job:
             progress and env come from the fields above).
         eval: the evaluation protocol of every evaluated policy (``eval.num_videos``: videos of the
             trained policy's first chains; mode, chain_seed, tasks, workers and progress come from the demo).
-        model / head / data / train: the policy and its training recipe.
+        model, head, data, train: the policy and its training recipe.
     """
 
     run_dir: str = "runs/demo"
@@ -250,7 +250,7 @@ def write_report(job: Job, report_dir: Path, policy: dict[str, Any], expert: dic
 
 
 def frame_strip(video: Path, out: Path, frames: int = 6) -> None:
-    """A row of evenly spaced frames from a rollout video, for the README."""
+    """A row of evenly spaced frames from a rollout video, for docs/demo.md."""
     import av
     import numpy as np
     from PIL import Image

@@ -65,7 +65,7 @@ class Job:
 
     Args:
         json: print one JSON object instead of the table.
-        data_dir / runs_dir: where free disk is measured (the nearest existing folder above each).
+        data_dir, runs_dir: where free disk is measured (the nearest existing folder above each).
         probe_timeout_s: seconds each child-process probe (renderer, calvin_env) may take.
     """
 

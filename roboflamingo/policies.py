@@ -105,8 +105,9 @@ class PolicySourceConfig:
             if not self.checkpoint:
                 raise ValueError("policy=checkpoint needs checkpoint=<dir> (a directory written by save_pretrained)")
             if not Path(self.checkpoint).is_dir():
-                raise ValueError(f"checkpoint={self.checkpoint}: not a directory "
-                                 "(expected config.yaml + model.safetensors)")
+                raise ValueError(f"checkpoint={self.checkpoint}: not a directory (expected config.yaml + "
+                                 "model.safetensors: `roboflamingo train` writes <run_dir>/checkpoints/last, "
+                                 "`roboflamingo convert` turns a published RoboFlamingo file into one)")
         elif self.checkpoint:
             raise ValueError(f"checkpoint={self.checkpoint} is only read with policy=checkpoint, "
                              f"not policy={self.kind.value}")

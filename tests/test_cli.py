@@ -4,6 +4,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from roboflamingo import cli, envinfo
-from roboflamingo.config import command_groups, schema_keys
+from roboflamingo.config import command_groups, doc_problems, schema_keys, schema_sections, section_doc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,10 +89,30 @@ def test_help_lists_every_key_with_its_type_default_and_doc(name, capsys):
     for key in keys:
         line = f"  {key.path}: {key.type} = {cli.format_value(_key_value(job, key.path))}"
         assert line in out.splitlines(), f"{name} --help lacks '{line}'"
-        if key.doc:
-            assert _flat(key.doc) in _flat(out), f"{name} --help lacks the doc of {key.path}"
+        # an empty doc is test_every_key_has_a_help_sentence's to report, with where to write it
+        assert _flat(key.doc) in _flat(out), f"{name} --help lacks the doc of {key.path}"
+    for path, cls in schema_sections(job_cls)[1:]:
+        if any(k.path.rpartition(".")[0] == path for k in keys):
+            header = f"{path} ({cls.__name__}): {section_doc(job_cls, path)}"
+            assert _flat(header) in _flat(out), f"{name} --help lacks the section header '{header}'"
+    # a dataclass without a docstring has its constructor signature as __doc__: never print that
+    assert not re.search(r"\w+\(\w+: [\w\[\]| ]+ = ", out), f"{name} --help prints a raw dataclass signature"
     for group in command_groups(cmd.config, job_cls):
         assert group.name in out and all(option in out for option in group.options)
+
+
+@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+def test_every_key_has_a_help_sentence(name):
+    """Every key of every command, and every nested section, is documented in an ``Args:`` section.
+
+    A new config field fails here until it has its sentence; the message says which key and in which
+    file and class to write it.
+    """
+    job_cls = importlib.import_module(cli.COMMANDS[name].module).Job
+    problems = doc_problems(job_cls)
+    assert not problems, (f"`roboflamingo {name} --help` would show keys without help (write each sentence "
+                          "in the Args: section of the dataclass named):\n  " + "\n  ".join(problems))
+    assert all(k.doc.strip() for k in schema_keys(job_cls))
 
 
 def test_help_reads_the_docstrings_and_the_groups(capsys):
@@ -130,6 +151,34 @@ def test_mistyped_key_gets_the_closest_valid_keys(override, message, capsys):
     assert "+modle" not in err and "To append" not in err  # not Hydra's advice
     assert "roboflamingo train --help" in err
     assert cli.main(["train", override, "--help"]) == 2  # help with the typo says the same
+    assert message in capsys.readouterr().err
+
+
+def test_mistyped_command_gets_the_closest_command(capsys):
+    assert cli.main(["trian", "model=tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'trian'; did you mean 'train'?" in err
+    assert cli.main(["export-lerobto"]) == 2
+    assert "did you mean 'export-lerobot'?" in capsys.readouterr().err
+    assert cli.main(["fly"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'fly'\n" in err and "did you mean" not in err and "commands:" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "model=tinny"], "unknown option 'tinny' for config group 'model'; did you mean 'tiny'? (options: mid, "
+                               "of3b_mpt1b, of4b, of9b_mpt7b, tiny, tiny_minilm; configs/model/<option>.yaml)"),
+    (["train", "head=lstn"], "unknown option 'lstn' for config group 'head'; did you mean 'lstm'?"),
+    (["eval", "policy=expret"], "unknown option 'expret' for config group 'policy'; did you mean 'expert'?"),
+    (["ros", "deploy=ros3"], "for config group 'deploy'; did you mean 'ros2' or 'ros1'? (options: ros1, ros2, sim;"),
+    (["demo", "+experiment=zzz"], "unknown option 'zzz' for config group 'experiment' (options: abc_to_d;"),
+])
+def test_mistyped_group_option_gets_the_closest_options(args, message, capsys):
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Config search path" not in err and "file://" not in err  # not Hydra's dump
+    assert cli.main([*args, "--help"]) == 2  # help with the typo says the same
     assert message in capsys.readouterr().err
 
 

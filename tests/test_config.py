@@ -9,6 +9,7 @@ from roboflamingo.config import (
     Group,
     command_groups,
     compose,
+    doc_problems,
     field_docs,
     load,
     load_yaml,
@@ -105,8 +106,12 @@ class Documented:
             over a second line, which reads ``beta: not an entry`` at its start:
             beta: still alpha's.
         beta, gamma: shared by two fields.
-        delta / epsilon: shared with a slash.
-        zeta: one sentence. eta: a second entry on the same line.
+        delta: one sentence. epsilon: not an entry of its own (one entry per line).
+        zeta:
+            the text may start on the next line.
+        stale: documents no field.
+        not an entry
+    More prose after the section, not part of it: eta: nothing.
     """
 
     alpha: int = 1
@@ -116,20 +121,58 @@ class Documented:
     epsilon: list[int] = field(default_factory=lambda: [1, 2])
     zeta: str = ""
     eta: int = 0
-    undocumented: int = 3
     inner: Inner = field(default_factory=Inner)
 
 
-def test_field_docs_read_each_entry_and_its_continuations():
+@dataclass
+class Derived(Documented):
+    """A subclass rewords one inherited field and documents its own.
+
+    Args:
+        beta: reworded here.
+        extra: the subclass's own field.
+    """
+
+    extra: int = 0
+
+
+def test_field_docs_read_each_args_entry_and_its_continuations():
     docs = field_docs(Documented)
     assert docs["alpha"] == ("the first field; its text runs on over a second line, which reads ``beta: not an "
                              "entry`` at its start: beta: still alpha's.")
     assert docs["beta"] == docs["gamma"] == "shared by two fields."
-    assert docs["delta"] == docs["epsilon"] == "shared with a slash."
-    assert docs["zeta"] == "one sentence."
-    assert docs["eta"] == "a second entry on the same line."
-    assert "undocumented" not in docs
+    assert docs["delta"] == "one sentence. epsilon: not an entry of its own (one entry per line)."
+    assert docs["zeta"] == "the text may start on the next line."
+    assert "epsilon" not in docs and "eta" not in docs
     assert summary(Documented) == "One line of summary, continued here."
+    derived = field_docs(Derived)
+    assert derived["beta"] == "reworded here." and derived["gamma"] == "shared by two fields."
+    assert derived["extra"] == "the subclass's own field." and derived["alpha"] == docs["alpha"]
+
+
+def test_doc_problems_name_each_gap_and_where_to_write_it():
+    problems = doc_problems(Documented)
+    here = "tests/test_config.py"
+    by_key = {k: [p for p in problems if f"'{k}'" in p] for k in ("epsilon", "eta", "inner", "stale", "inner.width")}
+    for key in ("epsilon", "eta"):
+        (msg,) = by_key[key]
+        assert f"key '{key}' has no help sentence: add `{key}: " in msg
+        assert f"under Args: in the docstring of {here}:" in msg and "(Documented)" in msg
+    (msg,) = by_key["inner.width"]
+    assert "(Inner)" in msg  # the class that declares it, not the one that nests it
+    (msg,) = by_key["inner"]
+    assert "section 'inner' (Inner) has no description" in msg and "`inner: <sentence>`" in msg
+    (msg,) = by_key["stale"]
+    assert "documents 'stale', which is not a field of Documented" in msg
+    assert any("the Args: line 'not an entry'" in p for p in problems)
+    # a field inherited from a documented base is documented; one declared in the subclass is found there
+    assert not [p for p in doc_problems(Derived) if "'beta'" in p or "'extra'" in p]
+
+
+def test_a_dataclass_without_a_docstring_has_no_summary():
+    # dataclass() fills __doc__ with the constructor's signature: that is no help text
+    assert summary(Inner) == "" and field_docs(Inner) == {}
+    assert Inner.__doc__.startswith("Inner(")
 
 
 def test_schema_keys_flatten_nested_dataclasses_with_types_and_defaults():

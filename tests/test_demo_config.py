@@ -1,6 +1,6 @@
 """The demo's effective recipe, pinned: `make demo`'s figures depend on every value its stages receive,
 so an edit to configs/ or to a dataclass default that changes one of them must fail here (and be
-measured again, README "The demo")."""
+measured again, docs/demo.md)."""
 
 from dataclasses import asdict
 from pathlib import Path

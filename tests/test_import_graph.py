@@ -164,7 +164,7 @@ def test_the_checker_finds_lazy_and_relative_imports_and_skips_type_checking(tmp
     assert sorted(find_cycles(graph)) == [["pkg.a", "pkg.b", "pkg.c", "pkg.a"], ["pkg.d", "pkg.sub", "pkg.sub.x", "pkg.d"]]
 
 
-# README's "Layout": the layers, lowest first. A module may import its own top-level package and any
+# docs/development.md, "Layout": the layers, lowest first. A module may import its own top-level package and any
 # lower layer, never a higher one. Keys are module-name prefixes (the longest one that matches wins).
 LAYERS = [
     # foundation: vocabulary, config and file plumbing, shared loops
@@ -206,7 +206,7 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
 
 def test_imports_point_down_the_layers_readme_states():
     violations = layer_violations(import_graph(PACKAGE_ROOT))
-    assert not violations, "imports against README's layering:\n" + "\n".join(violations)
+    assert not violations, "imports against the layering in docs/development.md:\n" + "\n".join(violations)
 
 
 def test_the_layer_check_refuses_an_upward_or_sideways_import():

@@ -45,7 +45,7 @@ def test_every_declared_dependency_is_pinned_within_its_range():
 
 
 def test_figure_relevant_packages_are_pinned():
-    # What the demo's numbers moved with between two fresh installs (README, "The demo").
+    # What the demo's numbers moved with between two fresh installs (docs/demo.md).
     pins = _lock()
     for name in ("torch", "transformers", "tokenizers", "sentence-transformers", "open-clip-torch", "numpy"):
         assert name in pins, f"{name} is not pinned in constraints.txt"

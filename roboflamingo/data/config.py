@@ -1,7 +1,8 @@
 """``DataConfig``: where a CALVIN-layout dataset lives and how its windows become training batches.
 
 Groups: ``configs/data/tabletop.yaml`` (our generated tabletop) and ``configs/data/calvin.yaml``
-(the real CALVIN release). Every field is documented where it is declared.
+(the real CALVIN release). Every field is documented in its class's ``Args:`` section, which
+``--help`` prints.
 """
 
 from __future__ import annotations
@@ -24,16 +25,21 @@ REL_ACTION_NAMES = ["rel_pos.x", "rel_pos.y", "rel_pos.z", "rel_orn.x", "rel_orn
 
 @dataclass
 class AugmentConfig:
-    """Training-time image augmentation, drawn once per window so all its frames move together."""
+    """Training-time image augmentation, drawn once per window so all its frames move together.
 
-    # Random shift (DrQ's RandomShiftsAug): replicate-pad by this many pixels and crop back at a
-    # random offset. Given at CALVIN resolution (200 px static, 84 px gripper) and scaled to the
-    # actual image size, so a 100 px tabletop image gets 5 px.
+    Args:
+        shift: random shift (DrQ's RandomShiftsAug): replicate-pad and crop back at a random offset.
+        static_shift_px: pad of the static camera in pixels, given at CALVIN's 200 px and scaled to
+            the actual image size (a 100 px tabletop image gets 5 px); 0 disables it for that camera.
+        gripper_shift_px: the same for the gripper camera, given at CALVIN's 84 px.
+        color_jitter: random brightness, contrast and saturation (off: the original recipe has none).
+        brightness, contrast, saturation: jitter strength x in [0, 1): factors are drawn uniformly
+            from [1 - x, 1 + x] once per window and camera.
+    """
+
     shift: bool = True
     static_shift_px: int = 10
     gripper_shift_px: int = 4
-    # Colour jitter is off by default (the original recipe has none); factors are drawn uniformly
-    # from [1 - x, 1 + x] once per window and camera.
     color_jitter: bool = False
     brightness: float = 0.2
     contrast: float = 0.2
@@ -55,16 +61,24 @@ class LeRobotConfig:
     Opening a dataset checks every named feature against its ``meta/info.json``: present, of the
     right dtype and shape (state: ``len(state_names)``, action: ``len(action_names)``), and the
     dataset's fps equal to ``fps``. The task string of each frame becomes the instruction.
+
+    Args:
+        rgb_static: the video feature holding the static camera.
+        rgb_gripper: the video feature holding the gripper camera.
+        robot_obs: the state feature (CALVIN's 15-d ``robot_obs``).
+        rel_actions: the action feature (CALVIN's 7-d relative action).
+        state_names: the declared layout of the state vector, one name per entry (15).
+        action_names: the declared layout of the action vector, one name per entry (7).
+        fps: the dataset's frame rate; CALVIN (and our tabletop) run at 30 Hz, so a dataset recorded
+            at another rate must say so here.
     """
 
     rgb_static: str = "observation.images.rgb_static"
     rgb_gripper: str = "observation.images.rgb_gripper"
     robot_obs: str = "observation.state"
     rel_actions: str = "action"
-    # The declared layout of the state vector; its length is the state dimension the reader requires.
     state_names: list[str] = field(default_factory=lambda: list(ROBOT_OBS_NAMES))
     action_names: list[str] = field(default_factory=lambda: list(REL_ACTION_NAMES))
-    # CALVIN (and our tabletop) run at 30 Hz; a dataset recorded at another rate needs this set.
     fps: int = 30
 
     def __post_init__(self) -> None:
@@ -80,46 +94,70 @@ class LeRobotConfig:
 
 @dataclass
 class DataConfig:
-    # Dataset root holding ``<train_split>/`` and ``<val_split>/`` in CALVIN's layout, or (format
-    # "lerobot") each of them a LeRobotDataset v3 directory, read through ``lerobot`` and trained
-    # on after ``roboflamingo pack`` (video is decoded once, while packing).
+    """The dataset (CALVIN's layout or a LeRobotDataset v3) and how its windows become batches.
+
+    Args:
+        root: dataset root holding ``<train_split>/`` and ``<val_split>/`` (made by ``roboflamingo
+            generate``, or a downloaded CALVIN split such as ``task_D_D``).
+        format: ``calvin`` (CALVIN's npz layout) or ``lerobot`` (each split a LeRobotDataset v3
+            directory, mapped by ``data.lerobot`` and trained on after ``roboflamingo pack``, which
+            decodes the video once).
+        lerobot: how a LeRobotDataset's features map onto ours (``data.format=lerobot`` only).
+        train_split: the split trained on, a directory under ``root``; normalization statistics come
+            from it.
+        val_split: the split the validation loss is computed on (``train.val_every``).
+        window: frames per training window (the history length T); must equal ``model.window``.
+        act_steps: future actions per frame (A); must equal ``model.act_steps``.
+        window_stride: step between the start frames of consecutive windows inside a segment (the
+            original uses 1).
+        image_size: null: images stay uint8 at native size, channel-first, and the model
+            preprocesses them on the accelerator; an int: the loader workers resize to this size and
+            normalize with ``image_mean``/``image_std``, handing float32 tensors to the model.
+        image_mean: per-channel (RGB) mean the workers subtract with ``image_size`` set (CLIP's).
+        image_std: per-channel (RGB) standard deviation they divide by (CLIP's).
+        augment: training-time image augmentation (the training split only).
+        paraphrase: replace a segment's instruction by a random sentence of the same task (the
+            original's ``--text_aug``), drawn from the split's own annotations and ``paraphrase_file``.
+        paraphrase_file: YAML/JSON mapping task name -> list of sentences, added to the paraphrases;
+            null: the split's own annotations only.
+        use_packed: ``auto``: read the shards ``roboflamingo pack`` made when they exist, else the npz
+            files; ``always``: fail without them; ``never``: always read the npz files.
+        packed_root: the packed shards of split S live in ``<packed_root>/S``; null:
+            ``<root>/S/packed``.
+        check_files_on_open: on open, check that every frame file an annotation needs exists (one
+            directory listing; npz layout only).
+        batch_size: windows per batch on each rank (per GPU); the global batch is this times
+            ``train.grad_accum`` times the number of processes.
+        num_workers: DataLoader worker processes per rank; 0 loads in the training process.
+        pin_memory: page-locked host memory for faster copies to a GPU.
+        prefetch_factor: batches each worker loads ahead.
+        persistent_workers: keep the workers alive between epochs (with ``num_workers`` > 0).
+        drop_last: training drops the incomplete last batch and the (< world size) windows that
+            cannot be split evenly across ranks, so every rank runs the same number of steps.
+    """
+
     root: str = "data/tabletop"
     format: str = "calvin"
     lerobot: LeRobotConfig = field(default_factory=LeRobotConfig)
     train_split: str = "training"
     val_split: str = "validation"
-    # Frames per training window (history length T) and future actions per frame (A).
     window: int = 12
     act_steps: int = 1
-    # Step between the start frames of consecutive windows inside a segment (the original uses 1).
     window_stride: int = 1
-    # None: images stay uint8 at native size, channel-first, and the model preprocesses them on the
-    # accelerator. An int: workers resize to this size and normalize with ``image_mean``/``image_std``
-    # (CLIP's by default), handing float32 tensors to the model.
     image_size: int | None = None
     image_mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
     image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # Replace a segment's instruction by a random sentence of the same task (the original's
-    # ``--text_aug``): drawn from the split's own annotations and, when given, ``paraphrase_file``
-    # (YAML/JSON mapping task name -> list of sentences).
     paraphrase: bool = False
     paraphrase_file: str | None = None
-    # "auto": read packed shards when ``roboflamingo pack`` made them, else the npz files;
-    # "always": fail if there are none; "never": always read the npz files.
     use_packed: str = "auto"
-    # Packed shards of split S live in ``<packed_root>/S``; None means ``<root>/S/packed``.
     packed_root: str | None = None
-    # Check on open that every frame file an annotation needs exists (one directory listing).
     check_files_on_open: bool = True
-    # DataLoader settings; batch_size is per rank (per GPU).
     batch_size: int = 8
     num_workers: int = 2
     pin_memory: bool = False
     prefetch_factor: int = 2
     persistent_workers: bool = True
-    # Training drops the incomplete last batch and the (< world_size) samples that cannot be split
-    # evenly across ranks, so every rank runs the same number of steps.
     drop_last: bool = True
 
     def __post_init__(self) -> None:

@@ -35,6 +35,7 @@ import numpy as np
 
 from roboflamingo.config import require_choice, require_positive
 from roboflamingo.data.config import DataConfig, LeRobotConfig
+from roboflamingo.data.inputs import check_source_split
 from roboflamingo.data.layout import (
     FRAME_KEYS,
     IMAGE_KEYS,
@@ -66,20 +67,39 @@ CHUNKS_SIZE = 1000  # files per chunk directory (LeRobot's DEFAULT_CHUNK_SIZE)
 
 @dataclass
 class Job:
+    """``roboflamingo export-lerobot OUT``: one split written as a LeRobotDataset v3 at ``out``.
+
+    Args:
+        data: the dataset the split is read from (``data.root``, ``data.format``; a LeRobot source
+            is mapped by ``data.lerobot``).
+        split: the split to export: ``<data.root>/<split>`` in ``data.format``'s layout.
+        out: the output dataset directory (required); an existing one is replaced only once the new
+            one is complete.
+        features: the output feature names: LeRobot's conventions (``observation.images.<camera>``,
+            ``observation.state``, ``action``) with CALVIN's camera names; override them to match a
+            particular Hub conversion.
+        robot_type: ``meta/info.json``'s ``robot_type``.
+        vcodec: video codec: ``h264`` (default, high fidelity), ``libsvtav1`` (LeRobot's own) or
+            ``hevc``.
+        pix_fmt: chroma subsampling: ``yuv444p`` (keeps the small gripper images sharp) or ``yuv420p``.
+        crf: the encoder's constant rate factor: lower is better quality and larger files (0:
+            lossless for h264).
+        gop: keyframe interval in frames (LeRobot's 2: a random access decodes at most one extra frame).
+        data_file_mb: LeRobot's cap: a new Parquet data file is started once the current one passes it.
+        video_file_mb: the same for each camera's MP4 files.
+        threads: threads reading npz frames.
+        progress: show a progress bar.
+    """
+
     data: DataConfig = field(default_factory=DataConfig)
-    # The split to export: ``<data.root>/<split>`` in data.format's layout.
     split: str = "training"
-    # Output dataset directory (replaced atomically if it exists).
     out: str = ""
-    # Output feature names: LeRobot's conventions (observation.images.<camera>, observation.state,
-    # action) with CALVIN's camera names. Match a particular Hub conversion by overriding them.
     features: LeRobotConfig = field(default_factory=LeRobotConfig)
     robot_type: str = "franka"
     vcodec: str = "h264"
     pix_fmt: str = "yuv444p"
     crf: int = 10
     gop: int = 2
-    # LeRobot's caps: a new data / video file is started once the current one passes these.
     data_file_mb: float = 100
     video_file_mb: float = 200
     threads: int = 4
@@ -405,6 +425,7 @@ def run(job: Job) -> int:
         print("roboflamingo export-lerobot: give the output directory (export-lerobot OUT or out=DIR)", file=sys.stderr)
         return 2
     try:
+        check_source_split(job.data, job.split)
         info = export_split(job)
     except DatasetError as e:
         print(f"roboflamingo export-lerobot: {e}", file=sys.stderr)

@@ -28,6 +28,7 @@ import numpy as np
 
 from roboflamingo.config import require_positive
 from roboflamingo.data.config import DataConfig, LeRobotConfig
+from roboflamingo.data.inputs import check_source_split
 from roboflamingo.data.layout import (
     EP_START_END,
     FRAME_KEYS,
@@ -56,14 +57,24 @@ from roboflamingo.io import atomic_dir, atomic_write_bytes, atomic_write_json
 
 @dataclass
 class Job:
+    """``roboflamingo pack``: the splits of ``data.root`` written as checksummed, memory-mapped shards.
+
+    Args:
+        data: the dataset to pack (``data.root``, ``data.format``, ``data.packed_root``); its
+            loader settings are not used here.
+        splits: splits to pack, by name under ``data.root``; each goes to ``<data.packed_root>/<split>``
+            (default ``<data.root>/<split>/packed``).
+        shard_frames: frames per shard (1024 CALVIN frames are about 145 MB of images).
+        threads: threads decompressing npz files (zlib releases the GIL).
+        verify_existing: re-hash existing shards before skipping them on a rerun (slower, but catches
+            bit rot and edits); false trusts their ``shard.json``.
+        progress: show a progress bar per split.
+    """
+
     data: DataConfig = field(default_factory=DataConfig)
-    # Splits to pack, by name under data.root; the output goes to data.packed_root / the default.
     splits: list[str] = field(default_factory=lambda: ["training", "validation"])
-    # Frames per shard: 1024 CALVIN frames are about 145 MB of images per shard.
     shard_frames: int = 1024
-    # Threads decompressing npz files (zlib releases the GIL).
     threads: int = 4
-    # Re-hash existing shards before skipping them (slower resume, catches bit rot and edits).
     verify_existing: bool = True
     progress: bool = True
 
@@ -237,6 +248,12 @@ def write_index_files(out_dir: Path, index: SplitIndex) -> None:
 
 
 def run(job: Job) -> int:
+    try:  # every split before the first is packed: a typo in the last must not cost an hour's work
+        for split in job.splits:
+            check_source_split(job.data, split, key=f"splits[{job.splits.index(split)}]")
+    except DatasetError as e:
+        print(f"roboflamingo pack: {e}", file=sys.stderr)
+        return 1
     for split in job.splits:
         split_dir = Path(job.data.root) / split
         out_dir = packed_dir_for(job.data.root, split, job.data.packed_root)

@@ -17,13 +17,35 @@ FLOAT_TYPES = ("Float32", "Float64", "Float32MultiArray", "Float64MultiArray")
 
 @dataclass
 class TopicConfig:
-    name: str = ""  # empty: not used
+    """One ROS topic of the bridge.
+
+    Args:
+        name: the topic's name; empty: the topic is not used (optional inputs only).
+        type: its message type: ``pkg/Type`` for ROS 1, ``pkg/msg/Type`` for ROS 2.
+    """
+
+    name: str = ""
     type: str = ""
 
 
 @dataclass
 class TopicsConfig:
-    # Inputs to the control node (published by the robot).
+    """The robot's topics: inputs the control node subscribes to, outputs it publishes.
+
+    Args:
+        rgb_static: input: the static camera's images (``CompressedImage`` or ``Image``).
+        rgb_gripper: input: the gripper camera's images.
+        tcp_pose: input: the end effector's pose in the base frame (``PoseStamped``).
+        joint_state: input: the arm and finger joints (``JointState``), read for ``robot_obs``.
+        gripper_width: input: a separate gripper opening width in m; empty: the sum of the finger
+            joints in ``joint_state``.
+        instruction: input: the language instruction (``String``), unless ``control.instruction`` is set.
+        estop: input: the latching e-stop (``Bool``); any message but an explicit false stops the arm.
+        scene_obs: input: CALVIN's privileged scene state (24 floats) for the scripted expert; sim only.
+        target_pose: output: the end-effector target pose after the safety filter (``PoseStamped``).
+        gripper_command: output: the gripper command, -1 close / 1 open (a float message).
+    """
+
     rgb_static: TopicConfig = field(
         default_factory=lambda: TopicConfig("/camera/static/image/compressed", "sensor_msgs/CompressedImage")
     )
@@ -34,13 +56,10 @@ class TopicsConfig:
     joint_state: TopicConfig = field(
         default_factory=lambda: TopicConfig("/joint_states", "sensor_msgs/JointState")
     )
-    # A separate gripper width (m); when empty the width is the sum of the finger joints in joint_state.
     gripper_width: TopicConfig = field(default_factory=lambda: TopicConfig("", "std_msgs/Float32"))
     instruction: TopicConfig = field(default_factory=lambda: TopicConfig("/instruction", "std_msgs/String"))
     estop: TopicConfig = field(default_factory=lambda: TopicConfig("/estop", "std_msgs/Bool"))
-    # Privileged simulator state (CALVIN scene_obs, 24 floats) for the scripted expert; sim only.
     scene_obs: TopicConfig = field(default_factory=lambda: TopicConfig("", "std_msgs/Float64MultiArray"))
-    # Outputs of the control node (consumed by the robot's controller).
     target_pose: TopicConfig = field(
         default_factory=lambda: TopicConfig("/target_pose", "geometry_msgs/PoseStamped")
     )
@@ -51,26 +70,47 @@ class TopicsConfig:
 
 @dataclass
 class BridgeConfig:
-    """Where rosbridge is and how the robot's topics are named (group ``configs/deploy/``)."""
+    """Where rosbridge is and how the robot's topics are named (group ``configs/deploy/``).
+
+    Args:
+        host: the rosbridge server's host.
+        port: its websocket port.
+        ros_version: 1: ``pkg/Type`` names and ``{secs, nsecs}`` stamps; 2: ``pkg/msg/Type`` and
+            ``{sec, nanosec}``.
+        transport: roslibpy's transport: ``asyncio`` or ``twisted`` (one per process).
+        connect_timeout_s: give up when the first connection takes longer.
+        reconnect_delay_s: the first retry after a dropped connection; the backoff grows from here.
+        max_reconnect_delay_s: the longest wait between retries.
+        frame_id: the base frame target poses are stamped with.
+        arm_joints: the 7 arm joints' names in ``joint_state``, in ``robot_obs`` order.
+        finger_joints: the finger joints' names, whose positions sum to the gripper width.
+        queue_length: rosbridge's queue per subscription; 1 so a slow consumer gets the newest
+            frame, not a backlog (roslibpy#41); 0: rosbridge's default.
+        throttle_rate_ms: minimum time between messages rosbridge sends per topic; 0: no throttling.
+        rosauth_secret_file: rosauth (rosbridge's ``authenticate`` mode): a file whose first line is
+            the shared secret; empty reads ``$ROBOFLAMINGO_ROSAUTH_SECRET``, and with neither no auth
+            op is sent.
+        rosauth_client: the ``client`` field of the auth op.
+        rosauth_level: the ``level`` field of the auth op; our relay gives the command topics to
+            ``control`` only.
+        topics: the robot's topic names and message types.
+    """
 
     host: str = "127.0.0.1"
     port: int = 9090
-    ros_version: int = 1  # 1: pkg/Type names and {secs, nsecs}; 2: pkg/msg/Type and {sec, nanosec}
-    transport: str = "asyncio"  # roslibpy transport: asyncio | twisted (one per process)
+    ros_version: int = 1
+    transport: str = "asyncio"
     connect_timeout_s: float = 10.0
-    reconnect_delay_s: float = 0.5  # first retry after a drop; backoff grows from here
+    reconnect_delay_s: float = 0.5
     max_reconnect_delay_s: float = 5.0
-    frame_id: str = "panda_link0"  # base frame of target poses
+    frame_id: str = "panda_link0"
     arm_joints: list[str] = field(default_factory=lambda: [f"panda_joint{i}" for i in range(1, 8)])
     finger_joints: list[str] = field(default_factory=lambda: ["panda_finger_joint1", "panda_finger_joint2"])
-    # Bridge-side queue of 1 so a slow consumer gets the newest frame, not a backlog (roslibpy#41).
     queue_length: int = 1
     throttle_rate_ms: int = 0
-    # rosauth (rosbridge's `authenticate` mode): a file whose first line is the shared secret;
-    # empty reads $ROBOFLAMINGO_ROSAUTH_SECRET, and with neither no auth op is sent.
     rosauth_secret_file: str = ""
-    rosauth_client: str = "roboflamingo"  # the `client` field of the auth op
-    rosauth_level: str = "control"  # the `level` field; our relay gives command topics to "control" only
+    rosauth_client: str = "roboflamingo"
+    rosauth_level: str = "control"
     topics: TopicsConfig = field(default_factory=TopicsConfig)
 
     def __post_init__(self) -> None:

@@ -72,15 +72,31 @@ WAITING = "no_new_observation"
 
 @dataclass
 class ControlConfig:
-    rate_hz: float = 15.0  # upper bound on commands per second
-    wait_for_new_obs: bool = True  # never act twice on the same camera frame
-    static_size: int = 200  # images are resized to CALVIN's sizes before the policy sees them
+    """The control loop: its rate, the images the policy sees, the instruction, when to stop.
+
+    Args:
+        rate_hz: upper bound on commands per second.
+        wait_for_new_obs: never act twice on the same camera frame (a cycle waits for a newer stamp).
+        static_size: the static camera's images are resized to this square size (CALVIN's 200)
+            before the policy sees them; 0 keeps the camera's size.
+        gripper_size: the same for the gripper camera (CALVIN's 84).
+        initial_gripper: ``robot_obs``'s gripper action before the first command of an episode: 1
+            open, -1 closed.
+        instruction: a fixed instruction; empty: listen on the instruction topic.
+        max_commands: stop after this many commands; 0: no limit.
+        log_every_s: seconds between the latency percentiles logged while running.
+        max_instruction_chars: longer instruction messages are ignored (logged once).
+    """
+
+    rate_hz: float = 15.0
+    wait_for_new_obs: bool = True
+    static_size: int = 200
     gripper_size: int = 84
-    initial_gripper: float = 1.0  # robot_obs[GRIPPER_ACTION] before the first command of an episode (open)
-    instruction: str = ""  # fixed instruction; empty: listen on the instruction topic
-    max_commands: int = 0  # stop after this many commands; 0: no limit
+    initial_gripper: float = 1.0
+    instruction: str = ""
+    max_commands: int = 0
     log_every_s: float = 5.0
-    max_instruction_chars: int = 1000  # longer instruction messages are ignored (logged once)
+    max_instruction_chars: int = 1000
 
     def __post_init__(self) -> None:
         require_positive("control.rate_hz", self.rate_hz)
@@ -95,14 +111,19 @@ class ControlConfig:
 
 @dataclass
 class Job:
-    """``roboflamingo ros``: the bridge (group ``deploy``), the loop, safety, and the policy source."""
+    """``roboflamingo ros``: the bridge (group ``deploy``), the loop, safety, and the policy source.
+
+    Args:
+        policy: a ``roboflamingo serve`` server (the default: ``server=ws://...``), or in process:
+            ``checkpoint=<dir>``, ``policy=expert`` or ``policy=random``.
+        stats_path: write the run summary (latency percentiles, holds) here as JSON; empty: not written.
+    """
 
     deploy: BridgeConfig = field(default_factory=BridgeConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
-    # A `roboflamingo serve` server (the default), or in process: checkpoint=<dir>, policy=expert|random.
     policy: PolicySourceConfig = field(default_factory=lambda: PolicySourceConfig(PolicyKind.remote, device="cpu"))
-    stats_path: str = ""  # write the run summary (latency percentiles, holds) here as JSON
+    stats_path: str = ""
 
     def __post_init__(self) -> None:
         self.policy.check(command="ros")

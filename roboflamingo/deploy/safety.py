@@ -42,18 +42,30 @@ from roboflamingo.types import wrap_angle
 
 @dataclass
 class SafetyConfig:
-    """Limits applied to every command; positions in the robot base frame (m), angles in rad."""
+    """Limits applied to every command; positions in the robot base frame (m), angles in rad.
+
+    Args:
+        workspace_min: the lower corner (x, y, z) of the box every target position is clamped into.
+        workspace_max: its upper corner.
+        max_step_m: the longest translation between consecutive targets; a full CALVIN action moves
+            sqrt(3) x 2 cm, so 0.035 passes it unchanged.
+        max_step_rad: the largest rotation between consecutive targets (the composed rotation's
+            angle, and each euler increment); a full CALVIN action turns 0.05 rad on each axis, about
+            0.087 rad in all, so 0.09 passes it too.
+        action_scale: scales every relative action, in (0, 1]; e.g. 0.2-0.5 for a first run on new
+            hardware (openvla#192).
+        max_obs_age_s: hold (publish nothing) while the newest observation is older than this by its
+            header stamp, or stamped this far in the future.
+        max_duration_s: stop commanding after this long; 0 = no limit.
+    """
 
     workspace_min: list[float] = field(default_factory=lambda: [-0.6, -0.9, 0.25])
     workspace_max: list[float] = field(default_factory=lambda: [0.6, 0.5, 1.0])
-    # Per-command caps. A full CALVIN action moves sqrt(3) * 2 cm, so 0.035 passes it unchanged.
     max_step_m: float = 0.035
-    # The angle of the rotation between commands (and each euler increment). A full CALVIN action
-    # turns 0.05 rad on each axis, about sqrt(3) * 0.05 = 0.087 rad in all, so 0.09 passes it too.
     max_step_rad: float = 0.09
-    action_scale: float = 1.0  # e.g. 0.2-0.5 for a first run on new hardware (openvla#192)
-    max_obs_age_s: float = 0.5  # observations older than this (header stamp) mean hold
-    max_duration_s: float = 0.0  # stop commanding after this long; 0 = no limit
+    action_scale: float = 1.0
+    max_obs_age_s: float = 0.5
+    max_duration_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("workspace_min", "workspace_max"):

@@ -100,21 +100,38 @@ def observation_spec(keys: tuple[str, ...]) -> dict[str, dict]:
 
 @dataclass
 class ServerConfig:
-    """What a ``PolicyServer`` enforces: where it listens, its limits, who may connect."""
+    """What a ``PolicyServer`` enforces: where it listens, its limits, who may connect.
+
+    Args:
+        host: interface to listen on; anything but a loopback address needs a token (or ``insecure``).
+        port: TCP port; 0 picks any free port.
+        control_rate_hz: the control rate advertised to clients in the handshake.
+        max_message_bytes: larger frames get an error reply and the session stays open.
+        hard_max_message_bytes: the transport's ceiling, beyond which the connection is closed; 0
+            means 4 x ``max_message_bytes``.
+        max_sessions: concurrent sessions (clients), each with its own policy history; more are refused.
+        workers: threads running inference off the event loop.
+        insecure: allow a non-loopback ``host`` without a token (logged as ``INSECURE``).
+        allowed_origins: browser origins (``Origin`` header) allowed to connect; a request from any
+            other web page gets 403.
+        idle_timeout_s: close a session after this long without a request, freeing its slot; 0 = never.
+        max_instruction_chars: longer instructions are refused before any tokenizer sees them.
+        max_session_bytes_per_s: received bytes per second a session may sustain (bursts of 2 x
+            ``max_message_bytes``); beyond it the server stops reading from that connection for a
+            while. 0 = unlimited.
+    """
 
     host: str = "127.0.0.1"
-    port: int = 8765  # 0: any free port
-    control_rate_hz: float = 30.0  # advertised to clients in the handshake
-    max_message_bytes: int = 8 * 2**20  # larger frames get an error reply
-    hard_max_message_bytes: int = 0  # transport ceiling; 0 means 4 x max_message_bytes
-    max_sessions: int = 16  # each session holds its own policy copy
-    workers: int = 4  # inference threads
-    insecure: bool = False  # allow a non-loopback bind without a token (logged as a warning)
-    allowed_origins: list[str] = field(default_factory=list)  # browser origins allowed to connect
-    idle_timeout_s: float = 60.0  # close a session after this long without a request; 0 = never
+    port: int = 8765
+    control_rate_hz: float = 30.0
+    max_message_bytes: int = 8 * 2**20
+    hard_max_message_bytes: int = 0
+    max_sessions: int = 16
+    workers: int = 4
+    insecure: bool = False
+    allowed_origins: list[str] = field(default_factory=list)
+    idle_timeout_s: float = 60.0
     max_instruction_chars: int = 1000
-    # Received bytes per second a session may sustain (bursts of 2 x max_message_bytes); beyond it
-    # the server stops reading from that connection for a while. 0 = unlimited.
     max_session_bytes_per_s: float = 32 * 2**20
 
     def __post_init__(self) -> None:

@@ -55,21 +55,38 @@ LOG = logging.getLogger("roboflamingo.sim_robot")
 
 @dataclass
 class Job:
-    """``roboflamingo sim-robot``: the env (group ``env``), the bridge (group ``deploy``) and the episode."""
+    """``roboflamingo sim-robot``: the env (group ``env``), the bridge (group ``deploy``) and the episode.
+
+    Args:
+        task: the task to perform; empty: the first task of the chain drawn with ``chain_seed``.
+        chain_seed: which CALVIN-style chain gives the initial state (and, without ``task``, the task).
+        seed: the environment's reset seed.
+        instruction: the sentence published as the instruction; empty: the task's evaluation sentence.
+        publish_instruction: play the operator: publish the instruction on its topic.
+        jpeg_quality: JPEG quality (1-100) of the ``CompressedImage`` camera frames.
+        idle_republish_s: without commands, re-publish the current observation this often, so a node
+            that joins late sees fresh stamps.
+        max_steps: commands applied before giving up; 0: ``env.max_episode_steps``.
+        duration_s: wall-clock bound on the episode, in seconds.
+        stop_on_success: end the episode when the task oracle reports the task done.
+        serve_bridge: start the in-process rosbridge relay on ``deploy.host:deploy.port`` (no ROS needed).
+        result_path: write the episode's result (success, steps, why it ended) here as JSON; empty:
+            not written.
+    """
 
     deploy: BridgeConfig = field(default_factory=BridgeConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
-    task: str = ""  # empty: the first task of the chain drawn with chain_seed
+    task: str = ""
     chain_seed: int = 0
     seed: int = 0
-    instruction: str = ""  # empty: the task's evaluation sentence
-    publish_instruction: bool = True  # play the operator
+    instruction: str = ""
+    publish_instruction: bool = True
     jpeg_quality: int = 90
     idle_republish_s: float = 0.25
-    max_steps: int = 0  # commands applied before giving up; 0: env.max_episode_steps
-    duration_s: float = 300.0  # wall-clock bound
+    max_steps: int = 0
+    duration_s: float = 300.0
     stop_on_success: bool = True
-    serve_bridge: bool = False  # start the in-process rosbridge relay on deploy.host:deploy.port
+    serve_bridge: bool = False
     result_path: str = ""
 
     def __post_init__(self) -> None:

@@ -49,9 +49,10 @@ class EvalConfig:
             fingerprint, since actions change slightly).
         start_method: multiprocessing start method for the workers. ``fork`` is not offered: a forked
             child inherits pybullet/EGL/CUDA state that is not fork-safe.
-        torch_threads: intra-op threads per worker for a checkpoint policy; 0 splits the machine's
-            cores evenly between the workers so they do not oversubscribe it (batched: all cores,
-            since the simulators wait while the policy runs; with ``batch_groups=G``, 1/G of them).
+        torch_threads: intra-op threads per worker for a checkpoint policy; 0 splits the cores other
+            processes leave free at start evenly between the workers so they do not oversubscribe the
+            machine (batched: all of them, since the simulators wait while the policy runs; with
+            ``batch_groups=G``, 1/G of them).
         num_videos: rollout videos for the first K chains (by chain index); 0 disables them.
         video_fps: frame rate of the videos (the simulator runs at 30 Hz).
         video_stride: keep every n-th control step in the video.

@@ -91,6 +91,14 @@ class ResamplerConfig:
     """Perceiver resampler (OpenFlamingo's helpers.PerceiverResampler): latents attend to patches.
 
     Its width is the vision encoder's width, as in the original.
+
+    Args:
+        depth: perceiver layers (cross-attention from the latents to the patch tokens, then a
+            feed-forward block).
+        heads: attention heads per layer.
+        dim_head: width of each attention head.
+        num_latents: learned latent tokens per camera image: the visual tokens the LM cross-attends to.
+        ff_mult: the feed-forward block's hidden width as a multiple of the vision width.
     """
 
     depth: int = 6

@@ -28,22 +28,24 @@ FORMATS = ("auto", "roboflamingo", "openflamingo")
 
 @dataclass
 class Job:
-    """Args:
-    src: the published file (RoboFlamingo ``.pth`` or OpenFlamingo ``checkpoint.pt``).
-    dst: the checkpoint directory to write.
-    format: ``auto`` (a file with ``lm_head.*`` tensors is RoboFlamingo), or force one.
-    model: the backbone; ``model.vision.weights``, ``model.lm.path`` and ``model.lm.tokenizer`` must
-        name local files. For RoboFlamingo, ``fusion``, ``window``, ``act_steps`` and whether the
-        embeddings are trained come from the file (name and keys), not from this group.
-    head: the fresh head for an OpenFlamingo backbone (a RoboFlamingo head is read from its tensors).
-    fusion, window, act_steps: override what the RoboFlamingo file name says ("" / 0: the name's),
-        for a renamed file.
-    check_frozen: compare the frozen LM / vision copies the original saves with the ones read from
-        ``model.lm.path`` / ``model.vision.weights`` (a mismatch means another backbone).
-    trust_pickle: unpickle arbitrary objects from ``src`` (only for a file you trust; plain tensor
-        files never need it).
-    seed: initialisation of a fresh head (OpenFlamingo).
-    overwrite: replace an existing checkpoint in ``dst``.
+    """``roboflamingo convert SRC DST``: a published RoboFlamingo / OpenFlamingo file as our checkpoint.
+
+    Args:
+        src: the published file (RoboFlamingo ``.pth`` or OpenFlamingo ``checkpoint.pt``).
+        dst: the checkpoint directory to write.
+        format: ``auto`` (a file with ``lm_head.*`` tensors is RoboFlamingo), or force one.
+        model: the backbone; ``model.vision.weights``, ``model.lm.path`` and ``model.lm.tokenizer``
+            must name local files. For RoboFlamingo, ``fusion``, ``window``, ``act_steps`` and whether
+            the embeddings are trained come from the file (name and keys), not from this group.
+        head: the fresh head for an OpenFlamingo backbone (a RoboFlamingo head is read from its tensors).
+        fusion, window, act_steps: override what the RoboFlamingo file name says ("" / 0: the
+            name's), for a renamed file.
+        check_frozen: compare the frozen LM / vision copies the original saves with the ones read from
+            ``model.lm.path`` / ``model.vision.weights`` (a mismatch means another backbone).
+        trust_pickle: unpickle arbitrary objects from ``src`` (only for a file you trust; plain tensor
+            files never need it).
+        seed: initialisation of a fresh head (OpenFlamingo).
+        overwrite: replace an existing checkpoint in ``dst``.
     """
 
     src: str = ""

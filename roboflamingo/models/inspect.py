@@ -14,9 +14,11 @@ from roboflamingo.models.config import HeadConfig, ModelConfig
 
 @dataclass
 class Job:
-    """Args:
-    model, head: the policy to build.
-    device: ``meta`` (shapes only, reads no weight files) or a real device to also allocate.
+    """``roboflamingo inspect``: build a policy and print its parameter counts as one JSON line.
+
+    Args:
+        model, head: the policy to build.
+        device: ``meta`` (shapes only, reads no weight files) or a real device to also allocate.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)

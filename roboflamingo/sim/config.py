@@ -11,20 +11,22 @@ RENDERERS = ("auto", "egl", "tiny")
 
 @dataclass
 class EnvConfig:
-    """Simulator settings.
+    """The PyBullet tabletop simulator: scene, cameras, renderer, timing.
 
-    scene: a scene name from ``envs/scenes/`` (A, B, C, D) or a path to a scene YAML file.
-    static_size / gripper_size: square camera resolutions (CALVIN: 200 and 84).
-    renderer: ``tiny`` (PyBullet's CPU TinyRenderer, the default: identical images on every
-        machine), ``egl`` (the EGL plugin: Mesa's llvmpipe in software, or a GPU; about 3x faster
-        than the TinyRenderer on a 2-core CPU, drawn without cast shadows) or ``auto`` (EGL where
-        the plugin loads, TinyRenderer otherwise; what ``scripts/bench_env.py`` measures as the
-        default). The renderers draw different images and policies trained on one do worse on
-        the other (calvin_env#3), so a dataset records the one it used (``env_config.yaml``) and
-        evaluation should use the same.
-    render: False skips the cameras (images are all zeros): for scripted rollouts that read state only.
-    max_episode_steps: steps before ``truncated`` (CALVIN's EP_LEN).
-    control_freq / physics_freq: 30 Hz actions over 240 Hz physics, as CALVIN.
+    Args:
+        scene: a scene name from ``envs/scenes/`` (A, B, C, D) or a path to a scene YAML file.
+        static_size, gripper_size: square camera resolutions (CALVIN: 200 and 84).
+        renderer: ``tiny`` (PyBullet's CPU TinyRenderer, the default: identical images on every
+            machine), ``egl`` (the EGL plugin: Mesa's llvmpipe in software, or a GPU; about 3x faster
+            than the TinyRenderer on a 2-core CPU, drawn without cast shadows) or ``auto`` (EGL where
+            the plugin loads, TinyRenderer otherwise; what ``scripts/bench_env.py`` measures as the
+            default). The renderers draw different images and policies trained on one do worse on
+            the other (calvin_env#3), so a dataset records the one it used (``env_config.yaml``) and
+            evaluation should use the same.
+        render: false skips the cameras (images are all zeros): for scripted rollouts that read
+            state only.
+        max_episode_steps: steps before ``truncated`` (CALVIN's EP_LEN).
+        control_freq, physics_freq: 30 Hz actions over 240 Hz physics, as CALVIN.
     """
 
     scene: str = "D"

@@ -25,8 +25,17 @@ MAX_PREFIX_RETRIES = 5
 
 @dataclass
 class Job:
-    """scene: the scene to check (D is the evaluation scene). tasks: empty = all 34.
-    workers: processes, each with its own simulator. max_steps: per subtask (CALVIN's EP_LEN)."""
+    """``roboflamingo expert-check``: the scripted expert's success rate on each task.
+
+    Args:
+        scene: the scene to check (D is the evaluation scene).
+        episodes_per_task: episodes per task, each from a random CALVIN-style initial state.
+        tasks: the tasks to check; empty = all 34.
+        seed: the episodes' initial states and block placements.
+        workers: processes, each with its own simulator.
+        max_steps: steps allowed per subtask (CALVIN's EP_LEN).
+        progress: show a progress bar.
+    """
 
     scene: str = "D"
     episodes_per_task: int = 20

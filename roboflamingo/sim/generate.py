@@ -50,22 +50,32 @@ EMB_DIM = 384
 
 @dataclass
 class Job:
-    """root: output directory. train_scenes / val_scenes: scenes per split (ABC -> D by default).
-    mode: ``chains`` (5-task chains from CALVIN's initial states), ``single`` (one task per unit), or
-        ``both`` (the single units, then the chains: most subtasks start from the neutral pose, the
-        chains' later ones from wherever the previous subtask ended).
-    tasks: the tasks demonstrated and annotated (``chains``: chains drawn from these only); empty = all 34.
-    episodes_per_task / val_episodes_per_task: ``single`` units per task and scene.
-    chains_per_scene / val_chains_per_scene: ``chains`` units per scene.
-    noise: std (m) of the jitter added to the expert's free-space waypoints, for diversity.
-    handover: fraction of the ``single`` units whose task starts where another task (of another
-        category, performed but not recorded) ended, as a chain's later subtasks start; the rest start
-        from the neutral pose. A policy that saw only neutral starts rarely completes a chain's second task.
-    handover_home: in those units the expert first returns to the neutral pose and then performs the
-        task as from a neutral start: one way back for every task instead of a way to each task from
-        everywhere (in the demo it trained worse policies than plain handover; README, "The demo").
-    env: the simulator: camera sizes, renderer, and ``max_episode_steps``, the steps allowed per
-        subtask; ``env.scene`` is not read (each split names its scenes).
+    """``roboflamingo generate``: scripted-expert demonstrations written in CALVIN's dataset layout.
+
+    Args:
+        root: output directory; ``training/`` and ``validation/`` are written under it.
+        train_scenes, val_scenes: scenes per split (ABC -> D by default).
+        mode: ``chains`` (5-task chains from CALVIN's initial states), ``single`` (one task per unit), or
+            ``both`` (the single units, then the chains: most subtasks start from the neutral pose, the
+            chains' later ones from wherever the previous subtask ended).
+        tasks: the tasks demonstrated and annotated (``chains``: chains drawn from these only); empty =
+            all 34.
+        episodes_per_task, val_episodes_per_task: ``single`` units per task and scene.
+        chains_per_scene, val_chains_per_scene: ``chains`` units per scene.
+        noise: std (m) of the jitter added to the expert's free-space waypoints, for diversity.
+        handover: fraction of the ``single`` units whose task starts where another task (of another
+            category, performed but not recorded) ended, as a chain's later subtasks start; the rest
+            start from the neutral pose. A policy that saw only neutral starts rarely completes a
+            chain's second task.
+        handover_home: in those units the expert first returns to the neutral pose and then performs
+            the task as from a neutral start: one way back for every task instead of a way to each
+            task from everywhere (in the demo it trained worse policies than plain handover;
+            docs/demo.md).
+        workers: processes, each with its own simulator; the data do not depend on it.
+        seed: every unit is seeded from (seed, split, scene, index).
+        progress: show a progress bar.
+        env: the simulator: camera sizes, renderer, and ``max_episode_steps``, the steps allowed per
+            subtask; ``env.scene`` is not read (each split names its scenes).
     """
 
     root: str = "data/tabletop"

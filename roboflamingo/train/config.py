@@ -51,8 +51,13 @@ class TrainConfig:
         wandb_project: W&B project name.
         wandb_mode: offline (default; sync later with ``wandb sync``) | online | disabled.
         device: torch device; empty picks cuda:<local_rank> when available, else cpu.
-        threads: torch intra-op threads per process; 0 leaves torch's default.
+        threads: torch intra-op threads per process. 0 on a CPU: this process's share of the cores
+            other processes leave free, re-checked every 10 s as other jobs come and go (a thread
+            governor, ``roboflamingo.threads``); 0 on a GPU: torch's default. Set a number for
+            repeatable CPU results (sums change with the thread count).
         run_name: W&B run name; empty uses the run directory's name.
+        plot: when training ends, draw every series of ``metrics.jsonl`` (loss, validation loss, ...)
+            into ``<run_dir>/metrics.png``; ``roboflamingo plot RUN_DIR`` redraws it at any time.
     """
 
     steps: int = 1000
@@ -82,6 +87,7 @@ class TrainConfig:
     device: str = ""
     threads: int = 0
     run_name: str = ""
+    plot: bool = True
 
     def __post_init__(self) -> None:
         for name in ("steps", "grad_accum", "log_every", "checkpoint_every", "val_batches"):

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from roboflamingo.config import ConfigError, load_yaml, save_yaml, to_yaml
 from roboflamingo.data.config import DataConfig
 from roboflamingo.data.dataset import CalvinDataset, WindowSampler, collate, make_dataloader
+from roboflamingo.data.inputs import check_split
 from roboflamingo.data.layout import DatasetError
 from roboflamingo.data.packed import packed_dir_for
 from roboflamingo.data.stats import compute_normalization
@@ -135,11 +136,7 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
         raise ConfigError(
             f"{run_dir} already holds checkpoints; pass resume=true to continue that run or choose another run_dir"
         )
-    if master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(job, run_dir / "config.yaml")
-        if resume_from is None:
-            (run_dir / "wandb_id").unlink(missing_ok=True)  # a fresh run is a new W&B run
+    _check_inputs(job)
 
     # ---- policy: identical initialisation on every rank, normalization from the training split
     _seed_everything(job.seed)
@@ -165,6 +162,13 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
             f"batch of data.batch_size={job.data.batch_size} on each of {info.world_size} processes"
         )
     global_batch = job.data.batch_size * cfg.grad_accum * info.world_size
+    # Only now, with the data opened and the policy built, does the run directory get anything: a run
+    # refused for its inputs leaves no config.yaml behind to be mistaken for a started run.
+    if master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(job, run_dir / "config.yaml")
+        if resume_from is None:
+            (run_dir / "wandb_id").unlink(missing_ok=True)  # a fresh run is a new W&B run
 
     # ---- state to resume: step, data position, optimizer, scheduler, RNG
     step, epoch, consumed = 0, 0, 0
@@ -270,6 +274,8 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
         bar.close()
         loggers.close()
         print(f"[train] done: {step} steps; final checkpoint {ckpt_root / 'last'}", file=sys.stderr)
+        if cfg.plot:
+            _plot(run_dir)
     distributed.barrier(info)
     return policy
 
@@ -295,6 +301,31 @@ def _check_same_run(job: Job, run_dir: Path) -> None:
             f"resume=true: {', '.join(diffs)} differ from {saved_path}; pass the same overrides as the "
             "interrupted run (or start a new run_dir)"
         )
+
+
+def _plot(run_dir: Path) -> None:
+    """The metrics picture; a failure to draw it costs the picture, never the trained run."""
+    from roboflamingo.train.plot import write_plot
+
+    try:
+        path, _ = write_plot(run_dir)
+    except Exception as e:  # matplotlib's errors have no common base; the run itself is complete
+        print(f"[train] warning: could not draw {run_dir / 'metrics.png'}: {e}", file=sys.stderr)
+        return
+    print(f"[train] metrics plot: {path}", file=sys.stderr)
+
+
+def _check_inputs(job: Job) -> None:
+    """The splits this run reads exist, or an error that says which command makes them."""
+    data = job.data
+    packed_only = data.format == "lerobot" or data.use_packed == "always"
+    check_split(data, data.train_split, "data.train_split", packed_needed=packed_only)
+    if job.train.val_every:
+        try:
+            check_split(data, data.val_split, "data.val_split", packed_needed=packed_only)
+        except DatasetError as e:
+            raise DatasetError(f"{e} (train.val_every={job.train.val_every}; set train.val_every=0 to train "
+                               "without validation)") from e
 
 
 def _seed_everything(seed: int) -> None:

@@ -229,7 +229,8 @@ def test_random_source_gives_each_session_its_own_seed():
     "overrides, match",
     [
         ([], "policy=checkpoint needs checkpoint=<dir>"),
-        (["policy=teleport"], "Could not find 'policy/teleport'"),
+        (["policy=teleport"], "unknown option 'teleport' for config group 'policy' (options: checkpoint, expert, random, "
+                                "remote;"),
         (["policy=random", "max_message_bytes=0"], "max_message_bytes must be > 0"),
         (["policy=random", "hard_max_message_bytes=10"], "hard_max_message_bytes must be >="),
     ],
