@@ -126,7 +126,7 @@ class LeRobotConfig:
             return self.camera_features[camera], f"data.lerobot.camera_features.{camera}"
         if camera in ("rgb_static", "rgb_gripper"):
             return getattr(self, camera), f"data.lerobot.{camera}"
-        return f"observation.images.{camera}", "data.lerobot.cameras"
+        return f"observation.images.{camera}", f"data.lerobot.camera_features.{camera}"
 
 
 @dataclass
