@@ -180,6 +180,20 @@ def test_a_packed_copy_refuses_a_changed_mapping(exported, tmp_path):
         CalvinDataset(DataConfig(**cfg, robot="so101"))
 
 
+def test_cli_pack_names_the_robot_and_refuses_another(exported, tmp_path, capsys):
+    from roboflamingo import cli
+
+    _, out = exported
+    root = tmp_path / "lr"
+    _copy(out, root / "training")
+    base = ["pack", "data=lerobot", f"data.root={root}", "splits=[training]", "progress=false"]
+    assert cli.main([*base, "data.robot=so101"]) == 1
+    err = capsys.readouterr().err
+    assert "data.robot=so101 is for robot 'so101'" in err and "is for robot 'three_cam'" in err
+    assert cli.main([*base, "data.lerobot.camera_features={left: observation.images.left}"]) == 0
+    assert "packed training (robot 'three_cam' (cameras: left 32x48, right 32x48, wrist 16x16" in capsys.readouterr().out
+
+
 def test_export_refuses_names_of_another_length(exported, tmp_path):
     src, _ = exported
     with pytest.raises(DatasetError, match=r"features.state_names has 2 names, but robot 'three_cam'.* 4-d state"):
