@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from roboflamingo.robot import RobotDescription, RobotMismatch
+from roboflamingo.robot import ROBOT_FILE, RobotDescription, RobotMismatch
 from roboflamingo.types import ACTION_MASK, ACTIONS, INSTRUCTION
 
 EP_START_END = "ep_start_end_ids.npy"
@@ -114,9 +114,14 @@ def read_split_robot(split_dir: str | os.PathLike) -> RobotDescription:
     from roboflamingo.robots import read_dataset_robot
 
     try:
-        return read_dataset_robot(split_dir)
+        robot = read_dataset_robot(split_dir)
     except ValueError as e:  # its message names the file and the field
         raise DatasetError(str(e)) from e
+    try:
+        frame_keys(robot)
+    except DatasetError as e:
+        raise DatasetError(f"{Path(split_dir) / ROBOT_FILE}: {e}") from e
+    return robot
 
 
 def frame_path(split_dir: str | os.PathLike, frame_id: int) -> Path:

@@ -47,19 +47,20 @@ def _image(rng: np.random.Generator, frame_id: int, size: tuple[int, int], conte
 
 
 def make_frame(
-    frame_id: int, static_size: tuple[int, int] = (200, 200), gripper_size: tuple[int, int] = (84, 84),
+    frame_id: int, static_size: tuple[int, int] = (T.STATIC_RES, T.STATIC_RES),
+    gripper_size: tuple[int, int] = (T.GRIPPER_RES, T.GRIPPER_RES),
     content: str = "noise", seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """One frame with every key CALVIN's npz files have that the stack uses."""
     rng = np.random.default_rng([seed, frame_id])
-    rel = rng.uniform(-1.0, 1.0, size=7)
+    rel = rng.uniform(-1.0, 1.0, size=T.ACTION_DIM)
     rel[T.GRIPPER_INDEX] = 1.0 if rng.random() < 0.5 else -1.0
     robot_obs = np.concatenate([rng.normal(0.0, 0.3, size=T.GRIPPER_ACTION), [rel[T.GRIPPER_INDEX]]])
     return {
         "rgb_static": _image(rng, frame_id, static_size, content),
         "rgb_gripper": _image(rng, frame_id, gripper_size, content),
         "robot_obs": robot_obs,
-        "scene_obs": rng.normal(0.0, 0.1, size=24),
+        "scene_obs": rng.normal(0.0, 0.1, size=T.SCENE_OBS_DIM),
         "actions": np.concatenate([robot_obs[T.TCP_POSE] + 0.01, [rel[T.GRIPPER_INDEX]]]),
         "rel_actions": rel,
     }
@@ -96,8 +97,8 @@ def write_split(
     split_dir: str | os.PathLike,
     episodes: Sequence[tuple[int, int]],
     annotations: Sequence[tuple[int, int, str, str]],
-    static_size: tuple[int, int] = (200, 200),
-    gripper_size: tuple[int, int] = (84, 84),
+    static_size: tuple[int, int] = (T.STATIC_RES, T.STATIC_RES),
+    gripper_size: tuple[int, int] = (T.GRIPPER_RES, T.GRIPPER_RES),
     content: str = "noise",
     seed: int = 0,
     compress: bool = True,

@@ -216,8 +216,9 @@ def test_frames_that_do_not_fit_the_description_are_refused(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda d: d.update(cameras=[{"name": "actions", "height": 8, "width": 8}]), r"collide with the training batch"),
-        (lambda d: d["action"].update(key="agentview"), r"camera names, state.key and action.key must all differ"),
+        (lambda d: d.update(cameras=[{"name": "actions", "height": 8, "width": 8}]),
+         r"robot.json: robot 'one_cam' .* would collide with the training batch"),
+        (lambda d: d["action"].update(key="agentview"), r"robot.json: .*camera names, state.key and action.key must all differ"),
         (lambda d: d.pop("state"), r"robot.json: robot description is missing field 'state'"),
         (lambda d: d["action"].update(grippers=[9]), r"robot.json: robot action.grippers \[9\] out of range"),
     ],
