@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from roboflamingo.robots.calvin import GRIPPER_RES, STATIC_RES
 
-
-def shift_pad(pixels_at_calvin_res: int, size: int, calvin_size: int) -> int:
-    """Scale a pad given at CALVIN resolution to an image side of ``size`` pixels."""
-    return int(round(pixels_at_calvin_res * size / calvin_size))
+def shift_pad(pixels_at_declared: int, size: int, declared_size: int) -> int:
+    """Scale a pad given at a camera's declared resolution (its robot description; CALVIN: 200 px
+    static, 84 px gripper) to an image side of ``size`` pixels."""
+    return int(round(pixels_at_declared * size / declared_size))
 
 
 def draw_shift(rng: np.random.Generator, pad_h: int, pad_w: int) -> tuple[int, int]:
@@ -62,6 +61,3 @@ def jitter_window(images: np.ndarray, factors: np.ndarray) -> np.ndarray:
     gray = (x * weights).sum(axis=-3, keepdims=True)
     x = gray + (x - gray) * s
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
-CALVIN_RES = {"rgb_static": STATIC_RES, "rgb_gripper": GRIPPER_RES}

@@ -13,14 +13,6 @@ from roboflamingo.config import require_choice, require_positive
 
 USE_PACKED_CHOICES = ("auto", "always", "never")
 FORMAT_CHOICES = ("calvin", "lerobot")
-# CALVIN's robot_obs layout (calvin_env robot.get_observation), the declared meaning of the state vector.
-ROBOT_OBS_NAMES = [
-    "tcp_pos.x", "tcp_pos.y", "tcp_pos.z", "tcp_orn.x", "tcp_orn.y", "tcp_orn.z", "gripper_opening_width",
-    "arm_joint_0", "arm_joint_1", "arm_joint_2", "arm_joint_3", "arm_joint_4", "arm_joint_5", "arm_joint_6",
-    "gripper_action",
-]
-# The 7-d relative action (calvin_env: scaled TCP position and orientation deltas, gripper +-1).
-REL_ACTION_NAMES = ["rel_pos.x", "rel_pos.y", "rel_pos.z", "rel_orn.x", "rel_orn.y", "rel_orn.z", "gripper"]
 
 
 @dataclass
@@ -28,18 +20,25 @@ class AugmentConfig:
     """Training-time image augmentation, drawn once per window so all its frames move together.
 
     Args:
-        shift: random shift (DrQ's RandomShiftsAug): replicate-pad and crop back at a random offset.
-        static_shift_px: pad of the static camera in pixels, given at CALVIN's 200 px and scaled to
-            the actual image size (a 100 px tabletop image gets 5 px); 0 disables it for that camera.
-        gripper_shift_px: the same for the gripper camera, given at CALVIN's 84 px.
-        color_jitter: random brightness, contrast and saturation (off: the original recipe has none).
-        brightness, contrast, saturation: jitter strength x in [0, 1): factors are drawn uniformly
-            from [1 - x, 1 + x] once per window and camera.
+        shift: random shift (DrQ's RandomShiftsAug): replicate-pad each camera by its pad and crop
+            back at a random offset. A pad is given in pixels at the camera's declared size (its robot
+            description) and scaled to the actual image size, so CALVIN's 200 px static camera read
+            at 100 px gets 5 px.
+        static_shift_px, gripper_shift_px: the pads of cameras ``rgb_static`` and ``rgb_gripper``
+            (CALVIN's, the original recipe's 10 px and 4 px).
+        shift_px: pads of other cameras by name, e.g. ``{front: 24, wrist: 16}``.
+        shift_fraction: the pad of a camera named nowhere above, as a fraction of its declared
+            shorter side (0.05 is CALVIN's static camera: 10 of 200 px).
+        color_jitter: colour jitter, off by default (the original recipe has none); factors are
+            drawn uniformly from [1 - x, 1 + x] once per window and camera.
+        brightness, contrast, saturation: the jitter widths x.
     """
 
     shift: bool = True
     static_shift_px: int = 10
     gripper_shift_px: int = 4
+    shift_px: dict[str, int] = field(default_factory=dict)
+    shift_fraction: float = 0.05
     color_jitter: bool = False
     brightness: float = 0.2
     contrast: float = 0.2
@@ -48,48 +47,87 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         require_positive("data.augment.static_shift_px", self.static_shift_px, allow_zero=True)
         require_positive("data.augment.gripper_shift_px", self.gripper_shift_px, allow_zero=True)
+        for name, px in self.shift_px.items():
+            require_positive(f"data.augment.shift_px.{name}", px, allow_zero=True)
+        if not 0.0 <= self.shift_fraction < 0.5:
+            raise ValueError(f"data.augment.shift_fraction must be in [0, 0.5), got {self.shift_fraction}")
         for name in ("brightness", "contrast", "saturation"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"data.augment.{name} must be in [0, 1), got {value}")
 
+    def pad_px(self, camera: str, height: int, width: int) -> int:
+        """The shift pad of ``camera`` in pixels at its declared size ``height`` x ``width``."""
+        fixed = {"rgb_static": self.static_shift_px, "rgb_gripper": self.gripper_shift_px, **self.shift_px}
+        if camera in fixed:
+            return int(fixed[camera])
+        return int(round(self.shift_fraction * min(height, width)))
+
 
 @dataclass
 class LeRobotConfig:
-    """How a LeRobotDataset v3's features map onto our vocabulary (``roboflamingo.data.lerobot``).
+    """How a LeRobotDataset v3's features become a robot description (``roboflamingo.data.lerobot``).
 
-    Opening a dataset checks every named feature against its ``meta/info.json``: present, of the
-    right dtype and shape (state: ``len(state_names)``, action: ``len(action_names)``), and the
-    dataset's fps equal to ``fps``. The task string of each frame becomes the instruction.
+    The description is derived from ``meta/info.json`` (cameras from its image and video features,
+    ``observation.images.<name>``; the state and the action with their ``names``), taken from
+    ``data.robot`` when that is set (for what info.json cannot say: binary grippers, bounds, relative
+    or absolute), or from ``meta/robot.json`` when the dataset carries one (our exports do). Every
+    feature it needs must be present with the right dtype and shape, and the dataset's fps must be
+    ``fps``. The task string of each frame becomes the instruction.
 
     Args:
-        rgb_static: the video feature holding the static camera.
-        rgb_gripper: the video feature holding the gripper camera.
-        robot_obs: the state feature (CALVIN's 15-d ``robot_obs``).
-        rel_actions: the action feature (CALVIN's 7-d relative action).
-        state_names: the declared layout of the state vector, one name per entry (15).
-        action_names: the declared layout of the action vector, one name per entry (7).
-        fps: the dataset's frame rate; CALVIN (and our tabletop) run at 30 Hz, so a dataset recorded
-            at another rate must say so here.
+        cameras: the cameras by name, in image-slot order (each is the feature
+            ``observation.images.<name>`` unless ``camera_features`` or the two fields below rename
+            it); empty: the description's cameras, else every image and video feature of
+            meta/info.json in its order.
+        camera_features: camera name -> LeRobot feature, only where the feature is not
+            ``observation.images.<name>``, e.g. ``{rgb_static: observation.images.top}``.
+        rgb_static, rgb_gripper: the features of cameras named ``rgb_static`` / ``rgb_gripper``
+            (CALVIN's), kept for configs written before camera_features.
+        robot_obs: the feature read as the robot's state vector (named after CALVIN's robot_obs).
+        rel_actions: the feature read as the action vector (named after CALVIN's rel_actions).
+        state_names, action_names: the names of the state / action entries where meta/info.json has
+            none (LeRobot writes null when the recorder gave none) or names them differently from
+            data.robot; empty: meta/info.json's, else data.robot's, else ``<key>_<i>``.
+        fps: the frame rate the dataset must have (CALVIN and our tabletop run at 30 Hz).
     """
 
+    cameras: list[str] = field(default_factory=list)
+    camera_features: dict[str, str] = field(default_factory=dict)
     rgb_static: str = "observation.images.rgb_static"
     rgb_gripper: str = "observation.images.rgb_gripper"
     robot_obs: str = "observation.state"
     rel_actions: str = "action"
-    state_names: list[str] = field(default_factory=lambda: list(ROBOT_OBS_NAMES))
-    action_names: list[str] = field(default_factory=lambda: list(REL_ACTION_NAMES))
+    state_names: list[str] = field(default_factory=list)
+    action_names: list[str] = field(default_factory=list)
     fps: int = 30
 
     def __post_init__(self) -> None:
         for name in ("rgb_static", "rgb_gripper", "robot_obs", "rel_actions"):
             if not getattr(self, name):
                 raise ValueError(f"data.lerobot.{name} must name a feature of the dataset")
+        for name, feature in self.camera_features.items():
+            if not feature:
+                raise ValueError(f"data.lerobot.camera_features.{name} must name a feature of the dataset")
+            legacy = {"rgb_static": self.rgb_static, "rgb_gripper": self.rgb_gripper}.get(name)
+            if legacy is not None and legacy != f"observation.images.{name}" and legacy != feature:
+                raise ValueError(f"data.lerobot.camera_features.{name}={feature} contradicts "
+                                 f"data.lerobot.{name}={legacy}")
+        if len(set(self.cameras)) != len(self.cameras) or not all(self.cameras):
+            raise ValueError(f"data.lerobot.cameras must be distinct non-empty names, got {list(self.cameras)}")
+        for name in ("state_names", "action_names"):
+            names = getattr(self, name)
+            if len(set(names)) != len(names):
+                raise ValueError(f"data.lerobot.{name} must not repeat a name, got {list(names)}")
         require_positive("data.lerobot.fps", self.fps)
-        if len(self.action_names) != 7:
-            raise ValueError(f"data.lerobot.action_names must have 7 entries (the relative action), got {len(self.action_names)}")
-        if len(self.state_names) != 15:
-            raise ValueError(f"data.lerobot.state_names must have 15 entries (robot_obs), got {len(self.state_names)}")
+
+    def camera_feature(self, camera: str) -> tuple[str, str]:
+        """(LeRobot feature, the option that names it) of one of our cameras."""
+        if camera in self.camera_features:
+            return self.camera_features[camera], f"data.lerobot.camera_features.{camera}"
+        if camera in ("rgb_static", "rgb_gripper"):
+            return getattr(self, camera), f"data.lerobot.{camera}"
+        return f"observation.images.{camera}", f"data.lerobot.camera_features.{camera}"
 
 
 @dataclass
@@ -103,6 +141,11 @@ class DataConfig:
             directory, mapped by ``data.lerobot`` and trained on after ``roboflamingo pack``, which
             decodes the video once).
         lerobot: how a LeRobotDataset's features map onto ours (``data.format=lerobot`` only).
+        robot: the robot the data must be for: a built-in name (``roboflamingo.robots``: calvin,
+            so101, ...) or a description file (YAML/JSON); a split whose description has other shapes
+            is refused, naming both. A LeRobot dataset also takes from it what meta/info.json cannot
+            say (binary grippers, bounds, relative or absolute). Empty: the split's own ``robot.json``
+            (CALVIN's when it has none) or, for LeRobot, the description derived from the dataset.
         train_split: the split trained on, a directory under ``root``; normalization statistics come
             from it.
         val_split: the split the validation loss is computed on (``train.val_every``).
@@ -139,6 +182,7 @@ class DataConfig:
     root: str = "data/tabletop"
     format: str = "calvin"
     lerobot: LeRobotConfig = field(default_factory=LeRobotConfig)
+    robot: str | None = None
     train_split: str = "training"
     val_split: str = "validation"
     window: int = 12

@@ -1,13 +1,15 @@
 """``CalvinDataset``: windows of language-annotated CALVIN-layout segments as training samples.
 
-One sample (the training batch schema of ``roboflamingo.types`` without the batch dim; T = window,
-A = act_steps, cameras channel-first)::
+One sample (the training batch schema of ``roboflamingo.robot`` without the batch dim; T = window,
+A = act_steps, cameras channel-first), its keys and sizes from the split's robot description
+(``dataset.robot``; CALVIN's shown in brackets)::
 
-    rgb_static    torch.uint8   (T, 3, H_s, W_s)   native size (200x200 in CALVIN), or, with
-                  torch.float32 (T, 3, S, S)       data.image_size = S, resized and normalized
-    rgb_gripper   torch.uint8   (T, 3, H_g, W_g)   (84x84 in CALVIN), or float32 (T, 3, S, S)
-    robot_obs     torch.float32 (T, 15)
-    actions       torch.float32 (T, A, 7)          rel_actions of frames t, t+1, ..., t+A-1
+    <camera>      torch.uint8   (T, 3, H, W)       one per camera, native size (rgb_static 200x200,
+                  torch.float32 (T, 3, S, S)       rgb_gripper 84x84), or, with data.image_size = S,
+                                                   resized and normalized
+    <state.key>   torch.float32 (T, S)             [robot_obs, 15]
+    actions       torch.float32 (T, A, action dim) the action (``action.key`` [rel_actions, 7]) of
+                                                   frames t, t+1, ..., t+A-1
     action_mask   torch.bool    (T, A)             False where t+k is past the segment's end
     instruction   str                              (``collate`` makes it a list of B strings)
 
@@ -35,7 +37,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from roboflamingo.data.augment import (
-    CALVIN_RES,
     draw_jitter,
     draw_shift,
     jitter_window,
@@ -44,23 +45,26 @@ from roboflamingo.data.augment import (
 )
 from roboflamingo.data.config import DataConfig
 from roboflamingo.data.layout import (
-    FRAME_KEYS,
-    IMAGE_KEYS,
-    REL_ACTIONS,
     DatasetError,
+    frame_keys,
     frame_path,
     load_split_index,
     probe_image_shapes,
     read_frame,
+    require_robot_option,
+    require_same_robot,
 )
 from roboflamingo.data.packed import MANIFEST, PackedSplit, packed_dir_for
 from roboflamingo.data.stats import compute_normalization
-from roboflamingo.robots.calvin import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS
+from roboflamingo.robot import RobotDescription
 from roboflamingo.types import ACTION_MASK, ACTIONS, INSTRUCTION
 
-__all__ = ["CalvinDataset", "WindowSampler", "collate", "compute_normalization", "make_dataloader"]
+__all__ = ["CalvinDataset", "WindowSampler", "collate", "compute_normalization", "make_dataloader", "sample_keys"]
 
-SAMPLE_KEYS = (RGB_STATIC, RGB_GRIPPER, ROBOT_OBS, ACTIONS, ACTION_MASK, INSTRUCTION)
+
+def sample_keys(robot: RobotDescription) -> tuple[str, ...]:
+    """The keys of one sample (and of a collated batch) for ``robot``."""
+    return (*robot.camera_names, robot.state.key, ACTIONS, ACTION_MASK, INSTRUCTION)
 
 
 def build_windows(segments: np.ndarray, window: int, stride: int) -> np.ndarray:
@@ -92,7 +96,9 @@ def _load_paraphrases(path: str) -> dict[str, list[str]]:
 class CalvinDataset(Dataset):
     """Map-style dataset over one split; ``dataset[i]`` or ``dataset[(i, epoch)]`` is one sample dict.
 
-    ``augment`` defaults to True for ``cfg.train_split`` and False otherwise; paraphrases follow
+    ``dataset.robot`` is the split's robot description: its ``robot.json`` (CALVIN's when it has
+    none) or, for a LeRobot dataset, the one derived when it was packed; ``data.robot``, when set, is
+    checked against it. ``augment`` defaults to True for ``cfg.train_split`` and False otherwise; paraphrases follow
     ``cfg.paraphrase`` on the training split only. Opening validates the index files fully and
     checks that the needed frame files exist; frames are checked again as they are read.
     """
@@ -142,13 +148,22 @@ class CalvinDataset(Dataset):
                 self.packed_dir, self.index, self.split_dir if calvin_dir else None
             )
             if lerobot:
-                from roboflamingo.data.lerobot import check_packed_source
+                from roboflamingo.data.lerobot import check_packed_source, lerobot_robot
 
                 check_packed_source(self.split_dir, self.packed.manifest, self.packed_dir / MANIFEST)
+                # The mapping or data.robot may have changed since packing; the shards cannot follow.
+                require_same_robot(self.packed.robot, lerobot_robot(self.split_dir, cfg.lerobot, cfg.robot),
+                                   f"the packed split {self.packed_dir / MANIFEST}",
+                                   f"{self.split_dir} read with data.lerobot / data.robot as configured now",
+                                   "; re-run `roboflamingo pack`")
             self.image_shapes = self.packed.image_shapes
         else:
             self.packed = None
             self.image_shapes = probe_image_shapes(self.index)
+        self.robot = self.index.robot
+        self._keys = frame_keys(self.robot)
+        if not lerobot:
+            require_robot_option(cfg.robot, self.robot, str(source))
         self.windows = build_windows(self.index.segments, cfg.window, cfg.window_stride)
         if len(self.windows) == 0:
             longest = int((self.index.segments[:, 1] - self.index.segments[:, 0]).max(initial=-1)) + 1
@@ -178,15 +193,17 @@ class CalvinDataset(Dataset):
     def _read(self, first: int, n_obs: int, n_act: int) -> dict[str, np.ndarray]:
         if self.packed is not None:
             return self.packed.read_frames(first, n_obs, n_act)
+        robot, action = self.robot, self.robot.action.key
         frames = [
-            read_frame(frame_path(self.split_dir, first + i), FRAME_KEYS if i < n_obs else (REL_ACTIONS,), self.image_shapes)
+            read_frame(frame_path(self.split_dir, first + i), self._keys if i < n_obs else (action,),
+                       self.image_shapes, robot)
             for i in range(n_act)
         ]
-        out = {key: np.stack([f[key] for f in frames[:n_obs]]) for key in FRAME_KEYS if key != REL_ACTIONS}
-        for key in IMAGE_KEYS:
+        out = {key: np.stack([f[key] for f in frames[:n_obs]]) for key in self._keys if key != action}
+        for key in robot.camera_names:
             out[key] = np.ascontiguousarray(out[key].transpose(0, 3, 1, 2))
-        out[ROBOT_OBS] = out[ROBOT_OBS].astype(np.float32)
-        out[REL_ACTIONS] = np.stack([f[REL_ACTIONS] for f in frames]).astype(np.float32)
+        out[robot.state.key] = out[robot.state.key].astype(np.float32)
+        out[action] = np.stack([f[action] for f in frames]).astype(np.float32)
         return out
 
     def __getitem__(self, key: int | tuple[int, int] | Sequence[int]) -> dict[str, Any]:
@@ -197,11 +214,12 @@ class CalvinDataset(Dataset):
         obs_ids, act_ids, mask = self.window_frames(index)
         first = int(obs_ids[0])
         data = self._read(first, len(obs_ids), int(act_ids.max()) - first + 1)
-        images = {cam: data[cam] for cam in IMAGE_KEYS}
+        cameras = self.robot.camera_names
+        images = {cam: data[cam] for cam in cameras}
         if self.augment:
             images = self._augment(images, rng)
         sample: dict[str, Any] = {}
-        for cam in IMAGE_KEYS:
+        for cam in cameras:
             tensor = torch.from_numpy(images[cam])
             if self.cfg.image_size is not None:
                 from roboflamingo.transforms import preprocess_images
@@ -209,8 +227,8 @@ class CalvinDataset(Dataset):
                 tensor = preprocess_images(tensor, self.cfg.image_size, self.cfg.image_mean, self.cfg.image_std,
                                            resize=self.resize)
             sample[cam] = tensor
-        sample[ROBOT_OBS] = torch.from_numpy(data[ROBOT_OBS])
-        sample[ACTIONS] = torch.from_numpy(data[REL_ACTIONS][act_ids - first])
+        sample[self.robot.state.key] = torch.from_numpy(data[self.robot.state.key])
+        sample[ACTIONS] = torch.from_numpy(data[self.robot.action.key][act_ids - first])
         sample[ACTION_MASK] = torch.from_numpy(mask)
         seg = int(self.windows[index, 0])
         sentence = self.index.instructions[seg]
@@ -224,16 +242,18 @@ class CalvinDataset(Dataset):
         aug = self.cfg.augment
         out = {}
         # Draw order is fixed (shift per camera, then jitter per camera) so samples are reproducible.
-        for cam in IMAGE_KEYS:
+        for camera in self.robot.cameras:
+            cam = camera.name
             img = images[cam]
             if aug.shift:
-                px = aug.static_shift_px if cam == RGB_STATIC else aug.gripper_shift_px
+                # Pads are given at the camera's declared size and scaled to the frames' actual one.
+                px = aug.pad_px(cam, camera.height, camera.width)
                 h, w = img.shape[-2:]
-                dy, dx = draw_shift(rng, shift_pad(px, h, CALVIN_RES[cam]), shift_pad(px, w, CALVIN_RES[cam]))
+                dy, dx = draw_shift(rng, shift_pad(px, h, camera.height), shift_pad(px, w, camera.width))
                 img = shift_window(img, dy, dx)
             out[cam] = img
         if aug.color_jitter:
-            for cam in IMAGE_KEYS:
+            for cam in self.robot.camera_names:
                 out[cam] = jitter_window(out[cam], draw_jitter(rng, aug.brightness, aug.contrast, aug.saturation))
         return out
 
@@ -242,8 +262,12 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples into the training batch of ``roboflamingo.types`` (instruction: list of str)."""
     if not samples:
         raise ValueError("collate needs at least one sample")
+    keys = list(samples[0])
+    for i, s in enumerate(samples):
+        if list(s) != keys:
+            raise ValueError(f"collate: sample {i} has keys {list(s)}, sample 0 has {keys} (two robots in one batch?)")
     batch: dict[str, Any] = {}
-    for key in SAMPLE_KEYS:
+    for key in keys:
         values = [s[key] for s in samples]
         batch[key] = list(values) if key == INSTRUCTION else torch.stack(values)
     return batch

@@ -2,13 +2,18 @@
 
 Each language-annotated segment becomes one LeRobot episode whose task is its instruction (the
 CALVIN conversions on the Hugging Face Hub list 17,870 episodes for ABC, which matches one episode per
-annotation; their files could not be inspected offline), with features::
+annotation; their files could not be inspected offline), with features named as LeRobot names them,
+shapes and entry names from the split's robot description (CALVIN's shown)::
 
-    observation.images.rgb_static    video (H_s, W_s, 3)   PyAV, one stream per camera
-    observation.images.rgb_gripper   video (H_g, W_g, 3)
-    observation.state                float32 (15,)         robot_obs, names = CALVIN's layout
-    action                           float32 (7,)          rel_actions
+    observation.images.<camera>      video (H, W, 3)       PyAV, one stream per camera (rgb_static,
+                                                           rgb_gripper)
+    observation.state                float32 (state dim,)  the state (robot_obs, 15), its names
+    action                           float32 (action dim,) the action (rel_actions, 7), its names
     timestamp, frame_index, episode_index, index, task_index   (LeRobot's default columns)
+
+The description itself goes to ``meta/robot.json``, where ``roboflamingo.data.lerobot`` finds it
+again: what meta/info.json cannot say (binary grippers, bounds, relative or absolute) survives the
+round trip. Features renamed with ``features`` must be renamed the same way when reading back.
 
 Files follow LeRobot's v3 layout and size caps (``roboflamingo.data.lerobot`` documents them);
 ``meta/stats.json`` has mean/std/min/max/count for every feature and q01..q99 for the vectors
@@ -37,27 +42,27 @@ from roboflamingo.config import require_choice, require_positive
 from roboflamingo.data.config import DataConfig, LeRobotConfig
 from roboflamingo.data.inputs import check_source_split
 from roboflamingo.data.layout import (
-    FRAME_KEYS,
-    IMAGE_KEYS,
     DatasetError,
     SplitIndex,
     frame_path,
     load_split_index,
     probe_image_shapes,
     read_frame,
+    require_robot_option,
 )
 from roboflamingo.data.lerobot import (
     CODEBASE_VERSION,
     DATA_PATH,
     EPISODES_DIR,
     INFO_PATH,
+    ROBOT_PATH,
     STATS_PATH,
     TASKS_PATH,
     VIDEO_PATH,
     LeRobotSplit,
 )
 from roboflamingo.io import atomic_dir
-from roboflamingo.robots.calvin import REL_ACTIONS, ROBOT_OBS
+from roboflamingo.robot import RobotDescription
 
 CODECS = ("h264", "libsvtav1", "hevc")
 PIX_FMTS = ("yuv444p", "yuv420p")
@@ -76,9 +81,10 @@ class Job:
         out: the output dataset directory (required); an existing one is replaced only once the new
             one is complete.
         features: the output feature names: LeRobot's conventions (``observation.images.<camera>``,
-            ``observation.state``, ``action``) with CALVIN's camera names; override them to match a
-            particular Hub conversion.
-        robot_type: ``meta/info.json``'s ``robot_type``.
+            ``observation.state``, ``action``) with the robot's camera names; override them
+            (``features.camera_features``, ``features.robot_obs``, ...) to match a particular Hub
+            conversion; ``state_names``/``action_names`` replace the description's entry names.
+        robot_type: ``meta/info.json``'s ``robot_type``; empty: the robot description's name.
         vcodec: video codec: ``h264`` (default, high fidelity), ``libsvtav1`` (LeRobot's own) or
             ``hevc``.
         pix_fmt: chroma subsampling: ``yuv444p`` (keeps the small gripper images sharp) or ``yuv420p``.
@@ -95,7 +101,7 @@ class Job:
     split: str = "training"
     out: str = ""
     features: LeRobotConfig = field(default_factory=LeRobotConfig)
-    robot_type: str = "franka"
+    robot_type: str = ""
     vcodec: str = "h264"
     pix_fmt: str = "yuv444p"
     crf: int = 10
@@ -125,21 +131,30 @@ class Source:
     fps: int
     close: Callable[[], None] = lambda: None
 
+    @property
+    def robot(self) -> RobotDescription:
+        return self.index.robot
+
 
 def open_source(data: DataConfig, split: str, threads: int = 4) -> Source:
     split_dir = Path(data.root) / split
     if data.format == "lerobot":
-        ds = LeRobotSplit(split_dir, data.lerobot)
+        ds = LeRobotSplit(split_dir, data.lerobot, data.robot)
         return Source(ds.index, ds.image_shapes, ds.frames, ds.fps)
     index = load_split_index(split_dir, check_files=True)
+    require_robot_option(data.robot, index.robot, str(split_dir))
     shapes = probe_image_shapes(index)
     pool = ThreadPoolExecutor(max_workers=threads)
 
     def frames(first: int, n: int) -> Iterator[dict[str, np.ndarray]]:
         paths = [frame_path(split_dir, f) for f in range(first, first + n)]
-        yield from pool.map(lambda p: read_frame(p, FRAME_KEYS, shapes), paths)
+        yield from pool.map(lambda p: read_frame(p, None, shapes, index.robot), paths)
 
-    return Source(index, shapes, frames, data.lerobot.fps, pool.shutdown)
+    # A recorded frame is one control step, so the robot's rate is the dataset's fps.
+    rate = index.robot.action.rate_hz
+    if rate != round(rate):
+        raise DatasetError(f"{split_dir}: {index.robot.summary()} runs at {rate} Hz; LeRobot's fps must be a whole number")
+    return Source(index, shapes, frames, int(round(rate)), pool.shutdown)
 
 
 class _VideoWriter:
@@ -240,32 +255,45 @@ def _vector_stats(values: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def _features(job: Job, shapes: dict[str, tuple[int, ...]], fps: int) -> dict[str, Any]:
+def _entry_names(job: Job, robot: RobotDescription) -> tuple[list[str], list[str]]:
+    """The state's and the action's entry names as meta/info.json gets them."""
+    out = []
+    for what, spec in (("state", robot.state), ("action", robot.action)):
+        names = list(getattr(job.features, f"{what}_names")) or list(spec.names)
+        if len(names) != spec.dim:
+            raise DatasetError(f"features.{what}_names has {len(names)} names, but {robot.summary()} has a "
+                             f"{spec.dim}-d {what}")
+        out.append(names)
+    return out[0], out[1]
+
+
+def _features(job: Job, robot: RobotDescription, shapes: dict[str, tuple[int, ...]], fps: int) -> dict[str, Any]:
     f = job.features
+    state_names, action_names = _entry_names(job, robot)
     out: dict[str, Any] = {}
-    for ours in IMAGE_KEYS:
+    for ours in robot.camera_names:
         h, w, c = shapes[ours]
-        out[getattr(f, ours)] = {
+        out[f.camera_feature(ours)[0]] = {
             "dtype": "video", "shape": [h, w, c], "names": ["height", "width", "channels"],
             "info": {"video.height": h, "video.width": w, "video.codec": "h264" if job.vcodec == "h264" else
                      ("av1" if job.vcodec == "libsvtav1" else "hevc"), "video.pix_fmt": job.pix_fmt,
                      "video.is_depth_map": False, "video.fps": fps, "video.channels": c, "has_audio": False},
         }
-    out[f.robot_obs] = {"dtype": "float32", "shape": [len(f.state_names)], "names": list(f.state_names)}
-    out[f.rel_actions] = {"dtype": "float32", "shape": [len(f.action_names)], "names": list(f.action_names)}
+    out[f.robot_obs] = {"dtype": "float32", "shape": [len(state_names)], "names": state_names}
+    out[f.rel_actions] = {"dtype": "float32", "shape": [len(action_names)], "names": action_names}
     for name, dtype in (("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"),
                         ("index", "int64"), ("task_index", "int64")):
         out[name] = {"dtype": dtype, "shape": [1], "names": None}
     return out
 
 
-def _frame_schema(job: Job):
+def _frame_schema(job: Job, robot: RobotDescription):
     import pyarrow as pa
 
     f = job.features
     return pa.schema([
-        (f.robot_obs, pa.list_(pa.float32(), len(f.state_names))),
-        (f.rel_actions, pa.list_(pa.float32(), len(f.action_names))),
+        (f.robot_obs, pa.list_(pa.float32(), robot.state.dim)),
+        (f.rel_actions, pa.list_(pa.float32(), robot.action.dim)),
         ("timestamp", pa.float32()), ("frame_index", pa.int64()), ("episode_index", pa.int64()),
         ("index", pa.int64()), ("task_index", pa.int64()),
     ])
@@ -303,8 +331,8 @@ def export_split(job: Job) -> dict[str, Any]:
 class _DataWriter:
     """Frame rows into ``data/chunk-*/file-*.parquet``, a new file once the current one passes the cap."""
 
-    def __init__(self, root: Path, job: Job):
-        self.root, self.cap, self.schema = root, job.data_file_mb * 2**20, _frame_schema(job)
+    def __init__(self, root: Path, job: Job, robot: RobotDescription):
+        self.root, self.cap, self.schema = root, job.data_file_mb * 2**20, _frame_schema(job, robot)
         self.file_index, self.writer, self.rows = -1, None, 0
 
     def _path(self) -> Path:
@@ -363,7 +391,8 @@ def _export(job: Job, source: Source) -> dict[str, Any]:
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    fps, f = source.fps, job.features
+    fps, f, robot = source.fps, job.features, source.robot
+    cameras = robot.camera_names
     segments, instructions = source.index.segments, source.index.instructions
     if len(segments) == 0:
         raise DatasetError(f"{Path(job.data.root) / job.split}: no language-annotated segments to export")
@@ -371,9 +400,10 @@ def _export(job: Job, source: Source) -> dict[str, Any]:
     for sentence in instructions:
         task_ids.setdefault(sentence, len(task_ids))
     with atomic_dir(Path(job.out)) as tmp:
-        videos = {ours: _VideoWriter(tmp, getattr(f, ours), job, fps, source.image_shapes[ours]) for ours in IMAGE_KEYS}
-        image_stats = {ours: _ImageStats() for ours in IMAGE_KEYS}
-        data = _DataWriter(tmp, job)
+        features = _features(job, robot, source.image_shapes, fps)
+        videos = {ours: _VideoWriter(tmp, f.camera_feature(ours)[0], job, fps, source.image_shapes[ours]) for ours in cameras}
+        image_stats = {ours: _ImageStats() for ours in cameras}
+        data = _DataWriter(tmp, job, robot)
         episodes: list[dict[str, Any]] = []
         all_obs, all_act = [], []
         total = int((segments[:, 1] - segments[:, 0] + 1).sum())
@@ -381,16 +411,16 @@ def _export(job: Job, source: Source) -> dict[str, Any]:
             for e, ((s, end), sentence) in enumerate(zip(segments, instructions)):
                 n = int(end - s + 1)
                 ep: dict[str, Any] = {"episode_index": e, "tasks": [sentence], "length": n, **data.start_episode(n)}
-                for ours in IMAGE_KEYS:
+                for ours in cameras:
                     ep.update(videos[ours].start_episode())
-                obs, act = np.empty((n, len(f.state_names)), np.float32), np.empty((n, len(f.action_names)), np.float32)
+                obs, act = np.empty((n, robot.state.dim), np.float32), np.empty((n, robot.action.dim), np.float32)
                 for k, frame in enumerate(source.frames(int(s), n)):
-                    for ours in IMAGE_KEYS:
+                    for ours in cameras:
                         videos[ours].add(frame[ours])
                         image_stats[ours].add(frame[ours])
-                    obs[k], act[k] = frame[ROBOT_OBS], frame[REL_ACTIONS]
+                    obs[k], act[k] = frame[robot.state.key], frame[robot.action.key]
                     bar.update(1)
-                for ours in IMAGE_KEYS:
+                for ours in cameras:
                     ep.update(videos[ours].end_episode())
                 data.write(_frame_columns(f, obs, act, e, ep["dataset_from_index"], task_ids[sentence], fps))
                 episodes.append({**ep, "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
@@ -401,21 +431,22 @@ def _export(job: Job, source: Source) -> dict[str, Any]:
             v.close()
         stats = {f.robot_obs: _vector_stats(np.concatenate(all_obs)), f.rel_actions: _vector_stats(np.concatenate(all_act)),
                  **_index_stats(episodes, task_ids, fps)}
-        for ours in IMAGE_KEYS:
-            stats[getattr(f, ours)] = image_stats[ours].result()
+        for ours in cameras:
+            stats[f.camera_feature(ours)[0]] = image_stats[ours].result()
         ep_path = tmp / EPISODES_DIR / "chunk-000" / "file-000.parquet"
         ep_path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(episodes), ep_path)
         _write_tasks(tmp / TASKS_PATH, list(task_ids))
         info = {
-            "codebase_version": CODEBASE_VERSION, "robot_type": job.robot_type,
+            "codebase_version": CODEBASE_VERSION, "robot_type": job.robot_type or robot.name,
             "total_episodes": len(episodes), "total_frames": data.rows, "total_tasks": len(task_ids),
             "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": job.data_file_mb,
             "video_files_size_in_mb": job.video_file_mb, "fps": fps,
             "splits": {"train": f"0:{len(episodes)}"}, "data_path": DATA_PATH, "video_path": VIDEO_PATH,
-            "features": _features(job, source.image_shapes, fps),
+            "features": features,
         }
         (tmp / INFO_PATH).write_text(json.dumps(info, indent=4))
+        robot.save(tmp / ROBOT_PATH)
         (tmp / STATS_PATH).write_text(json.dumps(stats, indent=4))
     return info
 

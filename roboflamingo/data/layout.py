@@ -7,6 +7,12 @@ A split directory (``<root>/training`` or ``<root>/validation``) holds::
     lang_annotations/auto_lang_ann.npy  pickled dict: language.ann (sentences), language.task,
                                         info.indx (inclusive (start, end) frame ids per sentence)
     statistics.yaml                     optional normalization statistics
+    robot.json                          optional robot description (``roboflamingo.robot``); absent:
+                                        CALVIN's Franka, so the CALVIN release keeps working
+
+The frame keys are the robot's: one (H, W, 3) uint8 image per camera name, the state vector under
+``state.key`` and the action under ``action.key`` (CALVIN: rgb_static, rgb_gripper, robot_obs (15),
+rel_actions (7)); ``frame_keys(robot)`` lists them and ``SplitIndex.robot`` is the split's description.
 
 Validation is split so that opening CALVIN's hundreds of GB stays cheap: the index files are
 checked completely on open, the presence of every frame file an annotation needs is checked with
@@ -19,19 +25,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from roboflamingo.robots.calvin import RGB_GRIPPER, RGB_STATIC, ROBOT_OBS, ROBOT_OBS_DIM
-
-REL_ACTIONS = "rel_actions"
-ACTION_DIM = 7
-IMAGE_KEYS = (RGB_STATIC, RGB_GRIPPER)
-# What the reader needs from every frame the window observes; later frames need only rel_actions.
-FRAME_KEYS = (RGB_STATIC, RGB_GRIPPER, ROBOT_OBS, REL_ACTIONS)
-VECTOR_DIMS = {ROBOT_OBS: ROBOT_OBS_DIM, REL_ACTIONS: ACTION_DIM}
+from roboflamingo.robot import ROBOT_FILE, RobotDescription, RobotMismatch
+from roboflamingo.types import ACTION_MASK, ACTIONS, INSTRUCTION
 
 EP_START_END = "ep_start_end_ids.npy"
 LANG_ANN = os.path.join("lang_annotations", "auto_lang_ann.npy")
@@ -41,6 +41,87 @@ _FRAME_RE = re.compile(r"^episode_(\d{7,})\.npz$")
 
 class DatasetError(ValueError):
     """A dataset file is missing, unreadable or malformed; the message names the file and field."""
+
+
+class DatasetRobotMismatch(DatasetError, RobotMismatch):
+    """Data of one robot met a description of another; the message names both descriptions."""
+
+
+def calvin_robot() -> RobotDescription:
+    from roboflamingo.robots import load_robot
+
+    return load_robot("calvin")
+
+
+def frame_keys(robot: RobotDescription) -> tuple[str, ...]:
+    """What the reader needs from every frame a window observes: the cameras, the state and the
+    action (later frames need only the action). Refuses a description whose keys collide with each
+    other or with the batch's own keys."""
+    keys = (*robot.camera_names, robot.state.key, robot.action.key)
+    if len(set(keys)) != len(keys):
+        raise DatasetError(f"{robot.summary()}: camera names, state.key and action.key must all differ, got {list(keys)}")
+    taken = sorted(set(keys[:-1]) & {ACTIONS, ACTION_MASK, INSTRUCTION})
+    if taken:
+        raise DatasetError(f"{robot.summary()}: {taken} would collide with the training batch's own keys "
+                           f"{[ACTIONS, ACTION_MASK, INSTRUCTION]}; rename the camera or state.key")
+    return keys
+
+
+def robot_differences(a: RobotDescription, b: RobotDescription) -> list[str]:
+    """Dotted names of the description fields that differ (``cameras``, ``action.low``, ...)."""
+    da, db = a.to_dict(), b.to_dict()
+    out = []
+    for key in sorted(set(da) | set(db)):
+        va, vb = da.get(key), db.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict) and key != "extra":
+            out += [f"{key}.{k}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
+        elif va != vb:
+            out.append(key)
+    return out
+
+
+def require_same_robot(expected: RobotDescription, got: RobotDescription, what: str, other_what: str,
+                       hint: str = "") -> None:
+    """Raise :class:`DatasetRobotMismatch` naming both descriptions unless they are equal."""
+    diff = robot_differences(expected, got)
+    if diff:
+        raise DatasetRobotMismatch(f"{what} is for {expected.summary()}, but {other_what} is for {got.summary()} "
+                                   f"(differing fields: {', '.join(diff)}){hint}")
+
+
+def robot_option(spec: str, where: str = "data.robot") -> RobotDescription:
+    """The description ``data.robot`` names (a built-in name or a file), errors naming the option."""
+    from roboflamingo.robots import load_robot
+
+    try:
+        return load_robot(spec)
+    except ValueError as e:
+        raise DatasetError(f"{where}={spec}: {e}") from e
+
+
+def require_robot_option(spec: str | None, robot: RobotDescription, where: str) -> None:
+    """When ``data.robot`` is set, the dataset at ``where`` must be for a robot of its shapes."""
+    if not spec:
+        return
+    try:
+        robot_option(spec).require_compatible(robot, f"data.robot={spec}", f"the dataset {where}")
+    except RobotMismatch as e:
+        raise DatasetRobotMismatch(str(e)) from e
+
+
+def read_split_robot(split_dir: str | os.PathLike) -> RobotDescription:
+    """The description in ``<split_dir>/robot.json``; CALVIN's when there is none."""
+    from roboflamingo.robots import read_dataset_robot
+
+    try:
+        robot = read_dataset_robot(split_dir)
+    except ValueError as e:  # its message names the file and the field
+        raise DatasetError(str(e)) from e
+    try:
+        frame_keys(robot)
+    except DatasetError as e:
+        raise DatasetError(f"{Path(split_dir) / ROBOT_FILE}: {e}") from e
+    return robot
 
 
 def frame_path(split_dir: str | os.PathLike, frame_id: int) -> Path:
@@ -56,6 +137,7 @@ class SplitIndex:
     segments: np.ndarray  # int64 (M, 2) inclusive [start, end] of each annotation
     instructions: list[str]  # (M,) the annotation sentence of each segment
     tasks: list[str]  # (M,) the task name of each segment
+    robot: RobotDescription = field(default_factory=calvin_robot)  # the split's robot.json, else CALVIN's
 
     def frame_ids(self) -> np.ndarray:
         """Sorted unique ids of every frame inside some annotated segment (what the reader touches)."""
@@ -167,15 +249,18 @@ def load_split_index(split_dir: str | os.PathLike, check_files: bool = True) -> 
     episodes = load_episodes(split_dir)
     segments, sentences, tasks = load_annotations(split_dir)
     _check_segments_in_episodes(split_dir, segments, episodes)
-    index = SplitIndex(split_dir, episodes, segments, sentences, tasks)
+    index = SplitIndex(split_dir, episodes, segments, sentences, tasks, read_split_robot(split_dir))
     if check_files:
         _check_files_present(index)
     return index
 
 
-def check_array(path: Path | str, key: str, value: np.ndarray, image_shape: tuple[int, ...] | None = None) -> None:
-    """Raise a DatasetError naming ``path`` and ``key`` when one frame's field is malformed."""
-    if key in IMAGE_KEYS:
+def check_array(path: Path | str, key: str, value: np.ndarray, image_shape: tuple[int, ...] | None = None,
+                robot: RobotDescription | None = None) -> None:
+    """Raise a DatasetError naming ``path`` and ``key`` when one frame's field is malformed (shapes
+    from ``robot``, CALVIN's by default)."""
+    robot = robot or calvin_robot()
+    if key in robot.camera_names:
         if value.ndim != 3 or value.shape[-1] != 3:
             raise DatasetError(f"{path}: field '{key}' must be an (H, W, 3) image, got shape {value.shape}")
         if image_shape is not None and value.shape != image_shape:
@@ -183,7 +268,10 @@ def check_array(path: Path | str, key: str, value: np.ndarray, image_shape: tupl
         if value.dtype != np.uint8:
             raise DatasetError(f"{path}: field '{key}' must be uint8, got {value.dtype}")
         return
-    dim = VECTOR_DIMS[key]
+    dims = {robot.state.key: robot.state.dim, robot.action.key: robot.action.dim}
+    if key not in dims:
+        raise DatasetError(f"{path}: field '{key}' is none of the frame keys {list(frame_keys(robot))} of {robot.summary()}")
+    dim = dims[key]
     if value.shape != (dim,):
         raise DatasetError(f"{path}: field '{key}' must have shape ({dim},), got {value.shape}")
     if not np.issubdtype(value.dtype, np.floating):
@@ -196,9 +284,13 @@ def check_array(path: Path | str, key: str, value: np.ndarray, image_shape: tupl
 
 
 def read_frame(
-    path: Path, keys: Iterable[str] = FRAME_KEYS, image_shapes: dict[str, tuple[int, ...]] | None = None
+    path: Path, keys: Iterable[str] | None = None, image_shapes: dict[str, tuple[int, ...]] | None = None,
+    robot: RobotDescription | None = None,
 ) -> dict[str, np.ndarray]:
-    """Load and check the given fields of one ``episode_XXXXXXX.npz`` (only those are decompressed)."""
+    """Load and check the given fields (default: all of ``frame_keys(robot)``; CALVIN's robot by
+    default) of one ``episode_XXXXXXX.npz`` (only those are decompressed)."""
+    robot = robot or calvin_robot()
+    keys = frame_keys(robot) if keys is None else keys
     out: dict[str, np.ndarray] = {}
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -213,7 +305,7 @@ def read_frame(
     except Exception as e:  # zipfile/zlib/numpy raise many types for damaged files
         raise DatasetError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
     for key, value in out.items():
-        check_array(path, key, value, (image_shapes or {}).get(key))
+        check_array(path, key, value, (image_shapes or {}).get(key), robot)
     return out
 
 
@@ -222,8 +314,8 @@ def probe_image_shapes(index: SplitIndex) -> dict[str, tuple[int, ...]]:
     ids = index.frame_ids()
     if len(ids) == 0:
         raise DatasetError(f"{index.split_dir / LANG_ANN}: no language annotations (info.indx is empty)")
-    frame = read_frame(frame_path(index.split_dir, int(ids[0])))
-    return {key: tuple(frame[key].shape) for key in IMAGE_KEYS}
+    frame = read_frame(frame_path(index.split_dir, int(ids[0])), robot=index.robot)
+    return {key: tuple(frame[key].shape) for key in index.robot.camera_names}
 
 
 def validate_split(split_dir: str | os.PathLike, progress: bool = False) -> SplitIndex:
@@ -234,5 +326,5 @@ def validate_split(split_dir: str | os.PathLike, progress: bool = False) -> Spli
     shapes = probe_image_shapes(index)
     ids = index.frame_ids()
     for f in tqdm(ids, desc=f"validate {index.split_dir.name}", unit="frame", disable=not progress):
-        read_frame(frame_path(index.split_dir, int(f)), FRAME_KEYS, shapes)
+        read_frame(frame_path(index.split_dir, int(f)), None, shapes, index.robot)
     return index

@@ -1,9 +1,10 @@
-"""LeRobotDataset v3 read as one of our splits: its features mapped by ``LeRobotConfig``.
+"""LeRobotDataset v3 read as one of our splits, its robot description derived from its metadata.
 
 A v3 dataset directory (written by LeRobot's ``LeRobotDataset``, ``lerobot-record``, or
 ``roboflamingo export-lerobot``) holds::
 
     meta/info.json                      codebase_version "v3.x", fps, features {name: dtype/shape/names}
+    meta/robot.json                     optional, ours: the robot description (``export-lerobot`` writes it)
     meta/stats.json                     per-feature mean/std/min/max/count (not needed to read)
     meta/tasks.parquet                  task string (the pandas index) -> task_index
     meta/episodes/chunk-*/file-*.parquet  per episode: length, dataset_from_index/to_index,
@@ -12,9 +13,23 @@ A v3 dataset directory (written by LeRobot's ``LeRobotDataset``, ``lerobot-recor
                                         timestamp, task_index, and the vector features
     videos/<key>/chunk-*/file-*.mp4     one stream per camera; episodes follow each other in a file
 
+The robot description (``lerobot_robot``): with ``data.robot`` set, or a ``meta/robot.json`` in the
+dataset, that description, checked against ``meta/info.json`` (its cameras, state and action must
+be features there, of its dimensions; both given: they must agree). Otherwise it is derived from
+``meta/info.json``: one camera per image or video feature (``observation.images.<name>`` is camera
+``<name>``; ``data.lerobot.cameras`` picks and orders them), the state from ``observation.state``
+and the action from ``action`` (``data.lerobot.robot_obs`` / ``rel_actions`` rename them), their
+entry names from the features' ``names``, keys ``state`` and ``action`` as in the shipped robot
+files. meta/info.json cannot say what the action means: a derived action whose names all end in
+``.pos`` (LeRobot's motor position targets: SO-100/101, Koch, ALOHA) is taken as absolute joint
+positions with each ``gripper`` entry a position, any other as relative end-effector deltas, with no
+binary grippers and no bounds; ``data.robot`` states them instead. Which of these was assumed is
+recorded in the description's ``extra``.
+
 Opening (``LeRobotSplit``) reads the metadata and the frame table and checks them against the
-mapping: every mapped feature present with the expected dtype and shape, fps as configured,
-indices contiguous. Episodes become the split's episodes; each run of frames with one task inside
+description: every feature present with the expected dtype and shape, fps as configured, indices
+contiguous, binary gripper entries exactly ``close`` or ``open``. Episodes become the split's
+episodes; each run of frames with one task inside
 an episode becomes a language-annotated segment (``SplitIndex``), so windows, augmentation and
 ``act_steps`` targets are exactly those of CALVIN's npz layout. Row ``i`` of the frame table is our
 frame id ``i`` (LeRobot's global ``index``). Images come from ``frames(first, n)``, which decodes
@@ -35,10 +50,11 @@ from typing import Any
 import numpy as np
 
 from roboflamingo.data.config import LeRobotConfig
-from roboflamingo.data.layout import IMAGE_KEYS, DatasetError, SplitIndex
-from roboflamingo.robots.calvin import REL_ACTIONS, ROBOT_OBS
+from roboflamingo.data.layout import DatasetError, DatasetRobotMismatch, SplitIndex, frame_keys, robot_option
+from roboflamingo.robot import ActionSpec, Camera, RobotDescription, RobotMismatch, StateSpec
 
 INFO_PATH = "meta/info.json"
+ROBOT_PATH = "meta/robot.json"
 STATS_PATH = "meta/stats.json"
 TASKS_PATH = "meta/tasks.parquet"
 EPISODES_DIR = "meta/episodes"
@@ -109,8 +125,43 @@ def _image_hw(feature: dict[str, Any], name: str, where: Path) -> tuple[int, int
     return int(h), int(w)
 
 
-def check_info(info: dict[str, Any], mapping: LeRobotConfig, where: Path) -> dict[str, tuple[int, int, int]]:
-    """Check ``meta/info.json`` against the mapping; returns the (H, W, 3) of each mapped camera."""
+def _names(feature: dict[str, Any]) -> list[str] | None:
+    """A vector feature's entry names: LeRobot writes a list, older datasets ``{"motors": [...]}``."""
+    names = feature.get("names")
+    if isinstance(names, dict) and len(names) == 1:
+        names = next(iter(names.values()))
+    if isinstance(names, list) and names and all(isinstance(n, str) and n for n in names):
+        return list(names)
+    return None
+
+
+def _stored_robot(root: Path) -> RobotDescription | None:
+    path = root / ROBOT_PATH
+    if not path.is_file():
+        return None
+    try:
+        return RobotDescription.from_dict(json.loads(path.read_text()), str(path))
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{path}: unreadable robot description ({e})" if str(path) not in str(e) else str(e)) from e
+
+
+@dataclass
+class LeRobotLayout:
+    """Where a LeRobot dataset keeps what the robot description names."""
+
+    robot: RobotDescription
+    camera_features: dict[str, str]  # camera name -> feature
+    state_feature: str
+    action_feature: str
+    image_shapes: dict[str, tuple[int, int, int]]  # camera name -> (H, W, 3) as stored
+
+
+def check_info(info: dict[str, Any], mapping: LeRobotConfig, where: Path, robot: str | None = None,
+               stored: RobotDescription | None = None) -> LeRobotLayout:
+    """Check ``meta/info.json`` and derive (or check) the robot description; see the module docstring.
+
+    ``robot``: ``data.robot`` (a built-in name or file); ``stored``: the dataset's ``meta/robot.json``.
+    """
     version = str(info.get("codebase_version", ""))
     if not version.startswith("v3."):
         raise DatasetError(
@@ -129,35 +180,125 @@ def check_info(info: dict[str, Any], mapping: LeRobotConfig, where: Path) -> dic
         if features[name].get("dtype") != dtype:
             raise DatasetError(f"{where}: feature '{name}' must have dtype {dtype}, got {features[name].get('dtype')!r}")
 
-    def feature(key: str, ours: str) -> dict[str, Any]:
+    base = stored
+    if robot:
+        supplied = robot_option(robot)
+        if stored is not None:
+            try:
+                supplied.require_compatible(stored, f"data.robot={robot}", f"{where.parent / 'robot.json'}")
+            except RobotMismatch as e:
+                raise DatasetRobotMismatch(str(e)) from e
+        base = supplied
+    of_base = f" of {base.summary()}" if base is not None else ""
+
+    def feature(key: str, option: str) -> dict[str, Any]:
         if key not in features:
-            raise DatasetError(
-                f"{where}: feature '{key}' (data.lerobot.{ours}) is missing; the dataset has {sorted(features)}"
-            )
+            raise DatasetError(f"{where}: feature '{key}' ({option}) is missing; the dataset has {sorted(features)}")
         return features[key]
 
-    for ours, dim in ((ROBOT_OBS, len(mapping.state_names)), (REL_ACTIONS, len(mapping.action_names))):
-        key = getattr(mapping, ours)
-        ft = feature(key, ours)
-        if ft.get("dtype") not in ("float32", "float64"):
-            raise DatasetError(f"{where}: feature '{key}' must be float32 or float64, got {ft.get('dtype')!r}")
-        if list(ft.get("shape", [])) != [dim]:
-            what = "state dimension (len(data.lerobot.state_names))" if ours == ROBOT_OBS else "action dimension"
-            raise DatasetError(f"{where}: feature '{key}' has shape {list(ft.get('shape', []))}, expected [{dim}] ({what})")
-    shapes = {}
-    for ours in IMAGE_KEYS:
-        key = getattr(mapping, ours)
-        ft = feature(key, ours)
+    # Cameras: the description's, else the ones named in data.lerobot.cameras, else every image feature.
+    if base is not None:
+        cameras = list(base.camera_names)
+        if mapping.cameras and list(mapping.cameras) != cameras:
+            raise DatasetRobotMismatch(f"{where}: data.lerobot.cameras {list(mapping.cameras)} differ from the "
+                                       f"cameras {cameras}{of_base}")
+    elif mapping.cameras:
+        cameras = list(mapping.cameras)
+    else:
+        renamed = {mapping.camera_feature(c)[0]: c for c in ("rgb_static", "rgb_gripper", *mapping.camera_features)}
+        image_features = [k for k, ft in features.items() if isinstance(ft, dict) and ft.get("dtype") in ("video", "image")]
+        cameras = [renamed.get(k, k[len("observation.images."):] if k.startswith("observation.images.")
+                               else k.rsplit(".", 1)[-1]) for k in image_features]
+        if not cameras:
+            raise DatasetError(f"{where}: field 'features' has no image or video feature; a robot needs a camera")
+    camera_features, shapes = {}, {}
+    for cam in cameras:
+        key, option = mapping.camera_feature(cam)
+        ft = feature(key, option)
         if ft.get("dtype") not in ("video", "image"):
             raise DatasetError(f"{where}: feature '{key}' must have dtype 'video' or 'image', got {ft.get('dtype')!r}")
         h, w = _image_hw(ft, key, where)
         video_fps = (ft.get("info") or {}).get("video.fps")
         if ft["dtype"] == "video" and video_fps is not None and abs(float(video_fps) - mapping.fps) > 1e-6:
             raise DatasetError(f"{where}: feature '{key}' has info.video.fps {video_fps} but data.lerobot.fps is {mapping.fps}")
-        shapes[ours] = (h, w, 3)
-    if len({getattr(mapping, k) for k in (*IMAGE_KEYS, ROBOT_OBS, REL_ACTIONS)}) != 4:
-        raise DatasetError(f"{where}: data.lerobot maps two of our fields to the same feature")
-    return shapes
+        camera_features[cam], shapes[cam] = key, (h, w, 3)
+
+    def vector(key: str, option: str, what: str, want: int | None, override: list[str],
+               want_names: tuple[str, ...] | None) -> list[str] | None:
+        """The entry names of the state or action feature after checking its dtype and shape."""
+        ft = feature(key, option)
+        if ft.get("dtype") not in ("float32", "float64"):
+            raise DatasetError(f"{where}: feature '{key}' must be float32 or float64, got {ft.get('dtype')!r}")
+        shape = list(ft.get("shape", []))
+        names = list(override) or _names(ft)
+        source = f"data.lerobot.{what}_names" if override else "its names in meta/info.json"
+        if want is not None and shape != [want]:
+            raise DatasetError(f"{where}: feature '{key}' has shape {shape}, expected [{want}] ({what} dimension)"
+                               f"{of_base}")
+        if len(shape) != 1 or not isinstance(shape[0], int) or shape[0] < 1:
+            raise DatasetError(f"{where}: feature '{key}' must be a vector (shape [n]), got shape {shape}")
+        if names is not None and len(names) != shape[0]:
+            raise DatasetError(f"{where}: feature '{key}' has shape {shape}, expected [{len(names)}] ({what} "
+                               f"dimension) from {source}")
+        if want_names is not None and names is not None and tuple(names) != want_names:
+            raise DatasetRobotMismatch(
+                f"{where}: feature '{key}' names its entries {names} ({source}), but {base.summary()} names them "
+                f"{list(want_names)}; if they are the same entries under other names, set data.lerobot.{what}_names "
+                "to the robot's names")
+        return names
+
+    state_feature, action_feature = mapping.robot_obs, mapping.rel_actions
+    if len({*camera_features.values(), state_feature, action_feature}) != len(camera_features) + 2:
+        raise DatasetError(f"{where}: data.lerobot maps two of our fields to the same feature "
+                           f"(cameras {camera_features}, state {state_feature!r}, action {action_feature!r})")
+    state_names = vector(state_feature, "data.lerobot.robot_obs", "state",
+                         base.state.dim if base else None, mapping.state_names, base.state.names if base else None)
+    action_names = vector(action_feature, "data.lerobot.rel_actions", "action",
+                          base.action.dim if base else None, mapping.action_names, base.action.names if base else None)
+    if base is not None:
+        if abs(base.action.rate_hz - float(fps)) > 1e-6:
+            raise DatasetRobotMismatch(f"{where}: field 'fps' is {fps} but {base.summary()} is controlled at "
+                                       f"{base.action.rate_hz} Hz")
+        described = base
+    else:
+        described = _derive(info, cameras, shapes, state_names, action_names, float(fps), features[state_feature],
+                            features[action_feature])
+    frame_keys(described)  # refuses names that collide with each other or with the batch's keys
+    return LeRobotLayout(described, camera_features, state_feature, action_feature, shapes)
+
+
+def _derive(info: dict[str, Any], cameras: list[str], shapes: dict[str, tuple[int, int, int]],
+            state_names: list[str] | None, action_names: list[str] | None, fps: float,
+            state_ft: dict[str, Any], action_ft: dict[str, Any]) -> RobotDescription:
+    """The description meta/info.json implies, with the action's meaning assumed from its names."""
+    state_names = state_names or [f"state_{i}" for i in range(int(state_ft["shape"][0]))]
+    action_names = action_names or [f"action_{i}" for i in range(int(action_ft["shape"][0]))]
+    if all(n.endswith(".pos") for n in action_names):
+        mode, space = "absolute", "joint"
+        positions = tuple(i for i, n in enumerate(action_names) if "gripper" in n.lower())
+        assumed = "absolute joint positions (every action name ends in .pos); entries named gripper are positions"
+    else:
+        mode, space, positions = "relative", "end_effector", ()
+        assumed = "relative end-effector deltas (the action names do not all end in .pos)"
+    robot_type = str(info.get("robot_type") or "") or "lerobot"
+    return RobotDescription(
+        name=robot_type,
+        description=f"derived from a LeRobot dataset's meta/info.json (robot_type {robot_type!r})",
+        cameras=tuple(Camera(c, shapes[c][0], shapes[c][1]) for c in cameras),
+        state=StateSpec(names=tuple(state_names), key="state"),
+        action=ActionSpec(names=tuple(action_names), key="action", gripper_positions=positions, mode=mode,
+                          space=space, rate_hz=fps),
+        extra={"derived_from": "LeRobot meta/info.json", "assumed": assumed,
+               "binary_grippers": "none (meta/info.json cannot say; give data.robot)"},
+    )
+
+
+def lerobot_robot(root: str | os.PathLike, mapping: LeRobotConfig | None = None,
+                  robot: str | None = None) -> RobotDescription:
+    """The robot description ``LeRobotSplit`` would give this dataset (reads only ``meta/``)."""
+    root = Path(root)
+    return check_info(_read_json(root / INFO_PATH), mapping or LeRobotConfig(), root / INFO_PATH, robot,
+                      _stored_robot(root)).robot
 
 
 def read_tasks(root: Path) -> list[str]:
@@ -189,11 +330,12 @@ def read_tasks(root: Path) -> list[str]:
 
 
 def source_digests(root: Path) -> dict[str, str]:
-    """sha256 of the metadata a packed copy was built from: ``info.json`` and the episode table
-    (cheap to re-check on every open, unlike the frame data; LeRobot rewrites both on any edit)."""
+    """sha256 of the metadata a packed copy was built from: ``info.json``, our ``robot.json`` if any,
+    and the episode table (cheap to re-check on every open, unlike the frame data; LeRobot rewrites
+    info.json and the episodes on any edit)."""
     from roboflamingo.io import sha256_file
 
-    paths = [root / INFO_PATH, *sorted((root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))]
+    paths = [root / INFO_PATH, root / ROBOT_PATH, *sorted((root / EPISODES_DIR).glob("chunk-*/file-*.parquet"))]
     return {str(p.relative_to(root)): sha256_file(p) for p in paths if p.is_file()}
 
 
@@ -214,14 +356,16 @@ class _VideoRef:
 class LeRobotSplit:
     """A LeRobotDataset v3 directory opened and checked as one split (see the module docstring)."""
 
-    def __init__(self, root: str | os.PathLike, mapping: LeRobotConfig | None = None):
+    def __init__(self, root: str | os.PathLike, mapping: LeRobotConfig | None = None, robot: str | None = None):
         self.root = Path(root)
         self.mapping = mapping or LeRobotConfig()
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: LeRobot dataset directory does not exist")
         info_path = self.root / INFO_PATH
         self.info = _read_json(info_path)
-        self.image_shapes = check_info(self.info, self.mapping, info_path)
+        self.layout = check_info(self.info, self.mapping, info_path, robot, _stored_robot(self.root))
+        self.robot = self.layout.robot
+        self.image_shapes = self.layout.image_shapes
         self.features = self.info["features"]
         self.fps = int(round(float(self.info["fps"])))
         self.tasks = read_tasks(self.root)
@@ -230,9 +374,19 @@ class LeRobotSplit:
         self.index = self._split_index()
 
     # -- metadata ------------------------------------------------------------------------------
+    @property
+    def robot_obs(self) -> np.ndarray:
+        """The state, (N, state dim) float32 (CALVIN's name for it)."""
+        return self.state
+
+    @property
+    def rel_actions(self) -> np.ndarray:
+        """The actions, (N, action dim) float32 (CALVIN's name for them)."""
+        return self.actions
+
     def _load_frames(self) -> None:
-        m = self.mapping
-        cols = ["index", "episode_index", "frame_index", "timestamp", "task_index", m.robot_obs, m.rel_actions]
+        lay = self.layout
+        cols = ["index", "episode_index", "frame_index", "timestamp", "task_index", lay.state_feature, lay.action_feature]
         table, self.data_files = _read_parquet_dir(self.root / "data", cols)
         where = self.root / "data"
         order = np.argsort(np.asarray(table.column("index").to_numpy()), kind="stable")
@@ -250,14 +404,23 @@ class LeRobotSplit:
         if len(bad):
             raise DatasetError(f"{where}: feature 'task_index' is {self.task_index[bad[0]]} at index {bad[0]}, "
                                f"but {TASKS_PATH} has {len(self.tasks)} tasks")
-        self.robot_obs = _vector_column(table, m.robot_obs, len(m.state_names), str(where))[order]
-        self.rel_actions = _vector_column(table, m.rel_actions, len(m.action_names), str(where))[order]
+        self.state = _vector_column(table, lay.state_feature, self.robot.state.dim, str(where))[order]
+        self.actions = _vector_column(table, lay.action_feature, self.robot.action.dim, str(where))[order]
+        a = self.robot.action
+        for i in a.grippers:
+            # A binary gripper is classified: any value but close/open would be a third class.
+            bad = np.flatnonzero((self.actions[:, i] != np.float32(a.close)) & (self.actions[:, i] != np.float32(a.open)))
+            if len(bad):
+                raise DatasetError(
+                    f"{where}: feature '{lay.action_feature}' entry {i} ('{a.names[i]}') is {self.actions[bad[0], i]} at "
+                    f"index {int(bad[0])}, but {self.robot.summary()} has it as a binary gripper ({a.close} close, "
+                    f"{a.open} open)")
 
     def _load_episodes(self) -> None:
         table, _ = _read_parquet_dir(self.root / EPISODES_DIR)
         where = self.root / EPISODES_DIR
         needed = ["episode_index", "length", "dataset_from_index", "dataset_to_index"]
-        self.video_keys = [getattr(self.mapping, k) for k in IMAGE_KEYS if self.features[getattr(self.mapping, k)]["dtype"] == "video"]
+        self.video_keys = [k for k in self.layout.camera_features.values() if self.features[k]["dtype"] == "video"]
         for key in self.video_keys:
             needed += [f"videos/{key}/chunk_index", f"videos/{key}/file_index", f"videos/{key}/from_timestamp"]
         missing = [c for c in needed if c not in table.column_names]
@@ -308,22 +471,24 @@ class LeRobotSplit:
                 segments.append((int(s + lo), int(s + hi - 1)))
                 sentences.append(self.tasks[int(tasks[lo])])
         return SplitIndex(self.root, self.episode_ranges.astype(np.int64),
-                          np.asarray(segments, dtype=np.int64).reshape(-1, 2), sentences, list(sentences))
+                          np.asarray(segments, dtype=np.int64).reshape(-1, 2), sentences, list(sentences), self.robot)
 
     def source_digests(self) -> dict[str, str]:
         return source_digests(self.root)
 
     # -- frames --------------------------------------------------------------------------------
     def frames(self, first: int, n: int) -> Iterator[dict[str, np.ndarray]]:
-        """Frames ``first .. first + n - 1``: images (H, W, 3) uint8, robot_obs (15,), rel_actions (7,)."""
+        """Frames ``first .. first + n - 1`` under the robot's keys: an (H, W, 3) uint8 image per camera,
+        the state (state dim,) and the action (action dim,) as float32."""
         if first < 0 or n < 0 or first + n > len(self.episode_index):
             raise IndexError(f"frames {first}..{first + n - 1} out of range for {len(self.episode_index)} frames")
-        streams = {ours: self._camera(getattr(self.mapping, ours), ours, first, n) for ours in IMAGE_KEYS}
+        streams = {ours: self._camera(key, ours, first, n) for ours, key in self.layout.camera_features.items()}
+        state, action = self.robot.state.key, self.robot.action.key
         try:
             for i in range(first, first + n):
                 frame = {ours: next(stream) for ours, stream in streams.items()}
-                frame[ROBOT_OBS] = self.robot_obs[i]
-                frame[REL_ACTIONS] = self.rel_actions[i]
+                frame[state] = self.state[i]
+                frame[action] = self.actions[i]
                 yield frame
         finally:
             for stream in streams.values():

@@ -9,6 +9,10 @@ manifest is written last, so readers never see a half-packed split. Reading vali
 With ``data.format=lerobot`` each split is a LeRobotDataset v3 directory (``data/lerobot.py``): its
 videos are decoded once here, and the packed directory gets the index files written from the
 dataset's episodes and tasks, so training reads it exactly like a packed CALVIN split.
+
+Either way the packed directory records the split's robot description (its ``robot.json``, CALVIN's
+when it has none, or the one derived from the LeRobot dataset's ``meta/info.json``) in the manifest
+and in its own ``robot.json``; ``data.robot`` is checked against it.
 """
 
 from __future__ import annotations
@@ -31,15 +35,15 @@ from roboflamingo.data.config import DataConfig, LeRobotConfig
 from roboflamingo.data.inputs import check_source_split
 from roboflamingo.data.layout import (
     EP_START_END,
-    FRAME_KEYS,
-    IMAGE_KEYS,
     LANG_ANN,
     DatasetError,
     SplitIndex,
+    frame_keys,
     frame_path,
     load_split_index,
     probe_image_shapes,
     read_frame,
+    require_robot_option,
 )
 from roboflamingo.data.packed import (
     FORMAT,
@@ -53,6 +57,7 @@ from roboflamingo.data.packed import (
     verify_shard,
 )
 from roboflamingo.io import atomic_dir, atomic_write_bytes, atomic_write_json
+from roboflamingo.robot import ROBOT_FILE, RobotDescription
 
 
 @dataclass
@@ -121,25 +126,27 @@ class _NpyWriter:
 
 
 def _npz_frames(
-    split_dir: Path, ids: np.ndarray, shapes: dict[str, tuple[int, ...]], pool: ThreadPoolExecutor
+    split_dir: Path, ids: np.ndarray, shapes: dict[str, tuple[int, ...]], pool: ThreadPoolExecutor,
+    robot: RobotDescription,
 ) -> Iterator[dict[str, np.ndarray]]:
     # Bounded look-ahead: at most `chunk` decoded frames are in memory at once.
     chunk = 64
     for lo in range(0, len(ids), chunk):
         paths = [frame_path(split_dir, int(f)) for f in ids[lo : lo + chunk]]
-        yield from pool.map(lambda p: read_frame(p, FRAME_KEYS, shapes), paths)
+        yield from pool.map(lambda p: read_frame(p, None, shapes, robot), paths)
 
 
 def _write_shard(
     tmp: Path, split_dir: Path, ids: np.ndarray, layout: dict[str, dict[str, Any]],
-    shapes: dict[str, tuple[int, ...]], pool: ThreadPoolExecutor, bar: Any,
+    shapes: dict[str, tuple[int, ...]], pool: ThreadPoolExecutor, bar: Any, robot: RobotDescription,
     frames: Iterable[dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
-    writers = {key: _NpyWriter(tmp / f"{key}.npy", (len(ids), *layout[key]["shape"]), layout[key]["dtype"]) for key in FRAME_KEYS}
+    keys, cameras = frame_keys(robot), set(robot.camera_names)
+    writers = {key: _NpyWriter(tmp / f"{key}.npy", (len(ids), *layout[key]["shape"]), layout[key]["dtype"]) for key in keys}
     try:
-        for frame in frames if frames is not None else _npz_frames(split_dir, ids, shapes, pool):
-            for key in FRAME_KEYS:
-                value = frame[key].transpose(2, 0, 1) if key in IMAGE_KEYS else frame[key]
+        for frame in frames if frames is not None else _npz_frames(split_dir, ids, shapes, pool, robot):
+            for key in keys:
+                value = frame[key].transpose(2, 0, 1) if key in cameras else frame[key]
                 writers[key].append(value)
             bar.update(1)
     except BaseException:
@@ -164,10 +171,13 @@ def pack_split(
     verify_existing: bool = True,
     progress: bool = True,
     lerobot: LeRobotConfig | None = None,
+    robot: str | None = None,
 ) -> dict[str, Any]:
     """Pack one split into ``out_dir``; returns the manifest. Safe to interrupt and re-run.
 
     ``lerobot``: the split is a LeRobotDataset v3 directory read with this feature mapping.
+    ``robot`` (``data.robot``): a CALVIN-layout split must be for a robot of these shapes; a LeRobot
+    dataset's description is completed by it and checked against it.
     """
     from tqdm import tqdm
 
@@ -176,13 +186,14 @@ def pack_split(
     if lerobot is not None:
         from roboflamingo.data.lerobot import LeRobotSplit
 
-        source = LeRobotSplit(split_dir, lerobot)
+        source = LeRobotSplit(split_dir, lerobot, robot)
         index: SplitIndex = source.index
         shapes = source.image_shapes
     else:
         index = load_split_index(split_dir, check_files=True)
+        require_robot_option(robot, index.robot, str(split_dir))
         shapes = probe_image_shapes(index)
-    layout = field_layout(shapes)
+    layout = field_layout(shapes, index.robot)
     ids = index.frame_ids()
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [f"shard_{k:05d}" for k in range(-(-len(ids) // shard_frames))]
@@ -199,7 +210,7 @@ def pack_split(
                 with atomic_dir(out_dir / name) as tmp:
                     # A LeRobot split's frame ids are its rows 0..N-1, so a shard is one contiguous run.
                     frames = source.frames(int(chunk[0]), len(chunk)) if source is not None else None
-                    meta = _write_shard(tmp, split_dir, chunk, layout, shapes, pool, bar, frames)
+                    meta = _write_shard(tmp, split_dir, chunk, layout, shapes, pool, bar, index.robot, frames)
                     meta["fields"] = layout
                     atomic_write_json(tmp / SHARD_META, meta)
             else:
@@ -215,6 +226,7 @@ def pack_split(
     else:
         for name in (EP_START_END, LANG_ANN):
             atomic_write_bytes(out_dir / name, (split_dir / name).read_bytes())
+    index.robot.save(out_dir / ROBOT_FILE)
     manifest = {
         "format": FORMAT,
         "version": VERSION,
@@ -224,6 +236,7 @@ def pack_split(
         "shard_frames": shard_frames,
         "frame_ids_sha256": frame_ids_digest(ids),
         "fields": layout,
+        "robot": index.robot.to_dict(),
         "source": source.source_digests() if source is not None else source_digests(split_dir),
         "shards": shards,
         "reused_frames": done,
@@ -260,13 +273,15 @@ def run(job: Job) -> int:
         lerobot = job.data.lerobot if job.data.format == "lerobot" else None
         try:
             manifest = pack_split(
-                split_dir, out_dir, job.shard_frames, job.threads, job.verify_existing, job.progress, lerobot
+                split_dir, out_dir, job.shard_frames, job.threads, job.verify_existing, job.progress, lerobot,
+                job.data.robot,
             )
         except DatasetError as e:
             print(f"roboflamingo pack: {e}", file=sys.stderr)
             return 1
+        robot = RobotDescription.from_dict(manifest["robot"])
         print(
-            f"packed {split}: {manifest['num_frames']} frames in {len(manifest['shards'])} shards -> {out_dir} "
+            f"packed {split} ({robot.summary()}): {manifest['num_frames']} frames in {len(manifest['shards'])} shards -> {out_dir} "
             f"({manifest['reused_frames']} frames reused from an earlier run)"
         )
     return 0

@@ -3,19 +3,23 @@
 ``roboflamingo pack`` (``roboflamingo.data.pack``) writes, for the frames inside annotated segments::
 
     <packed_dir>/
-      manifest.json                       written last: format, counts, field shapes, checksums
-      ep_start_end_ids.npy                copies of the split's index files, so a packed directory
-      lang_annotations/auto_lang_ann.npy  can be read without the npz files next to it
+      manifest.json                       written last: format, counts, field shapes, checksums and
+                                          the robot description (field ``robot``; absent: CALVIN's)
+      ep_start_end_ids.npy                copies of the split's index files and its description, so
+      lang_annotations/auto_lang_ann.npy  a packed directory can be read without the npz files next
+      robot.json                          to it
       shard_00000/
         shard.json                        frame range and the sha256 of every file in the shard
-        rgb_static.npy                    uint8   (n, 3, H_s, W_s)  channel-first, as batches want it
-        rgb_gripper.npy                   uint8   (n, 3, H_g, W_g)
-        robot_obs.npy                     float32 (n, 15)
-        rel_actions.npy                   float32 (n, 7)
+        <camera>.npy                      uint8   (n, 3, H, W)  one per camera, channel-first, as
+                                                                batches want it (CALVIN: rgb_static,
+                                                                rgb_gripper)
+        <state.key>.npy                   float32 (n, S)        (CALVIN: robot_obs, 15)
+        <action.key>.npy                  float32 (n, A)        (CALVIN: rel_actions, 7)
 
 Opening a packed split checks every file against the sha256 in the manifest (so a flipped bit or an
-edited value is refused with the file named, never trained on) and that robot_obs and rel_actions are
-finite. Hashing a CALVIN-sized split takes minutes, so ``verified.json`` remembers, per file, the size
+edited value is refused with the file named, never trained on), that the state and action are
+finite, and that the manifest's robot is the split's (a mismatch is refused naming both). Hashing
+a CALVIN-sized split takes minutes, so ``verified.json`` remembers, per file, the size
 and modification time it had when its hash last matched; a file whose size or mtime changed since
 is hashed again (and one modified within ``_MTIME_SLACK_S`` of its check always is, since file
 times are coarse).
@@ -39,21 +43,22 @@ import numpy as np
 
 from roboflamingo.data.layout import (
     EP_START_END,
-    FRAME_KEYS,
-    IMAGE_KEYS,
     LANG_ANN,
-    REL_ACTIONS,
     DatasetError,
     SplitIndex,
+    calvin_robot,
+    frame_keys,
+    require_same_robot,
 )
 from roboflamingo.io import atomic_write_json, sha256_file
-from roboflamingo.robots.calvin import ROBOT_OBS
+from roboflamingo.robot import RobotDescription
+from roboflamingo.robots.calvin import CALVIN
 
 FORMAT = "roboflamingo-packed"
 VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_META = "shard.json"
-PACKED_FIELDS = FRAME_KEYS  # rgb_static, rgb_gripper, robot_obs, rel_actions
+PACKED_FIELDS = frame_keys(CALVIN)  # CALVIN's: rgb_static, rgb_gripper, robot_obs, rel_actions
 VERIFIED = "verified.json"
 _MTIME_SLACK_S = 2.0
 
@@ -63,15 +68,27 @@ def packed_dir_for(root: str | os.PathLike, split: str, packed_root: str | None 
     return Path(packed_root) / split if packed_root else Path(root) / split / "packed"
 
 
-def field_layout(image_shapes: dict[str, tuple[int, ...]]) -> dict[str, dict[str, Any]]:
-    """Per-frame shape and dtype of every packed field, from the (H, W, 3) camera shapes."""
+def field_layout(image_shapes: dict[str, tuple[int, ...]], robot: RobotDescription | None = None) -> dict[str, dict[str, Any]]:
+    """Per-frame shape and dtype of every packed field, from the (H, W, 3) camera shapes and the
+    robot's state and action dimensions (CALVIN's robot by default)."""
+    robot = robot or calvin_robot()
     layout: dict[str, dict[str, Any]] = {}
-    for key in IMAGE_KEYS:
+    for key in robot.camera_names:
         h, w, c = image_shapes[key]
         layout[key] = {"shape": [c, h, w], "dtype": "uint8"}
-    layout["robot_obs"] = {"shape": [15], "dtype": "float32"}
-    layout["rel_actions"] = {"shape": [7], "dtype": "float32"}
+    layout[robot.state.key] = {"shape": [robot.state.dim], "dtype": "float32"}
+    layout[robot.action.key] = {"shape": [robot.action.dim], "dtype": "float32"}
     return layout
+
+
+def manifest_robot(manifest: dict[str, Any], where: Path) -> RobotDescription:
+    """The description a manifest records; CALVIN's for manifests written before descriptions."""
+    if "robot" not in manifest:
+        return calvin_robot()
+    try:
+        return RobotDescription.from_dict(manifest["robot"], f"{where}: field 'robot'")
+    except ValueError as e:
+        raise DatasetError(str(e)) from e
 
 
 def frame_ids_digest(ids: np.ndarray) -> str:
@@ -201,7 +218,7 @@ def verify_files(packed_dir: Path, manifest: dict[str, Any], trust_record: bool 
 
 
 def check_values(path: Path, key: str, values: np.ndarray, first_row: int = 0) -> None:
-    """robot_obs / rel_actions rows must be finite (float32 overflows to inf, so that is covered)."""
+    """State / action rows must be finite (float32 overflows to inf, so that is covered)."""
     bad = ~np.isfinite(values)
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
@@ -234,10 +251,27 @@ class PackedSplit:
                         f"{where}: field 'source.{name}' does not match {source_dir / name}: the split changed "
                         "after packing; re-run `roboflamingo pack`"
                     )
+        self.robot = manifest_robot(self.manifest, where)
+        require_same_robot(self.robot, index.robot, f"the packed split {where}", f"the split {index.split_dir}",
+                           "; re-run `roboflamingo pack`")
+        self.fields = self.manifest["fields"]
+        keys = frame_keys(self.robot)
+        self._fields = keys
+        vectors = {self.robot.state.key: self.robot.state.dim, self.robot.action.key: self.robot.action.dim}
+        for key in keys:
+            entry = self.fields.get(key)
+            if key in vectors:
+                want: Any = {"shape": [vectors[key]], "dtype": "float32"}
+                ok = entry == want
+            else:
+                want = "a uint8 (3, H, W) image"
+                ok = (isinstance(entry, dict) and entry.get("dtype") == "uint8" and isinstance(entry.get("shape"), list)
+                      and len(entry["shape"]) == 3 and entry["shape"][0] == 3)
+            if not ok:
+                raise DatasetError(f"{where}: field 'fields.{key}' is {entry}, expected {want} for {self.robot.summary()}")
         self.frame_ids = ids
         self.shard_frames = int(self.manifest["shard_frames"])
-        self.fields = self.manifest["fields"]
-        self.image_shapes = {k: tuple(self.fields[k]["shape"][i] for i in (1, 2, 0)) for k in IMAGE_KEYS}
+        self.image_shapes = {k: tuple(self.fields[k]["shape"][i] for i in (1, 2, 0)) for k in self.robot.camera_names}
         self._shards = [self.packed_dir / s["name"] for s in self.manifest["shards"]]
         expected_shards = -(-len(ids) // self.shard_frames)
         if len(self._shards) != expected_shards:
@@ -246,7 +280,7 @@ class PackedSplit:
         self._headers: dict[tuple[int, str], tuple[tuple[int, ...], np.dtype, int]] = {}
         for k, shard in enumerate(self._shards):
             n = min(self.shard_frames, len(ids) - k * self.shard_frames)
-            for key in PACKED_FIELDS:
+            for key in keys:
                 path = shard / f"{key}.npy"
                 shape, dtype, offset = read_npy_header(path)
                 want = (n, *self.fields[key]["shape"])
@@ -258,9 +292,9 @@ class PackedSplit:
         self._maps: dict[tuple[int, str], NpyMap] = {}
         if verify:
             verify_files(self.packed_dir, self.manifest)
-        # The vector fields are 88 bytes a frame: cheap to check whole, and what a NaN would poison.
+        # The vector fields are ~100 bytes a frame: cheap to check whole, and what a NaN would poison.
         for k, shard in enumerate(self._shards):
-            for key in (ROBOT_OBS, REL_ACTIONS):
+            for key in (self.robot.state.key, self.robot.action.key):
                 check_values(shard / f"{key}.npy", key, self._map(k, key).read(0, self._headers[(k, key)][0][0]))
         self._maps = {}
 
@@ -295,13 +329,14 @@ class PackedSplit:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def read_frames(self, first_frame: int, n_obs: int, n_act: int) -> dict[str, np.ndarray]:
-        """Consecutive frames ``first_frame ..``: images and robot_obs for n_obs, rel_actions for n_act."""
+        """Consecutive frames ``first_frame ..``: images and the state for n_obs, the action for n_act."""
         row = self.row_of(first_frame)
         last = row + n_act - 1
         if last >= len(self.frame_ids) or self.frame_ids[last] != first_frame + n_act - 1:
             raise DatasetError(f"{self.packed_dir}: frames {first_frame}..{first_frame + n_act - 1} are not all packed")
-        out = {key: self.read(key, row, row + n_obs) for key in ("rgb_static", "rgb_gripper", "robot_obs")}
-        out["rel_actions"] = self.read("rel_actions", row, row + n_act)
+        action = self.robot.action.key
+        out = {key: self.read(key, row, row + n_obs) for key in self._fields if key != action}
+        out[action] = self.read(action, row, row + n_act)
         return out
 
 

@@ -3,6 +3,10 @@
 ``write_split`` writes one split from explicit episodes and annotations; ``write_tiny_dataset``
 writes a ready-to-train ``training``/``validation`` pair in seconds. Frames are content-addressed
 by their id (a per-frame RNG), so two splits or two runs with the same arguments are identical.
+
+By default the frames are CALVIN's (``make_frame``) and the split has no ``robot.json``; with
+``robot=`` a description, frames have that robot's keys and shapes (``make_robot_frame``) and the
+description is saved as the split's ``robot.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 
 from roboflamingo.data.layout import EP_START_END, LANG_ANN, frame_path
 from roboflamingo.io import atomic_save_npy, atomic_write_yaml
+from roboflamingo.robot import ROBOT_FILE, RobotDescription
 from roboflamingo.robots import calvin as T
 
 TASKS = ("open_drawer", "close_drawer", "lift_red_block_table", "push_into_drawer", "turn_on_led")
@@ -42,42 +47,80 @@ def _image(rng: np.random.Generator, frame_id: int, size: tuple[int, int], conte
 
 
 def make_frame(
-    frame_id: int, static_size: tuple[int, int] = (200, 200), gripper_size: tuple[int, int] = (84, 84),
+    frame_id: int, static_size: tuple[int, int] = (T.STATIC_RES, T.STATIC_RES),
+    gripper_size: tuple[int, int] = (T.GRIPPER_RES, T.GRIPPER_RES),
     content: str = "noise", seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """One frame with every key CALVIN's npz files have that the stack uses."""
     rng = np.random.default_rng([seed, frame_id])
-    rel = rng.uniform(-1.0, 1.0, size=7)
+    rel = rng.uniform(-1.0, 1.0, size=T.ACTION_DIM)
     rel[T.GRIPPER_INDEX] = 1.0 if rng.random() < 0.5 else -1.0
     robot_obs = np.concatenate([rng.normal(0.0, 0.3, size=T.GRIPPER_ACTION), [rel[T.GRIPPER_INDEX]]])
     return {
         "rgb_static": _image(rng, frame_id, static_size, content),
         "rgb_gripper": _image(rng, frame_id, gripper_size, content),
         "robot_obs": robot_obs,
-        "scene_obs": rng.normal(0.0, 0.1, size=24),
+        "scene_obs": rng.normal(0.0, 0.1, size=T.SCENE_OBS_DIM),
         "actions": np.concatenate([robot_obs[T.TCP_POSE] + 0.01, [rel[T.GRIPPER_INDEX]]]),
         "rel_actions": rel,
     }
+
+
+def make_robot_frame(
+    robot: RobotDescription, frame_id: int, image_sizes: dict[str, tuple[int, int]] | None = None,
+    content: str = "noise", seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """One frame of ``robot``: an image per camera (its declared size unless ``image_sizes`` says
+    otherwise), the state and the action. Continuous values lie inside the description's bounds
+    (uniform where both are finite, else around 0); binary grippers are exactly close or open."""
+    rng = np.random.default_rng([seed, frame_id])
+    sizes = image_sizes or {}
+    frame = {c.name: _image(rng, frame_id, sizes.get(c.name, (c.height, c.width)), content) for c in robot.cameras}
+
+    def values(low: tuple[float, ...], high: tuple[float, ...]) -> np.ndarray:
+        lo, hi = np.asarray(low), np.asarray(high)
+        bounded = np.isfinite(lo) & np.isfinite(hi)
+        out = rng.uniform(-1.0, 1.0, size=len(lo))
+        out[bounded] = lo[bounded] + (out[bounded] + 1.0) / 2.0 * (hi[bounded] - lo[bounded])
+        return np.clip(out, lo, hi)
+
+    frame[robot.state.key] = values(robot.state.low, robot.state.high)
+    action = values(robot.action.low, robot.action.high)
+    a = robot.action
+    for i in a.grippers:
+        action[i] = a.open if rng.random() < 0.5 else a.close
+    frame[a.key] = action
+    return frame
 
 
 def write_split(
     split_dir: str | os.PathLike,
     episodes: Sequence[tuple[int, int]],
     annotations: Sequence[tuple[int, int, str, str]],
-    static_size: tuple[int, int] = (200, 200),
-    gripper_size: tuple[int, int] = (84, 84),
+    static_size: tuple[int, int] = (T.STATIC_RES, T.STATIC_RES),
+    gripper_size: tuple[int, int] = (T.GRIPPER_RES, T.GRIPPER_RES),
     content: str = "noise",
     seed: int = 0,
     compress: bool = True,
     threads: int = 1,
+    robot: RobotDescription | None = None,
+    image_sizes: dict[str, tuple[int, int]] | None = None,
 ) -> Path:
-    """Write every frame of ``episodes`` (inclusive ranges) and ``annotations`` (start, end, task, sentence)."""
+    """Write every frame of ``episodes`` (inclusive ranges) and ``annotations`` (start, end, task, sentence).
+
+    ``robot``: frames of that robot (cameras at their declared sizes, or ``image_sizes``) and its
+    description as ``robot.json``; ``static_size``/``gripper_size`` are for CALVIN's default frames.
+    """
     split_dir = Path(split_dir)
     split_dir.mkdir(parents=True, exist_ok=True)
     save = np.savez_compressed if compress else np.savez
 
     def write(f: int) -> None:
-        save(frame_path(split_dir, f), **make_frame(f, static_size, gripper_size, content, seed))
+        if robot is None:
+            frame = make_frame(f, static_size, gripper_size, content, seed)
+        else:
+            frame = make_robot_frame(robot, f, image_sizes, content, seed)
+        save(frame_path(split_dir, f), **frame)
 
     ids = [f for start, end in episodes for f in range(start, end + 1)]
     if threads > 1:  # zlib and most of numpy release the GIL
@@ -96,6 +139,8 @@ def write_split(
         "info": {"indx": [(int(a[0]), int(a[1])) for a in annotations], "episodes": []},
     }
     atomic_save_npy(split_dir / LANG_ANN, np.array(ann, dtype=object), allow_pickle=True)
+    if robot is not None:
+        robot.save(split_dir / ROBOT_FILE)
     return split_dir
 
 
@@ -109,9 +154,13 @@ def write_statistics(split_dir: str | os.PathLike, mean: Sequence[float], std: S
 
 
 def write_tiny_dataset(
-    root: str | os.PathLike, frames_per_episode: int = 48, image_size: int = 32, gripper_size: int = 16, seed: int = 0
+    root: str | os.PathLike, frames_per_episode: int = 48, image_size: int = 32, gripper_size: int = 16, seed: int = 0,
+    robot: RobotDescription | None = None,
 ) -> Path:
-    """``root/{training,validation}``: 2 and 1 episodes, a 20-to-32-frame annotation every 12 frames."""
+    """``root/{training,validation}``: 2 and 1 episodes, a 20-to-32-frame annotation every 12 frames.
+
+    ``robot``: frames of that robot at its cameras' declared sizes (``image_size``/``gripper_size``
+    size CALVIN's default frames only)."""
     root = Path(root)
     for split, n_episodes, first in (("training", 2, 0), ("validation", 1, 10_000)):
         episodes = [(first + k * frames_per_episode, first + (k + 1) * frames_per_episode - 1) for k in range(n_episodes)]
@@ -121,5 +170,6 @@ def write_tiny_dataset(
                 task = TASKS[(k + j) % len(TASKS)]
                 end = min(start + 19 + (j % 3) * 6, e)
                 annotations.append((start, end, task, f"please {task.replace('_', ' ')} (v{j % 2})"))
-        write_split(root / split, episodes, annotations, (image_size, image_size), (gripper_size, gripper_size), seed=seed)
+        write_split(root / split, episodes, annotations, (image_size, image_size), (gripper_size, gripper_size), seed=seed,
+                    robot=robot)
     return root

@@ -15,6 +15,7 @@ Output (CALVIN's layout, one split per directory)::
                                 "emb" is zeros (N, 1, 384): no sentence encoder runs here, so
                                 consumers embed "ann" themselves.
         env_config.yaml         the simulator settings used (with the renderer actually used)
+        robot.json              the robot description (CALVIN's Franka, ``roboflamingo.robots.calvin``)
     <root>/manifest.json        the job and what each split holds
 
 A *unit* of work is one recording: a 5-task chain (``mode: chains``) or one task with the prefix it
@@ -40,6 +41,7 @@ from tqdm import tqdm
 
 from roboflamingo.config import require_choice, require_positive
 from roboflamingo.io import atomic_write_json, atomic_write_yaml
+from roboflamingo.robot import ROBOT_FILE
 from roboflamingo.robots import calvin as T
 from roboflamingo.sim.config import EnvConfig
 
@@ -308,6 +310,8 @@ def _assemble_split(root: Path, work: Path, split: str, units: list[Unit]) -> di
     stats = {"robot_obs": normalize(robot_sum, robot_sq), "scene_obs": normalize(scene_sum, scene_sq),
              "act_min_bound": act_min.tolist(), "act_max_bound": act_max.tolist()}
     atomic_write_yaml(tmp / "statistics.yaml", stats)
+    # The split says which robot recorded it, so readers need not assume CALVIN's.
+    T.CALVIN.save(tmp / ROBOT_FILE)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -189,3 +189,15 @@ def test_handover_units_start_where_an_unrecorded_task_of_another_category_ended
         tiny_job(tmp_path / "x", handover=1.5)
     with pytest.raises(ValueError, match="handover_home"):
         tiny_job(tmp_path / "x", handover_home=True)
+
+
+def test_each_split_carries_calvins_robot_description(dataset):
+    from roboflamingo.data.config import DataConfig
+    from roboflamingo.data.dataset import CalvinDataset
+    from roboflamingo.robots import read_dataset_robot
+
+    for split in ("training", "validation"):
+        assert (dataset / split / "robot.json").is_file()
+        assert read_dataset_robot(dataset / split) == T.CALVIN
+    ds = CalvinDataset(DataConfig(root=str(dataset), window=2, num_workers=0))
+    assert ds.robot == T.CALVIN
