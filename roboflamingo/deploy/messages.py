@@ -3,7 +3,8 @@
 ROS 1 and ROS 2 differ in two visible ways on the bridge: type names (``sensor_msgs/Image`` vs
 ``sensor_msgs/msg/Image``) and time (``{secs, nsecs}`` vs ``{sec, nanosec}``; ROS 1 headers also carry
 ``seq``). Outgoing messages follow the configured version; incoming ones are parsed in either form, as
-rosbridge itself accepts both. ``uint8[]`` fields (image data) are base64 strings on the bridge.
+rosbridge itself accepts both. ``uint8[]`` fields (image data) are base64 strings on the bridge (bytes
+on the native rclpy link, ``rclpy_bridge``).
 Euler angles follow pybullet's convention (CALVIN's ``robot_obs[3:6]``): roll-pitch-yaw with
 R = Rz(yaw) Ry(pitch) Rx(roll).
 """
@@ -102,6 +103,8 @@ def _bytes_field(msg: dict, what: str) -> bytes:
             return base64.b64decode(data, validate=True)
         except ValueError as e:
             raise MessageError(f"{what}.data is not valid base64") from e
+    if isinstance(data, (bytes, bytearray, memoryview)):  # the native rclpy link (rclpy_bridge.to_dict)
+        return bytes(data)
     if isinstance(data, list):  # some bridges send uint8[] as a JSON list
         return bytes(data)
     raise MessageError(f"{what}.data must be a base64 string, got {type(data).__name__}")

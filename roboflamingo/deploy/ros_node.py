@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from roboflamingo.config import require_positive
-from roboflamingo.deploy.bridge import RosBridge
+from roboflamingo.deploy.bridge import make_bridge
 from roboflamingo.deploy.config import BridgeConfig
 from roboflamingo.deploy.messages import (
     MessageError,
@@ -159,7 +159,7 @@ class ControlNode:
     def __init__(self, job: Job, policy: Policy, bridge: Any = None, clock: Any = None) -> None:
         self.job = job
         self.policy = policy
-        self.bridge = bridge if bridge is not None else RosBridge(job.deploy)
+        self.bridge = bridge if bridge is not None else make_bridge(job.deploy, "roboflamingo_control")
         self.clock = clock if clock is not None else SystemClock()
         self.topics = job.deploy.topics
         self.safety = SafetyFilter(job.safety)
@@ -426,7 +426,11 @@ def run(job: Job) -> int:
     except PolicyServerError as e:  # e.g. server_full or unauthorized, answered at the handshake
         print(f"roboflamingo ros: the policy server at {job.policy.server} refused the session: {e}", file=sys.stderr)
         return 2
-    node = ControlNode(job, policy)
+    try:
+        node = ControlNode(job, policy)
+    except ImportError as e:  # deploy.link=rclpy without rclpy
+        print(f"roboflamingo ros: {e}", file=sys.stderr)
+        return 2
     try:
         summary = node.run()
     except KeyboardInterrupt:
