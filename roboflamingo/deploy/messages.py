@@ -253,6 +253,42 @@ def decode_joint_state(
     return arm, width
 
 
+def encode_joint_trajectory(
+    names: Sequence[str], positions: Sequence[float], time_from_start_s: float, t: float, frame_id: str,
+    ros_version: int,
+) -> dict[str, Any]:
+    """``trajectory_msgs/JointTrajectory`` with one point: reach ``positions`` ``time_from_start_s`` after
+    the stamp (how a joint-space robot's controller, e.g. ros2_control's joint_trajectory_controller,
+    takes an absolute joint target)."""
+    secs = int(math.floor(time_from_start_s))
+    nsecs = int(round((time_from_start_s - secs) * 1e9))
+    duration = {"sec": secs, "nanosec": nsecs} if ros_version == 2 else {"secs": secs, "nsecs": nsecs}
+    return {
+        "header": header(t, frame_id, ros_version),
+        "joint_names": list(names),
+        "points": [{"positions": [float(p) for p in positions], "velocities": [], "accelerations": [],
+                    "effort": [], "time_from_start": duration}],
+    }
+
+
+def decode_joint_trajectory(msg: dict, joints: Sequence[str]) -> np.ndarray:
+    """``JointTrajectory`` -> the last point's positions in ``joints`` order."""
+    names, points = msg.get("joint_names"), msg.get("points")
+    if not isinstance(names, list) or not isinstance(points, list) or not points:
+        raise MessageError("JointTrajectory needs joint_names and at least one point")
+    positions = points[-1].get("positions") if isinstance(points[-1], dict) else None
+    if not isinstance(positions, list) or len(positions) != len(names):
+        raise MessageError("JointTrajectory.points[-1].positions must hold one value per joint name")
+    by_name = dict(zip(names, positions))
+    missing = [j for j in joints if j not in by_name]
+    if missing:
+        raise MessageError(f"JointTrajectory lacks joints {missing} (has {names})"[:300])
+    bad = {j: by_name[j] for j in joints if not _finite_number(by_name[j])}
+    if bad:
+        raise MessageError(f"JointTrajectory positions must be finite numbers, got {bad}"[:300])
+    return np.array([float(by_name[j]) for j in joints])
+
+
 # -- std_msgs ----------------------------------------------------------------------------------------
 def encode_float(value: float, type_str: str) -> dict[str, Any]:
     """``std_msgs/Float32``/``Float64`` or a one-element ``Float64MultiArray``/``Float32MultiArray``."""

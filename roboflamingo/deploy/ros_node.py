@@ -305,6 +305,10 @@ class ControlNode:
             return self._hold("no_instruction")
         t0 = self.clock.monotonic()
         items = self.latest.snapshot()
+        if self.topics.scene_obs.name and "scene_obs" not in items:
+            # On a ROS 2 graph topics arrive in no set order: the camera set can be complete before the
+            # first scene state, which the policy that asked for the topic (the expert) cannot do without.
+            return self._hold(Hold(HoldReason.NO_OBSERVATION, "scene_obs"))
         try:
             if instruction != self.active_instruction:
                 self.last_gripper = self.job.control.initial_gripper

@@ -16,6 +16,7 @@ from websockets.sync.client import connect
 
 from roboflamingo.deploy.bridge import RosBridge
 from roboflamingo.deploy.config import BridgeConfig, TopicConfig
+from roboflamingo.deploy.messages import decode_joint_state, encode_joint_state, encode_joint_trajectory
 
 from .ros2_helpers import ProbeClient, graph  # noqa: F401  (graph is a fixture)
 from .rosbridge_mock import wait_for
@@ -94,3 +95,32 @@ def test_rosbridge_2_has_no_authenticate_so_the_node_warns_that_its_rosauth_secr
         finally:
             bridge.close()
     assert any("not checked there" in r.getMessage() for r in caplog.records), caplog.text
+
+
+@pytest.mark.slow
+def test_joint_space_messages_cross_rosbridge_both_ways(graph):  # noqa: F811
+    # The seam for joint-space robots (ros2_control's JointTrajectory in, JointState out): the message
+    # code's JSON is what rosbridge turns into the real ROS 2 types, and back.
+    _, port = graph.rosbridge()
+    joints = [f"joint{i}" for i in range(1, 7)]
+    command = TopicConfig("/arm_controller/joint_trajectory", "trajectory_msgs/msg/JointTrajectory")
+    probe = ProbeClient(graph, [(command.name, command.type)])
+    bridge = RosBridge(BridgeConfig(port=port, ros_version=2)).connect()
+    try:
+        states = []
+        bridge.subscribe(TopicConfig("/joint_states", "sensor_msgs/msg/JointState"), states.append, queue_length=0)
+        bridge.advertise(command)
+        target = encode_joint_trajectory(joints, [0.1, -0.2, 0.3, -0.4, 0.5, -0.6], 0.25, time.time(), "base_link", 2)
+        assert wait_for(lambda: bridge.publish(command, target) and bool(probe.received(command.name)), 30)
+        got = probe.received(command.name)[0]
+        assert got["type"] == "trajectory_msgs/msg/JointTrajectory" and got["frame_id"] == "base_link"
+        assert got["msg"]["joint_names"] == joints
+        assert got["msg"]["points"][0]["positions"] == [0.1, -0.2, 0.3, -0.4, 0.5, -0.6]
+        assert got["msg"]["points"][0]["time_from_start"] == {"sec": 0, "nanosec": 250_000_000}
+        state = encode_joint_state(joints, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], 0.0, "base_link", 2)
+        assert wait_for(lambda: probe.publish("/joint_states", "sensor_msgs/msg/JointState", state) and bool(states), 30)
+        arm, width = decode_joint_state(states[0], joints, [])
+        assert arm.tolist() == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5] and width is None
+        assert states[0]["header"]["stamp"]["sec"] > 0  # the probe stamped it: rosbridge passes it on
+    finally:
+        bridge.close()
