@@ -1,5 +1,8 @@
 """``roboflamingo ros``: drive a robot through rosbridge with a policy, behind a safety layer.
 
+The robot's graph is reached through ``deploy.link``: rosbridge (``bridge.RosBridge``, no ROS on this
+host) or a native ROS 2 node (``rclpy_bridge.RclpyBridge``); both hand this loop rosbridge-style dicts.
+
 Each control cycle (at most ``control.rate_hz``; with ``wait_for_new_obs`` only once per new camera
 frame):
 
