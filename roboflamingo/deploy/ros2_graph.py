@@ -71,6 +71,7 @@ class Process:
         self.name = name
         self.argv = list(argv)
         self.lines: deque[str] = deque(maxlen=keep_lines)
+        self.line_count = 0  # lines ever read: the index of lines[0] is line_count - len(lines)
         self._new_line = threading.Condition()
         self.proc = subprocess.Popen(
             self.argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -84,6 +85,7 @@ class Process:
         for line in self.proc.stdout:
             with self._new_line:
                 self.lines.append(line.rstrip("\n"))
+                self.line_count += 1
                 self._new_line.notify_all()
         with self._new_line:
             self._new_line.notify_all()
@@ -93,15 +95,15 @@ class Process:
         ``timeout_s`` passes first."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout_s
-        seen = 0
+        seen = 0  # lines checked, counted from the process's first line (older ones may have rotated out)
         with self._new_line:
             while True:
-                lines = list(self.lines)
-                for line in lines[seen:]:
+                first = self.line_count - len(self.lines)
+                for line in list(self.lines)[max(0, seen - first):]:
                     m = regex.search(line)
                     if m:
                         return m
-                seen = len(lines)
+                seen = self.line_count
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
                     break

@@ -19,13 +19,13 @@ from .rosbridge_mock import wait_for
 
 pytestmark = pytest.mark.slow
 LINKS = ("rosbridge", "rclpy")
-CFG = load("ros", RosJob, ["deploy=sim_ros2"]).deploy
+CFG = load("ros", RosJob, ["deploy=ros2"]).deploy  # a real arm's topics: JPEG cameras, no simulator state
 T = CFG.topics
 PERIOD_S = 0.2  # the driver's frame period: far longer than a cycle, so "within one cycle" is sharp
 
 
 def start_node(graph, link: str, tmp_path, *overrides: str):  # noqa: F811
-    args = ["ros", "deploy=sim_ros2", f"deploy.link={link}", "policy=random", "control.instruction=open the drawer",
+    args = ["ros", "deploy=ros2", f"deploy.link={link}", "policy=random", "control.instruction=open the drawer",
             "control.static_size=32", "control.gripper_size=32", "safety.max_duration_s=120",
             f"stats_path={tmp_path / 'stats.json'}", *overrides]
     if link == "rosbridge":
