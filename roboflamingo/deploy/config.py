@@ -55,10 +55,13 @@ class BridgeConfig:
     """How the node reaches the robot's ROS graph and how the robot's topics are named (group
     ``configs/deploy/``).
 
-    ``link``: ``rosbridge`` talks JSON over a websocket to a rosbridge server at host:port (no ROS on
-    this machine); ``rclpy`` is a node of its own on this machine's ROS 2 graph (needs rclpy, e.g.
-    ``make ros2``'s .venv-ros2; ``ros_version`` 2; host, port, transport and rosauth are then unused;
-    the graph is chosen by ``ROS_DOMAIN_ID``). ``node_name``: that node's name.
+    Args:
+        link: ``rosbridge``: JSON over a websocket to rosbridge_server at host:port (no ROS on this
+            machine); ``rclpy``: a node of its own on this machine's ROS 2 graph, chosen by
+            ``ROS_DOMAIN_ID`` (needs rclpy, e.g. ``make ros2``'s .venv-ros2, and ros_version 2; host,
+            port, transport and rosauth are then unused).
+        node_name: the ROS 2 node's name with link=rclpy; empty: the command's own default
+            (``roboflamingo_control``, ``roboflamingo_sim_robot``).
     """
 
     link: str = "rosbridge"  # rosbridge: a websocket to rosbridge_server; rclpy: a native ROS 2 node
