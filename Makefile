@@ -6,12 +6,17 @@ STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
 CALVIN_STAMP := $(VENV)/.installed-calvin
+# ROS 2 (rclpy from PyPI wheels, rosbridge_server built from source) lives in its own venv (`make ros2`).
+ROS2_VENV := .venv-ros2
+ROS2_STAMP := $(ROS2_VENV)/.installed
+ROS2_LOCK := constraints-ros2.txt
+ROSBRIDGE_BUNDLE := ../shared/vendor/rosbridge_suite.bundle
 VENDOR := ../shared/vendor
 # Every install takes the exact versions the figures in docs/ were measured with (see `lock`).
 LOCK := constraints.txt
 PIP := $(BIN)/pip install --quiet -c $(LOCK)
 
-.PHONY: demo test test-fast lint install clean lock
+.PHONY: demo test test-fast lint install clean lock ros2 lock-ros2
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +49,26 @@ $(CALVIN_STAMP): | $(DEV_STAMP)
 	touch $@
 
 ifneq ($(wildcard $(VENDOR)/calvin_env.bundle),)
-TEST_DEPS := $(CALVIN_STAMP)
-TEST_ENV := ROBOFLAMINGO_REQUIRE_CALVIN=1
+TEST_DEPS += $(CALVIN_STAMP)
+TEST_ENV += ROBOFLAMINGO_REQUIRE_CALVIN=1
+endif
+
+# The ROS 2 side venv: its rosbridge source is the vendored bundle where it exists, else GitHub
+# (scripts/setup_ros2_venv.sh). Where the bundle exists (CI), the ROS 2 tests fail rather than skip
+# without it (ROBOFLAMINGO_REQUIRE_ROS2).
+$(ROS2_STAMP): $(ROS2_LOCK) scripts/setup_ros2_venv.sh | $(STAMP)
+	MAIN_VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/setup_ros2_venv.sh $(ROS2_VENV) $(wildcard $(ROSBRIDGE_BUNDLE))
+	touch $@
+
+ros2: $(ROS2_STAMP)
+
+lock-ros2: | $(STAMP)
+	ROS2_LOCK=1 MAIN_VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/setup_ros2_venv.sh $(ROS2_VENV) $(wildcard $(ROSBRIDGE_BUNDLE))
+	touch $(ROS2_STAMP)
+
+ifneq ($(wildcard $(ROSBRIDGE_BUNDLE)),)
+TEST_DEPS += $(ROS2_STAMP)
+TEST_ENV += ROBOFLAMINGO_REQUIRE_ROS2=1
 endif
 
 install: $(STAMP)
@@ -78,4 +101,4 @@ lock:
 	rm -rf $(LOCK_VENV)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(ROS2_VENV) .pytest_cache .ruff_cache

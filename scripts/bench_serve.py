@@ -9,6 +9,13 @@
    Loop latency = first publish of the frame -> arrival of its command (``ros_frames_resent`` counts
    the re-sends; a frame held as stale by the node is one).
 
+   The same on a real ROS 2 graph (with ``make ros2``'s venv; ``--no-ros2`` skips it): a lockstep robot
+   node (``scripts/ros2_lockstep_robot.py``, rclpy) and the control node either through a real
+   rosbridge_server (the node in this process, roslibpy: ``ros_loop_p50_ms_rosbridge``) or as a native
+   rclpy node (a ``roboflamingo ros deploy.link=rclpy`` process: ``ros_loop_p50_ms_native``); both times
+   are frame publish -> command arrival at the robot node. ``rosbridge_overhead_ms`` is their p50
+   difference: what rosbridge's JSON/websocket hops add per cycle.
+
 4. ``hostile``: one well-behaved client stepping at 30 Hz while 8 hostile clients (another process)
    send maximal frames back to back: frames of ``max_message_bytes`` holding millions of small ints,
    an 8 MB image of the wrong shape, a 7 MB instruction, an instruction one character over
@@ -19,8 +26,9 @@
    ``idle_timeout_s`` every slot must be free again (``idle_sessions_freed``, ``idle_freed_after_s``).
 
 The last line is JSON: p50_ms / p99_ms (server round trip), throughput_hz (one client),
-bridge_overhead_ms = ROS loop p50 - bare inference p50, hostile_p99_ms, idle_sessions_freed, and the
-details.
+bridge_overhead_ms = ROS loop p50 (relay) - bare inference p50, ros_loop_p50_ms (relay),
+ros_loop_p50_ms_rosbridge, ros_loop_p50_ms_native (null without the ROS 2 venv), hostile_p99_ms,
+idle_sessions_freed, and the details.
 """
 
 from __future__ import annotations
@@ -203,6 +211,42 @@ def bench_ros(factory, obs, steps: int, warmup: int) -> tuple[list[float], list[
         return loop, infer, resent
 
 
+def bench_ros2(factory, policy_args: list[str], steps: int, warmup: int) -> dict[str, list[float] | int]:
+    """Loop latencies on a private ROS 2 graph, through rosbridge_server and over the native link."""
+    from roboflamingo.config import load
+    from roboflamingo.deploy.ros2_graph import Graph
+
+    robot_argv = [str(ROOT / "scripts" / "ros2_lockstep_robot.py"), "--steps", str(steps), "--warmup", str(warmup)]
+    out: dict[str, list[float] | int] = {}
+    with Graph() as graph:
+        _, port = graph.rosbridge()
+        job = load("ros", Job, ["deploy=ros2", f"deploy.port={port}", "control.rate_hz=1000",
+                                "control.instruction=open the drawer"])
+        node = ControlNode(job, factory())
+        thread = threading.Thread(target=node.run, daemon=True)
+        thread.start()
+        node.ready.wait(30)
+        robot = graph.run(robot_argv, "lockstep robot (rosbridge)")
+        code = robot.wait(1800)
+        node.stop()
+        thread.join(10)
+        if code != 0:
+            raise RuntimeError(f"the lockstep robot failed (rosbridge):\n{robot.output()}")
+        result = json.loads(robot.lines[-1])
+        out["rosbridge"], out["rosbridge_resent"] = result["loop_ms"], result["resent"]
+
+        native = graph.roboflamingo(["ros", "deploy=ros2", "deploy.link=rclpy", "control.rate_hz=1000",
+                                     "control.instruction=open the drawer", *policy_args], "ros (rclpy)")
+        robot = graph.run(robot_argv, "lockstep robot (native)")
+        code = robot.wait(1800)
+        native.stop()
+        if code != 0:
+            raise RuntimeError(f"the lockstep robot failed (native):\n{robot.output()}\nnode:\n{native.output()}")
+        result = json.loads(robot.lines[-1])
+        out["native"], out["native_resent"] = result["loop_ms"], result["resent"]
+    return out
+
+
 HOSTILE_TARGET_MS = 100.0
 MAX_MESSAGE_BYTES = 8 * 2**20
 
@@ -335,6 +379,7 @@ def main() -> None:
         choices=["tiny", "random"],
         help="random: the pipeline without a model, to isolate transport costs",
     )
+    parser.add_argument("--no-ros2", action="store_true", help="skip the real ROS 2 graph (rosbridge and native)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -343,9 +388,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.policy == "tiny":
-            source = policy_source(PolicySourceConfig(checkpoint=save_random_checkpoint(Path(tmp) / "tiny")))
+            checkpoint = save_random_checkpoint(Path(tmp) / "tiny")
+            source = policy_source(PolicySourceConfig(checkpoint=checkpoint))
+            policy_args = [f"checkpoint={checkpoint}", "policy.device=cpu"]
         else:
             source = policy_source(PolicySourceConfig("random"))
+            policy_args = ["policy=random"]
         bare = bench_bare(source.factory, obs, args.steps, args.warmup)
         print(f"bare step: {percentiles(bare)}", flush=True)
 
@@ -360,6 +408,17 @@ def main() -> None:
         loop, ros_infer, resent = bench_ros(source.factory, obs, args.steps, args.warmup)
         print(f"ros loop: {percentiles(loop)}  infer inside the loop: {percentiles(ros_infer)}  "
               f"frames re-sent: {resent}", flush=True)
+
+        ros2: dict = {}
+        if not args.no_ros2:
+            from roboflamingo.deploy.ros2_graph import ros2_python
+
+            if ros2_python() is None:
+                print("no ROS 2 venv (make ros2): the real-graph figures are null", flush=True)
+            else:
+                ros2 = bench_ros2(source.factory, policy_args, args.steps, args.warmup)
+                print(f"ros 2 loop through rosbridge_server: {percentiles(ros2['rosbridge'])}; native rclpy: "
+                      f"{percentiles(ros2['native'])}", flush=True)
 
         quiet, loud, refused = bench_hostile(source, obs, args.hostile_steps, args.hostile, args.clients)
         print(f"well-behaved client alone: {percentiles(quiet)}; with {args.hostile} hostile clients: "
@@ -386,6 +445,14 @@ def main() -> None:
         "ros_loop_p99_ms": percentiles(loop)["p99_ms"],
         "bridge_overhead_ms": round(percentiles(loop)["p50_ms"] - percentiles(bare)["p50_ms"], 3),
         "ros_frames_resent": resent,
+        "ros_loop_p50_ms_relay": percentiles(loop)["p50_ms"],
+        "ros_loop_p50_ms_rosbridge": percentiles(ros2["rosbridge"])["p50_ms"] if ros2 else None,
+        "ros_loop_p99_ms_rosbridge": percentiles(ros2["rosbridge"])["p99_ms"] if ros2 else None,
+        "ros_loop_p50_ms_native": percentiles(ros2["native"])["p50_ms"] if ros2 else None,
+        "ros_loop_p99_ms_native": percentiles(ros2["native"])["p99_ms"] if ros2 else None,
+        "rosbridge_overhead_ms": (round(percentiles(ros2["rosbridge"])["p50_ms"] - percentiles(ros2["native"])["p50_ms"], 3)
+                                  if ros2 else None),
+        "ros2_frames_resent": {k: ros2[f"{k}_resent"] for k in ("rosbridge", "native")} if ros2 else None,
         "hostile_clients": args.hostile,
         "hostile_p99_ms": percentiles(loud)["p99_ms"],
         "hostile_p50_ms": percentiles(loud)["p50_ms"],

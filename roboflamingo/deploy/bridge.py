@@ -24,6 +24,16 @@ from roboflamingo.deploy.messages import type_name
 LOG = logging.getLogger("roboflamingo.bridge")
 
 
+def make_bridge(cfg: BridgeConfig, node_name: str) -> Any:
+    """The link ``deploy.link`` names: ``RosBridge`` (rosbridge) or ``RclpyBridge`` (a native ROS 2
+    node called ``deploy.node_name``, else ``node_name``)."""
+    if cfg.link == "rclpy":
+        from roboflamingo.deploy.rclpy_bridge import RclpyBridge
+
+        return RclpyBridge(cfg, cfg.node_name or node_name)
+    return RosBridge(cfg)
+
+
 class RosBridge:
     def __init__(self, cfg: BridgeConfig) -> None:
         import roslibpy
@@ -42,6 +52,12 @@ class RosBridge:
         self._closing = False
         self.ros.on("close", self._on_close)
         secret = read_secret("", cfg.rosauth_secret_file, ROSAUTH_ENV, what="rosauth secret")
+        if secret and cfg.ros_version == 2:
+            LOG.warning(
+                "deploy.rosauth: rosbridge for ROS 2 (rosbridge_suite 2.x) has no `authenticate` mode, so the "
+                "secret is sent but not checked there (only ROS 1's rosbridge and our relay verify it); "
+                "protect the robot's rosbridge by its address (bind to loopback or a private network)"
+            )
         if secret:
             # The auth op must be the first frame of every connection (rosbridge drops whatever an
             # unauthenticated client sends first). roslibpy.Ros() starts dialling in its constructor, so

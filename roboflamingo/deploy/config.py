@@ -12,6 +12,7 @@ from roboflamingo.config import require_choice, require_positive
 from roboflamingo.deploy.messages import base_type
 
 IMAGE_TYPES = ("CompressedImage", "Image")
+LINKS = ("rosbridge", "rclpy")
 FLOAT_TYPES = ("Float32", "Float64", "Float32MultiArray", "Float64MultiArray")
 
 
@@ -70,9 +71,16 @@ class TopicsConfig:
 
 @dataclass
 class BridgeConfig:
-    """Where rosbridge is and how the robot's topics are named (group ``configs/deploy/``).
+    """How the node reaches the robot's ROS graph and how the robot's topics are named (group
+    ``configs/deploy/``).
 
     Args:
+        link: ``rosbridge``: JSON over a websocket to rosbridge_server at host:port (no ROS on this
+            machine); ``rclpy``: a node of its own on this machine's ROS 2 graph, chosen by
+            ``ROS_DOMAIN_ID`` (needs rclpy, e.g. ``make ros2``'s .venv-ros2, and ros_version 2; host,
+            port, transport and rosauth are then unused).
+        node_name: the ROS 2 node's name with link=rclpy; empty: the command's own default
+            (``roboflamingo_control``, ``roboflamingo_sim_robot``).
         host: the rosbridge server's host.
         port: its websocket port.
         ros_version: 1: ``pkg/Type`` names and ``{secs, nsecs}`` stamps; 2: ``pkg/msg/Type`` and
@@ -96,6 +104,8 @@ class BridgeConfig:
         topics: the robot's topic names and message types.
     """
 
+    link: str = "rosbridge"
+    node_name: str = ""
     host: str = "127.0.0.1"
     port: int = 9090
     ros_version: int = 1
@@ -117,6 +127,9 @@ class BridgeConfig:
         if self.ros_version not in (1, 2):
             raise ValueError(f"deploy.ros_version must be 1 or 2, got {self.ros_version}")
         require_choice("deploy.transport", self.transport, ("asyncio", "twisted"))
+        require_choice("deploy.link", self.link, LINKS)
+        if self.link == "rclpy" and self.ros_version != 2:
+            raise ValueError("deploy.link=rclpy is a ROS 2 node: it needs deploy.ros_version=2 (deploy=ros2)")
         if not 0 < self.port < 65536:
             raise ValueError(f"deploy.port must be in [1, 65535], got {self.port}")
         require_positive("deploy.connect_timeout_s", self.connect_timeout_s)

@@ -3,7 +3,8 @@
 ROS 1 and ROS 2 differ in two visible ways on the bridge: type names (``sensor_msgs/Image`` vs
 ``sensor_msgs/msg/Image``) and time (``{secs, nsecs}`` vs ``{sec, nanosec}``; ROS 1 headers also carry
 ``seq``). Outgoing messages follow the configured version; incoming ones are parsed in either form, as
-rosbridge itself accepts both. ``uint8[]`` fields (image data) are base64 strings on the bridge.
+rosbridge itself accepts both. ``uint8[]`` fields (image data) are base64 strings on the bridge (bytes
+on the native rclpy link, ``rclpy_bridge``).
 Euler angles follow pybullet's convention (CALVIN's ``robot_obs[3:6]``): roll-pitch-yaw with
 R = Rz(yaw) Ry(pitch) Rx(roll).
 """
@@ -102,6 +103,8 @@ def _bytes_field(msg: dict, what: str) -> bytes:
             return base64.b64decode(data, validate=True)
         except ValueError as e:
             raise MessageError(f"{what}.data is not valid base64") from e
+    if isinstance(data, (bytes, bytearray, memoryview)):  # the native rclpy link (rclpy_bridge.to_dict)
+        return bytes(data)
     if isinstance(data, list):  # some bridges send uint8[] as a JSON list
         return bytes(data)
     raise MessageError(f"{what}.data must be a base64 string, got {type(data).__name__}")
@@ -248,6 +251,42 @@ def decode_joint_state(
     fingers = [float(by_name[j]) for j in finger_joints if j in by_name]
     width = float(sum(fingers)) if fingers and len(fingers) == len(finger_joints) else None
     return arm, width
+
+
+def encode_joint_trajectory(
+    names: Sequence[str], positions: Sequence[float], time_from_start_s: float, t: float, frame_id: str,
+    ros_version: int,
+) -> dict[str, Any]:
+    """``trajectory_msgs/JointTrajectory`` with one point: reach ``positions`` ``time_from_start_s`` after
+    the stamp (how a joint-space robot's controller, e.g. ros2_control's joint_trajectory_controller,
+    takes an absolute joint target)."""
+    secs = int(math.floor(time_from_start_s))
+    nsecs = int(round((time_from_start_s - secs) * 1e9))
+    duration = {"sec": secs, "nanosec": nsecs} if ros_version == 2 else {"secs": secs, "nsecs": nsecs}
+    return {
+        "header": header(t, frame_id, ros_version),
+        "joint_names": list(names),
+        "points": [{"positions": [float(p) for p in positions], "velocities": [], "accelerations": [],
+                    "effort": [], "time_from_start": duration}],
+    }
+
+
+def decode_joint_trajectory(msg: dict, joints: Sequence[str]) -> np.ndarray:
+    """``JointTrajectory`` -> the last point's positions in ``joints`` order."""
+    names, points = msg.get("joint_names"), msg.get("points")
+    if not isinstance(names, list) or not isinstance(points, list) or not points:
+        raise MessageError("JointTrajectory needs joint_names and at least one point")
+    positions = points[-1].get("positions") if isinstance(points[-1], dict) else None
+    if not isinstance(positions, list) or len(positions) != len(names):
+        raise MessageError("JointTrajectory.points[-1].positions must hold one value per joint name")
+    by_name = dict(zip(names, positions))
+    missing = [j for j in joints if j not in by_name]
+    if missing:
+        raise MessageError(f"JointTrajectory lacks joints {missing} (has {names})"[:300])
+    bad = {j: by_name[j] for j in joints if not _finite_number(by_name[j])}
+    if bad:
+        raise MessageError(f"JointTrajectory positions must be finite numbers, got {bad}"[:300])
+    return np.array([float(by_name[j]) for j in joints])
 
 
 # -- std_msgs ----------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """A minimal rosbridge v2 relay with no ROS behind it.
 
-rosbridge is not installable without ROS (it needs rclpy or rospy), yet the simulated robot and the
-control node only need a bridge that routes topics and services between websocket clients. This relay
+rosbridge needs a ROS install (rclpy or rospy; ``make ros2`` builds one from PyPI wheels and the real
+rosbridge_server, which the ROS 2 tests use), yet the simulated robot and the control node only need a
+bridge that routes topics and services between websocket clients: the relay is that bridge for
+one-machine runs and the fast test tier, with no ROS and no build. This relay
 speaks the subset of the rosbridge v2 protocol that roslibpy uses: ``advertise``, ``unadvertise``,
 ``publish`` (with ``latch``), ``subscribe`` (with ``queue_length``), ``unsubscribe``,
 ``advertise_service``, ``unadvertise_service``, ``call_service`` and ``service_response``, plus

@@ -1,5 +1,8 @@
 """``roboflamingo ros``: drive a robot through rosbridge with a policy, behind a safety layer.
 
+The robot's graph is reached through ``deploy.link``: rosbridge (``bridge.RosBridge``, no ROS on this
+host) or a native ROS 2 node (``rclpy_bridge.RclpyBridge``); both hand this loop rosbridge-style dicts.
+
 Each control cycle (at most ``control.rate_hz``; with ``wait_for_new_obs`` only once per new camera
 frame):
 
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from roboflamingo.config import require_positive
-from roboflamingo.deploy.bridge import RosBridge
+from roboflamingo.deploy.bridge import make_bridge
 from roboflamingo.deploy.config import BridgeConfig
 from roboflamingo.deploy.messages import (
     MessageError,
@@ -180,7 +183,7 @@ class ControlNode:
     def __init__(self, job: Job, policy: Policy, bridge: Any = None, clock: Any = None) -> None:
         self.job = job
         self.policy = policy
-        self.bridge = bridge if bridge is not None else RosBridge(job.deploy)
+        self.bridge = bridge if bridge is not None else make_bridge(job.deploy, "roboflamingo_control")
         self.clock = clock if clock is not None else SystemClock()
         self.topics = job.deploy.topics
         self.safety = SafetyFilter(job.safety)
@@ -326,6 +329,10 @@ class ControlNode:
             return self._hold("no_instruction")
         t0 = self.clock.monotonic()
         items = self.latest.snapshot()
+        if self.topics.scene_obs.name and "scene_obs" not in items:
+            # On a ROS 2 graph topics arrive in no set order: the camera set can be complete before the
+            # first scene state, which the policy that asked for the topic (the expert) cannot do without.
+            return self._hold(Hold(HoldReason.NO_OBSERVATION, "scene_obs"))
         try:
             if instruction != self.active_instruction:
                 self.last_gripper = self.job.control.initial_gripper
@@ -447,7 +454,11 @@ def run(job: Job) -> int:
     except PolicyServerError as e:  # e.g. server_full or unauthorized, answered at the handshake
         print(f"roboflamingo ros: the policy server at {job.policy.server} refused the session: {e}", file=sys.stderr)
         return 2
-    node = ControlNode(job, policy)
+    try:
+        node = ControlNode(job, policy)
+    except ImportError as e:  # deploy.link=rclpy without rclpy
+        print(f"roboflamingo ros: {e}", file=sys.stderr)
+        return 2
     try:
         summary = node.run()
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from roboflamingo.config import require_positive
-from roboflamingo.deploy.bridge import RosBridge
+from roboflamingo.deploy.bridge import make_bridge
 from roboflamingo.deploy.config import BridgeConfig
 from roboflamingo.deploy.messages import (
     base_type,
@@ -96,6 +96,9 @@ class Job:
         require_positive("idle_republish_s", self.idle_republish_s)
         require_positive("max_steps", self.max_steps, allow_zero=True)
         require_positive("duration_s", self.duration_s)
+        if self.serve_bridge and self.deploy.link != "rosbridge":
+            raise ValueError("serve_bridge starts a rosbridge relay; it needs deploy.link=rosbridge, "
+                             f"got deploy.link={self.deploy.link}")
 
 
 class Ended(StrEnum):
@@ -114,7 +117,7 @@ class SimRobot:
         self.job = job
         self.topics = job.deploy.topics
         self.env = TabletopEnv(job.env)
-        self.bridge = bridge if bridge is not None else RosBridge(job.deploy)
+        self.bridge = bridge if bridge is not None else make_bridge(job.deploy, "roboflamingo_sim_robot")
         self.task, self.instruction, reset_options = self._episode()
         self.obs, _ = self.env.reset(seed=job.seed, options=reset_options)
         self.gripper = float(self.obs[ROBOT_OBS][GRIPPER_ACTION])
@@ -307,6 +310,9 @@ def run(job: Job) -> int:
         print(f"rosbridge relay on ws://{job.deploy.host}:{relay.port}", flush=True)
     try:
         result = SimRobot(job).run()
+    except ImportError as e:  # deploy.link=rclpy without rclpy
+        print(f"roboflamingo sim-robot: {e}", file=sys.stderr)
+        return 2
     except TimeoutError as e:  # roslibpy's RosTimeoutError: no bridge at deploy.host:deploy.port
         d = job.deploy
         print(f"roboflamingo sim-robot: no rosbridge at ws://{d.host}:{d.port} ({e})", file=sys.stderr)

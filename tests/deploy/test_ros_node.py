@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 
 from roboflamingo.config import load
-from roboflamingo.deploy.config import BridgeConfig
-from roboflamingo.deploy.messages import encode_image, encode_joint_state, encode_pose_stamped
+from roboflamingo.deploy.config import BridgeConfig, TopicConfig, TopicsConfig
+from roboflamingo.deploy.messages import (
+    encode_float_array,
+    encode_image,
+    encode_joint_state,
+    encode_pose_stamped,
+)
 from roboflamingo.deploy.ros_node import ControlConfig, ControlNode, Job
 from roboflamingo.deploy.safety import SafetyConfig, wrap_angle
 from roboflamingo.policies import RandomPolicy
@@ -137,6 +142,21 @@ def test_a_cycle_builds_the_calvin_observation_and_publishes_gripper_then_pose()
     assert node.cycle() == "command"
     assert policy.observations[-1][ROBOT_OBS][14] == -1.0  # last gripper action fed back
     assert policy.resets == 1
+
+
+def test_with_a_scene_obs_topic_the_node_holds_until_the_first_scene_state_arrives():
+    # On a ROS 2 graph the cameras can complete an observation before the first scene state arrives.
+    clock, policy = Clock(), ConstantPolicy()
+    cfg = BridgeConfig(topics=TopicsConfig(scene_obs=TopicConfig("/tabletop/scene_obs", "std_msgs/Float64MultiArray")))
+    job = Job(deploy=cfg, control=ControlConfig(static_size=16, gripper_size=8, instruction="go"))
+    bridge = FakeBridge()
+    node = ControlNode(job, policy, bridge=bridge, clock=clock)
+    node.start()
+    deliver_obs(bridge, clock.t)
+    assert node.cycle() == "no_observation:scene_obs" and not policy.observations
+    bridge.subs["/tabletop/scene_obs"](encode_float_array([0.0] * 24))
+    assert node.cycle() == "command"
+    assert policy.observations[-1]["scene_obs"].shape == (24,)
 
 
 @pytest.mark.parametrize("msg", [{"data": 1}, {"data": True}, {"data": 1.0}, {"data": "true"}, {}, {"data": None}])
