@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from roboflamingo.robot import RobotDescription
+from roboflamingo.robots import load_robot, read_dataset_robot
 from roboflamingo.robots.calvin import (
     ACTION_DIM,
     GRIPPER_CLOSE,
@@ -216,14 +218,35 @@ def build_policy(cfg: PolicySourceConfig, index: int = 0, torch_threads: int = 0
     return TorchPolicy(model)
 
 
+def checkpoint_robot(directory: str | os.PathLike) -> RobotDescription:
+    """The robot a checkpoint was trained for (its ``robot.json``; CALVIN's when it has none), read
+    without building the model, so a server or node knows the shapes before any weights load."""
+    try:
+        from roboflamingo.models.checkpoint import read_robot
+    except ImportError:  # stand-in until the checkpoint module reads its own description (issue 26)
+        return read_dataset_robot(directory)
+    return read_robot(directory)
+
+
+def source_robot(cfg: PolicySourceConfig) -> RobotDescription | None:
+    """The robot a source's policies are for; None for a remote one (its server's handshake says)."""
+    if cfg.kind is PolicyKind.checkpoint:
+        return checkpoint_robot(cfg.checkpoint)
+    if cfg.kind is PolicyKind.remote:
+        return None
+    return load_robot("calvin")  # the scripted expert and the random policy act on CALVIN's tabletop
+
+
 @dataclass
 class PolicySource:
-    """What a server needs from a source: a factory of fresh instances and what they read."""
+    """What a server needs from a source: a factory of fresh instances, what they read, and the robot
+    they are for (whose shapes the server announces and checks; None: known only after connecting)."""
 
     name: str
     factory: Callable[[], Policy]
     observation_keys: tuple[str, ...]
     info: dict = field(default_factory=dict)
+    robot: RobotDescription | None = field(default_factory=lambda: load_robot("calvin"))
 
 
 def policy_source(cfg: PolicySourceConfig) -> PolicySource:
@@ -231,6 +254,9 @@ def policy_source(cfg: PolicySourceConfig) -> PolicySource:
     slots (each its own history) are stepped together, all sessions waiting at a tick in one forward
     (the evaluator's batching core); for the others, ``build_policy`` per call (random: seeds count up)."""
     cfg.check()
+    robot = source_robot(cfg)
+    # A checkpoint reads its robot's cameras and state; the other kinds their fixed CALVIN keys.
+    keys = robot.observation_keys if cfg.kind is PolicyKind.checkpoint else cfg.observation_keys
     if cfg.kind is PolicyKind.checkpoint:
         from roboflamingo.batching import BatchedModel, BatchedSession, SlotBatcher
         from roboflamingo.threads import choose_threads
@@ -242,4 +268,4 @@ def policy_source(cfg: PolicySourceConfig) -> PolicySource:
     else:
         counter = itertools.count()
         factory = lambda: build_policy(cfg, next(counter))  # noqa: E731
-    return PolicySource(cfg.kind.value, factory, cfg.observation_keys, cfg.info())
+    return PolicySource(cfg.kind.value, factory, keys, cfg.info(), robot)
