@@ -70,6 +70,7 @@ from roboflamingo.io import atomic_write_json
 from roboflamingo.policies import PolicyKind, PolicySourceConfig, policy_source
 from roboflamingo.robot import RobotDescription, RobotMismatch
 from roboflamingo.robots.calvin import (
+    ARM_JOINT_STATES,
     CALVIN,
     RGB_GRIPPER,
     RGB_STATIC,
@@ -302,7 +303,7 @@ class ControlNode:
         """CALVIN observation from the newest messages, and the measured TCP pose (6)."""
         c, d = self.job.control, self.job.deploy
         position, euler = decode_pose_stamped(items["tcp_pose"][0])
-        joints, width = np.zeros(7), None
+        joints, width = np.zeros(len(d.arm_joints)), None
         if "joint_state" in items:
             joints, width = decode_joint_state(items["joint_state"][0], d.arm_joints, d.finger_joints)
         if "gripper_width" in items:
@@ -313,7 +314,8 @@ class ControlNode:
         robot_obs = np.concatenate([position, euler, [width], joints, [self.last_gripper]]).astype(np.float32)
         if robot_obs.shape != (ROBOT_OBS_DIM,):  # joints come from deploy.arm_joints, which a config sets
             raise ValueError(f"robot_obs from the robot's topics has {robot_obs.size} values, expected "
-                             f"{ROBOT_OBS_DIM}: deploy.arm_joints names {len(d.arm_joints)} joints (CALVIN's arm has 7)")
+                             f"{ROBOT_OBS_DIM}: deploy.arm_joints names {len(d.arm_joints)} joints (CALVIN's arm has "
+                             f"{ARM_JOINT_STATES.stop - ARM_JOINT_STATES.start})")
         obs = {
             RGB_STATIC: decode_image(items["rgb_static"][0], c.static_size or None),
             RGB_GRIPPER: decode_image(items["rgb_gripper"][0], c.gripper_size or None),

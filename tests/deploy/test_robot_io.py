@@ -304,3 +304,23 @@ def test_so101_is_driven_in_joint_space_through_the_relay_within_its_limits(comm
     # the policy saw the robot's own state each cycle: the last command it sent, as the arm followed it
     np.testing.assert_allclose(policy.observations[1]["state"], robot.commands[0][1], atol=1e-4)
 
+
+
+def test_a_remote_policy_tells_the_node_its_robot_through_the_handshake():
+    from roboflamingo.deploy.client import PolicyClient
+    from roboflamingo.deploy.server import PolicyServer, ServerThread
+    from roboflamingo.policies import PolicySource
+
+    target = np.array([5.0, -35.0, 30.0, 10.0, 0.0, 20.0])
+    source = PolicySource("so101", lambda: So101Policy([target]), SO101.observation_keys, robot=SO101)
+    with ServerThread(PolicyServer(source, port=0)) as thread, PolicyClient(thread.url) as client:
+        assert not hasattr(PolicyClient, "robot") and client.robot == SO101  # from the handshake, not a default
+        clock = Clock()
+        node, bridge = make_node(client, clock)
+        assert node.robot == SO101 and node.joints is not None
+        bridge.subs[node.topics.instruction.name]({"data": "go"})
+        deliver(node, bridge, clock.t)
+        assert node.cycle() == "command"
+    ((names, positions),) = commands(bridge)
+    assert names == JOINTS
+    np.testing.assert_allclose(positions, HOME + np.clip(target - HOME, -5, 5))  # capped at 50/s over 0.1 s

@@ -44,7 +44,7 @@ from roboflamingo.deploy.codec import CodecError, _decode_array, packb, unpackb
 from roboflamingo.deploy.protocols.frames import Send, frame_problem, walk
 from roboflamingo.robot import RobotDescription
 from roboflamingo.robots import calvin
-from roboflamingo.robots.calvin import SCENE_OBS
+from roboflamingo.robots.calvin import ROBOT_OBS_DIM, SCENE_OBS, SCENE_OBS_DIM
 
 if TYPE_CHECKING:
     from roboflamingo.deploy.server import PolicyServer
@@ -156,12 +156,13 @@ def observation_spec(keys: tuple[str, ...], robot: RobotDescription = calvin.CAL
     spec: dict[str, Any] = {cam: IMAGE_SPEC for cam in robot.camera_names if cam in keys}
     if robot.state.key in keys:
         if _is_calvin(robot):
-            spec["state"] = _dim("state", 15, "calvin_robot_obs15", note="CALVIN robot_obs")
+            spec["state"] = _dim("state", ROBOT_OBS_DIM, f"calvin_robot_obs{ROBOT_OBS_DIM}", note="CALVIN robot_obs")
         else:
             spec["state"] = _dim("state", robot.state.dim, f"{robot.name}_state{robot.state.dim}",
                                  note=", ".join(robot.state.names))
     if SCENE_OBS in keys:
-        spec[SCENE_OBS] = _dim(SCENE_OBS, 24, "calvin_scene_obs24", note="CALVIN scene_obs (privileged)")
+        spec[SCENE_OBS] = _dim(SCENE_OBS, SCENE_OBS_DIM, f"calvin_scene_obs{SCENE_OBS_DIM}",
+                               note="CALVIN scene_obs (privileged)")
     spec["language"] = _dim("language", 0, "language")
     return spec
 
