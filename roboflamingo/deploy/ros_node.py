@@ -68,7 +68,7 @@ from roboflamingo.deploy.safety import (
 )
 from roboflamingo.io import atomic_write_json
 from roboflamingo.policies import PolicyKind, PolicySourceConfig, policy_source
-from roboflamingo.robot import RobotDescription, RobotMismatch
+from roboflamingo.robot import RobotDescription
 from roboflamingo.robots.calvin import (
     ARM_JOINT_STATES,
     CALVIN,
@@ -175,14 +175,15 @@ def check_end_effector_robot(robot: RobotDescription) -> None:
     """The end-effector path integrates CALVIN's relative actions (its scales, its gripper); another
     end-effector layout would need its own scales, so it is refused rather than guessed."""
     if robot.shapes() != CALVIN.shapes():
-        raise RobotMismatch(f"the ROS node drives end-effector robots in CALVIN's action layout ({CALVIN.summary()}) "
-                            f"and joint-space robots; {robot.summary()} is neither")
+        raise ValueError(f"the ROS node drives end-effector robots in CALVIN's action layout ({CALVIN.summary()}) "
+                         f"and joint-space robots; {robot.summary()} is neither")
 
 
 class ControlNode:
     def __init__(self, job: Job, policy: Policy, bridge: Any = None, clock: Any = None,
                  robot: RobotDescription | None = None) -> None:
-        """``robot``: what the policy is for when the policy object does not say (``policy.robot``)."""
+        """``robot``: what the policy is for (its source's description); None reads ``policy.robot``
+        (a remote policy's comes from its server's handshake), else CALVIN's."""
         self.job = job
         self.policy = policy
         self.robot = node_robot(job.deploy, policy, robot)
@@ -478,6 +479,9 @@ def run(job: Job) -> int:
         return 2
     except PolicyServerError as e:  # e.g. server_full or unauthorized, answered at the handshake
         print(f"roboflamingo ros: the policy server at {job.policy.server} refused the session: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:  # e.g. a checkpoint's unreadable robot.json
+        print(f"roboflamingo ros: {e}", file=sys.stderr)
         return 2
     try:
         node = ControlNode(job, policy, robot=source.robot)

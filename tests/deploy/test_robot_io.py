@@ -229,7 +229,7 @@ def test_a_policy_for_another_robot_is_refused_naming_both():
 def test_end_effector_robots_other_than_calvins_layout_are_refused():
     policy = ConstantPolicy()
     policy.robot = load_robot("libero_panda")
-    with pytest.raises(RobotMismatch, match="robot 'libero_panda'.*is neither"):
+    with pytest.raises(ValueError, match="robot 'libero_panda'.*is neither"):
         ControlNode(Job(), policy, bridge=FakeBridge(), clock=Clock())
 
 
