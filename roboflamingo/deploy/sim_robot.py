@@ -79,6 +79,7 @@ class Job:
         require_positive("idle_republish_s", self.idle_republish_s)
         require_positive("max_steps", self.max_steps, allow_zero=True)
         require_positive("duration_s", self.duration_s)
+        self.deploy.check_calvin()  # the tabletop is CALVIN's robot: its topics and the Panda's joints
 
 
 class Ended(StrEnum):
