@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from roboflamingo.robot import RobotDescription
-from roboflamingo.robots.calvin import CALVIN, RGB_GRIPPER, RGB_STATIC, ROBOT_OBS, SCENE_OBS
+from roboflamingo.robots.calvin import CALVIN, ROBOT_OBS, SCENE_OBS
 from roboflamingo.types import Observation, Policy
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -50,11 +50,10 @@ class PolicyKind(str, enum.Enum):
 # would be a relay of a relay); the ROS node takes every kind.
 LOCAL_KINDS = (PolicyKind.checkpoint, PolicyKind.expert, PolicyKind.random)
 
-# What each kind reads from an observation: a client must send these (the server's handshake says so).
-# The scripted expert reads the privileged scene state, so it needs scene_obs; a remote policy's needs
-# are its server's business.
+# What each kind but a checkpoint (whose robot description says) reads from an observation: a client
+# must send these (the server's handshake says so). The scripted expert reads the privileged scene
+# state, so it needs scene_obs; a remote policy's needs are its server's business.
 OBSERVATION_KEYS: dict[PolicyKind, tuple[str, ...]] = {
-    PolicyKind.checkpoint: (RGB_STATIC, RGB_GRIPPER, ROBOT_OBS),
     PolicyKind.expert: (ROBOT_OBS, SCENE_OBS),
     PolicyKind.random: (ROBOT_OBS,),
     PolicyKind.remote: (),
@@ -121,6 +120,8 @@ class PolicySourceConfig:
 
     @property
     def observation_keys(self) -> tuple[str, ...]:
+        if self.kind is PolicyKind.checkpoint:
+            return source_robot(self).observation_keys  # type: ignore[union-attr]  # never None here
         return OBSERVATION_KEYS[self.kind]
 
     def info(self) -> dict[str, Any]:
@@ -203,14 +204,28 @@ def build_policy(cfg: PolicySourceConfig, index: int = 0, torch_threads: int = 0
     return model
 
 
+def source_robot(cfg: PolicySourceConfig) -> RobotDescription | None:
+    """The robot a source's policies are for; None for a remote one (its server's handshake says)."""
+    if cfg.kind is PolicyKind.checkpoint:
+        # Read without building the model, so a server or node knows the shapes before weights load.
+        from roboflamingo.models.checkpoint import read_robot
+
+        return read_robot(cfg.checkpoint)
+    if cfg.kind is PolicyKind.remote:
+        return None
+    return CALVIN  # the scripted expert and the random policy act on CALVIN's tabletop
+
+
 @dataclass
 class PolicySource:
-    """What a server needs from a source: a factory of fresh instances and what they read."""
+    """What a server needs from a source: a factory of fresh instances, what they read, and the robot
+    they are for (whose shapes the server announces and checks; None: known only after connecting)."""
 
     name: str
     factory: Callable[[], Policy]
     observation_keys: tuple[str, ...]
     info: dict = field(default_factory=dict)
+    robot: RobotDescription | None = CALVIN
 
 
 def policy_source(cfg: PolicySourceConfig) -> PolicySource:
@@ -218,6 +233,8 @@ def policy_source(cfg: PolicySourceConfig) -> PolicySource:
     slots (each its own history) are stepped together, all sessions waiting at a tick in one forward
     (the evaluator's batching core); for the others, ``build_policy`` per call (random: seeds count up)."""
     cfg.check()
+    robot = source_robot(cfg)
+    keys = cfg.observation_keys
     if cfg.kind is PolicyKind.checkpoint:
         from roboflamingo.batching import BatchedModel, BatchedSession, SlotBatcher
         from roboflamingo.threads import choose_threads
@@ -229,4 +246,4 @@ def policy_source(cfg: PolicySourceConfig) -> PolicySource:
     else:
         counter = itertools.count()
         factory = lambda: build_policy(cfg, next(counter))  # noqa: E731
-    return PolicySource(cfg.kind.value, factory, cfg.observation_keys, cfg.info())
+    return PolicySource(cfg.kind.value, factory, keys, cfg.info(), robot)

@@ -170,7 +170,7 @@ def test_mistyped_command_gets_the_closest_command(capsys):
                                "of3b_mpt1b, of4b, of9b_mpt7b, tiny, tiny_minilm; configs/model/<option>.yaml)"),
     (["train", "head=lstn"], "unknown option 'lstn' for config group 'head'; did you mean 'lstm'?"),
     (["eval", "policy=expret"], "unknown option 'expret' for config group 'policy'; did you mean 'expert'?"),
-    (["ros", "deploy=ros3"], "for config group 'deploy'; did you mean 'ros2' or 'ros1'? (options: ros1, ros2, sim;"),
+    (["ros", "deploy=ros3"], "for config group 'deploy'; did you mean 'ros2' or 'ros1'? (options: ros1, ros2, sim, sim_ros2, so101;"),
     (["demo", "+experiment=zzz"], "unknown option 'zzz' for config group 'experiment' (options: abc_to_d;"),
 ])
 def test_mistyped_group_option_gets_the_closest_options(args, message, capsys):

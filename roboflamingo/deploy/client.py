@@ -4,6 +4,11 @@ It satisfies the ``Policy`` protocol (``reset()``, ``step(obs, instruction)``), 
 evaluator drive a policy on a GPU box exactly as they drive one in process. Blocking calls on the
 websockets sync client keep it usable from any thread.
 
+The robot's shapes come from the server's handshake (``robot``, announced by ``roboflamingo
+serve``; CALVIN's for a server from before descriptions): ``step`` checks the action against its
+dimension. A client built for one robot (``robot=``) refuses a server whose policy is for another,
+naming both descriptions, before it sends any observation.
+
 It sends the server's bearer token (``token=``, else ``$ROBOFLAMINGO_TOKEN``) in the handshake and,
 for ``wss://`` URLs, verifies the server's certificate (the system CAs, or ``ssl_cafile`` for a
 private or self-signed one).
@@ -23,7 +28,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from roboflamingo.deploy.auth import TOKEN_ENV, read_secret
 from roboflamingo.deploy.codec import packb, unpackb
-from roboflamingo.robots.calvin import ACTION_DIM
+from roboflamingo.robot import RobotDescription
+from roboflamingo.robots import load_robot
 from roboflamingo.types import Observation
 
 
@@ -35,6 +41,13 @@ class PolicyServerError(RuntimeError):
         self.code = code
 
 
+def robot_from_metadata(metadata: dict[str, Any], where: str = "the server's handshake") -> RobotDescription:
+    """The robot a handshake announces; CALVIN's when it names none (a server from before descriptions)."""
+    if "robot" not in metadata:
+        return load_robot("calvin")
+    return RobotDescription.from_dict(metadata["robot"], where)
+
+
 class PolicyClient:
     def __init__(
         self,
@@ -43,8 +56,13 @@ class PolicyClient:
         max_message_bytes: int = 2**24,
         token: str | None = None,
         ssl_cafile: str = "",
+        robot: RobotDescription | None = None,
     ):
+        """``robot``: the robot this client sends observations of; a server whose policy is for
+        another is refused at connect (``RobotMismatch``). None accepts whatever the server serves."""
         self.url = url
+        self.expected_robot = robot
+        self.robot: RobotDescription | None = None  # the server's, from its handshake
         self.token = read_secret(env=TOKEN_ENV) if token is None else token
         self.ssl_cafile = ssl_cafile
         self.timeout_s = timeout_s
@@ -87,7 +105,14 @@ class PolicyClient:
             if isinstance(hello, dict) and hello.get("type") == "error":
                 raise PolicyServerError(str(hello.get("code")), str(hello.get("error")))
             raise ConnectionError(f"{self.url}: expected a metadata handshake, got {hello!r:.200}")
-        self.metadata = hello
+        try:
+            robot = robot_from_metadata(hello, f"{self.url}'s handshake")
+            if self.expected_robot is not None:
+                self.expected_robot.require_compatible(robot, "this client", f"the policy at {self.url}")
+        except ValueError:  # RobotMismatch included: no session for observations the policy cannot read
+            self.close()
+            raise
+        self.metadata, self.robot = hello, robot
         return self
 
     def close(self) -> None:
@@ -142,9 +167,9 @@ class PolicyClient:
         t0 = time.perf_counter()
         reply = self.request({"type": "step", "obs": dict(obs), "instruction": instruction})
         action = np.asarray(reply["action"], dtype=np.float32)
-        if action.shape != (ACTION_DIM,):
-            raise ConnectionError(
-                f"server returned an action of shape {action.shape}, expected ({ACTION_DIM},)"
-            )
+        dim = self.robot.action.dim if self.robot is not None else None
+        if action.shape != (dim,):
+            raise ConnectionError(f"server returned an action of shape {action.shape}, expected ({dim},) "
+                                  f"for the {self.robot.summary() if self.robot else 'unknown robot'} it announced")
         self.last_timing = {**reply.get("timing", {}), "roundtrip_ms": (time.perf_counter() - t0) * 1000.0}
         return action

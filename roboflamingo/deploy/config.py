@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from roboflamingo.config import require_choice, require_positive
 from roboflamingo.deploy.messages import base_type
+from roboflamingo.robots.calvin import ARM_JOINT_STATES
 
 IMAGE_TYPES = ("CompressedImage", "Image")
 LINKS = ("rosbridge", "rclpy")
@@ -67,14 +68,38 @@ class TopicsConfig:
     gripper_command: TopicConfig = field(
         default_factory=lambda: TopicConfig("/gripper_command", "std_msgs/Float32")
     )
+    # A joint-space robot's position targets: sensor_msgs/JointState or trajectory_msgs/JointTrajectory.
+    joint_command: TopicConfig = field(
+        default_factory=lambda: TopicConfig("/joint_command", "sensor_msgs/JointState")
+    )
+
+
+JOINT_COMMAND_TYPES = ("JointState", "JointTrajectory")
+DEFAULT_CAMERA_TYPE = "sensor_msgs/CompressedImage"
 
 
 @dataclass
 class BridgeConfig:
     """How the node reaches the robot's ROS graph and how the robot's topics are named (group
-    ``configs/deploy/``).
+    ``configs/deploy/``). The robot's shapes come from the policy's description; ``robot``,
+    ``cameras``, ``state_sources`` and ``command_joints`` say where a robot other than CALVIN's keeps
+    them on ROS.
 
     Args:
+        robot: the robot this node drives: a built-in name (``so101``, ...) or a YAML/JSON description
+            file; a policy for another robot is refused, naming both. Empty: the policy's own description.
+        cameras: the image topic of each of the robot's cameras, by camera name
+            (``deploy.cameras.front.name=/cam/front/compressed``; type sensor_msgs/CompressedImage
+            unless given, or sensor_msgs/Image). CALVIN's two cameras use topics.rgb_static and
+            topics.rgb_gripper.
+        state_sources: where each entry of a joint-space robot's state comes from, in the
+            description's order: a JointState joint name (its position), ``velocity:<joint>``,
+            ``effort:<joint>``, ``pose:x|y|z|roll|pitch|yaw|qx|qy|qz|qw`` (topics.tcp_pose) or
+            ``gripper_width`` (topics.gripper_width). Empty: each state name is a joint name, a
+            trailing ``.pos`` dropped (LeRobot's motor names).
+        command_joints: the JointState/JointTrajectory joint each action dimension of a joint-space
+            robot commands, in the description's order (a binary gripper's entry is unused: it goes
+            to topics.gripper_command). Empty: each action name, a trailing ``.pos`` dropped.
         link: ``rosbridge``: JSON over a websocket to rosbridge_server at host:port (no ROS on this
             machine); ``rclpy``: a node of its own on this machine's ROS 2 graph, chosen by
             ``ROS_DOMAIN_ID`` (needs rclpy, e.g. ``make ros2``'s .venv-ros2, and ros_version 2; host,
@@ -122,6 +147,10 @@ class BridgeConfig:
     rosauth_client: str = "roboflamingo"
     rosauth_level: str = "control"
     topics: TopicsConfig = field(default_factory=TopicsConfig)
+    robot: str = ""
+    cameras: dict[str, TopicConfig] = field(default_factory=dict)
+    state_sources: list[str] = field(default_factory=list)
+    command_joints: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.ros_version not in (1, 2):
@@ -137,12 +166,7 @@ class BridgeConfig:
         require_positive("deploy.max_reconnect_delay_s", self.max_reconnect_delay_s)
         require_positive("deploy.queue_length", self.queue_length, allow_zero=True)
         require_positive("deploy.throttle_rate_ms", self.throttle_rate_ms, allow_zero=True)
-        if len(self.arm_joints) != 7:
-            raise ValueError(f"deploy.arm_joints must name the 7 arm joints, got {self.arm_joints}")
         t = self.topics
-        for key in ("rgb_static", "rgb_gripper", "tcp_pose", "target_pose", "gripper_command"):
-            if not getattr(t, key).name:
-                raise ValueError(f"deploy.topics.{key}.name must be set")
         checks = {
             "rgb_static": IMAGE_TYPES,
             "rgb_gripper": IMAGE_TYPES,
@@ -154,14 +178,35 @@ class BridgeConfig:
             "scene_obs": ("Float32MultiArray", "Float64MultiArray"),
             "target_pose": ("PoseStamped",),
             "gripper_command": FLOAT_TYPES,
+            "joint_command": JOINT_COMMAND_TYPES,
         }
-        for key, allowed in checks.items():
-            topic: TopicConfig = getattr(t, key)
+        topics = {f"topics.{key}": (getattr(t, key), allowed) for key, allowed in checks.items()}
+        for name, topic in self.cameras.items():
+            if not topic.name:
+                raise ValueError(f"deploy.cameras.{name}.name must name the camera's image topic")
+            topic.type = topic.type or DEFAULT_CAMERA_TYPE
+            topics[f"cameras.{name}"] = (topic, IMAGE_TYPES)
+        for key, (topic, allowed) in topics.items():
             if topic.name and base_type(topic.type) not in allowed:
                 raise ValueError(
-                    f"deploy.topics.{key}.type must be one of {list(allowed)}, got '{topic.type}'"
+                    f"deploy.{key}.type must be one of {list(allowed)}, got '{topic.type}'"
                 )
             if topic.name and self.ros_version == 1 and "/msg/" in topic.type:
                 raise ValueError(
-                    f"deploy.topics.{key}.type '{topic.type}' is a ROS 2 name but deploy.ros_version=1"
+                    f"deploy.{key}.type '{topic.type}' is a ROS 2 name but deploy.ros_version=1"
                 )
+        if any(not source.strip() for source in self.state_sources):
+            raise ValueError(f"deploy.state_sources has an empty entry: {self.state_sources}")
+
+    def require(self, *keys: str) -> None:
+        """Raise naming each of ``topics.<key>`` that is not set (what a robot's path needs)."""
+        for key in keys:
+            if not getattr(self.topics, key).name:
+                raise ValueError(f"deploy.topics.{key}.name must be set")
+
+    def check_calvin(self) -> None:
+        """What CALVIN's end-effector path reads and writes: its topics and the Panda's 7 arm joints."""
+        arm = ARM_JOINT_STATES.stop - ARM_JOINT_STATES.start
+        if len(self.arm_joints) != arm:
+            raise ValueError(f"deploy.arm_joints must name the {arm} arm joints, got {self.arm_joints}")
+        self.require("rgb_static", "rgb_gripper", "tcp_pose", "target_pose", "gripper_command")

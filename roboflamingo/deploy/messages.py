@@ -253,22 +253,76 @@ def decode_joint_state(
     return arm, width
 
 
+JOINT_FIELDS = ("position", "velocity", "effort")
+
+
+def decode_joint_values(msg: dict, joints: Sequence[str], field: str = "position") -> np.ndarray:
+    """One ``JointState`` field (position, velocity or effort) of ``joints``, in that order; a
+    missing joint, a short field or a non-finite value is a ``MessageError`` naming it."""
+    if field not in JOINT_FIELDS:
+        raise ValueError(f"JointState has no field '{field}' (one of {list(JOINT_FIELDS)})")
+    names, values = msg.get("name"), msg.get(field)
+    if not isinstance(names, list) or not isinstance(values, list):
+        raise MessageError(f"JointState.name and JointState.{field} must be lists")
+    if len(values) != len(names):
+        raise MessageError(f"JointState.{field} has {len(values)} values for {len(names)} names")
+    by_name = dict(zip(names, values))
+    missing = [j for j in joints if j not in by_name]
+    if missing:
+        raise MessageError(f"JointState lacks joints {missing} (has {names})"[:300])
+    bad = {j: by_name[j] for j in joints if not _finite_number(by_name[j])}
+    if bad:
+        raise MessageError(f"JointState.{field} must hold finite numbers, got {bad}"[:300])
+    return np.array([float(by_name[j]) for j in joints])
+
+
 def encode_joint_trajectory(
-    names: Sequence[str], positions: Sequence[float], time_from_start_s: float, t: float, frame_id: str,
-    ros_version: int,
+    names: Sequence[str], positions: Sequence[float], t: float, frame_id: str, ros_version: int, duration_s: float
 ) -> dict[str, Any]:
-    """``trajectory_msgs/JointTrajectory`` with one point: reach ``positions`` ``time_from_start_s`` after
-    the stamp (how a joint-space robot's controller, e.g. ros2_control's joint_trajectory_controller,
-    takes an absolute joint target)."""
-    secs = int(math.floor(time_from_start_s))
-    nsecs = int(round((time_from_start_s - secs) * 1e9))
-    duration = {"sec": secs, "nanosec": nsecs} if ros_version == 2 else {"secs": secs, "nsecs": nsecs}
+    """``trajectory_msgs/JointTrajectory`` with one point reached ``duration_s`` after its stamp (a
+    trajectory controller interpolates to it, so the duration bounds the joint speed it asks for)."""
     return {
         "header": header(t, frame_id, ros_version),
         "joint_names": list(names),
-        "points": [{"positions": [float(p) for p in positions], "velocities": [], "accelerations": [],
-                    "effort": [], "time_from_start": duration}],
+        "points": [{
+            "positions": [float(p) for p in positions],
+            "velocities": [],
+            "accelerations": [],
+            "effort": [],
+            "time_from_start": stamp_to_msg(duration_s, ros_version),  # a Duration: {secs, nsecs} / {sec, nanosec}
+        }],
     }
+
+
+def encode_joint_command(
+    names: Sequence[str], positions: Sequence[float], t: float, frame_id: str, ros_version: int, type_str: str,
+    duration_s: float,
+) -> dict[str, Any]:
+    """Joint position targets as ``sensor_msgs/JointState`` or ``trajectory_msgs/JointTrajectory``."""
+    kind = base_type(type_str)
+    if kind == "JointTrajectory":
+        return encode_joint_trajectory(names, positions, t, frame_id, ros_version, duration_s)
+    if kind == "JointState":
+        return encode_joint_state(names, positions, t, frame_id, ros_version)
+    raise ValueError(f"a joint command is a JointState or a JointTrajectory, not '{type_str}'")
+
+
+def decode_joint_command(msg: dict) -> tuple[list[str], np.ndarray]:
+    """A joint command (``JointState``, or the last point of a ``JointTrajectory``) as (names, positions)."""
+    if "joint_names" in msg:
+        points = msg.get("points")
+        if not isinstance(points, list) or not points or not isinstance(points[-1], dict):
+            raise MessageError("JointTrajectory.points must be a non-empty list of points")
+        names, positions = msg["joint_names"], points[-1].get("positions")
+        what = "JointTrajectory.points[-1].positions"
+    else:
+        names, positions = msg.get("name"), msg.get("position")
+        what = "JointState.position"
+    if not isinstance(names, list) or not isinstance(positions, list) or len(names) != len(positions):
+        raise MessageError(f"{what} must be a list as long as the joint names")
+    if not all(_finite_number(v) for v in positions):
+        raise MessageError(f"{what} must hold finite numbers")
+    return [str(n) for n in names], np.asarray(positions, dtype=np.float64)
 
 
 def decode_joint_trajectory(msg: dict, joints: Sequence[str]) -> np.ndarray:

@@ -15,11 +15,11 @@ Who may drive the arm:
 
 * with a ``secret`` the relay behaves like rosbridge with ``authenticate:=true``: a connection's
   first message must be a rosauth ``auth`` op with a valid MAC (``deploy.auth``), else it is closed;
-* the command topics (``/target_pose``, ``/gripper_command`` by default) belong to one session: the
-  first to advertise or publish them, which must be authenticated at level ``control`` when a secret
-  is set. Publishes on them from any other session are refused (``status`` error, ``counts["refused"]``)
-  until the owner disconnects, so nothing but the control node's session (and its safety filter)
-  moves the robot;
+* the command topics (``/target_pose``, ``/gripper_command``, ``/joint_command`` by default) belong
+  to one session: the first to advertise or publish them, which must be authenticated at level
+  ``control`` when a secret is set. Publishes on them from any other session are refused (``status``
+  error, ``counts["refused"]``) until the owner disconnects, so nothing but the control node's
+  session (and its safety filter) moves the robot;
 * a non-loopback bind needs a secret unless ``insecure=True``.
 """
 
@@ -40,7 +40,7 @@ from websockets.exceptions import ConnectionClosed
 from roboflamingo.deploy.auth import is_loopback, rosauth_valid
 
 LOG = logging.getLogger("roboflamingo.relay")
-COMMAND_TOPICS = ("/target_pose", "/gripper_command")
+COMMAND_TOPICS = ("/target_pose", "/gripper_command", "/joint_command")
 
 
 @dataclass

@@ -8,11 +8,22 @@ frame):
 
 1. hold (publish nothing) on e-stop, time limit, a dropped bridge, or an observation that is missing or
    older than ``safety.max_obs_age_s`` by its header stamp;
-2. on a new instruction, reset the policy and restart the CALVIN target pose at the measured TCP;
-3. build the CALVIN observation (``rgb_static``, ``rgb_gripper``, ``robot_obs`` (15), and ``scene_obs``
-   when a simulator provides it) and step the policy, in process or through ``roboflamingo serve``;
-4. check the e-stop again (inference may have taken a while), turn the relative action into a clamped,
-   step-capped absolute target, publish the gripper command and then the target pose.
+2. on a new instruction, reset the policy and restart the targets at the measured TCP (end-effector
+   space) or joints (joint space);
+3. build the observation and step the policy, in process or through ``roboflamingo serve``;
+4. check the e-stop again (inference may have taken a while), pass the action through the safety
+   filter and publish the command.
+
+What the observation and the command are depends on the robot the policy is for (its description:
+``policy.robot``, a checkpoint's ``robot.json``, a server's handshake; ``deploy.robot`` may name the
+robot driven, and a policy for another one is refused naming both):
+
+* CALVIN's layout (end-effector space): ``rgb_static``, ``rgb_gripper``, ``robot_obs`` (15), and
+  ``scene_obs`` when a simulator provides it; the relative action becomes a clamped, step-capped
+  absolute target; the gripper command goes out, then the target pose;
+* a joint-space robot (``roboflamingo.deploy.robot_io``): one image topic per camera, the state from
+  JointState by joint names and/or the TCP pose; position targets within the joint limits and
+  velocity caps, as a ``JointState`` or ``JointTrajectory`` (``deploy.topics.joint_command.type``).
 
 Latency percentiles (decode, inference, observation age at publish, full cycle) are logged every
 ``control.log_every_s`` and returned in the summary.
@@ -45,9 +56,11 @@ from roboflamingo.deploy.messages import (
     encode_pose_stamped,
     header_stamp,
 )
+from roboflamingo.deploy.robot_io import JointIO, node_robot
 from roboflamingo.deploy.safety import (
     HOLD_ESTOP,
     TERMINAL_HOLDS,
+    Command,
     CommandGate,
     Hold,
     HoldReason,
@@ -58,7 +71,10 @@ from roboflamingo.deploy.safety import (
 )
 from roboflamingo.io import atomic_write_json
 from roboflamingo.policies import PolicyKind, PolicySourceConfig, policy_source
+from roboflamingo.robot import RobotDescription
 from roboflamingo.robots.calvin import (
+    ARM_JOINT_STATES,
+    CALVIN,
     RGB_GRIPPER,
     RGB_STATIC,
     ROBOT_OBS,
@@ -179,14 +195,33 @@ class SystemClock:
         return event.wait(timeout_s)
 
 
+def check_end_effector_robot(robot: RobotDescription) -> None:
+    """The end-effector path integrates CALVIN's relative actions (its scales, its gripper); another
+    end-effector layout would need its own scales, so it is refused rather than guessed."""
+    if robot.shapes() != CALVIN.shapes():
+        raise ValueError(f"the ROS node drives end-effector robots in CALVIN's action layout ({CALVIN.summary()}) "
+                         f"and joint-space robots; {robot.summary()} is neither")
+
+
 class ControlNode:
-    def __init__(self, job: Job, policy: Policy, bridge: Any = None, clock: Any = None) -> None:
+    def __init__(self, job: Job, policy: Policy, bridge: Any = None, clock: Any = None,
+                 robot: RobotDescription | None = None) -> None:
+        """``robot``: what the policy is for (its source's description); None reads ``policy.robot``
+        (a remote policy's comes from its server's handshake), else CALVIN's."""
         self.job = job
         self.policy = policy
+        self.robot = node_robot(job.deploy, policy, robot)
+        # A joint-space robot reads and writes through JointIO; CALVIN's layout keeps this node's own path.
+        self.joints: JointIO | None = None
+        if self.robot.action.space == "joint":
+            self.joints = JointIO(self.robot, job.deploy, job.safety, 1.0 / job.control.rate_hz)
+        else:
+            check_end_effector_robot(self.robot)
+            job.deploy.check_calvin()
         self.bridge = bridge if bridge is not None else make_bridge(job.deploy, "roboflamingo_control")
         self.clock = clock if clock is not None else SystemClock()
         self.topics = job.deploy.topics
-        self.safety = SafetyFilter(job.safety)
+        self.safety = self.joints.safety if self.joints is not None else SafetyFilter(job.safety)
         self.gate = CommandGate(job.safety.max_obs_age_s, job.safety.max_duration_s)
         self.latency = LatencyLog()
         self.holds: Counter[str] = Counter()
@@ -196,11 +231,18 @@ class ControlNode:
         self.active_instruction: str | None = None
         self.last_obs_stamp = -math.inf
         self.last_gripper = job.control.initial_gripper
-        self.stamped = [
-            k
-            for k in ("rgb_static", "rgb_gripper", "tcp_pose", "joint_state")
-            if getattr(self.topics, k).name
-        ]
+        # Inputs by key (a stale or missing one is named by its key) and the command topics, in order.
+        if self.joints is not None:
+            self.inputs, self.plain_inputs = self.joints.stamped, self.joints.plain
+            self.outputs = self.joints.outputs
+        else:
+            named = {k: getattr(self.topics, k) for k in ("rgb_static", "rgb_gripper", "tcp_pose", "joint_state",
+                                                          "gripper_width", "scene_obs")}
+            named = {k: topic for k, topic in named.items() if topic.name}
+            self.inputs = {k: named[k] for k in ("rgb_static", "rgb_gripper", "tcp_pose", "joint_state") if k in named}
+            self.plain_inputs = {k: named[k] for k in ("gripper_width", "scene_obs") if k in named}
+            self.outputs = [self.topics.gripper_command, self.topics.target_pose]
+        self.stamped = list(self.inputs)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.ready = threading.Event()  # set once every subscription has been sent
@@ -260,14 +302,13 @@ class ControlNode:
         if t.estop.name:
             self.bridge.subscribe(t.estop, self._on_estop, queue_length=0)
         for key in self.stamped:
-            self.bridge.subscribe(getattr(t, key), self._stamped_callback(key))
-        for key in ("gripper_width", "scene_obs"):
-            if getattr(t, key).name:
-                self.bridge.subscribe(getattr(t, key), self._plain_callback(key))
+            self.bridge.subscribe(self.inputs[key], self._stamped_callback(key))
+        for key, topic in self.plain_inputs.items():
+            self.bridge.subscribe(topic, self._plain_callback(key))
         if t.instruction.name and not self.job.control.instruction:
             self.bridge.subscribe(t.instruction, self._on_instruction, queue_length=0)
-        self.bridge.advertise(t.gripper_command)
-        self.bridge.advertise(t.target_pose)
+        for topic in self.outputs:
+            self.bridge.advertise(topic)
         self.gate.start(self.clock.now())
         self.ready.set()
 
@@ -287,7 +328,7 @@ class ControlNode:
         """CALVIN observation from the newest messages, and the measured TCP pose (6)."""
         c, d = self.job.control, self.job.deploy
         position, euler = decode_pose_stamped(items["tcp_pose"][0])
-        joints, width = np.zeros(7), None
+        joints, width = np.zeros(len(d.arm_joints)), None
         if "joint_state" in items:
             joints, width = decode_joint_state(items["joint_state"][0], d.arm_joints, d.finger_joints)
         if "gripper_width" in items:
@@ -298,7 +339,8 @@ class ControlNode:
         robot_obs = np.concatenate([position, euler, [width], joints, [self.last_gripper]]).astype(np.float32)
         if robot_obs.shape != (ROBOT_OBS_DIM,):  # joints come from deploy.arm_joints, which a config sets
             raise ValueError(f"robot_obs from the robot's topics has {robot_obs.size} values, expected "
-                             f"{ROBOT_OBS_DIM}: deploy.arm_joints names {len(d.arm_joints)} joints (CALVIN's arm has 7)")
+                             f"{ROBOT_OBS_DIM}: deploy.arm_joints names {len(d.arm_joints)} joints (CALVIN's arm has "
+                             f"{ARM_JOINT_STATES.stop - ARM_JOINT_STATES.start})")
         obs = {
             RGB_STATIC: decode_image(items["rgb_static"][0], c.static_size or None),
             RGB_GRIPPER: decode_image(items["rgb_gripper"][0], c.gripper_size or None),
@@ -336,9 +378,12 @@ class ControlNode:
         try:
             if instruction != self.active_instruction:
                 self.last_gripper = self.job.control.initial_gripper
-            obs, tcp = self.build_observation(items)
+            if self.joints is not None:
+                obs, start = self.joints.observation(items)  # measured joints
+            else:
+                obs, start = self.build_observation(items)  # measured tcp pose
             if instruction != self.active_instruction:
-                self.safety.reset(tcp)
+                self.safety.reset(start)
                 self.policy.reset()
                 self.active_instruction = instruction
                 LOG.info("episode start: %r", instruction)
@@ -369,17 +414,11 @@ class ControlNode:
             # Inference took so long that the action answers a scene that is gone (diffusion_policy drops
             # such actions too); the next fresh frame gets a new one.
             return self._hold("stale_action")
-        d = self.job.deploy
-        gripper_msg = encode_float(cmd.gripper, self.topics.gripper_command.type)
-        pose_msg = encode_pose_stamped(cmd.position, cmd.euler, t_pub, d.frame_id, d.ros_version)
-        # Gripper first: a robot that acts on the pose then sees the matching gripper state.
-        if not (
-            self.bridge.publish(self.topics.gripper_command, gripper_msg)
-            and self.bridge.publish(self.topics.target_pose, pose_msg)
-        ):
+        published = (self.joints.publish(self.bridge, cmd, t_pub) if self.joints is not None
+                     else self._publish_target_pose(cmd, t_pub))
+        if not published:
             self._restart_episode()
             return self._hold("disconnected")
-        self.last_gripper = cmd.gripper
         self.last_obs_stamp = obs_stamp
         self.commands += 1
         t3 = self.clock.monotonic()
@@ -388,6 +427,20 @@ class ControlNode:
         self.latency.add("cycle_ms", (t3 - t0) * 1000)
         self.latency.add("obs_age_ms", (t_pub - obs_stamp) * 1000)
         return COMMAND
+
+    def _publish_target_pose(self, cmd: Command, t_pub: float) -> bool:
+        """CALVIN's end-effector command: the gripper, then the target pose; False when the bridge is down."""
+        d = self.job.deploy
+        gripper_msg = encode_float(cmd.gripper, self.topics.gripper_command.type)
+        pose_msg = encode_pose_stamped(cmd.position, cmd.euler, t_pub, d.frame_id, d.ros_version)
+        # Gripper first: a robot that acts on the pose then sees the matching gripper state.
+        if not (
+            self.bridge.publish(self.topics.gripper_command, gripper_msg)
+            and self.bridge.publish(self.topics.target_pose, pose_msg)
+        ):
+            return False
+        self.last_gripper = cmd.gripper
+        return True
 
     # -- loop -------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -447,16 +500,20 @@ def run(job: Job) -> int:
     from roboflamingo.deploy.client import PolicyServerError
 
     try:
-        policy = make_policy(job)
+        source = policy_source(job.policy)
+        policy = source.factory()
     except OSError as e:  # connection refused, unreachable host, handshake timeout, TLS failure
         print(f"roboflamingo ros: cannot reach the policy server at {job.policy.server}: {e}", file=sys.stderr)
         return 2
     except PolicyServerError as e:  # e.g. server_full or unauthorized, answered at the handshake
         print(f"roboflamingo ros: the policy server at {job.policy.server} refused the session: {e}", file=sys.stderr)
         return 2
+    except ValueError as e:  # e.g. a checkpoint's unreadable robot.json
+        print(f"roboflamingo ros: {e}", file=sys.stderr)
+        return 2
     try:
-        node = ControlNode(job, policy)
-    except ImportError as e:  # deploy.link=rclpy without rclpy
+        node = ControlNode(job, policy, robot=source.robot)
+    except (ImportError, ValueError) as e:  # rclpy missing (deploy.link=rclpy); a policy for another robot
         print(f"roboflamingo ros: {e}", file=sys.stderr)
         return 2
     try:

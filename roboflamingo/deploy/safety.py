@@ -9,6 +9,8 @@ Pure and clock-free (time is passed in), so every guarantee is checked by proper
   translation; rotation per axis and as the composed rotation angle). Because each command is the
   previous one plus a capped step toward a point inside the (convex) box, no command ever leaves the
   box or moves further than the caps.
+* ``JointSafetyFilter`` does the same for a joint-space robot in its own units: joint limits (the
+  description's and ``joint_min``/``joint_max``) and a joint-velocity cap per control period.
 * ``CommandGate`` decides each cycle whether a command may go out at all: never after the e-stop
   (latched), never after the time limit, and not while any required observation is missing, older
   than ``max_obs_age_s`` by its header stamp, or stamped more than ``max_obs_age_s`` ahead of the
@@ -26,6 +28,7 @@ import numpy as np
 
 from roboflamingo.config import require_positive
 from roboflamingo.deploy.messages import quat_from_euler
+from roboflamingo.robot import RobotDescription
 from roboflamingo.robots.calvin import (
     ACTION_DIM,
     GRIPPER_CLOSE,
@@ -57,6 +60,15 @@ class SafetyConfig:
         max_obs_age_s: hold (publish nothing) while the newest observation is older than this by its
             header stamp, or stamped this far in the future.
         max_duration_s: stop commanding after this long; 0 = no limit.
+        joint_min, joint_max: lower and upper limit of each action dimension's joint, in the
+            robot's units, one per action dimension (binary grippers' entries unused); they tighten
+            the description's limits (action.low/high for absolute joint targets, state.low/high of
+            the same-named joint for relative ones). Every joint needs a finite limit from one of the
+            two. Joint-space robots only (their description's ``action.space: joint``), which are
+            limited in their own units instead of the workspace box and step caps.
+        max_joint_velocity: the fastest any joint may be commanded to move, in the robot's units per
+            second: one value for all joints or one per action dimension. Each command moves a joint
+            by at most this over one control period (1 / control.rate_hz). Required for joint space.
     """
 
     workspace_min: list[float] = field(default_factory=lambda: [-0.6, -0.9, 0.25])
@@ -66,6 +78,9 @@ class SafetyConfig:
     action_scale: float = 1.0
     max_obs_age_s: float = 0.5
     max_duration_s: float = 0.0
+    joint_min: list[float] = field(default_factory=list)
+    joint_max: list[float] = field(default_factory=list)
+    max_joint_velocity: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("workspace_min", "workspace_max"):
@@ -85,6 +100,19 @@ class SafetyConfig:
             raise ValueError(f"safety.action_scale must be <= 1, got {self.action_scale}")
         require_positive("safety.max_obs_age_s", self.max_obs_age_s)
         require_positive("safety.max_duration_s", self.max_duration_s, allow_zero=True)
+        for name in ("joint_min", "joint_max"):
+            values = getattr(self, name)
+            if any(math.isnan(v) for v in values):
+                raise ValueError(f"safety.{name} must hold numbers, got {list(values)}")
+        if self.joint_min and self.joint_max and len(self.joint_min) != len(self.joint_max):
+            raise ValueError(f"safety.joint_min and safety.joint_max must have one value per action dimension "
+                             f"each, got {len(self.joint_min)} and {len(self.joint_max)}")
+        for i, (lo, hi) in enumerate(zip(self.joint_min, self.joint_max)):
+            if lo >= hi:
+                raise ValueError(f"safety.joint_min[{i}] must be < safety.joint_max[{i}], got {lo} >= {hi}")
+        if not all(math.isfinite(v) and v > 0 for v in self.max_joint_velocity):
+            raise ValueError(f"safety.max_joint_velocity must hold positive finite numbers, "
+                             f"got {list(self.max_joint_velocity)}")
 
 
 class SafetyError(RuntimeError):
@@ -178,6 +206,119 @@ class SafetyFilter:
         gripper = GRIPPER_OPEN if a[GRIPPER_INDEX] >= 0 else GRIPPER_CLOSE
         self.target = np.concatenate([position, euler])
         return Command(position.copy(), euler.copy(), gripper)
+
+
+@dataclass
+class JointCommand:
+    """Position targets of a joint-space robot, one per action dimension in the robot's units; a binary
+    gripper's entry is exactly its description's ``close`` or ``open``."""
+
+    positions: np.ndarray
+
+
+def joint_limits(robot: RobotDescription, cfg: SafetyConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The position limits of each action dimension's joint: the description's, tightened by
+    ``safety.joint_min/joint_max``; a continuous dimension left without a finite limit is an error."""
+    a = robot.action
+    low, high = np.full(a.dim, -np.inf), np.full(a.dim, np.inf)
+    if a.mode == "absolute":
+        low, high = np.array(a.low), np.array(a.high)
+    else:  # the action bounds a step; where the joint may be is its state entry's range
+        state = dict(zip(robot.state.names, zip(robot.state.low, robot.state.high)))
+        for i, name in enumerate(a.names):
+            low[i], high[i] = state.get(name, (-np.inf, np.inf))
+    for key in ("joint_min", "joint_max"):
+        values = getattr(cfg, key)
+        if values and len(values) != a.dim:
+            raise ValueError(f"safety.{key} must have {a.dim} values (one per action dimension of "
+                             f"{robot.summary()}), got {len(values)}")
+    if cfg.joint_min:
+        low = np.maximum(low, np.asarray(cfg.joint_min, dtype=np.float64))
+    if cfg.joint_max:
+        high = np.minimum(high, np.asarray(cfg.joint_max, dtype=np.float64))
+    cont = list(a.continuous)
+    open_ended = [a.names[i] for i in cont if not (np.isfinite(low[i]) and np.isfinite(high[i]))]
+    if open_ended:
+        raise ValueError(f"joints {open_ended} of {robot.summary()} have no finite limits: set safety.joint_min "
+                         "and safety.joint_max (one value per action dimension), or low/high in the description")
+    empty = [a.names[i] for i in cont if low[i] >= high[i]]
+    if empty:
+        raise ValueError(f"joints {empty}: safety.joint_min/joint_max and the description's limits leave no "
+                         f"range ({low.tolist()} .. {high.tolist()})")
+    return low, high
+
+
+class JointSafetyFilter:
+    """Joint-space actions into joint position targets, in the robot's units.
+
+    Absolute targets are approached (``action_scale`` of the way from the previous target for
+    cautious first runs), relative ones accumulated on a target that starts at the measured joints,
+    as CALVIN's end-effector target does. Each target is clipped into the joint limits and moves at
+    most ``max_joint_velocity * period_s`` per joint from the previous command, so no command leaves
+    the limits or asks for more than the velocity cap over a control period. Binary grippers are
+    exactly ``close`` or ``open``.
+    """
+
+    def __init__(self, robot: RobotDescription, cfg: SafetyConfig, period_s: float) -> None:
+        a = robot.action
+        if a.space != "joint":
+            raise ValueError(f"JointSafetyFilter is for joint-space robots, not {robot.summary()}")
+        require_positive("control period", period_s)
+        self.robot, self.cfg, self.action = robot, cfg, a
+        self.low, self.high = joint_limits(robot, cfg)
+        velocity = cfg.max_joint_velocity
+        if not velocity:
+            raise ValueError(f"safety.max_joint_velocity must be set for the joint-space {robot.summary()}: "
+                             "the fastest a joint may move, in its units per second (one value, or one per "
+                             "action dimension)")
+        if len(velocity) not in (1, a.dim):
+            raise ValueError(f"safety.max_joint_velocity must have 1 or {a.dim} values (one per action "
+                             f"dimension), got {len(velocity)}")
+        self.max_step = np.broadcast_to(np.asarray(velocity, dtype=np.float64) * period_s, (a.dim,)).copy()
+        self.continuous = np.array(a.continuous, dtype=int)
+        self.target: np.ndarray | None = None
+
+    def within_limits(self, joints: np.ndarray) -> bool:
+        c = self.continuous
+        q = np.asarray(joints, dtype=np.float64)[c]
+        return bool(np.all(q >= self.low[c]) and np.all(q <= self.high[c]))
+
+    def reset(self, joints: np.ndarray) -> None:
+        """Start from the measured joint positions (one per action dimension; binary grippers' unused)."""
+        q = np.asarray(joints, dtype=np.float64).reshape(-1)
+        c = self.continuous
+        if q.shape != (self.action.dim,) or not np.all(np.isfinite(q[c])):
+            raise SafetyError(f"measured joints must be {self.action.dim} numbers (finite for "
+                              f"{[self.action.names[i] for i in c]}), got {q}")
+        outside = [f"{self.action.names[i]}={q[i]:.4g} not in [{self.low[i]:.4g}, {self.high[i]:.4g}]"
+                   for i in c if not self.low[i] <= q[i] <= self.high[i]]
+        if outside:
+            # Clipping the first target would jump past the velocity cap; a person must move the arm.
+            raise SafetyError(f"joints outside their limits: {'; '.join(outside)}; move the arm inside before starting")
+        self.target = q.copy()
+        self.target[list(self.action.grippers)] = self.action.open  # a binary gripper starts open
+
+    def apply(self, action: np.ndarray) -> JointCommand:
+        if self.target is None:
+            raise SafetyError("JointSafetyFilter.apply before reset(joints)")
+        a, spec = np.asarray(action, dtype=np.float64).reshape(-1), self.action
+        if a.shape != (spec.dim,) or not np.all(np.isfinite(a)):
+            raise SafetyError(f"action must be {spec.dim} finite numbers for {self.robot.summary()}, got {a}")
+        c, prev = self.continuous, self.target
+        scale = self.cfg.action_scale
+        if spec.mode == "relative":
+            desired = prev[c] + scale * a[c]
+        else:
+            desired = prev[c] + scale * (a[c] - prev[c])
+        desired = np.clip(desired, self.low[c], self.high[c])
+        step = np.clip(desired - prev[c], -self.max_step[c], self.max_step[c])
+        out = prev.copy()
+        out[c] = np.clip(prev[c] + step, self.low[c], self.high[c])  # guards against rounding only
+        for i in spec.grippers:
+            opened = a[i] >= spec.gripper_threshold if spec.open_is_greater else a[i] <= spec.gripper_threshold
+            out[i] = spec.open if opened else spec.close
+        self.target = out
+        return JointCommand(out.copy())
 
 
 class HoldReason(StrEnum):

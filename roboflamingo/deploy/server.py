@@ -4,14 +4,21 @@ Protocol (every frame is binary msgpack; arrays use the safe codec of ``deploy.c
 
     server -> client, on connect   {"type": "metadata", "protocol": 1, "session": id, "policy": name,
                                     "observation_spec": {...}, "action_spec": {...},
+                                    "features": {...}, "robot": {...},
                                     "control_rate_hz": f, "max_message_bytes": n}
     client -> server               {"type": "step", "id": k, "obs": {...}, "instruction": str}
-    server -> client               {"type": "action", "id": k, "action": float32 (7,), "step": n,
+    server -> client               {"type": "action", "id": k, "action": float32 (action dim,), "step": n,
                                     "timing": {"decode_ms", "queue_ms", "infer_ms", "server_ms"}}
     client -> server               {"type": "reset" | "metadata" | "health", "id": k}
     server -> client, on any error {"type": "error", "id": k, "code": str, "error": str}
 
 ``GET /healthz`` answers ``OK`` over plain HTTP for load balancers and probes.
+
+Shapes come from the policy's robot description (``PolicySource.robot``; a checkpoint's ``robot.json``,
+CALVIN's for the scripted expert and the random policy): the handshake announces its LeRobot-style
+``features`` and the whole description (``robot``), observations are checked against it, and an
+observation that carries another built-in robot's cameras and state is refused (``robot_mismatch``)
+with both descriptions named, never reshaped.
 
 Who may connect (checked in the HTTP upgrade, before a session or a policy exists):
 
@@ -40,6 +47,7 @@ transport ceiling (``hard_max_message_bytes``) make the websocket layer close th
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import signal
@@ -64,37 +72,35 @@ from roboflamingo.deploy.auth import TOKEN_ENV, is_loopback, read_secret, token_
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
 from roboflamingo.deploy.protocols import PATHS, ProtocolConnection
 from roboflamingo.policies import LOCAL_KINDS, PolicySource, PolicySourceConfig, policy_source
+from roboflamingo.robot import RobotDescription
+from roboflamingo.robots import builtin_names, calvin, load_robot
 from roboflamingo.robots.calvin import (
-    ACTION_DIM,
-    CAMERAS,
     GRIPPER_INDEX,
     MAX_REL_ORN,
     MAX_REL_POS,
-    RGB_GRIPPER,
-    RGB_STATIC,
-    ROBOT_OBS,
-    ROBOT_OBS_DIM,
     SCENE_OBS,
     SCENE_OBS_DIM,
-    check_observation,
 )
 from roboflamingo.types import Policy
 
 LOG = logging.getLogger("roboflamingo.serve")
 PROTOCOL_VERSION = 1
 MAX_ERROR_CHARS = 300  # error replies quote the input; a hostile request must not get megabytes back
+# A robot mismatch names two descriptions (ours) and at most MAX_LISTED_KEYS of the client's keys.
+MAX_MISMATCH_CHARS = 1200
 CLOSE_TIMEOUT_S = 2.0  # how long a closing connection waits for the client's close frame
 REFUSAL_WAIT_S = 2.0  # how long a refusal waits for the first frame of a client that speaks first
 
 
-def observation_spec(keys: tuple[str, ...]) -> dict[str, dict]:
-    """The handshake's description of each observation entry (-1: any size)."""
-    spec = {
-        RGB_STATIC: {"shape": [-1, -1, 3], "dtype": "uint8"},
-        RGB_GRIPPER: {"shape": [-1, -1, 3], "dtype": "uint8"},
-        ROBOT_OBS: {"shape": [ROBOT_OBS_DIM], "dtype": "float32"},
-        SCENE_OBS: {"shape": [SCENE_OBS_DIM], "dtype": "float32"},
-    }
+MAX_LISTED_KEYS = 8  # an error that lists what a client sent names at most this many keys
+
+
+def observation_spec(keys: tuple[str, ...], robot: RobotDescription = calvin.CALVIN) -> dict[str, dict]:
+    """The handshake's description of each observation entry the policy reads (-1: any size; the
+    model resizes frames, the cameras' native sizes are in the handshake's ``features``)."""
+    spec = {cam: {"shape": [-1, -1, 3], "dtype": "uint8"} for cam in robot.camera_names}
+    spec[robot.state.key] = {"shape": [robot.state.dim], "dtype": "float32"}
+    spec[SCENE_OBS] = {"shape": [SCENE_OBS_DIM], "dtype": "float32"}  # CALVIN's privileged state (expert)
     return {k: spec[k] for k in keys}
 
 
@@ -229,29 +235,77 @@ class Session:
     steps: int = 0
 
 
-def action_spec() -> dict[str, Any]:
-    return {
-        "shape": [ACTION_DIM],
+def _bound(value: float) -> float | None:
+    return None if np.isinf(value) else float(value)  # None: unbounded (msgpack/JSON have no inf)
+
+
+def action_spec(robot: RobotDescription = calvin.CALVIN) -> dict[str, Any]:
+    """The handshake's description of the action ``step`` returns, in the robot's units."""
+    a = robot.action
+    spec: dict[str, Any] = {
+        "shape": [a.dim],
         "dtype": "float32",
-        "low": -1.0,
-        "high": 1.0,
-        "gripper_index": GRIPPER_INDEX,
-        "meaning": "relative tcp delta: pos * 0.02 m, euler xyz * 0.05 rad; gripper -1 close / +1 open",
-        "max_rel_pos_m": MAX_REL_POS,
-        "max_rel_orn_rad": MAX_REL_ORN,
+        "names": list(a.names),
+        "low": [_bound(v) for v in a.low],
+        "high": [_bound(v) for v in a.high],
+        "grippers": list(a.grippers),
+        "gripper_positions": list(a.gripper_positions),
+        "close": a.close,
+        "open": a.open,
+        "mode": a.mode,
+        "space": a.space,
+        "rate_hz": a.rate_hz,
     }
+    if robot.shapes() == calvin.CALVIN.shapes():
+        # What CALVIN clients have always read (scalar bounds, the gripper's index, the scales).
+        spec.update({
+            "low": -1.0,
+            "high": 1.0,
+            "gripper_index": GRIPPER_INDEX,
+            "meaning": "relative tcp delta: pos * 0.02 m, euler xyz * 0.05 rad; gripper -1 close / +1 open",
+            "max_rel_pos_m": MAX_REL_POS,
+            "max_rel_orn_rad": MAX_REL_ORN,
+        })
+    return spec
 
 
-def _as_observation(obs: Any, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+def describe_observation(obs: dict) -> str:
+    """What a client sent, key by key with array shapes, bounded (error messages quote it)."""
+    parts = []
+    for key, value in list(obs.items())[:MAX_LISTED_KEYS]:
+        shape = getattr(value, "shape", None)
+        name = str(key)[:40]
+        parts.append(f"{name} {'x'.join(map(str, shape))}" if shape is not None else name)
+    more = f", ... ({len(obs)} keys)" if len(obs) > MAX_LISTED_KEYS else ""
+    return "{" + ", ".join(parts) + more + "}"
+
+
+@functools.cache
+def _builtin_robots() -> tuple[RobotDescription, ...]:
+    return tuple(load_robot(name) for name in builtin_names())
+
+
+def robot_of_observation(obs: dict, exclude: RobotDescription) -> RobotDescription | None:
+    """The built-in robot (not of ``exclude``'s shapes) whose cameras and state ``obs`` carries, if any."""
+    for other in _builtin_robots():
+        if other.shapes() == exclude.shapes():
+            continue
+        if all(k in obs for k in other.observation_keys) and np.shape(obs[other.state.key]) == (other.state.dim,):
+            return other
+    return None
+
+
+def _as_observation(obs: Any, keys: tuple[str, ...], robot: RobotDescription = calvin.CALVIN) -> dict[str, np.ndarray]:
     if not isinstance(obs, dict):
         raise RequestError("bad_observation", f"'obs' must be a map of arrays, got {type(obs).__name__}")
+    cameras = set(robot.camera_names)
     out = {}
     for key, value in obs.items():
         if not isinstance(key, str):
             raise RequestError("bad_observation", f"observation keys must be strings, got {key!r}")
         if key not in keys:
             continue  # not needed by this policy: never converted (a large one would cost the event loop)
-        if key in CAMERAS:
+        if key in cameras:
             try:
                 out[key] = value if isinstance(value, np.ndarray) else np.asarray(value)
             except (TypeError, ValueError) as e:  # a ragged list, for one
@@ -262,8 +316,15 @@ def _as_observation(obs: Any, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         except (TypeError, ValueError) as e:
             raise RequestError("bad_observation", f"observation['{key}'] is not numeric: {e}") from e
     try:
-        check_observation(out, keys)
+        if SCENE_OBS in keys:
+            calvin.check_observation(out, keys)  # the description's checks plus the privileged scene state
+        else:
+            robot.check_observation(out, keys)
     except ValueError as e:
+        other = robot_of_observation(obs, robot)
+        if other is not None:  # another robot's client: say so rather than which key is missing
+            raise RequestError("robot_mismatch", f"the policy is for {robot.summary()}, but the observation "
+                               f"{describe_observation(obs)} is for {other.summary()}") from e
         raise RequestError("bad_observation", str(e)) from e
     return out
 
@@ -285,8 +346,12 @@ class PolicyServer:
         (``PolicyServer(source, port=0, max_sessions=2)``); ``token`` is the resolved secret."""
         cfg = replace(config or ServerConfig(), **settings)
         check_bind(cfg.host, token, cfg.insecure)
+        if source.robot is None:
+            raise ValueError(f"policy source '{source.name}' names no robot description; a server must "
+                             "announce the shapes it serves")
         self.config = cfg
         self.source = source
+        self.robot: RobotDescription = source.robot
         self.host, self.port = cfg.host, cfg.port  # port: the bound one once serving (port 0 picks one)
         self.token = token
         self.allowed_origins = frozenset(cfg.allowed_origins)
@@ -309,8 +374,12 @@ class PolicyServer:
             "session": session_id,
             "policy": self.source.name,
             "policy_info": self.source.info,
-            "observation_spec": observation_spec(self.source.observation_keys),
-            "action_spec": action_spec(),
+            "observation_spec": observation_spec(self.source.observation_keys, self.robot),
+            "action_spec": action_spec(self.robot),
+            # The robot the policy is for: LeRobot-style features, and the whole description so a
+            # client (the ROS node) can assemble observations and commands without other files.
+            "features": self.robot.features(),
+            "robot": self.robot.to_dict(),
             "control_rate_hz": self.config.control_rate_hz,
             "max_message_bytes": self.config.max_message_bytes,
         }
@@ -405,8 +474,9 @@ class PolicyServer:
 
     def _error(self, request_id: Any, code: str, message: str) -> dict[str, Any]:
         self.counters["errors"] += 1
-        if len(message) > MAX_ERROR_CHARS:
-            message = message[:MAX_ERROR_CHARS] + f"... ({len(message)} characters, truncated)"
+        limit = MAX_MISMATCH_CHARS if code == "robot_mismatch" else MAX_ERROR_CHARS
+        if len(message) > limit:
+            message = message[:limit] + f"... ({len(message)} characters, truncated)"
         # The id is echoed for matching replies; a huge or odd one is not worth echoing.
         if not (request_id is None or isinstance(request_id, int) or (isinstance(request_id, str) and len(request_id) <= 64)):
             request_id = None
@@ -460,7 +530,7 @@ class PolicyServer:
                 "too_long",
                 f"'instruction' has {len(instruction)} characters, max_instruction_chars={self.config.max_instruction_chars}",
             )
-        obs = _as_observation(msg.get("obs"), self.source.observation_keys)
+        obs = _as_observation(msg.get("obs"), self.source.observation_keys, self.robot)
         t_decoded = time.perf_counter()
 
         def infer() -> tuple[np.ndarray, float, float]:
@@ -482,8 +552,9 @@ class PolicyServer:
                 LOG.warning("policy step failed in session %d:\n%s", session.id, traceback.format_exc())
                 raise RequestError("policy_error", f"{type(e).__name__}: {e}") from e
         action = np.asarray(action, dtype=np.float32).reshape(-1)
-        if action.shape != (ACTION_DIM,) or not np.all(np.isfinite(action)):
-            raise RequestError("policy_error", f"policy returned an invalid action {action!r}")
+        if action.shape != (self.robot.action.dim,) or not np.all(np.isfinite(action)):
+            raise RequestError("policy_error", f"policy returned an invalid action {action!r} "
+                               f"({self.robot.action.dim} finite numbers expected for robot '{self.robot.name}')")
         session.steps += 1
         self.counters["steps"] += 1
         ms = 1000.0

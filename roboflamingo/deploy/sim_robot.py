@@ -99,6 +99,7 @@ class Job:
         if self.serve_bridge and self.deploy.link != "rosbridge":
             raise ValueError("serve_bridge starts a rosbridge relay; it needs deploy.link=rosbridge, "
                              f"got deploy.link={self.deploy.link}")
+        self.deploy.check_calvin()  # the tabletop is CALVIN's robot: its topics and the Panda's joints
 
 
 class Ended(StrEnum):

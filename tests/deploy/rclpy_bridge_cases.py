@@ -69,7 +69,7 @@ def test_poses_joints_floats_and_trajectories_keep_their_values():
     assert roundtrip(Float64MultiArray, encode_float_array(range(24)))[1]["data"] == list(map(float, range(24)))
     assert roundtrip(String, {"data": "open the drawer"})[1] == {"data": "open the drawer"}
     assert roundtrip(Bool, {"data": True})[1] == {"data": True}
-    ros, back = roundtrip(JointTrajectory, encode_joint_trajectory(JOINTS, np.linspace(-1, 1, 7), 0.5, T, "b", 2))
+    ros, back = roundtrip(JointTrajectory, encode_joint_trajectory(JOINTS, np.linspace(-1, 1, 7), T, "b", 2, 0.5))
     assert ros.points[0].time_from_start.nanosec == 500_000_000
     np.testing.assert_allclose(decode_joint_trajectory(back, JOINTS), np.linspace(-1, 1, 7))
 

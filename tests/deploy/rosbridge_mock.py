@@ -2,7 +2,8 @@
 
 ``RosbridgeRelay`` (roboflamingo.deploy.relay) is the loopback websocket server speaking the rosbridge
 v2 protocol on 127.0.0.1; ``FakeRobot`` publishes small synthetic camera frames, TCP pose and joint
-states through the real roslibpy client and records every command it receives.
+states through the real roslibpy client and records every command it receives; ``FakeJointRobot``
+does the same for a joint-space arm that follows each joint command at once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from roboflamingo.deploy.bridge import RosBridge
 from roboflamingo.deploy.config import BridgeConfig
 from roboflamingo.deploy.messages import (
     base_type,
+    decode_joint_command,
     decode_pose_stamped,
     encode_image,
     encode_joint_state,
@@ -23,7 +25,7 @@ from roboflamingo.deploy.messages import (
 )
 from roboflamingo.deploy.relay import RosbridgeRelay
 
-__all__ = ["RosbridgeRelay", "FakeRobot", "wait_for"]
+__all__ = ["RosbridgeRelay", "FakeRobot", "FakeJointRobot", "wait_for"]
 
 START_POSE = np.array([0.0, -0.3, 0.6, np.pi, 0.0, np.pi / 2])
 
@@ -95,6 +97,63 @@ class FakeRobot:
     def command_count(self) -> int:
         with self._lock:
             return len(self.commands)
+
+    def close(self) -> None:
+        self.bridge.close()
+
+
+class FakeJointRobot:
+    """A joint-space arm behind the relay: publishes a frame per camera of ``cfg.cameras`` and its
+    JointState, moves to each joint command (JointState or JointTrajectory) at once, and records every
+    command as (joint names, positions)."""
+
+    def __init__(self, cfg: BridgeConfig, joints: list[str], start: np.ndarray, image_size: int = 16) -> None:
+        self.cfg = cfg
+        self.bridge = RosBridge(cfg)
+        self.joints = list(joints)
+        self.positions = np.asarray(start, dtype=np.float64).copy()
+        self.image = np.random.default_rng(0).integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)
+        self.commands: list[tuple[list[str], np.ndarray]] = []
+        self._lock = threading.Lock()
+        self.new_command = threading.Event()
+
+    def start(self) -> FakeJointRobot:
+        t = self.cfg.topics
+        self.bridge.connect()
+        self.bridge.subscribe(t.joint_command, self._on_command, queue_length=0)
+        for topic in (*self.cfg.cameras.values(), t.joint_state):
+            self.bridge.advertise(topic)
+        self.bridge.advertise(t.instruction, latch=True)
+        return self
+
+    def _on_command(self, msg: dict) -> None:
+        names, positions = decode_joint_command(msg)
+        with self._lock:
+            self.commands.append((names, positions))
+            target = dict(zip(names, positions))
+            self.positions = np.array([target.get(j, p) for j, p in zip(self.joints, self.positions)])
+        self.new_command.set()
+
+    def publish_obs(self) -> None:
+        stamp, v = time.time(), self.cfg.ros_version
+        for topic in self.cfg.cameras.values():
+            compressed = base_type(topic.type) == "CompressedImage"
+            self.bridge.publish(topic, encode_image(self.image, stamp, "cam", v, compressed=compressed))
+        with self._lock:
+            positions = self.positions.copy()
+        self.bridge.publish(self.cfg.topics.joint_state, encode_joint_state(self.joints, positions, stamp, "base", v))
+
+    def drive(self, steps: int, timeout_s: float = 2.0) -> int:
+        """Lockstep: publish a frame, wait for the command it produces; returns how many came."""
+        got = 0
+        for _ in range(steps):
+            self.new_command.clear()
+            self.publish_obs()
+            got += self.new_command.wait(timeout_s)
+        return got
+
+    def say(self, instruction: str) -> None:
+        self.bridge.publish(self.cfg.topics.instruction, {"data": instruction})
 
     def close(self) -> None:
         self.bridge.close()

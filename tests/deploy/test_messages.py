@@ -117,3 +117,48 @@ def test_bridge_config_errors_name_the_field():
         BridgeConfig(topics=TopicsConfig(tcp_pose=TopicConfig("/p", "geometry_msgs/msg/PoseStamped")))
     with pytest.raises(ConfigError, match="ros_version must be 1 or 2"):
         load("ros", RosJob, ["deploy.ros_version=3"])
+
+
+@pytest.mark.parametrize("version, duration", [(1, {"secs": 0, "nsecs": 50_000_000}), (2, {"sec": 0, "nanosec": 50_000_000})])
+def test_joint_commands_as_joint_state_or_joint_trajectory(version, duration):
+    names, q = ["shoulder_pan", "gripper"], [12.5, 40.0]
+    js = m.encode_joint_command(names, q, 100.25, "base_link", version, m.type_name("sensor_msgs/JointState", version), 0.05)
+    assert js["name"] == names and js["position"] == q and js["velocity"] == [] and js["effort"] == []
+    assert m.header_stamp(js) == pytest.approx(100.25)
+    jt = m.encode_joint_command(names, q, 100.25, "base_link", version, "trajectory_msgs/JointTrajectory", 0.05)
+    assert jt["joint_names"] == names and jt["header"]["frame_id"] == "base_link"
+    (point,) = jt["points"]
+    assert point["positions"] == q and point["time_from_start"] == duration
+    for msg in (js, jt):
+        got_names, got = m.decode_joint_command(msg)
+        assert got_names == names and got.tolist() == q
+    with pytest.raises(ValueError, match="a JointState or a JointTrajectory, not 'std_msgs/Float32'"):
+        m.encode_joint_command(names, q, 0.0, "b", version, "std_msgs/Float32", 0.05)
+
+
+def test_joint_values_are_read_by_name_from_any_field():
+    js = m.encode_joint_state(["b", "a", "c"], [2.0, 1.0, 3.0], 1.0, "x", 2)
+    js["velocity"], js["effort"] = [0.2, 0.1, 0.3], []
+    assert m.decode_joint_values(js, ["a", "c"]).tolist() == [1.0, 3.0]
+    assert m.decode_joint_values(js, ["a"], "velocity").tolist() == [0.1]
+    with pytest.raises(m.MessageError, match="JointState.effort has 0 values for 3 names"):
+        m.decode_joint_values(js, ["a"], "effort")
+    with pytest.raises(m.MessageError, match=r"JointState lacks joints \['d'\]"):
+        m.decode_joint_values(js, ["a", "d"])
+    js["position"][1] = float("nan")
+    with pytest.raises(m.MessageError, match="JointState.position must hold finite numbers"):
+        m.decode_joint_values(js, ["a"])
+    with pytest.raises(m.MessageError, match="JointTrajectory.points must be a non-empty list"):
+        m.decode_joint_command({"joint_names": ["a"], "points": []})
+
+
+def test_camera_and_joint_command_topics_are_checked_like_the_others():
+    with pytest.raises(ValueError, match="deploy.topics.joint_command.type must be one of"):
+        BridgeConfig(topics=TopicsConfig(joint_command=TopicConfig("/j", "std_msgs/Float64")))
+    with pytest.raises(ValueError, match="deploy.cameras.front.type must be one of"):
+        BridgeConfig(cameras={"front": TopicConfig("/f", "sensor_msgs/JointState")})
+    with pytest.raises(ValueError, match="deploy.cameras.front.name must name the camera's image topic"):
+        BridgeConfig(cameras={"front": TopicConfig()})
+    assert BridgeConfig(cameras={"front": TopicConfig("/f")}).cameras["front"].type == "sensor_msgs/CompressedImage"
+    with pytest.raises(ConfigError, match="state_sources has an empty entry"):
+        load("ros", RosJob, ["deploy.state_sources=[a,' ']"])

@@ -110,7 +110,7 @@ def test_joint_space_messages_cross_rosbridge_both_ways(graph):  # noqa: F811
         states = []
         bridge.subscribe(TopicConfig("/joint_states", "sensor_msgs/msg/JointState"), states.append, queue_length=0)
         bridge.advertise(command)
-        target = encode_joint_trajectory(joints, [0.1, -0.2, 0.3, -0.4, 0.5, -0.6], 0.25, time.time(), "base_link", 2)
+        target = encode_joint_trajectory(joints, [0.1, -0.2, 0.3, -0.4, 0.5, -0.6], time.time(), "base_link", 2, 0.25)
         assert wait_for(lambda: bridge.publish(command, target) and bool(probe.received(command.name)), 30)
         got = probe.received(command.name)[0]
         assert got["type"] == "trajectory_msgs/msg/JointTrajectory" and got["frame_id"] == "base_link"

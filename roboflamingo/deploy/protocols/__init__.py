@@ -78,8 +78,9 @@ class NativeTranslator:
         return frame
 
 
-def _looks_openpi(frame: bytes | str) -> bool:
-    """An observation map without ``type`` but with an instruction (``prompt``) or an observation key.
+def _looks_openpi(frame: bytes | str, keys: tuple[str, ...] = ()) -> bool:
+    """An observation map without ``type`` but with an instruction (``prompt``), an observation key
+    (CALVIN's or ``keys``, the served robot's) or one of openpi's and LeRobot's spellings of one.
 
     Anything else, undecodable frames included, goes to our protocol, which names what is wrong.
     """
@@ -91,7 +92,8 @@ def _looks_openpi(frame: bytes | str) -> bool:
         return False
     if not isinstance(msg, dict) or "type" in msg:
         return False
-    return any(isinstance(k, str) and (k in OPENPI_KEYS or k.startswith("observation/")) for k in msg)
+    known = {*OPENPI_KEYS, *keys, "images"}
+    return any(isinstance(k, str) and (k in known or k.startswith(("observation/", "observation."))) for k in msg)
 
 
 class AutoTranslator:
@@ -111,7 +113,7 @@ class AutoTranslator:
         if self.chosen is None:
             from roboflamingo.deploy.protocols.openpi import OpenpiTranslator
 
-            openpi = _looks_openpi(frame)
+            openpi = _looks_openpi(frame, self.server.source.observation_keys)
             self.chosen = OpenpiTranslator(self.server, self.send) if openpi else NativeTranslator()
             LOG.info("a client on / speaks %s", self.chosen.name)
         async for native_frame in self.chosen.incoming(frame):

@@ -1,10 +1,10 @@
 """openpi's policy-server protocol (openpi-client 0.1.2, ``WebsocketClientPolicy``).
 
     server -> client, on connect   the metadata map (ours: ``PolicyServer.metadata``)
-    client -> server               a bare observation map: our observation keys (``rgb_static``,
-                                   ``rgb_gripper``, ``robot_obs``, ``scene_obs``; openpi's
-                                   ``observation/`` prefix is accepted) and the instruction as ``prompt``
-    server -> client               {"actions": float32 (1, 7), "server_timing": {...}}
+    client -> server               a bare observation map: the served robot's observation keys (its
+                                   cameras and state key; CALVIN's ``rgb_static``, ``rgb_gripper``,
+                                   ``robot_obs``, ``scene_obs``) and the instruction as ``prompt``
+    server -> client               {"actions": float32 (1, action dim), "server_timing": {...}}
     on an error                    a text frame "<code>: <reason>"; openpi's client raises it as a
                                    RuntimeError, and the session stays open
 
@@ -12,6 +12,11 @@ openpi-client packs arrays as ``{b"__ndarray__", b"data", b"dtype", b"shape"}``:
 but with *bytes* keys, and it decodes only arrays whose keys are bytes. So frames are decoded by our
 codec (its bounds apply) and their bytes-keyed arrays then checked by the codec's own array rules
 (numeric and bool dtypes only, byte count against the shape); replies are written openpi's way.
+
+Observations are accepted in the spellings openpi's and LeRobot's clients use: openpi's
+``observation/<key>`` (its LIBERO and DROID examples), a nested ``images`` map with channel-first
+(3, H, W) frames (its ALOHA example), and LeRobot's ``observation.images.<camera>`` and
+``observation.state`` (the robot's state key).
 
 openpi's client never tells the server that an episode starts (its ``reset()`` sends nothing): a
 session is one episode stream, and a new connection is a new session with a fresh policy.
@@ -36,12 +41,16 @@ from roboflamingo.deploy.codec import (
 )
 from roboflamingo.deploy.codec import packb as native_packb
 from roboflamingo.deploy.protocols.frames import Send, frame_problem, walk
+from roboflamingo.robot import RobotDescription
 
 if TYPE_CHECKING:
     from roboflamingo.deploy.server import PolicyServer
 
 PROMPT_KEY = "prompt"
 OBS_PREFIX = "observation/"
+IMAGES_KEY = "images"  # openpi's ALOHA client nests its cameras here
+LEROBOT_IMAGE_PREFIX = "observation.images."
+LEROBOT_STATE = "observation.state"
 _B_NDARRAY = NDARRAY_KEY.encode()
 _B_NPGENERIC = b"__npgeneric__"
 
@@ -78,6 +87,31 @@ def decode(frame: bytes) -> Any:
     return walk(unpackb(frame), _convert)
 
 
+def _channels_last(image: Any) -> Any:
+    # openpi's ALOHA client sends (3, H, W); our policies read (H, W, 3).
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
+        return np.ascontiguousarray(image.transpose(1, 2, 0))
+    return image
+
+
+def to_observation(msg: dict, robot: RobotDescription) -> dict:
+    """An openpi observation map (``prompt`` removed) in our keys for ``robot``; keys that are not
+    strings pass through for the server to name."""
+    obs: dict = {}
+    cameras = set(robot.camera_names)
+    for key, value in msg.items():
+        if not isinstance(key, str):
+            obs[key] = value
+        elif key == IMAGES_KEY and isinstance(value, dict) and IMAGES_KEY not in robot.observation_keys:
+            obs.update({k: _channels_last(v) if k in cameras else v for k, v in value.items()})
+        elif key == LEROBOT_STATE:
+            obs[robot.state.key] = value
+        else:
+            name = key.removeprefix(LEROBOT_IMAGE_PREFIX).removeprefix(OBS_PREFIX)
+            obs[name] = _channels_last(value) if name in cameras else value
+    return obs
+
+
 class OpenpiTranslator:
     name = "openpi"
     speaks_first = False
@@ -103,7 +137,7 @@ class OpenpiTranslator:
         if not isinstance(instruction, str):
             await self.send(f"bad_request: the observation needs the instruction as a string '{PROMPT_KEY}'")
             return
-        obs = {k.removeprefix(OBS_PREFIX) if isinstance(k, str) else k: v for k, v in msg.items()}
+        obs = to_observation(msg, self.server.robot)
         try:
             native = native_packb({"type": "step", "obs": obs, "instruction": instruction})
         except (TypeError, ValueError, OverflowError) as e:

@@ -6,10 +6,13 @@ Every frame is a msgpack map ``{type, payload, seq, timestamp}``::
     server -> client   hello           {harness_version, protocol_version, model_server, capabilities,
                                         observation_params, action_spec, observation_spec, roboflamingo}
     client -> server   episode_start   {task: {...}}          -> the session's policy is reset
-    client -> server   observation     {images: {rgb_static, rgb_gripper: HWC uint8}, states: (15,),
+    client -> server   observation     {images: {<camera>: HWC uint8, ...}, states: (state dim,),
                                         scene_obs?: (24,), task_description: str,
                                         episode_restart?: true (a chain's next subtask: reset first)}
-    server -> client   action          {actions: float32 (7,)}, seq = the observation's seq
+    server -> client   action          {actions: float32 (action dim,)}, seq = the observation's seq
+
+Cameras and state are the served robot's (``PolicyServer.robot``): CALVIN's ``rgb_static``,
+``rgb_gripper`` and 15-d ``robot_obs`` for our tabletop, a checkpoint's own otherwise.
     client -> server   episode_end     {...}                   -> nothing
     server -> client   error           {error: "<code>: <reason>"}, seq = the failing message's seq
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -38,7 +42,9 @@ import numpy as np
 from roboflamingo import __version__
 from roboflamingo.deploy.codec import CodecError, _decode_array, packb, unpackb
 from roboflamingo.deploy.protocols.frames import Send, frame_problem, walk
-from roboflamingo.robots.calvin import CAMERAS, RGB_GRIPPER, ROBOT_OBS, SCENE_OBS
+from roboflamingo.robot import RobotDescription
+from roboflamingo.robots import calvin
+from roboflamingo.robots.calvin import ROBOT_OBS_DIM, SCENE_OBS, SCENE_OBS_DIM
 
 if TYPE_CHECKING:
     from roboflamingo.deploy.server import PolicyServer
@@ -120,34 +126,65 @@ ACTION_SPEC = {
     "gripper": _dim("gripper", 1, "binary_close_negative", -1.0, 1.0, "-1 close, +1 open"),
 }
 IMAGE_SPEC = _dim("image", 0, "rgb_hwc_uint8")
+# A robot's whole action as one DimSpec: its format says what the numbers are (vla-eval's own words
+# where it has them: ``absolute_joint_positions``, ``delta_xyz``-style ``delta_``).
+ACTION_FORMATS = {
+    ("absolute", "joint"): "absolute_joint_positions",
+    ("relative", "joint"): "delta_joint_positions",
+    ("absolute", "end_effector"): "absolute_end_effector",
+    ("relative", "end_effector"): "delta_end_effector",
+}
 
 
-def observation_spec(keys: tuple[str, ...]) -> dict[str, Any]:
-    spec: dict[str, Any] = {cam: IMAGE_SPEC for cam in CAMERAS if cam in keys}
-    if ROBOT_OBS in keys:
-        spec["state"] = _dim("state", 15, "calvin_robot_obs15", note="CALVIN robot_obs")
+def _is_calvin(robot: RobotDescription) -> bool:
+    return robot.shapes() == calvin.CALVIN.shapes()
+
+
+def action_spec(robot: RobotDescription = calvin.CALVIN) -> dict[str, Any]:
+    """vla-eval's action spec of ``robot``: CALVIN's three parts, else one ``actions`` entry."""
+    if _is_calvin(robot):
+        return ACTION_SPEC
+    a = robot.action
+    finite = all(math.isfinite(v) for v in (*a.low, *a.high))
+    note = f"{robot.name}: {', '.join(a.names)}" + (f"; binary grippers {list(a.grippers)} "
+                                                    f"({a.close} close, {a.open} open)" if a.grippers else "")
+    low, high = (min(a.low), max(a.high)) if finite else (None, None)
+    return {"actions": _dim("actions", a.dim, ACTION_FORMATS[a.mode, a.space], low, high, note)}
+
+
+def observation_spec(keys: tuple[str, ...], robot: RobotDescription = calvin.CALVIN) -> dict[str, Any]:
+    spec: dict[str, Any] = {cam: IMAGE_SPEC for cam in robot.camera_names if cam in keys}
+    if robot.state.key in keys:
+        if _is_calvin(robot):
+            spec["state"] = _dim("state", ROBOT_OBS_DIM, f"calvin_robot_obs{ROBOT_OBS_DIM}", note="CALVIN robot_obs")
+        else:
+            spec["state"] = _dim("state", robot.state.dim, f"{robot.name}_state{robot.state.dim}",
+                                 note=", ".join(robot.state.names))
     if SCENE_OBS in keys:
-        spec[SCENE_OBS] = _dim(SCENE_OBS, 24, "calvin_scene_obs24", note="CALVIN scene_obs (privileged)")
+        spec[SCENE_OBS] = _dim(SCENE_OBS, SCENE_OBS_DIM, f"calvin_scene_obs{SCENE_OBS_DIM}",
+                               note="CALVIN scene_obs (privileged)")
     spec["language"] = _dim("language", 0, "language")
     return spec
 
 
-def observation_params(keys: tuple[str, ...]) -> dict[str, bool]:
-    params = {"send_wrist_image": RGB_GRIPPER in keys, "send_state": ROBOT_OBS in keys}
+def observation_params(keys: tuple[str, ...], robot: RobotDescription = calvin.CALVIN) -> dict[str, bool]:
+    # vla-eval's benchmarks know one main camera and a wrist camera; any camera past the first counts.
+    params = {"send_wrist_image": any(cam in keys for cam in robot.camera_names[1:]),
+              "send_state": robot.state.key in keys}
     if SCENE_OBS in keys:
         params["send_scene_obs"] = True
     return params
 
 
-def to_observation(payload: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+def to_observation(payload: dict[str, Any], robot: RobotDescription = calvin.CALVIN) -> tuple[dict[str, Any], Any]:
     """vla-eval's observation payload as our observation map and instruction."""
     obs: dict[str, Any] = {}
     images = payload.get("images")
     if isinstance(images, dict):
-        obs.update({cam: images[cam] for cam in CAMERAS if cam in images})
+        obs.update({cam: images[cam] for cam in robot.camera_names if cam in images})
     for key in STATE_KEYS:
         if key in payload:
-            obs[ROBOT_OBS] = payload[key]
+            obs[robot.state.key] = payload[key]
             break
     if SCENE_OBS in payload:
         obs[SCENE_OBS] = payload[SCENE_OBS]
@@ -166,15 +203,15 @@ class VlaEvalTranslator:
         self.failed = False  # the last reset before a step failed: that step is not taken
 
     def hello(self) -> dict[str, Any]:
-        keys = self.server.source.observation_keys
+        keys, robot = self.server.source.observation_keys, self.server.robot
         return {
             "harness_version": f"roboflamingo-{__version__}",
             "protocol_version": PROTOCOL_VERSION,
             "model_server": f"roboflamingo:{self.server.source.name}",
             "capabilities": {},
-            "observation_params": observation_params(keys),
-            "action_spec": ACTION_SPEC,
-            "observation_spec": observation_spec(keys),
+            "observation_params": observation_params(keys, robot),
+            "action_spec": action_spec(robot),
+            "observation_spec": observation_spec(keys, robot),
             "roboflamingo": self.metadata,
         }
 
@@ -204,7 +241,7 @@ class VlaEvalTranslator:
                 yield packb({"type": "reset"})
                 if self.failed:
                     return
-            obs, instruction = to_observation(payload)
+            obs, instruction = to_observation(payload, self.server.robot)
             try:
                 step = packb({"type": "step", "obs": obs, "instruction": instruction})
             except (TypeError, ValueError, OverflowError) as e:
