@@ -52,6 +52,7 @@ class BatchedModel:
 
     def __init__(self, model: Any):
         self.model = model
+        self.robot = getattr(model, "robot", None)  # the action shape check_action expects
         self.histories: dict[int, Any] = {}
 
     def reset_slot(self, slot: int) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from roboflamingo.robots.calvin import ACTION_DIM
+from roboflamingo.robots.calvin import CALVIN
 from roboflamingo.types import Observation, Policy
 
 R = TypeVar("R")
@@ -57,10 +57,12 @@ class StepTimes:
 
 
 def check_action(action: Any, policy: Policy) -> np.ndarray:
-    """The policy's action as float32 (7,); a wrong shape or NaN is the policy's bug, named as such."""
+    """The policy's action as float32 in its robot's shape (CALVIN's for a policy that names none); a
+    wrong shape or NaN is the policy's bug, named as such."""
+    dim = (getattr(policy, "robot", None) or CALVIN).action.dim
     arr = np.asarray(action, dtype=np.float32)
-    if arr.shape != (ACTION_DIM,):
-        raise ValueError(f"{type(policy).__name__}.step returned shape {arr.shape}, expected ({ACTION_DIM},)")
+    if arr.shape != (dim,):
+        raise ValueError(f"{type(policy).__name__}.step returned shape {arr.shape}, expected ({dim},)")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{type(policy).__name__}.step returned a non-finite action {arr.tolist()}")
     return arr

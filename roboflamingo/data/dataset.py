@@ -51,6 +51,7 @@ from roboflamingo.data.layout import (
     load_split_index,
     probe_image_shapes,
     read_frame,
+    read_split_robot,
     require_robot_option,
     require_same_robot,
 )
@@ -60,6 +61,16 @@ from roboflamingo.robot import RobotDescription
 from roboflamingo.types import ACTION_MASK, ACTIONS, INSTRUCTION
 
 __all__ = ["CalvinDataset", "WindowSampler", "collate", "compute_normalization", "make_dataloader", "sample_keys"]
+
+
+def split_robot(cfg: DataConfig, split: str) -> RobotDescription:
+    """The description of ``split`` as :class:`CalvinDataset` will read it, without opening the split:
+    a CALVIN-layout split's ``robot.json`` (CALVIN's without one), or the one a LeRobot dataset (or a
+    split kept only as shards) was packed with."""
+    split_dir = Path(cfg.root) / split
+    if split_dir.is_dir() and cfg.format != "lerobot":
+        return read_split_robot(split_dir)
+    return read_split_robot(packed_dir_for(cfg.root, split, cfg.packed_root))
 
 
 def sample_keys(robot: RobotDescription) -> tuple[str, ...]:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 
 from roboflamingo.config import ConfigError, load_yaml, save_yaml, to_yaml
 from roboflamingo.data.config import DataConfig
-from roboflamingo.data.dataset import CalvinDataset, WindowSampler, collate, make_dataloader
+from roboflamingo.data.dataset import CalvinDataset, WindowSampler, collate, make_dataloader, split_robot
 from roboflamingo.data.inputs import check_split
 from roboflamingo.data.layout import DatasetError
 from roboflamingo.data.packed import packed_dir_for
@@ -45,7 +45,6 @@ from roboflamingo.data.stats import compute_normalization
 from roboflamingo.models.config import HeadConfig, ModelConfig
 from roboflamingo.process import crash_hook
 from roboflamingo.robot import RobotDescription
-from roboflamingo.robots import read_dataset_robot
 from roboflamingo.threads import ThreadGovernor
 from roboflamingo.train import distributed
 from roboflamingo.train.checkpoint import (
@@ -340,8 +339,8 @@ def _normalization(data: DataConfig) -> dict[str, np.ndarray]:
 
 
 def _robot(data: DataConfig) -> RobotDescription:
-    """The robot the training split was recorded on (its ``robot.json``; CALVIN's without one)."""
-    return read_dataset_robot(Path(data.root) / data.train_split)
+    """The robot the training split was recorded on (its description; CALVIN's without one)."""
+    return split_robot(data, data.train_split)
 
 
 def _build_policy(model: ModelConfig, head: HeadConfig, stats: dict[str, np.ndarray],

@@ -3,7 +3,6 @@ carried by our exports, checked on pack and on read; the SO-101 dataset LeRobot'
 
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 from pathlib import Path
@@ -258,31 +257,3 @@ def test_so101_dataset_packs_with_so101s_shapes(tmp_path, robot):
     stats = compute_normalization(root / "training", packed_dir=tmp_path / "packed" / "training")
     # Absolute joint targets far outside [-1, 1]: measured, every dim (the gripper is a position).
     assert np.all(stats["action_std"] > 10)
-
-
-@pytest.mark.slow
-def test_so101_dataset_trains(tmp_path):
-    """Issue 26's Done-when training run. NEEDS THE MODEL SIDE: it runs once ``RoboFlamingoPolicy``
-    accepts ``robot=`` (the lead's half of issue 26); until then it is skipped, saying so."""
-    from roboflamingo.models.policy import RoboFlamingoPolicy
-
-    if "robot" not in inspect.signature(RoboFlamingoPolicy.__init__).parameters:
-        pytest.skip("RoboFlamingoPolicy does not take robot= yet (issue 26, model side)")
-    from roboflamingo import cli
-    from roboflamingo.models.checkpoint import read_robot
-
-    root, packed = tmp_path / "so101", tmp_path / "packed"
-    for split in ("training", "validation"):
-        shutil.copytree(SO101_FIXTURE, root / split)
-        pack_split(root / split, packed / split, progress=False, lerobot=LeRobotConfig(), robot="so101")
-    run_dir = tmp_path / "run"
-    args = ["model=tiny", "head=lstm", "train=tiny", "model.window=4", "data=lerobot", f"data.root={root}",
-            f"data.packed_root={packed}", "data.robot=so101", "data.batch_size=4", "data.num_workers=0",
-            "train.steps=300", "train.lr=1e-3", "train.warmup_steps=10", "train.val_every=50", "train.val_batches=4",
-            "train.log_every=50", "train.checkpoint_every=300", "train.threads=2", "train.progress=false",
-            f"run_dir={run_dir}"]
-    assert cli.main(["train", *args]) == 0
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    val = [r["val/loss"] for r in records if "val/loss" in r]
-    assert len(val) >= 2 and val[-1] < 0.5 * val[0], val
-    assert read_robot(run_dir / "checkpoints" / "last") == load_robot("so101")
