@@ -191,6 +191,9 @@ class ControlNode:
                 # Without a stamp the age check would be meaningless; treat it as arriving now.
                 self._warn_once(f"nostamp:{key}", f"{key} messages carry no header stamp; using receive time")
                 stamp = self.clock.now()
+            elif not math.isfinite(stamp):  # kept as NaN: the gate holds on it as stale
+                self._warn_once(f"badstamp:{key}", f"a {key} message has a header stamp that is not a finite "
+                                "time; holding until a correctly stamped one arrives")
             self.latest.put(key, msg, stamp)
             self._wake.set()
 

@@ -11,8 +11,8 @@ Pure and clock-free (time is passed in), so every guarantee is checked by proper
   box or moves further than the caps.
 * ``CommandGate`` decides each cycle whether a command may go out at all: never after the e-stop
   (latched), never after the time limit, and not while any required observation is missing, older
-  than ``max_obs_age_s`` by its header stamp, or stamped more than ``max_obs_age_s`` ahead of the
-  clock (stale or future data means hold, i.e. send nothing).
+  than ``max_obs_age_s`` by its header stamp, stamped more than ``max_obs_age_s`` ahead of the
+  clock, or stamped with no finite time at all (stale or future data means hold, i.e. send nothing).
 * ``LatencyLog`` keeps per-stage timings and reports percentiles.
 """
 
@@ -230,6 +230,9 @@ class CommandGate:
         for name, stamp in stamps.items():
             if stamp is None:
                 return Hold(HoldReason.NO_OBSERVATION, name)
+            if not math.isfinite(stamp):
+                # A NaN age would pass both comparisons below and never go stale (issue 31).
+                return Hold(HoldReason.STALE, name)
             age = now - stamp
             if age > self.max_obs_age_s:
                 return Hold(HoldReason.STALE, name)
