@@ -18,6 +18,7 @@ Pure and clock-free (time is passed in), so every guarantee is checked by proper
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -40,9 +41,36 @@ from roboflamingo.types import (
 )
 
 
+# Physical sense for the limits (issue 31): a limit beyond its bound is refused unless it is named in
+# ``safety.beyond_bounds``, and then logged. Tabletop arms reach about 0.85 m (Franka) to 1.3 m (UR10),
+# so no workspace corner is 2 m from the base; a Franka moves at most 1.7 m/s and 2.5 rad/s, so one
+# command at a 15 Hz control rate never needs 0.1 m or 0.5 rad; CALVIN-style policies act on frames at
+# most a few hundred ms old, so an observation 2 s old describes a scene that is gone.
+BOUNDS = {
+    "workspace": 2.0,  # |coordinate| of either workspace corner, m
+    "max_step_m": 0.1,
+    "max_step_rad": 0.5,
+    "max_obs_age_s": 2.0,
+}
+LOG = logging.getLogger("roboflamingo.safety")
+
+
 @dataclass
 class SafetyConfig:
-    """Limits applied to every command; positions in the robot base frame (m), angles in rad."""
+    """Limits applied to every command; positions in the robot base frame (m), angles in rad.
+
+    Args:
+        workspace_min / workspace_max: corners of the box every commanded position stays in; each
+            coordinate within +-2 m of the base (``BOUNDS``).
+        max_step_m: largest translation between consecutive commands, m (at most 0.1).
+        max_step_rad: largest rotation between consecutive commands, rad (at most 0.5).
+        action_scale: multiplies every action, e.g. 0.2-0.5 for a first run on new hardware (at most 1).
+        max_obs_age_s: observations older than this by their header stamp mean hold, s (at most 2).
+        max_duration_s: stop commanding after this long, s; 0 = no limit.
+        beyond_bounds: the limits allowed past their physical bound (workspace, max_step_m,
+            max_step_rad, max_obs_age_s), e.g. ``[max_step_m]`` for a fast gantry; each one is
+            logged as a warning. Empty: every limit must be within its bound.
+    """
 
     workspace_min: list[float] = field(default_factory=lambda: [-0.6, -0.9, 0.25])
     workspace_max: list[float] = field(default_factory=lambda: [0.6, 0.5, 1.0])
@@ -54,6 +82,7 @@ class SafetyConfig:
     action_scale: float = 1.0  # e.g. 0.2-0.5 for a first run on new hardware (openvla#192)
     max_obs_age_s: float = 0.5  # observations older than this (header stamp) mean hold
     max_duration_s: float = 0.0  # stop commanding after this long; 0 = no limit
+    beyond_bounds: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("workspace_min", "workspace_max"):
@@ -73,6 +102,25 @@ class SafetyConfig:
             raise ValueError(f"safety.action_scale must be <= 1, got {self.action_scale}")
         require_positive("safety.max_obs_age_s", self.max_obs_age_s)
         require_positive("safety.max_duration_s", self.max_duration_s, allow_zero=True)
+        self._check_bounds()
+
+    def _check_bounds(self) -> None:
+        unknown = sorted(set(self.beyond_bounds) - set(BOUNDS))
+        if unknown:
+            raise ValueError(f"safety.beyond_bounds names {unknown}; it may name {sorted(BOUNDS)}")
+        corner = max(abs(v) for v in (*self.workspace_min, *self.workspace_max))
+        values = {"workspace": corner, **{k: getattr(self, k) for k in BOUNDS if k != "workspace"}}
+        for name, value in values.items():
+            if value <= BOUNDS[name]:
+                continue
+            what = "a coordinate of safety.workspace_min/workspace_max" if name == "workspace" else f"safety.{name}"
+            if name not in self.beyond_bounds:
+                raise ValueError(
+                    f"{what} is {value}, beyond its physical bound {BOUNDS[name]}; if the robot really "
+                    f"needs it, add {name} to safety.beyond_bounds (logged)"
+                )
+            LOG.warning("SAFETY LIMIT BEYOND ITS BOUND: %s is %s (bound %s), allowed by safety.beyond_bounds",
+                        what, value, BOUNDS[name])
 
 
 class SafetyError(RuntimeError):
