@@ -289,6 +289,8 @@ class ControlNode:
 
     def cycle(self) -> str:
         """One decision: returns ``"command"`` or the reason for holding."""
+        if getattr(self.bridge, "refused", ""):
+            return self._hold(HoldReason.COMMAND_REFUSED)
         now = self.clock.now()
         stamps = {k: self.latest.stamp(k) for k in self.stamped}
         reason = self.gate.check(now, stamps)
@@ -353,6 +355,8 @@ class ControlNode:
             and self.bridge.publish(self.topics.target_pose, pose_msg)
         ):
             self._restart_episode()
+            if getattr(self.bridge, "refused", ""):
+                return self._hold(HoldReason.COMMAND_REFUSED)
             return self._hold("disconnected")
         self.last_gripper = cmd.gripper
         self.last_obs_stamp = obs_stamp
@@ -408,9 +412,12 @@ class ControlNode:
         return self.summary(result)
 
     def summary(self, ended: str = "") -> dict[str, Any]:
+        # A refusal comes back after the publish it refuses: those publishes never reached the robot.
+        refusals = dict(getattr(self.bridge, "refusals", None) or {})
         return {
             "ended": ended,
-            "commands": self.commands,
+            "commands": self.commands - refusals.get(self.topics.target_pose.name, 0),
+            "refused_publishes": sum(refusals.values()),
             "holds": dict(self.holds),
             "bridge_drops": getattr(self.bridge, "drops", 0),
             "latency": self.latency.summary(),
@@ -442,4 +449,5 @@ def run(job: Job) -> int:
     if job.stats_path:
         atomic_write_json(job.stats_path, summary)
     print(json.dumps(summary), flush=True)
-    return 0 if summary["ended"] != HOLD_ESTOP else 3
+    # 3: stopped for safety (an e-stop, or another session owns the command topics)
+    return 3 if summary["ended"] in (HOLD_ESTOP, HoldReason.COMMAND_REFUSED) else 0

@@ -233,11 +233,12 @@ class HoldReason(StrEnum):
     POLICY_ERROR = "policy_error"
     BAD_ACTION = "bad_action"
     STALE_ACTION = "stale_action"
+    COMMAND_REFUSED = "command_refused"  # the bridge refused a command: someone else owns the arm
 
 
 HOLD_ESTOP = HoldReason.ESTOP
 HOLD_TIME_LIMIT = HoldReason.TIME_LIMIT
-TERMINAL_HOLDS = (HOLD_ESTOP, HOLD_TIME_LIMIT)  # the node stops rather than waits
+TERMINAL_HOLDS = (HOLD_ESTOP, HOLD_TIME_LIMIT, HoldReason.COMMAND_REFUSED)  # the node stops rather than waits
 
 
 @dataclass(frozen=True)
