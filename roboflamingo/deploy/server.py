@@ -63,6 +63,7 @@ from roboflamingo.config import require_positive
 from roboflamingo.deploy.auth import TOKEN_ENV, is_loopback, read_secret, token_matches
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
 from roboflamingo.deploy.protocols import PATHS, ProtocolConnection
+from roboflamingo.deploy.protocols.frames import public_text
 from roboflamingo.policies import PolicyKind, PolicySource, PolicySourceConfig, policy_source
 from roboflamingo.types import (
     ACTION_DIM,
@@ -278,6 +279,9 @@ class PolicyServer:
         self.clock = clock
         self.hard_max_message_bytes = cfg.hard_max_message_bytes or 4 * cfg.max_message_bytes
         self.pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="policy")
+        # Image decoding for the protocols that send compressed images (vla-eval): off the event loop
+        # and apart from inference, so a client's large images cost neither the loop nor a policy thread.
+        self.decode_pool = ThreadPoolExecutor(max_workers=max(2, cfg.workers), thread_name_prefix="decode")
         self.sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
         self._starting = 0  # connections whose policy is still being created
@@ -389,6 +393,7 @@ class PolicyServer:
 
     def _error(self, request_id: Any, code: str, message: str) -> dict[str, Any]:
         self.counters["errors"] += 1
+        message = public_text(message)  # a policy's exception text may quote reprs with addresses
         if len(message) > MAX_ERROR_CHARS:
             message = message[:MAX_ERROR_CHARS] + f"... ({len(message)} characters, truncated)"
         # The id is echoed for matching replies; a huge or odd one is not worth echoing.
@@ -507,6 +512,7 @@ class PolicyServer:
                 if sweeper is not None:
                     sweeper.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def url(self) -> str:
