@@ -430,13 +430,20 @@ def run(job: Job) -> int:
 
     try:
         policy = make_policy(job)
+    except ValueError as e:  # a weak or exposed token file, or a bad checkpoint
+        print(f"roboflamingo ros: {e}", file=sys.stderr)
+        return 2
     except OSError as e:  # connection refused, unreachable host, handshake timeout, TLS failure
         print(f"roboflamingo ros: cannot reach the policy server at {job.policy.server}: {e}", file=sys.stderr)
         return 2
     except PolicyServerError as e:  # e.g. server_full or unauthorized, answered at the handshake
         print(f"roboflamingo ros: the policy server at {job.policy.server} refused the session: {e}", file=sys.stderr)
         return 2
-    node = ControlNode(job, policy)
+    try:
+        node = ControlNode(job, policy)
+    except ValueError as e:  # the rosauth secret file
+        print(f"roboflamingo ros: {e}", file=sys.stderr)
+        return 2
     try:
         summary = node.run()
     except KeyboardInterrupt:
