@@ -13,12 +13,16 @@
         robot_obs.npy                     float32 (n, 15)
         rel_actions.npy                   float32 (n, 7)
 
-Opening a packed split checks every file against the sha256 in the manifest (so a flipped bit or an
-edited value is refused with the file named, never trained on) and that robot_obs and rel_actions are
-finite. Hashing a CALVIN-sized split takes minutes, so ``verified.json`` remembers, per file, the size
-and modification time it had when its hash last matched; a file whose size or mtime changed since
-is hashed again (and one modified within ``_MTIME_SLACK_S`` of its check always is, since file
-times are coarse).
+Opening a packed split checks every file against the sha256 in the manifest (so an edited value is
+refused with the file named, never trained on) and that robot_obs and rel_actions are finite and
+sane (``layout.check_values``). Hashing a CALVIN-sized split takes minutes, so ``verified.json``
+remembers, per file, the size, inode, modification time and status-change time (ctime) it had when
+its hash last matched; a file where any of them changed since is hashed again (and one changed
+within ``_MTIME_SLACK_S`` of its check always is, since file times are coarse). Writing a file, or
+setting its mtime back with ``touch``/``utime``, sets its ctime to the present, and no user can set
+a ctime back, so an edit is always re-hashed. What leaves no trace in the metadata (bit rot on the
+disk, a raw write to the block device) is found only by a full re-hash: ``verify_packed``, i.e.
+``roboflamingo pack --verify`` (sha256 at a few hundred MB/s a core: a minute or two per 10 GB).
 
 Row r of the concatenated shards is frame ``SplitIndex.frame_ids()[r]``; shard k holds rows
 ``[k * shard_frames, (k + 1) * shard_frames)``. Readers map each ``.npy`` read-only and give the
@@ -31,6 +35,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,7 @@ SHARD_META = "shard.json"
 PACKED_FIELDS = FRAME_KEYS  # rgb_static, rgb_gripper, robot_obs, rel_actions
 VERIFIED = "verified.json"
 _MTIME_SLACK_S = 2.0
+_SHARD_NAME = re.compile(r"shard_\d{5,}")
 
 
 def packed_dir_for(root: str | os.PathLike, split: str, packed_root: str | None = None) -> Path:
@@ -150,9 +156,16 @@ def load_manifest(packed_dir: Path) -> dict[str, Any]:
             raise DatasetError(f"{path}: field '{key}' must be a {kind.__name__}, got {manifest[key]!r:.100}")
     if manifest["shard_frames"] <= 0:
         raise DatasetError(f"{path}: field 'shard_frames' must be > 0, got {manifest['shard_frames']}")
+    file_names = {f"{key}.npy" for key in PACKED_FIELDS}
     for i, shard in enumerate(manifest["shards"]):
         if not (isinstance(shard, dict) and isinstance(shard.get("name"), str) and isinstance(shard.get("files"), dict)):
             raise DatasetError(f"{path}: field 'shards[{i}]' must be an object with 'name' and 'files'")
+        # Names become paths under the packed directory: '../..' or '/etc' must not lead out of it.
+        if not _SHARD_NAME.fullmatch(shard["name"]):
+            raise DatasetError(f"{path}: field 'shards[{i}].name' must be shard_<number>, got {shard['name'][:100]!r}")
+        odd = sorted(str(n)[:100] for n in shard["files"] if n not in file_names)
+        if odd:
+            raise DatasetError(f"{path}: field 'shards[{i}].files' names {odd}; a shard holds only {sorted(file_names)}")
     return manifest
 
 
@@ -162,6 +175,11 @@ def _load_verified(packed_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
+
+
+def _file_state(st: os.stat_result) -> dict[str, int]:
+    """What must be unchanged for a file's recorded hash to stand: ctime cannot be set back."""
+    return {"size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
 
 
 def verify_files(packed_dir: Path, manifest: dict[str, Any], trust_record: bool = True) -> None:
@@ -177,12 +195,12 @@ def verify_files(packed_dir: Path, manifest: dict[str, Any], trust_record: bool 
             except FileNotFoundError as e:
                 raise DatasetError(f"{path}: packed file is missing") from e
             seen = record.get(rel)
+            now = _file_state(st)
             if (
                 isinstance(seen, dict)
                 and seen.get("sha256") == digest
-                and seen.get("size") == st.st_size
-                and seen.get("mtime_ns") == st.st_mtime_ns
-                and seen.get("checked", 0) - st.st_mtime_ns / 1e9 > _MTIME_SLACK_S
+                and all(seen.get(k) == v for k, v in now.items())
+                and seen.get("checked", 0) - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 > _MTIME_SLACK_S
             ):
                 fresh[rel] = seen
                 continue
@@ -192,7 +210,7 @@ def verify_files(packed_dir: Path, manifest: dict[str, Any], trust_record: bool 
                     f"{path}: sha256 does not match manifest field 'shards[{shard['name']}].files.{name}' "
                     "(corrupted or edited after packing; re-run `roboflamingo pack`)"
                 )
-            fresh[rel] = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "checked": checked}
+            fresh[rel] = {"sha256": digest, **now, "checked": checked}
     if fresh != record:
         try:
             atomic_write_json(packed_dir / VERIFIED, fresh)
@@ -321,7 +339,12 @@ def verify_shard(shard_dir: Path, check_checksums: bool = True) -> dict[str, Any
     return meta
 
 
-def verify_packed(packed_dir: str | os.PathLike) -> None:
-    """Recompute every checksum in the manifest; raise a DatasetError naming the first bad file."""
+def verify_packed(packed_dir: str | os.PathLike) -> dict[str, Any]:
+    """Recompute every checksum in the manifest (the record of earlier checks is not trusted); raise
+    a DatasetError naming the first bad file. Returns ``{"files", "bytes", "seconds"}``."""
     packed_dir = Path(packed_dir)
-    verify_files(packed_dir, load_manifest(packed_dir), trust_record=False)
+    manifest = load_manifest(packed_dir)
+    t0 = time.perf_counter()
+    verify_files(packed_dir, manifest, trust_record=False)
+    files = [packed_dir / s["name"] / n for s in manifest["shards"] for n in s["files"]]
+    return {"files": len(files), "bytes": sum(f.stat().st_size for f in files), "seconds": time.perf_counter() - t0}
