@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,18 @@ EP_START_END = "ep_start_end_ids.npy"
 LANG_ANN = os.path.join("lang_annotations", "auto_lang_ann.npy")
 STATISTICS = "statistics.yaml"
 _FRAME_RE = re.compile(r"^episode_(\d{7,})\.npz$")
+
+# Sane ranges for robot_obs and rel_actions until the robot description gives per-robot bounds.
+# No state or action of a tabletop arm comes near 1e5 in SI units (m, rad), degrees, or the encoder
+# ticks of common servos (4096 a turn); beyond it a value is corruption (an exploded simulation, a
+# unit bug), and as a normalization mean it would wreck every other value (issue 31).
+MAX_ABS_VALUE = 1e5
+# Over many rows, a value more than RELATIVE_FACTOR times its column's 90th-percentile magnitude
+# (and than RELATIVE_FLOOR) is refused too: the percentile ignores the few rows a corruption touches,
+# and the floor keeps columns that are mostly zero (an unused joint) from flagging ordinary values.
+RELATIVE_FACTOR = 100.0
+RELATIVE_FLOOR = 1.0
+RELATIVE_MIN_ROWS = 10
 
 
 class DatasetError(ValueError):
@@ -193,6 +205,46 @@ def check_array(path: Path | str, key: str, value: np.ndarray, image_shape: tupl
     # Training reads float32: a finite float64 beyond its range (1e39) would become inf there.
     if np.any(np.abs(value) > np.finfo(np.float32).max):
         raise DatasetError(f"{path}: field '{key}' has values beyond float32's range: {value.tolist()}")
+    check_values(path, key, value[None])
+
+
+def check_values(
+    path: Path | str, key: str, values: np.ndarray, first_row: int = 0, frame_ids: np.ndarray | None = None,
+    locate: Callable[[int], tuple[Path | str, int]] | None = None,
+) -> None:
+    """Rows of a vector field (robot_obs, rel_actions) must be finite and sane; else a DatasetError
+    naming ``path``, the field, the row (and its frame id when ``frame_ids`` gives them) and entry.
+    ``locate(i)``: the file and row that hold row ``i`` of ``values``, when they span several files.
+
+    Sane: every ``|value| <= MAX_ABS_VALUE``, and with ``RELATIVE_MIN_ROWS`` rows or more, every
+    ``|value| <= RELATIVE_FACTOR * max(RELATIVE_FLOOR, 90th percentile of |its column|)``. This is
+    the one place a per-robot bounds check (the robot description's action/state ranges) extends.
+    """
+    values = np.asarray(values).reshape(len(values), -1)
+
+    def fail(bad: np.ndarray, why: str) -> None:
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        frame = f", in frame {int(frame_ids[row])}" if frame_ids is not None else ""
+        where, at = locate(row) if locate is not None else (path, first_row + row)
+        raise DatasetError(
+            f"{where}: field '{key}' row {at} entry {col} is {values[row, col]:g}{why}{frame} "
+            f"({int(bad.sum())} of the {values.size} values checked fail this check)"
+        )
+
+    bad = ~np.isfinite(values)
+    if bad.any():
+        fail(bad, " (NaN or inf)")
+    magnitude = np.abs(values.astype(np.float64))
+    bad = magnitude > MAX_ABS_VALUE
+    if bad.any():
+        fail(bad, f", beyond the sane magnitude {MAX_ABS_VALUE:g} (layout.MAX_ABS_VALUE)")
+    if len(values) >= RELATIVE_MIN_ROWS:
+        limit = RELATIVE_FACTOR * np.maximum(RELATIVE_FLOOR, np.quantile(magnitude, 0.9, axis=0))
+        bad = magnitude > limit
+        if bad.any():
+            col = int(np.argwhere(bad)[0][1])
+            fail(bad, f", more than {RELATIVE_FACTOR:g} x its column's typical magnitude "
+                      f"(90th percentile {limit[col] / RELATIVE_FACTOR:g}; layout.check_values)")
 
 
 def read_frame(

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from roboflamingo.data.config import LeRobotConfig
-from roboflamingo.data.layout import IMAGE_KEYS, DatasetError, SplitIndex
+from roboflamingo.data.layout import IMAGE_KEYS, DatasetError, SplitIndex, check_values
 from roboflamingo.types import REL_ACTIONS, ROBOT_OBS
 
 INFO_PATH = "meta/info.json"
@@ -92,6 +92,7 @@ def _vector_column(table, name: str, dim: int, where: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
     if len(bad):
         raise DatasetError(f"{where}: feature '{name}' is NaN or inf at frame index {int(bad[0])}")
+    check_values(where, name, values, frame_ids=np.arange(len(values)))  # absurd magnitudes (issue 31)
     return values.astype(np.float32)
 
 

@@ -50,6 +50,7 @@ from roboflamingo.data.layout import (
     REL_ACTIONS,
     DatasetError,
     SplitIndex,
+    check_values,
 )
 from roboflamingo.io import atomic_write_json, sha256_file
 from roboflamingo.types import ROBOT_OBS
@@ -218,17 +219,6 @@ def verify_files(packed_dir: Path, manifest: dict[str, Any], trust_record: bool 
             pass  # a read-only dataset is re-hashed on every open instead
 
 
-def check_values(path: Path, key: str, values: np.ndarray, first_row: int = 0) -> None:
-    """robot_obs / rel_actions rows must be finite (float32 overflows to inf, so that is covered)."""
-    bad = ~np.isfinite(values)
-    if bad.any():
-        row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise DatasetError(
-            f"{path}: field '{key}' row {first_row + row} entry {col} is {values[row, col]} (NaN or inf); "
-            "the packed split is corrupt, re-run `roboflamingo pack`"
-        )
-
-
 class PackedSplit:
     """Reads rows of a packed split; memory maps are opened lazily, once per DataLoader worker."""
 
@@ -276,10 +266,15 @@ class PackedSplit:
         self._maps: dict[tuple[int, str], NpyMap] = {}
         if verify:
             verify_files(self.packed_dir, self.manifest)
-        # The vector fields are 88 bytes a frame: cheap to check whole, and what a NaN would poison.
-        for k, shard in enumerate(self._shards):
-            for key in (ROBOT_OBS, REL_ACTIONS):
-                check_values(shard / f"{key}.npy", key, self._map(k, key).read(0, self._headers[(k, key)][0][0]))
+        # The vector fields are 88 bytes a frame: cheap to check whole, and what a NaN or an absurd
+        # value would poison (the normalization statistics first). Checked over the whole split, so the
+        # relative check sees every row of a column.
+        for key in (ROBOT_OBS, REL_ACTIONS):
+            values = np.concatenate([self._map(k, key).read(0, self._headers[(k, key)][0][0])
+                                     for k in range(len(self._shards))])
+            check_values(self.packed_dir, key, values, frame_ids=ids,
+                         locate=lambda r, key=key: (self._shards[r // self.shard_frames] / f"{key}.npy",
+                                                    r % self.shard_frames))
         self._maps = {}
 
     def __getstate__(self) -> dict[str, Any]:

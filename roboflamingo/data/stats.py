@@ -27,6 +27,7 @@ from roboflamingo.data.layout import (
     REL_ACTIONS,
     STATISTICS,
     DatasetError,
+    check_values,
     frame_path,
     load_split_index,
     read_frame,
@@ -66,7 +67,10 @@ def read_statistics_yaml(path: str | os.PathLike) -> dict[str, np.ndarray] | Non
     return out
 
 
-def _sample_frames(split_dir: Path, max_frames: int, packed_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
+def _sample_frames(
+    split_dir: Path, max_frames: int, packed_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(robot_obs, rel_actions, frame ids) of up to ``max_frames`` evenly spaced annotated frames."""
     # A LeRobot split has no CALVIN index files; its packed copy carries them.
     calvin = (split_dir / EP_START_END).is_file() or packed_dir is None
     index = load_split_index(split_dir if calvin else packed_dir, check_files=False)
@@ -81,12 +85,12 @@ def _sample_frames(split_dir: Path, max_frames: int, packed_dir: Path | None) ->
         # Whole-field reads are fine: robot_obs and rel_actions are 88 bytes a frame.
         obs = packed.read(ROBOT_OBS, 0, len(ids))[pick]
         act = packed.read(REL_ACTIONS, 0, len(ids))[pick]
-        return obs.astype(np.float64), act.astype(np.float64)
+        return obs.astype(np.float64), act.astype(np.float64), ids[pick]
     frames = [read_frame(frame_path(split_dir, int(ids[i])), (ROBOT_OBS, REL_ACTIONS)) for i in pick]
     # Through float32 like the packed arrays and the training batches, so both paths agree exactly.
     obs = np.stack([f[ROBOT_OBS] for f in frames]).astype(np.float32).astype(np.float64)
     act = np.stack([f[REL_ACTIONS] for f in frames]).astype(np.float32).astype(np.float64)
-    return obs, act
+    return obs, act, ids[pick]
 
 
 def _safe_std(std: np.ndarray) -> np.ndarray:
@@ -108,12 +112,12 @@ def compute_normalization(
     from_yaml = read_statistics_yaml(split_dir / STATISTICS) if use_statistics_yaml else None
     # With robot_obs stats from the yaml, frames only serve the action range check: fewer will do
     # (an unpacked CALVIN split costs ~2 ms per npz file opened).
-    obs, act = _sample_frames(split_dir, max_frames if from_yaml is None else min(max_frames, 1000), packed)
-    # The readers refuse non-finite frames already; this guards the one place where a NaN would hide
-    # (NaN > 1 is False, so the range test below would pass it and the mean would become NaN).
+    obs, act, ids = _sample_frames(split_dir, max_frames if from_yaml is None else min(max_frames, 1000), packed)
+    # The readers refuse non-finite and absurd frames already; this guards the place where one would
+    # hide (NaN > 1 is False, so the range test below would pass it and the mean would become NaN), and
+    # sees the sampled frames together, so a value absurd only beside its column is caught here too.
     for key, values in ((ROBOT_OBS, obs), (REL_ACTIONS, act)):
-        if not np.all(np.isfinite(values)):
-            raise DatasetError(f"{split_dir}: field '{key}' holds NaN or inf in the frames sampled for statistics")
+        check_values(split_dir, key, values, frame_ids=ids)
     pose = act[:, :GRIPPER_INDEX]
     action_mean = np.zeros(ACTION_DIM)
     action_std = np.ones(ACTION_DIM)
