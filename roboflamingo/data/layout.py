@@ -5,7 +5,8 @@ A split directory (``<root>/training`` or ``<root>/validation``) holds::
     episode_%07d.npz                    one frame per file (CALVIN's legacy name), keys below
     ep_start_end_ids.npy                (N, 2) inclusive [start, end] frame ids of recorded episodes
     lang_annotations/auto_lang_ann.npy  pickled dict: language.ann (sentences), language.task,
-                                        info.indx (inclusive (start, end) frame ids per sentence)
+                                        info.indx (inclusive (start, end) frame ids per sentence);
+                                        unpickled as plain data only (``safe_pickle``)
     statistics.yaml                     optional normalization statistics
 
 Validation is split so that opening CALVIN's hundreds of GB stays cheap: the index files are
@@ -80,11 +81,16 @@ class SplitIndex:
         return np.flatnonzero(np.cumsum(covered)[:-1] > 0).astype(np.int64) + lo
 
 
-def _load_npy(path: Path, allow_pickle: bool = False) -> np.ndarray:
+def _load_npy(path: Path, pickled: bool = False) -> np.ndarray:
+    """``pickled``: the file may hold an object array, unpickled only as plain data (``safe_pickle``)."""
+    from roboflamingo.data.safe_pickle import RefusedGlobal, load_pickled_npy
+
     if not path.is_file():
         raise DatasetError(f"{path}: file is missing")
     try:
-        return np.load(path, allow_pickle=allow_pickle)
+        return load_pickled_npy(path) if pickled else np.load(path, allow_pickle=False)
+    except RefusedGlobal as e:
+        raise DatasetError(f"{path}: {e}") from e
     except Exception as e:  # numpy raises several types for truncated or foreign files
         raise DatasetError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
 
@@ -112,9 +118,9 @@ def _field(container: object, key: str, path: Path, where: str) -> object:
 def load_annotations(split_dir: Path) -> tuple[np.ndarray, list[str], list[str]]:
     """(segments (M, 2) int64, instructions, tasks) from auto_lang_ann.npy, structure-checked."""
     path = split_dir / LANG_ANN
-    raw = _load_npy(path, allow_pickle=True)  # CALVIN stores a pickled dict: trusted data only
+    raw = _load_npy(path, pickled=True)  # CALVIN stores a pickled dict; it is read as plain data only
     if raw.dtype != object or raw.shape != ():
-        raise DatasetError(f"{path}: expected a pickled dict (load with allow_pickle=True).item(), got {raw.dtype} {raw.shape}")
+        raise DatasetError(f"{path}: expected a pickled dict (an object array of shape ()), got {raw.dtype} {raw.shape}")
     ann = raw.item()
     language = _field(ann, "language", path, "")
     info = _field(ann, "info", path, "")
