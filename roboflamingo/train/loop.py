@@ -41,6 +41,7 @@ from roboflamingo.data.dataset import CalvinDataset, WindowSampler, collate, mak
 from roboflamingo.data.layout import DatasetError
 from roboflamingo.data.packed import packed_dir_for
 from roboflamingo.data.stats import compute_normalization
+from roboflamingo.io import DirectoryLocked, DirLock
 from roboflamingo.models.config import HeadConfig, ModelConfig
 from roboflamingo.process import crash_hook
 from roboflamingo.threads import ThreadGovernor
@@ -105,7 +106,25 @@ def run(job: Job) -> int:
 
 
 def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
-    """Train ``job`` in this process (one rank of ``info``); returns the trained policy (unwrapped)."""
+    """Train ``job`` in this process (one rank of ``info``); returns the trained policy (unwrapped).
+
+    The main process holds ``<run_dir>/.lock`` (an OS lock, released however the process ends) for
+    the whole run, so a second run into the same directory is refused, naming the holder's pid,
+    before it reads or writes anything there.
+    """
+    if not info.is_main:
+        return _train(job, info)
+    try:
+        lock = DirLock(job.run_dir).acquire()
+    except DirectoryLocked as e:
+        raise ConfigError(f"run_dir: {e}; wait for that run to end or choose another run_dir") from None
+    try:
+        return _train(job, info)
+    finally:
+        lock.release()
+
+
+def _train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     cfg = job.train
     master = info.is_main
     run_dir = Path(job.run_dir)
