@@ -64,6 +64,15 @@ class NonFiniteLossError(RuntimeError):
     """The loss or gradient became NaN/inf; training stops before the update."""
 
 
+class DivergedError(RuntimeError):
+    """The weights about to be checkpointed are not a usable policy; nothing is saved and ``last`` stays."""
+
+
+# No healthy trainable weight of these policies comes near this (they sit within a few units of 0);
+# a run whose update blew up (lr=1e30 puts every weight near 1e30, still finite) crosses it at once.
+MAX_WEIGHT_ABS = 1e4
+
+
 @dataclass
 class Job:
     """``configs/train.yaml``: what to train (model, head), on what (data), how (train), where.
@@ -97,7 +106,7 @@ def run(job: Job) -> int:
     try:
         train(job, info)
         finished = True
-    except (ConfigError, CheckpointError, DatasetError, NonFiniteLossError) as e:
+    except (ConfigError, CheckpointError, DatasetError, NonFiniteLossError, DivergedError) as e:
         print(f"roboflamingo train: error: {e}", file=sys.stderr)
         return 2
     finally:
@@ -277,6 +286,7 @@ def _train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
             if master and val_loss is not None:
                 loggers.log(step, {"val/loss": val_loss})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _check_healthy(model, policy, batch, info, use_bf16, step, cfg.lr)
             _save(model, policy, optimizer, scheduler, ckpt_root, cfg, info,
                   {"step": step, "epoch": epoch, "batches_in_epoch": consumed, "seed": job.seed,
                    "world_size": info.world_size, "batch_size": job.data.batch_size})
@@ -477,6 +487,39 @@ def _validate(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, info
         total += float(loss)
     model.train()
     return distributed.all_reduce_mean([total / n], info)[0]
+
+
+@torch.no_grad()
+def _check_healthy(model: torch.nn.Module, policy: torch.nn.Module, batch: dict[str, Any],
+                   info: distributed.DistInfo, use_bf16: bool, step: int, lr: float) -> None:
+    """Before a checkpoint is written (and ``last`` moves to it): every trainable weight finite and
+    within ``MAX_WEIGHT_ABS``, and a forward pass on the step's last batch (eval mode) with a finite
+    loss. Every rank checks its part; any rank's finding stops all of them (``DivergedError``)."""
+    problem = None
+    for name, p in policy.named_parameters():
+        if not p.requires_grad or not p.is_floating_point():
+            continue
+        local = p.to_local() if hasattr(p, "to_local") else p  # an FSDP shard: each rank checks its own
+        if local.numel() == 0:
+            continue
+        biggest = float(local.detach().abs().max())
+        if not math.isfinite(biggest) or biggest > MAX_WEIGHT_ABS:
+            problem = f"weight '{name}' reaches {biggest:g} (beyond {MAX_WEIGHT_ABS:g})"
+            break
+    model.eval()
+    try:
+        with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, _ = model(batch)
+    finally:
+        model.train()
+    if problem is None and not torch.isfinite(loss).all():
+        problem = f"a forward pass on the step's last batch gives the loss {float(loss):g}"
+    found = [p for p in distributed.gather_objects(problem, info) if p]
+    if found:
+        raise DivergedError(
+            f"step {step}: {found[0]}: the run diverged (is train.lr={lr:g} too high?); "
+            "no checkpoint was written for it, and `last` still points at the previous one"
+        )
 
 
 def _save(model, policy, optimizer, scheduler, root: Path, cfg: TrainConfig, info: distributed.DistInfo,
