@@ -184,3 +184,24 @@ def test_a_learning_rate_beyond_float32_is_one_line_not_a_traceback(tmp_path, tr
     assert cli.main(["train", *train_args(tmp_path / "run", *STEPS, f"train.lr={lr}")]) == 2
     err = capsys.readouterr().err
     assert "train.lr must be" in err and "Traceback" not in err and err.count("\n") == 2  # + the --help hint
+
+
+@pytest.mark.parametrize("command", ["eval", "serve"])
+@pytest.mark.parametrize("damage", ["bit-flip", "truncated", "deleted-manifest"])
+def test_eval_and_serve_refuse_a_corrupt_last_in_one_line(trained, tmp_path, capsys, command, damage):
+    """Issue 31 item 10: `eval` printed a traceback (exit 1) where `serve` printed one line (exit 2)."""
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000001"
+    shutil.copytree(trained, ckpt)
+    (tmp_path / "run" / "checkpoints" / "last").symlink_to("step_0000001")
+    if damage == "bit-flip":
+        _flip(ckpt / "model.safetensors")
+    elif damage == "truncated":
+        (ckpt / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:1000])
+    else:
+        (ckpt / "manifest.json").unlink()
+    last = tmp_path / "run" / "checkpoints" / "last"
+    extra = ["eval.num_chains=1", f"run_dir={tmp_path / 'eval'}"] if command == "eval" else ["port=0", "duration_s=0.01"]
+    assert cli.main([command, f"checkpoint={last}", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"roboflamingo {command}: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "checkpoints/last is " in err  # named as the user gave it
