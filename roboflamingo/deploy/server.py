@@ -373,6 +373,9 @@ class PolicyServer:
             self._starting -= 1
         budget = ByteBudget(self.config.max_session_bytes_per_s, 2 * self.config.max_message_bytes, time.monotonic())
         session = Session(session_id, policy, asyncio.Lock(), ws, self.clock(), budget)
+        # The connection charges every client frame to the budget and pauses reading beyond it.
+        ws.budget = budget
+        ws.on_throttle = lambda: self.counters.__setitem__("throttled", self.counters["throttled"] + 1)
         self.sessions[session_id] = session
         self.counters["sessions_total"] += 1
         try:
@@ -382,10 +385,6 @@ class PolicyServer:
                 reply = await self._reply(session, frame)
                 await ws.send(packb(reply))
                 session.last_active = self.clock()
-                pause = budget.charge(len(frame), time.monotonic())
-                if pause:
-                    self.counters["throttled"] += 1
-                    await asyncio.sleep(pause)
         except ConnectionClosed:
             pass
         finally:

@@ -507,7 +507,7 @@ def test_the_benchmark_takes_an_action_or_the_first_row_of_a_chunk():
 
 
 # -- hostile images (issue 31 items 2 and 10) --------------------------------------------------------
-def test_vla_eval_images_of_one_frame_are_bounded_in_total_once_decoded():
+def test_vla_eval_images_of_one_frame_are_bounded_in_total_once_decoded(monkeypatch):
     from roboflamingo.deploy.codec import CodecError
     from roboflamingo.deploy.protocols.vla_eval import unpack_message
 
@@ -519,9 +519,16 @@ def test_vla_eval_images_of_one_frame_are_bounded_in_total_once_decoded():
                              use_bin_type=True)
 
     assert len(unpack_message(frame(2), 3000)["payload"]["images"]) == 2
-    # each image alone is within the limit; three of them together are not
+    # each image alone is within the limit; three of them together are not, and that is known from
+    # their declared shapes before any of them is decompressed
+    from PIL import Image
+
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
     with pytest.raises(CodecError, match=r"past max_message_bytes=3000 once decoded \(2400 bytes already\)"):
         unpack_message(frame(3), 3000)
+    assert opened == []
 
 
 def test_vla_eval_images_are_decoded_off_the_event_loop(monkeypatch):

@@ -392,3 +392,17 @@ def test_the_ros_and_sim_robot_commands_refuse_a_weak_secret_file_in_one_line(tm
     assert sim_robot.run(sim_robot.Job(serve_bridge=True, deploy=BridgeConfig(port=9, rosauth_secret_file=str(weak)))) == 2
     err = capsys.readouterr().err
     assert err.count("has 4 characters") == 2 and "Traceback" not in err
+
+
+def test_a_vla_eval_client_whose_frames_are_all_refused_is_throttled_too():
+    """Issue 31 item 2: refused foreign frames never reached the byte budget, so a client streaming
+    them (each one received, unpacked and answered on the server) had no rate limit at all."""
+    server = PolicyServer(source(), port=0, max_message_bytes=4096, max_session_bytes_per_s=5000.0)
+    bad = msgpack.packb({"type": "observation", "payload": {"images": {"rgb_static": {
+        "__image__": True, "format": "png", "data": b"x" * 3000, "shape": [100, 100, 3]}}}, "seq": 1,
+        "timestamp": 0.0}, use_bin_type=True)
+    with ServerThread(server) as thread, connect(thread.url + "/vla-eval", max_size=None) as ws:
+        for _ in range(4):  # 12 kB against an 8 kB burst
+            ws.send(bad)
+            assert unpackb(ws.recv(timeout=10))["type"] == "error"
+    assert server.counters["throttled"] >= 1

@@ -72,14 +72,21 @@ class DecodeBudget:
         self.left -= n
 
 
-def decode_image(d: dict, limit: int | DecodeBudget) -> np.ndarray:
-    """One vla-eval image; ``limit``: the frame's ``DecodeBudget`` (or a byte limit for this image alone)."""
-    budget = limit if isinstance(limit, DecodeBudget) else DecodeBudget(limit)
-    fmt, shape, data = d.get("format"), d.get("shape"), d.get("data")
-    if not isinstance(data, bytes) or not isinstance(shape, list) or len(shape) != 3:
+def declared_shape(d: dict) -> list[int]:
+    """An image map's HWC ``shape``, checked to be 3 positive ints (``data`` must be bytes)."""
+    shape = d.get("shape")
+    if not isinstance(d.get("data"), bytes) or not isinstance(shape, list) or len(shape) != 3:
         raise CodecError("an image needs 'format', 'data' (bytes) and an HWC 'shape' of 3 ints")
     if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
         raise CodecError(f"image shape must be 3 positive ints, got {shape}")
+    return shape
+
+
+def decode_image(d: dict, limit: int | DecodeBudget) -> np.ndarray:
+    """One vla-eval image; ``limit``: the frame's ``DecodeBudget`` (or a byte limit for this image alone)."""
+    budget = limit if isinstance(limit, DecodeBudget) else DecodeBudget(limit)
+    fmt, data = d.get("format"), d.get("data")
+    shape = declared_shape(d)
     budget.take(shape)  # before anything is decompressed
     if fmt == "raw":
         if d.get("dtype") != "|u1":
@@ -112,8 +119,13 @@ def unpack_message(data: bytes, limit: int) -> dict[str, Any]:
 
     ``limit`` bounds the frame's encoded size and the decoded size of all its images together.
     """
+    raw = unpackb(data)
+    # First the declared sizes of all the frame's images together: a frame of a hundred small PNGs that
+    # each claim 8 MB is refused before a single one is decompressed.
+    declared = DecodeBudget(limit)
+    walk(raw, lambda d: declared.take(declared_shape(d)) if d.get(IMAGE_KEY) is True else d)
     budget = DecodeBudget(limit)
-    msg = walk(unpackb(data), lambda d: decode_image(d, budget) if d.get(IMAGE_KEY) is True else d)
+    msg = walk(raw, lambda d: decode_image(d, budget) if d.get(IMAGE_KEY) is True else d)
     if not isinstance(msg, dict):
         raise CodecError(f"a vla-eval message must be a map, got {type(msg).__name__}")
     missing = [k for k in ("type", "payload", "seq", "timestamp") if k not in msg]
