@@ -40,7 +40,6 @@ from roboflamingo.types import (
     wrap_angle,
 )
 
-
 # Physical sense for the limits (issue 31): a limit beyond its bound is refused unless it is named in
 # ``safety.beyond_bounds``, and then logged. Tabletop arms reach about 0.85 m (Franka) to 1.3 m (UR10),
 # so no workspace corner is 2 m from the base; a Franka moves at most 1.7 m/s and 2.5 rad/s, so one

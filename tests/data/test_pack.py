@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import shutil
-
 from pathlib import Path
 
 import numpy as np

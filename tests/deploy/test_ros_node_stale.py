@@ -23,7 +23,7 @@ from roboflamingo.deploy.ros_node import COMMAND, ControlConfig, ControlNode, Jo
 from roboflamingo.deploy.safety import CommandGate, Hold, HoldReason, SafetyConfig
 
 from .rosbridge_mock import START_POSE
-from .test_ros_node import CFG, T, Clock, ConstantPolicy, FakeBridge
+from .test_ros_node import CFG, Clock, ConstantPolicy, FakeBridge, T
 
 MAX_AGE = 0.5
 CAMERAS = (T.rgb_static.name, T.rgb_gripper.name)

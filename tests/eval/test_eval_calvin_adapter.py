@@ -189,7 +189,7 @@ def test_a_calvin_config_naming_a_callable_outside_calvin_env_is_refused_before_
     if which == "tasks":
         tasks = tmp_path / "tasks.yaml"
         tasks.write_text(evil + "tasks: {}\n")
-        match = rf"tasks\.yaml: '_target_' is 'os.system'"
+        match = r"tasks\.yaml: '_target_' is 'os.system'"
     else:
         merged = split / ".hydra" / "merged_config.yaml"
         merged.write_text(merged.read_text().replace("_target_: calvin_env.robot.robot.Robot", "_target_: os.system", 1))
