@@ -26,7 +26,6 @@ from .rosbridge_mock import START_POSE
 from .test_ros_node import CFG, Clock, ConstantPolicy, FakeBridge, T
 
 MAX_AGE = 0.5
-CAMERAS = (T.rgb_static.name, T.rgb_gripper.name)
 STAMPED = (T.rgb_static.name, T.rgb_gripper.name, T.joint_state.name, T.tcp_pose.name)
 
 
