@@ -23,6 +23,7 @@ the RNG states of every rank reproduces the uninterrupted run bit for bit on the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -123,6 +124,7 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     """
     if not info.is_main:
         return _train(job, info)
+    created = not Path(job.run_dir).exists()
     try:
         lock = DirLock(job.run_dir).acquire()
     except DirectoryLocked as e:
@@ -130,7 +132,14 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     try:
         return _train(job, info)
     finally:
+        # A run that stopped before writing anything (a config error) leaves no directory behind.
+        empty = created and [p.name for p in Path(job.run_dir).iterdir()] == [lock.path.name]
+        if empty:
+            lock.path.unlink(missing_ok=True)  # while still locked: nobody can take the old file meanwhile
         lock.release()
+        if empty:
+            with contextlib.suppress(OSError):
+                Path(job.run_dir).rmdir()
 
 
 def _train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
