@@ -117,3 +117,51 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class DirectoryLocked(RuntimeError):
+    """Another process holds the directory's lock; the message names its pid."""
+
+
+class DirLock:
+    """An exclusive OS lock (``fcntl.flock``) on ``<directory>/<name>``, for one writer per directory.
+
+    The kernel releases the lock when its holder exits, however it dies (SIGKILL, OOM, power loss of
+    a node on a local disk), so a stale lock never needs cleaning up. The file holds the holder's pid
+    and host, which a refused writer reports. ``acquire`` never waits.
+    """
+
+    def __init__(self, directory: str | os.PathLike, name: str = ".lock") -> None:
+        self.path = Path(directory) / name
+        self._fd: int | None = None
+
+    def acquire(self) -> DirLock:
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown (just started)"
+            os.close(fd)
+            raise DirectoryLocked(f"{self.path.parent} is in use by another process: pid {holder}") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> DirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -24,11 +24,18 @@
    client's round-trip p99 meanwhile (target < 100 ms); ``quiet_p99_ms`` its p99 without them.
 5. ``idle``: ``max_sessions`` clients connect and go silent; the server is full, and after
    ``idle_timeout_s`` every slot must be free again (``idle_sessions_freed``, ``idle_freed_after_s``).
+6. ``hostile_vla``: a native client and a vla-eval client (CALVIN-sized PNG images) each stepping
+   at 30 Hz while ``--hostile-vla`` vla-eval clients (another process) send large images back to
+   back: a 0.76 MB frame of 100 PNGs that each decode to 7.7 MB (issue 31's decompression bomb), a
+   frame whose second 7.7 MB image takes it past ``max_message_bytes`` once decoded, and a PNG whose
+   declared shape is 50000x50000. ``hostile_vla_p99_ms`` is the other clients' round-trip p99
+   meanwhile (target < 100 ms), ``quiet_vla_p99_ms`` without them, and ``hostile_vla_rss_growth_mb``
+   how far the server process's resident memory rose while they ran.
 
 The last line is JSON: p50_ms / p99_ms (server round trip), throughput_hz (one client),
 bridge_overhead_ms = ROS loop p50 (relay) - bare inference p50, ros_loop_p50_ms (relay),
 ros_loop_p50_ms_rosbridge, ros_loop_p50_ms_native (null without the ROS 2 venv), hostile_p99_ms,
-idle_sessions_freed, and the details.
+idle_sessions_freed, hostile_vla_p99_ms, and the details. ``--phases hostile_vla`` runs only that phase.
 """
 
 from __future__ import annotations
@@ -335,6 +342,160 @@ def bench_hostile(source, obs, steps: int, hostile: int, workers: int) -> tuple[
     return quiet, loud, refused
 
 
+def _png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _vla_image(image: np.ndarray) -> dict:
+    return {"__image__": True, "format": "png", "data": _png(image), "shape": list(image.shape)}
+
+
+def _vla_frame(kind: str, payload: dict, seq: int) -> bytes:
+    import msgpack
+
+    return msgpack.packb({"type": kind, "payload": payload, "seq": seq, "timestamp": 0.0}, use_bin_type=True)
+
+
+def hostile_vla_frames() -> list[bytes]:
+    """Large-image vla-eval observations (see the module docstring, phase 6)."""
+    big = _vla_image(np.zeros((1600, 1600, 3), np.uint8))  # 7.7 MB decoded from ~8 KB
+    state = [0.0] * 15
+    bomb = _vla_frame("observation", {"images": {f"cam{i}": big for i in range(100)}, "states": state,
+                                      "task_description": "go"}, 1)
+    two = _vla_frame("observation", {"images": {RGB_STATIC: big, RGB_GRIPPER: big}, "states": state,
+                                     "task_description": "go"}, 2)
+    liar = dict(big, shape=[50000, 50000, 3])
+    declared = _vla_frame("observation", {"images": {RGB_STATIC: liar}, "states": state, "task_description": "go"}, 3)
+    frames = [bomb, two, declared]
+    assert len(bomb) < 0.8e6, len(bomb)
+    return frames
+
+
+def hostile_vla_process(url: str, clients: int, ready, stop, refused) -> None:
+    import msgpack
+    from websockets.asyncio.client import connect
+
+    frames = hostile_vla_frames()
+
+    async def one(k: int) -> None:
+        async with connect(url + "/vla-eval", max_size=None, compression=None) as ws:
+            await ws.send(_vla_frame("hello", {}, 0))
+            await ws.recv()
+            i = k
+            while not stop.is_set():
+                await ws.send(frames[i % len(frames)])
+                reply = msgpack.unpackb(await ws.recv())
+                if reply.get("type") == "error":  # every one of these frames must be refused
+                    with refused.get_lock():
+                        refused.value += 1
+                i += 1
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(one(k)) for k in range(clients)]
+        await asyncio.sleep(0.5)
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        for t in tasks:
+            t.cancel()
+
+    asyncio.run(main())
+
+
+def paced_vla_steps(url: str, obs, steps: int, rate_hz: float = 30.0) -> list[float]:
+    """A well-behaved vla-eval client: CALVIN-sized PNG images and state, one action per observation."""
+    from websockets.sync.client import connect
+
+    from roboflamingo.deploy.codec import unpackb
+
+    payload = {"images": {RGB_STATIC: _vla_image(obs[RGB_STATIC]), RGB_GRIPPER: _vla_image(obs[RGB_GRIPPER])},
+               "states": [float(v) for v in obs[ROBOT_OBS]], "task_description": "open the drawer"}
+    ms = []
+    with connect(url + "/vla-eval", max_size=None, compression=None) as ws:
+        ws.send(_vla_frame("hello", {}, 0))
+        unpackb(ws.recv(timeout=30))
+        frame = _vla_frame("observation", payload, 1)
+        next_t = time.perf_counter()
+        for i in range(steps + 1):
+            next_t += 1.0 / rate_hz
+            t0 = time.perf_counter()
+            ws.send(frame)
+            reply = unpackb(ws.recv(timeout=30))
+            if reply["type"] != "action":
+                raise RuntimeError(f"the well-behaved vla-eval client got {reply}")
+            if i:  # the first one warms up
+                ms.append((time.perf_counter() - t0) * 1000)
+            time.sleep(max(0.0, next_t - time.perf_counter()))
+    return ms
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_hostile_vla(source, obs, steps: int, hostile: int, workers: int) -> dict[str, float]:
+    server = PolicyServer(source, port=0, workers=workers, max_message_bytes=MAX_MESSAGE_BYTES,
+                          max_sessions=hostile + 4)
+
+    def others(url: str) -> tuple[list[float], list[float]]:
+        out: dict[str, list[float]] = {}
+        vla = threading.Thread(target=lambda: out.update(vla=paced_vla_steps(url, obs, steps)))
+        vla.start()
+        native = paced_steps(url, obs, steps)
+        vla.join(300)
+        return native, out["vla"]
+
+    with ServerThread(server) as thread:
+        quiet_native, quiet_vla = others(thread.url)
+        ctx = multiprocessing.get_context("spawn")
+        ready, stop, refused = ctx.Event(), ctx.Event(), ctx.Value("l", 0)
+        proc = ctx.Process(target=hostile_vla_process, args=(thread.url, hostile, ready, stop, refused))
+        rss_before, rss_peak, sampling = _rss_mb(), [0.0], threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                rss_peak[0] = max(rss_peak[0], _rss_mb())
+                sampling.wait(0.01)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        proc.start()
+        try:
+            if not ready.wait(60):
+                raise RuntimeError("the hostile vla-eval clients did not start")
+            sampler.start()
+            refused_before = refused.value
+            loud_native, loud_vla = others(thread.url)
+            refused_during = refused.value - refused_before
+        finally:
+            sampling.set()
+            stop.set()
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    loud = loud_native + loud_vla
+    return {
+        "hostile_vla_clients": hostile,
+        "hostile_vla_p99_ms": percentiles(loud)["p99_ms"],
+        "hostile_vla_p50_ms": percentiles(loud)["p50_ms"],
+        "hostile_vla_native_p99_ms": percentiles(loud_native)["p99_ms"],
+        "hostile_vla_vla_client_p99_ms": percentiles(loud_vla)["p99_ms"],
+        "quiet_vla_p99_ms": percentiles(quiet_native + quiet_vla)["p99_ms"],
+        "hostile_vla_refused": refused_during,
+        "hostile_vla_rss_growth_mb": round(rss_peak[0] - rss_before, 1),
+        "meets_hostile_vla_target": percentiles(loud)["p99_ms"] < HOSTILE_TARGET_MS,
+    }
+
+
 def bench_idle(source, sessions: int, idle_timeout_s: float) -> dict[str, float | bool]:
     """Fill every slot with silent clients; they must be closed and their slots freed."""
     from roboflamingo.deploy.client import PolicyServerError
@@ -370,6 +531,9 @@ def main() -> None:
     parser.add_argument("--hostile", type=int, default=8, help="hostile clients for hostile_p99_ms")
     parser.add_argument("--hostile-steps", type=int, default=150, help="well-behaved steps at 30 Hz, each phase")
     parser.add_argument("--idle-timeout", type=float, default=2.0, help="idle_timeout_s of the idle phase")
+    parser.add_argument("--hostile-vla", type=int, default=4, help="hostile vla-eval clients for hostile_vla_p99_ms")
+    parser.add_argument("--phases", default="all", choices=["all", "hostile_vla"],
+                        help="hostile_vla: only phase 6 (its JSON fields alone)")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch intra-op threads; 1 leaves the 2nd core to the network"
     )
@@ -394,6 +558,11 @@ def main() -> None:
         else:
             source = policy_source(PolicySourceConfig("random"))
             policy_args = ["policy=random"]
+        if args.phases == "hostile_vla":
+            vla = bench_hostile_vla(source, obs, args.hostile_steps, args.hostile_vla, args.clients)
+            print(json.dumps({"policy": args.policy, "torch_threads": args.threads,
+                              "target_hostile_vla_p99_ms": HOSTILE_TARGET_MS, **vla}), flush=True)
+            return
         bare = bench_bare(source.factory, obs, args.steps, args.warmup)
         print(f"bare step: {percentiles(bare)}", flush=True)
 
@@ -427,6 +596,8 @@ def main() -> None:
         # 16 connects well inside the timeout.
         idle = bench_idle(policy_source(PolicySourceConfig("random")), 16, args.idle_timeout)
         print(f"idle sessions: {idle}", flush=True)
+        vla = bench_hostile_vla(source, obs, args.hostile_steps, args.hostile_vla, args.clients)
+        print(f"with {args.hostile_vla} hostile vla-eval clients: {vla}", flush=True)
 
     serve_p = percentiles(serve_ms)
     result = {
@@ -461,6 +632,7 @@ def main() -> None:
         "target_hostile_p99_ms": HOSTILE_TARGET_MS,
         "meets_hostile_target": percentiles(loud)["p99_ms"] < HOSTILE_TARGET_MS,
         **idle,
+        **vla,
     }
     print(json.dumps(result), flush=True)
 

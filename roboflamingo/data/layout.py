@@ -5,7 +5,8 @@ A split directory (``<root>/training`` or ``<root>/validation``) holds::
     episode_%07d.npz                    one frame per file (CALVIN's legacy name), keys below
     ep_start_end_ids.npy                (N, 2) inclusive [start, end] frame ids of recorded episodes
     lang_annotations/auto_lang_ann.npy  pickled dict: language.ann (sentences), language.task,
-                                        info.indx (inclusive (start, end) frame ids per sentence)
+                                        info.indx (inclusive (start, end) frame ids per sentence);
+                                        unpickled as plain data only (``safe_pickle``)
     statistics.yaml                     optional normalization statistics
     robot.json                          optional robot description (``roboflamingo.robot``); absent:
                                         CALVIN's Franka, so the CALVIN release keeps working
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,18 @@ EP_START_END = "ep_start_end_ids.npy"
 LANG_ANN = os.path.join("lang_annotations", "auto_lang_ann.npy")
 STATISTICS = "statistics.yaml"
 _FRAME_RE = re.compile(r"^episode_(\d{7,})\.npz$")
+
+# Sane ranges for robot_obs and rel_actions until the robot description gives per-robot bounds.
+# No state or action of a tabletop arm comes near 1e5 in SI units (m, rad), degrees, or the encoder
+# ticks of common servos (4096 a turn); beyond it a value is corruption (an exploded simulation, a
+# unit bug), and as a normalization mean it would wreck every other value (issue 31).
+MAX_ABS_VALUE = 1e5
+# Over many rows, a value more than RELATIVE_FACTOR times its column's 90th-percentile magnitude
+# (and than RELATIVE_FLOOR) is refused too: the percentile ignores the few rows a corruption touches,
+# and the floor keeps columns that are mostly zero (an unused joint) from flagging ordinary values.
+RELATIVE_FACTOR = 100.0
+RELATIVE_FLOOR = 1.0
+RELATIVE_MIN_ROWS = 10
 
 
 class DatasetError(ValueError):
@@ -150,11 +163,16 @@ class SplitIndex:
         return np.flatnonzero(np.cumsum(covered)[:-1] > 0).astype(np.int64) + lo
 
 
-def _load_npy(path: Path, allow_pickle: bool = False) -> np.ndarray:
+def _load_npy(path: Path, pickled: bool = False) -> np.ndarray:
+    """``pickled``: the file may hold an object array, unpickled only as plain data (``safe_pickle``)."""
+    from roboflamingo.data.safe_pickle import RefusedGlobal, load_pickled_npy
+
     if not path.is_file():
         raise DatasetError(f"{path}: file is missing")
     try:
-        return np.load(path, allow_pickle=allow_pickle)
+        return load_pickled_npy(path) if pickled else np.load(path, allow_pickle=False)
+    except RefusedGlobal as e:
+        raise DatasetError(f"{path}: {e}") from e
     except Exception as e:  # numpy raises several types for truncated or foreign files
         raise DatasetError(f"{path}: unreadable ({type(e).__name__}: {e})") from e
 
@@ -182,9 +200,9 @@ def _field(container: object, key: str, path: Path, where: str) -> object:
 def load_annotations(split_dir: Path) -> tuple[np.ndarray, list[str], list[str]]:
     """(segments (M, 2) int64, instructions, tasks) from auto_lang_ann.npy, structure-checked."""
     path = split_dir / LANG_ANN
-    raw = _load_npy(path, allow_pickle=True)  # CALVIN stores a pickled dict: trusted data only
+    raw = _load_npy(path, pickled=True)  # CALVIN stores a pickled dict; it is read as plain data only
     if raw.dtype != object or raw.shape != ():
-        raise DatasetError(f"{path}: expected a pickled dict (load with allow_pickle=True).item(), got {raw.dtype} {raw.shape}")
+        raise DatasetError(f"{path}: expected a pickled dict (an object array of shape ()), got {raw.dtype} {raw.shape}")
     ann = raw.item()
     language = _field(ann, "language", path, "")
     info = _field(ann, "info", path, "")
@@ -281,6 +299,46 @@ def check_array(path: Path | str, key: str, value: np.ndarray, image_shape: tupl
     # Training reads float32: a finite float64 beyond its range (1e39) would become inf there.
     if np.any(np.abs(value) > np.finfo(np.float32).max):
         raise DatasetError(f"{path}: field '{key}' has values beyond float32's range: {value.tolist()}")
+    check_values(path, key, value[None])
+
+
+def check_values(
+    path: Path | str, key: str, values: np.ndarray, first_row: int = 0, frame_ids: np.ndarray | None = None,
+    locate: Callable[[int], tuple[Path | str, int]] | None = None,
+) -> None:
+    """Rows of a vector field (robot_obs, rel_actions) must be finite and sane; else a DatasetError
+    naming ``path``, the field, the row (and its frame id when ``frame_ids`` gives them) and entry.
+    ``locate(i)``: the file and row that hold row ``i`` of ``values``, when they span several files.
+
+    Sane: every ``|value| <= MAX_ABS_VALUE``, and with ``RELATIVE_MIN_ROWS`` rows or more, every
+    ``|value| <= RELATIVE_FACTOR * max(RELATIVE_FLOOR, 90th percentile of |its column|)``. This is
+    the one place a per-robot bounds check (the robot description's action/state ranges) extends.
+    """
+    values = np.asarray(values).reshape(len(values), -1)
+
+    def fail(bad: np.ndarray, why: str) -> None:
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        frame = f", in frame {int(frame_ids[row])}" if frame_ids is not None else ""
+        where, at = locate(row) if locate is not None else (path, first_row + row)
+        raise DatasetError(
+            f"{where}: field '{key}' row {at} entry {col} is {values[row, col]:g}{why}{frame} "
+            f"({int(bad.sum())} of the {values.size} values checked fail this check)"
+        )
+
+    bad = ~np.isfinite(values)
+    if bad.any():
+        fail(bad, " (NaN or inf)")
+    magnitude = np.abs(values.astype(np.float64))
+    bad = magnitude > MAX_ABS_VALUE
+    if bad.any():
+        fail(bad, f", beyond the sane magnitude {MAX_ABS_VALUE:g} (layout.MAX_ABS_VALUE)")
+    if len(values) >= RELATIVE_MIN_ROWS:
+        limit = RELATIVE_FACTOR * np.maximum(RELATIVE_FLOOR, np.quantile(magnitude, 0.9, axis=0))
+        bad = magnitude > limit
+        if bad.any():
+            col = int(np.argwhere(bad)[0][1])
+            fail(bad, f", more than {RELATIVE_FACTOR:g} x its column's typical magnitude "
+                      f"(90th percentile {limit[col] / RELATIVE_FACTOR:g}; layout.check_values)")
 
 
 def read_frame(

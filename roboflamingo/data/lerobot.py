@@ -50,7 +50,14 @@ from typing import Any
 import numpy as np
 
 from roboflamingo.data.config import LeRobotConfig
-from roboflamingo.data.layout import DatasetError, DatasetRobotMismatch, SplitIndex, frame_keys, robot_option
+from roboflamingo.data.layout import (
+    DatasetError,
+    DatasetRobotMismatch,
+    SplitIndex,
+    check_values,
+    frame_keys,
+    robot_option,
+)
 from roboflamingo.robot import ActionSpec, Camera, RobotDescription, RobotMismatch, StateSpec
 
 INFO_PATH = "meta/info.json"
@@ -108,6 +115,7 @@ def _vector_column(table, name: str, dim: int, where: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
     if len(bad):
         raise DatasetError(f"{where}: feature '{name}' is NaN or inf at frame index {int(bad[0])}")
+    check_values(where, name, values, frame_ids=np.arange(len(values)))  # absurd magnitudes (issue 31)
     return values.astype(np.float32)
 
 

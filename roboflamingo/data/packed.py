@@ -16,13 +16,17 @@
         <state.key>.npy                   float32 (n, S)        (CALVIN: robot_obs, 15)
         <action.key>.npy                  float32 (n, A)        (CALVIN: rel_actions, 7)
 
-Opening a packed split checks every file against the sha256 in the manifest (so a flipped bit or an
-edited value is refused with the file named, never trained on), that the state and action are
-finite, and that the manifest's robot is the split's (a mismatch is refused naming both). Hashing
-a CALVIN-sized split takes minutes, so ``verified.json`` remembers, per file, the size
-and modification time it had when its hash last matched; a file whose size or mtime changed since
-is hashed again (and one modified within ``_MTIME_SLACK_S`` of its check always is, since file
-times are coarse).
+Opening a packed split checks every file against the sha256 in the manifest (so an edited value is
+refused with the file named, never trained on), that the state and action are finite and sane
+(``layout.check_values``), and that the manifest's robot is the split's (a mismatch is refused
+naming both). Hashing a CALVIN-sized split takes minutes, so ``verified.json`` remembers, per file,
+the size, inode, modification time and status-change time (ctime) it had when its hash last matched;
+a file where any of them changed since is hashed again (and one changed within ``_MTIME_SLACK_S`` of
+its check always is, since file times are coarse). Writing a file, or setting its mtime back with
+``touch``/``utime``, sets its ctime to the present, and no user can set a ctime back, so an edit is
+always re-hashed. What leaves no trace in the metadata (bit rot on the disk, a raw write to the
+block device) is found only by a full re-hash: ``verify_packed``, i.e. ``roboflamingo pack --verify``
+(sha256 at a few hundred MB/s a core: a minute or two per 10 GB).
 
 Row r of the concatenated shards is frame ``SplitIndex.frame_ids()[r]``; shard k holds rows
 ``[k * shard_frames, (k + 1) * shard_frames)``. Readers map each ``.npy`` read-only and give the
@@ -35,6 +39,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +52,7 @@ from roboflamingo.data.layout import (
     DatasetError,
     SplitIndex,
     calvin_robot,
+    check_values,
     frame_keys,
     require_same_robot,
 )
@@ -61,6 +67,7 @@ SHARD_META = "shard.json"
 PACKED_FIELDS = frame_keys(CALVIN)  # CALVIN's: rgb_static, rgb_gripper, robot_obs, rel_actions
 VERIFIED = "verified.json"
 _MTIME_SLACK_S = 2.0
+_SHARD_NAME = re.compile(r"shard_\d{5,}")
 
 
 def packed_dir_for(root: str | os.PathLike, split: str, packed_root: str | None = None) -> Path:
@@ -167,9 +174,16 @@ def load_manifest(packed_dir: Path) -> dict[str, Any]:
             raise DatasetError(f"{path}: field '{key}' must be a {kind.__name__}, got {manifest[key]!r:.100}")
     if manifest["shard_frames"] <= 0:
         raise DatasetError(f"{path}: field 'shard_frames' must be > 0, got {manifest['shard_frames']}")
+    file_names = {f"{key}.npy" for key in frame_keys(manifest_robot(manifest, path))}
     for i, shard in enumerate(manifest["shards"]):
         if not (isinstance(shard, dict) and isinstance(shard.get("name"), str) and isinstance(shard.get("files"), dict)):
             raise DatasetError(f"{path}: field 'shards[{i}]' must be an object with 'name' and 'files'")
+        # Names become paths under the packed directory: '../..' or '/etc' must not lead out of it.
+        if not _SHARD_NAME.fullmatch(shard["name"]):
+            raise DatasetError(f"{path}: field 'shards[{i}].name' must be shard_<number>, got {shard['name'][:100]!r}")
+        odd = sorted(str(n)[:100] for n in shard["files"] if n not in file_names)
+        if odd:
+            raise DatasetError(f"{path}: field 'shards[{i}].files' names {odd}; a shard holds only {sorted(file_names)}")
     return manifest
 
 
@@ -179,6 +193,11 @@ def _load_verified(packed_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
+
+
+def _file_state(st: os.stat_result) -> dict[str, int]:
+    """What must be unchanged for a file's recorded hash to stand: ctime cannot be set back."""
+    return {"size": st.st_size, "ino": st.st_ino, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
 
 
 def verify_files(packed_dir: Path, manifest: dict[str, Any], trust_record: bool = True) -> None:
@@ -194,12 +213,12 @@ def verify_files(packed_dir: Path, manifest: dict[str, Any], trust_record: bool 
             except FileNotFoundError as e:
                 raise DatasetError(f"{path}: packed file is missing") from e
             seen = record.get(rel)
+            now = _file_state(st)
             if (
                 isinstance(seen, dict)
                 and seen.get("sha256") == digest
-                and seen.get("size") == st.st_size
-                and seen.get("mtime_ns") == st.st_mtime_ns
-                and seen.get("checked", 0) - st.st_mtime_ns / 1e9 > _MTIME_SLACK_S
+                and all(seen.get(k) == v for k, v in now.items())
+                and seen.get("checked", 0) - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 > _MTIME_SLACK_S
             ):
                 fresh[rel] = seen
                 continue
@@ -209,23 +228,12 @@ def verify_files(packed_dir: Path, manifest: dict[str, Any], trust_record: bool 
                     f"{path}: sha256 does not match manifest field 'shards[{shard['name']}].files.{name}' "
                     "(corrupted or edited after packing; re-run `roboflamingo pack`)"
                 )
-            fresh[rel] = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "checked": checked}
+            fresh[rel] = {"sha256": digest, **now, "checked": checked}
     if fresh != record:
         try:
             atomic_write_json(packed_dir / VERIFIED, fresh)
         except OSError:
             pass  # a read-only dataset is re-hashed on every open instead
-
-
-def check_values(path: Path, key: str, values: np.ndarray, first_row: int = 0) -> None:
-    """State / action rows must be finite (float32 overflows to inf, so that is covered)."""
-    bad = ~np.isfinite(values)
-    if bad.any():
-        row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise DatasetError(
-            f"{path}: field '{key}' row {first_row + row} entry {col} is {values[row, col]} (NaN or inf); "
-            "the packed split is corrupt, re-run `roboflamingo pack`"
-        )
 
 
 class PackedSplit:
@@ -292,10 +300,15 @@ class PackedSplit:
         self._maps: dict[tuple[int, str], NpyMap] = {}
         if verify:
             verify_files(self.packed_dir, self.manifest)
-        # The vector fields are ~100 bytes a frame: cheap to check whole, and what a NaN would poison.
-        for k, shard in enumerate(self._shards):
-            for key in (self.robot.state.key, self.robot.action.key):
-                check_values(shard / f"{key}.npy", key, self._map(k, key).read(0, self._headers[(k, key)][0][0]))
+        # The vector fields are ~100 bytes a frame: cheap to check whole, and what a NaN or an absurd
+        # value would poison (the normalization statistics first). Checked over the whole split, so the
+        # relative check sees every row of a column.
+        for key in (self.robot.state.key, self.robot.action.key):
+            values = np.concatenate([self._map(k, key).read(0, self._headers[(k, key)][0][0])
+                                     for k in range(len(self._shards))])
+            check_values(self.packed_dir, key, values, frame_ids=ids,
+                         locate=lambda r, key=key: (self._shards[r // self.shard_frames] / f"{key}.npy",
+                                                    r % self.shard_frames))
         self._maps = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -356,7 +369,12 @@ def verify_shard(shard_dir: Path, check_checksums: bool = True) -> dict[str, Any
     return meta
 
 
-def verify_packed(packed_dir: str | os.PathLike) -> None:
-    """Recompute every checksum in the manifest; raise a DatasetError naming the first bad file."""
+def verify_packed(packed_dir: str | os.PathLike) -> dict[str, Any]:
+    """Recompute every checksum in the manifest (the record of earlier checks is not trusted); raise
+    a DatasetError naming the first bad file. Returns ``{"files", "bytes", "seconds"}``."""
     packed_dir = Path(packed_dir)
-    verify_files(packed_dir, load_manifest(packed_dir), trust_record=False)
+    manifest = load_manifest(packed_dir)
+    t0 = time.perf_counter()
+    verify_files(packed_dir, manifest, trust_record=False)
+    files = [packed_dir / s["name"] / n for s in manifest["shards"] for n in s["files"]]
+    return {"files": len(files), "bytes": sum(f.stat().st_size for f in files), "seconds": time.perf_counter() - t0}

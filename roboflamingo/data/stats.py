@@ -34,6 +34,7 @@ from roboflamingo.data.layout import (
     STATISTICS,
     DatasetError,
     calvin_robot,
+    check_values,
     frame_path,
     load_split_index,
     read_frame,
@@ -77,7 +78,8 @@ def read_statistics_yaml(path: str | os.PathLike, robot: RobotDescription | None
 
 
 def _sample_frames(split_dir: Path, max_frames: int, packed_dir: Path | None
-                   ) -> tuple[np.ndarray, np.ndarray, RobotDescription]:
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, RobotDescription]:
+    """(state, action, frame ids, robot) of up to ``max_frames`` evenly spaced annotated frames."""
     # A LeRobot split has no CALVIN index files; its packed copy carries them.
     calvin = (split_dir / EP_START_END).is_file() or packed_dir is None
     index = load_split_index(split_dir if calvin else packed_dir, check_files=False)
@@ -93,12 +95,12 @@ def _sample_frames(split_dir: Path, max_frames: int, packed_dir: Path | None
         # Whole-field reads are fine: the state and action are ~100 bytes a frame.
         obs = packed.read(state, 0, len(ids))[pick]
         act = packed.read(action, 0, len(ids))[pick]
-        return obs.astype(np.float64), act.astype(np.float64), index.robot
+        return obs.astype(np.float64), act.astype(np.float64), ids[pick], index.robot
     frames = [read_frame(frame_path(split_dir, int(ids[i])), (state, action), robot=index.robot) for i in pick]
     # Through float32 like the packed arrays and the training batches, so both paths agree exactly.
     obs = np.stack([f[state] for f in frames]).astype(np.float32).astype(np.float64)
     act = np.stack([f[action] for f in frames]).astype(np.float32).astype(np.float64)
-    return obs, act, index.robot
+    return obs, act, ids[pick], index.robot
 
 
 def _split_robot(split_dir: Path, packed_dir: Path | None) -> RobotDescription:
@@ -137,12 +139,12 @@ def compute_normalization(
     from_yaml = read_statistics_yaml(split_dir / STATISTICS, robot) if use_statistics_yaml else None
     # With state stats from the yaml, frames only serve the action range check: fewer will do
     # (an unpacked CALVIN split costs ~2 ms per npz file opened).
-    obs, act, robot = _sample_frames(split_dir, max_frames if from_yaml is None else min(max_frames, 1000), packed)
-    # The readers refuse non-finite frames already; this guards the one place where a NaN would hide
-    # (NaN > 1 is False, so the range test below would pass it and the mean would become NaN).
+    obs, act, ids, robot = _sample_frames(split_dir, max_frames if from_yaml is None else min(max_frames, 1000), packed)
+    # The readers refuse non-finite and absurd frames already; this guards the place where one would
+    # hide (NaN > 1 is False, so the range test below would pass it and the mean would become NaN), and
+    # sees the sampled frames together, so a value absurd only beside its column is caught here too.
     for key, values in ((robot.state.key, obs), (robot.action.key, act)):
-        if not np.all(np.isfinite(values)):
-            raise DatasetError(f"{split_dir}: field '{key}' holds NaN or inf in the frames sampled for statistics")
+        check_values(split_dir, key, values, frame_ids=ids)
     cont = _columns(robot.action.continuous)
     pose = act[:, cont]
     action_mean = np.zeros(robot.action.dim)

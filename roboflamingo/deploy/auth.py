@@ -14,6 +14,8 @@
 
 A secret comes from a file (``*_file``, first line) or an environment variable, never from a
 command line (which every local user can read in ``ps``); an inline value is accepted for tests.
+Every secret has at least ``MIN_SECRET_CHARS`` characters (rosauth's are 16), and a secret file
+must not be readable by other users or writable by anyone but its owner (``chmod 600``).
 """
 
 from __future__ import annotations
@@ -36,23 +38,43 @@ ROSAUTH_ENV = "ROBOFLAMINGO_ROSAUTH_SECRET"
 ROSAUTH_WINDOW_S = 5.0  # rosauth's tolerance between the request time and the server clock
 TOKEN_SCHEMES = ("bearer", "api-key")  # compared case-insensitively, as HTTP auth schemes are
 TOKEN_QUERY_KEY = "token"
+MIN_SECRET_CHARS = 16  # rosauth's secret length; a 1-character token falls to a handful of guesses
+
+
+def _check_strength(secret: str, which: str) -> str:
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"{which} has {len(secret)} characters, at least {MIN_SECRET_CHARS} are needed "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return secret
 
 
 def read_secret(value: str = "", path: str = "", env: str = "", what: str = "token") -> str:
-    """The secret from ``value``, else the first line of ``path``, else ``$env``; "" when none."""
+    """The secret from ``value``, else the first line of ``path``, else ``$env``; "" when none.
+
+    ``ValueError`` (naming the file or variable) for a secret shorter than ``MIN_SECRET_CHARS``, or a
+    file that other users may read or anyone but its owner may write.
+    """
     if value:
-        return value
+        return _check_strength(value, f"the inline {what}")
     if path:
         p = Path(path).expanduser()
         try:
+            mode = p.stat().st_mode
             text = p.read_text().splitlines()
         except OSError as e:
             raise ValueError(f"{what} file {p}: cannot be read ({e.strerror or e})") from e
+        if mode & 0o027:
+            # Group read is allowed (a service group, Kubernetes' fsGroup); world read or any write is not.
+            raise ValueError(f"{what} file {p}: its mode {oct(mode & 0o777)} lets other users read or change "
+                             f"it; run chmod 600 {p}")
         secret = text[0].strip() if text else ""
         if not secret:
             raise ValueError(f"{what} file {p}: is empty")
-        return secret
-    return os.environ.get(env, "") if env else ""
+        return _check_strength(secret, f"{what} file {p}: the {what}")
+    secret = os.environ.get(env, "") if env else ""
+    return _check_strength(secret, f"${env}: the {what}") if secret else ""
 
 
 def is_loopback(host: str) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -49,8 +50,18 @@ class RosBridge:
         self._subscribed: list[Any] = []
         self._publishers: dict[str, Any] = {}
         self.drops = 0
+        # Publishes the bridge refused (a rosbridge ``status`` error naming the publish's id), per
+        # topic, and the first refusal's text: another session owns the command topics, or the topic
+        # has another type. rosbridge has no acknowledgement, so this arrives a moment after the
+        # publish that caused it; ``publish`` refuses everything after it.
+        self.refusals: Counter[str] = Counter()
+        self.refused = ""
         self._closing = False
         self.ros.on("close", self._on_close)
+        # roslibpy has no handler for rosbridge's "status" op (it logs "No handler registered"), so
+        # each connection gets ours.
+        self.ros.on("ready", self._handle_status)
+        self.ros.factory.on_ready(self._handle_status)
         secret = read_secret("", cfg.rosauth_secret_file, ROSAUTH_ENV, what="rosauth secret")
         if secret and cfg.ros_version == 2:
             LOG.warning(
@@ -77,6 +88,24 @@ class RosBridge:
 
             self.ros.on("ready", authenticate)  # every reconnection
             self.ros.factory.on_ready(authenticate)  # this connection, if it is already open
+
+    def _handle_status(self, proto: Any) -> None:
+        handlers = getattr(proto, "_message_handlers", None)
+        if isinstance(handlers, dict):
+            handlers["status"] = self._on_status
+
+    def _on_status(self, message: Any) -> None:
+        level, text, msg_id = message.get("level"), str(message.get("msg", ""))[:300], str(message.get("id") or "")
+        if level != "error" or not msg_id.startswith("publish:"):
+            LOG.info("rosbridge status (%s): %s", level, text)
+            return
+        topic = msg_id[len("publish:"):].rpartition(":")[0]  # roslibpy's ids: publish:<topic>:<n>
+        if topic not in self._publishers:
+            return
+        self.refusals[topic] += 1
+        if not self.refused:
+            self.refused = f"a publish on {topic} was refused by the bridge: {text}"
+            LOG.error("%s; no further commands are sent", self.refused)
 
     def _on_close(self, *_: Any) -> None:
         if self._closing:
@@ -115,8 +144,8 @@ class RosBridge:
         self._publishers[topic.name] = t
 
     def publish(self, topic: TopicConfig, msg: dict) -> bool:
-        """Send now or not at all; returns False while disconnected."""
-        if not self.connected:
+        """Send now or not at all; returns False while disconnected or once a publish was refused."""
+        if not self.connected or self.refused:
             return False
         if topic.name not in self._publishers:
             self.advertise(topic)

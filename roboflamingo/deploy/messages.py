@@ -44,15 +44,27 @@ def stamp_to_msg(t: float, ros_version: int) -> dict[str, int]:
 
 
 def stamp_from_msg(stamp: Any) -> float | None:
+    """Seconds, None when the message has no stamp or an unset (zero) one, NaN when it has one
+    that is not a finite time (NaN, inf, a bool, a string, an int beyond float's range).
+
+    The two cases differ on purpose: a missing stamp may be replaced by the receive time, but a
+    broken one must never count as fresh (a NaN age passes every comparison; issue 31).
+    """
     if not isinstance(stamp, dict):
         return None
     secs = stamp.get("sec", stamp.get("secs"))
     nsecs = stamp.get("nanosec", stamp.get("nsecs", 0))
-    if not isinstance(secs, (int, float)) or not isinstance(nsecs, (int, float)):
+    if secs is None:
         return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (secs, nsecs)):
+        return math.nan
     if secs == 0 and nsecs == 0:
         return None  # an unset stamp: rosbridge leaves it for the server to fill
-    return float(secs) + float(nsecs) * 1e-9
+    try:
+        t = float(secs) + float(nsecs) * 1e-9
+    except OverflowError:  # an int too large for a float
+        return math.nan
+    return t if math.isfinite(t) else math.nan
 
 
 def header(t: float, frame_id: str, ros_version: int, seq: int = 0) -> dict[str, Any]:

@@ -112,6 +112,7 @@ class RosbridgeRelay:
         self.clients[ws] = client
         try:
             async for frame in ws:
+                msg = None
                 try:
                     msg = json.loads(frame)
                     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
@@ -124,7 +125,10 @@ class RosbridgeRelay:
                 except (ValueError, KeyError, TypeError, PermissionError) as e:
                     # roslibpy registers no handler for 'status' and merely logs it; real clients see it.
                     self.counts["errors"] += 1
-                    await self._status(client, "error", f"{type(e).__name__}: {e}")
+                    # rosbridge names the failing op's id, which is how a client learns which of its
+                    # publishes was refused.
+                    msg_id = msg.get("id") if isinstance(msg, dict) else None
+                    await self._status(client, "error", f"{type(e).__name__}: {e}", msg_id)
         except ConnectionClosed:
             pass
         finally:

@@ -257,6 +257,9 @@ class ControlNode:
                 # Without a stamp the age check would be meaningless; treat it as arriving now.
                 self._warn_once(f"nostamp:{key}", f"{key} messages carry no header stamp; using receive time")
                 stamp = self.clock.now()
+            elif not math.isfinite(stamp):  # kept as NaN: the gate holds on it as stale
+                self._warn_once(f"badstamp:{key}", f"a {key} message has a header stamp that is not a finite "
+                                "time; holding until a correctly stamped one arrives")
             self.latest.put(key, msg, stamp)
             self._wake.set()
 
@@ -352,6 +355,8 @@ class ControlNode:
 
     def cycle(self) -> str:
         """One decision: returns ``"command"`` or the reason for holding."""
+        if getattr(self.bridge, "refused", ""):
+            return self._hold(HoldReason.COMMAND_REFUSED)
         now = self.clock.now()
         stamps = {k: self.latest.stamp(k) for k in self.stamped}
         reason = self.gate.check(now, stamps)
@@ -418,6 +423,8 @@ class ControlNode:
                      else self._publish_target_pose(cmd, t_pub))
         if not published:
             self._restart_episode()
+            if getattr(self.bridge, "refused", ""):
+                return self._hold(HoldReason.COMMAND_REFUSED)
             return self._hold("disconnected")
         self.last_obs_stamp = obs_stamp
         self.commands += 1
@@ -486,9 +493,12 @@ class ControlNode:
         return self.summary(result)
 
     def summary(self, ended: str = "") -> dict[str, Any]:
+        # A refusal comes back after the publish it refuses: those publishes never reached the robot.
+        refusals = dict(getattr(self.bridge, "refusals", None) or {})
         return {
             "ended": ended,
-            "commands": self.commands,
+            "commands": self.commands - refusals.get(self.topics.target_pose.name, 0),
+            "refused_publishes": sum(refusals.values()),
             "holds": dict(self.holds),
             "bridge_drops": getattr(self.bridge, "drops", 0),
             "latency": self.latency.summary(),
@@ -502,18 +512,18 @@ def run(job: Job) -> int:
     try:
         source = policy_source(job.policy)
         policy = source.factory()
+    except ValueError as e:  # a weak or exposed token file, a bad checkpoint or its robot.json
+        print(f"roboflamingo ros: {e}", file=sys.stderr)
+        return 2
     except OSError as e:  # connection refused, unreachable host, handshake timeout, TLS failure
         print(f"roboflamingo ros: cannot reach the policy server at {job.policy.server}: {e}", file=sys.stderr)
         return 2
     except PolicyServerError as e:  # e.g. server_full or unauthorized, answered at the handshake
         print(f"roboflamingo ros: the policy server at {job.policy.server} refused the session: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:  # e.g. a checkpoint's unreadable robot.json
-        print(f"roboflamingo ros: {e}", file=sys.stderr)
-        return 2
     try:
         node = ControlNode(job, policy, robot=source.robot)
-    except (ImportError, ValueError) as e:  # rclpy missing (deploy.link=rclpy); a policy for another robot
+    except (ImportError, ValueError) as e:  # rclpy missing (deploy.link=rclpy); a policy for another robot; the rosauth secret file
         print(f"roboflamingo ros: {e}", file=sys.stderr)
         return 2
     try:
@@ -528,4 +538,5 @@ def run(job: Job) -> int:
     if job.stats_path:
         atomic_write_json(job.stats_path, summary)
     print(json.dumps(summary), flush=True)
-    return 0 if summary["ended"] != HOLD_ESTOP else 3
+    # 3: stopped for safety (an e-stop, or another session owns the command topics)
+    return 3 if summary["ended"] in (HOLD_ESTOP, HoldReason.COMMAND_REFUSED) else 0

@@ -13,13 +13,14 @@ Pure and clock-free (time is passed in), so every guarantee is checked by proper
   description's and ``joint_min``/``joint_max``) and a joint-velocity cap per control period.
 * ``CommandGate`` decides each cycle whether a command may go out at all: never after the e-stop
   (latched), never after the time limit, and not while any required observation is missing, older
-  than ``max_obs_age_s`` by its header stamp, or stamped more than ``max_obs_age_s`` ahead of the
-  clock (stale or future data means hold, i.e. send nothing).
+  than ``max_obs_age_s`` by its header stamp, stamped more than ``max_obs_age_s`` ahead of the
+  clock, or stamped with no finite time at all (stale or future data means hold, i.e. send nothing).
 * ``LatencyLog`` keeps per-stage timings and reports percentiles.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -42,24 +43,35 @@ from roboflamingo.robots.calvin import (
 )
 from roboflamingo.types import wrap_angle
 
+# Physical sense for the limits (issue 31): a limit beyond its bound is refused unless it is named in
+# ``safety.beyond_bounds``, and then logged. Tabletop arms reach about 0.85 m (Franka) to 1.3 m (UR10),
+# so no workspace corner is 2 m from the base; a Franka moves at most 1.7 m/s and 2.5 rad/s, so one
+# command at a 15 Hz control rate never needs 0.1 m or 0.5 rad; CALVIN-style policies act on frames at
+# most a few hundred ms old, so an observation 2 s old describes a scene that is gone.
+BOUNDS = {
+    "workspace": 2.0,  # |coordinate| of either workspace corner, m
+    "max_step_m": 0.1,
+    "max_step_rad": 0.5,
+    "max_obs_age_s": 2.0,
+}
+LOG = logging.getLogger("roboflamingo.safety")
+
 
 @dataclass
 class SafetyConfig:
     """Limits applied to every command; positions in the robot base frame (m), angles in rad.
 
     Args:
-        workspace_min: the lower corner (x, y, z) of the box every target position is clamped into.
-        workspace_max: its upper corner.
-        max_step_m: the longest translation between consecutive targets; a full CALVIN action moves
-            sqrt(3) x 2 cm, so 0.035 passes it unchanged.
-        max_step_rad: the largest rotation between consecutive targets (the composed rotation's
-            angle, and each euler increment); a full CALVIN action turns 0.05 rad on each axis, about
-            0.087 rad in all, so 0.09 passes it too.
-        action_scale: scales every relative action, in (0, 1]; e.g. 0.2-0.5 for a first run on new
-            hardware (openvla#192).
-        max_obs_age_s: hold (publish nothing) while the newest observation is older than this by its
-            header stamp, or stamped this far in the future.
-        max_duration_s: stop commanding after this long; 0 = no limit.
+        workspace_min, workspace_max: corners of the box every commanded position stays in; each
+            coordinate within +-2 m of the base (``BOUNDS``).
+        max_step_m: largest translation between consecutive commands, m (at most 0.1).
+        max_step_rad: largest rotation between consecutive commands, rad (at most 0.5).
+        action_scale: multiplies every action, e.g. 0.2-0.5 for a first run on new hardware (at most 1).
+        max_obs_age_s: observations older than this by their header stamp mean hold, s (at most 2).
+        max_duration_s: stop commanding after this long, s; 0 = no limit.
+        beyond_bounds: the limits allowed past their physical bound (workspace, max_step_m,
+            max_step_rad, max_obs_age_s), e.g. ``[max_step_m]`` for a fast gantry; each one is
+            logged as a warning. Empty: every limit must be within its bound.
         joint_min, joint_max: lower and upper limit of each action dimension's joint, in the
             robot's units, one per action dimension (binary grippers' entries unused); they tighten
             the description's limits (action.low/high for absolute joint targets, state.low/high of
@@ -81,6 +93,7 @@ class SafetyConfig:
     joint_min: list[float] = field(default_factory=list)
     joint_max: list[float] = field(default_factory=list)
     max_joint_velocity: list[float] = field(default_factory=list)
+    beyond_bounds: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("workspace_min", "workspace_max"):
@@ -113,6 +126,25 @@ class SafetyConfig:
         if not all(math.isfinite(v) and v > 0 for v in self.max_joint_velocity):
             raise ValueError(f"safety.max_joint_velocity must hold positive finite numbers, "
                              f"got {list(self.max_joint_velocity)}")
+        self._check_bounds()
+
+    def _check_bounds(self) -> None:
+        unknown = sorted(set(self.beyond_bounds) - set(BOUNDS))
+        if unknown:
+            raise ValueError(f"safety.beyond_bounds names {unknown}; it may name {sorted(BOUNDS)}")
+        corner = max(abs(v) for v in (*self.workspace_min, *self.workspace_max))
+        values = {"workspace": corner, **{k: getattr(self, k) for k in BOUNDS if k != "workspace"}}
+        for name, value in values.items():
+            if value <= BOUNDS[name]:
+                continue
+            what = "a coordinate of safety.workspace_min/workspace_max" if name == "workspace" else f"safety.{name}"
+            if name not in self.beyond_bounds:
+                raise ValueError(
+                    f"{what} is {value}, beyond its physical bound {BOUNDS[name]}; if the robot really "
+                    f"needs it, add {name} to safety.beyond_bounds (logged)"
+                )
+            LOG.warning("SAFETY LIMIT BEYOND ITS BOUND: %s is %s (bound %s), allowed by safety.beyond_bounds",
+                        what, value, BOUNDS[name])
 
 
 class SafetyError(RuntimeError):
@@ -338,11 +370,12 @@ class HoldReason(StrEnum):
     POLICY_ERROR = "policy_error"
     BAD_ACTION = "bad_action"
     STALE_ACTION = "stale_action"
+    COMMAND_REFUSED = "command_refused"  # the bridge refused a command: someone else owns the arm
 
 
 HOLD_ESTOP = HoldReason.ESTOP
 HOLD_TIME_LIMIT = HoldReason.TIME_LIMIT
-TERMINAL_HOLDS = (HOLD_ESTOP, HOLD_TIME_LIMIT)  # the node stops rather than waits
+TERMINAL_HOLDS = (HOLD_ESTOP, HOLD_TIME_LIMIT, HoldReason.COMMAND_REFUSED)  # the node stops rather than waits
 
 
 @dataclass(frozen=True)
@@ -383,6 +416,9 @@ class CommandGate:
         for name, stamp in stamps.items():
             if stamp is None:
                 return Hold(HoldReason.NO_OBSERVATION, name)
+            if not math.isfinite(stamp):
+                # A NaN age would pass both comparisons below and never go stale (issue 31).
+                return Hold(HoldReason.STALE, name)
             age = now - stamp
             if age > self.max_obs_age_s:
                 return Hold(HoldReason.STALE, name)

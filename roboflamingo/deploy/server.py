@@ -71,6 +71,7 @@ from roboflamingo.config import require_positive
 from roboflamingo.deploy.auth import TOKEN_ENV, is_loopback, read_secret, token_matches
 from roboflamingo.deploy.codec import CodecError, packb, unpackb
 from roboflamingo.deploy.protocols import PATHS, ProtocolConnection
+from roboflamingo.deploy.protocols.frames import public_text
 from roboflamingo.policies import LOCAL_KINDS, PolicySource, PolicySourceConfig, policy_source
 from roboflamingo.robot import RobotDescription
 from roboflamingo.robots import builtin_names, calvin, load_robot
@@ -359,6 +360,9 @@ class PolicyServer:
         self.clock = clock
         self.hard_max_message_bytes = cfg.hard_max_message_bytes or 4 * cfg.max_message_bytes
         self.pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="policy")
+        # Image decoding for the protocols that send compressed images (vla-eval): off the event loop
+        # and apart from inference, so a client's large images cost neither the loop nor a policy thread.
+        self.decode_pool = ThreadPoolExecutor(max_workers=max(2, cfg.workers), thread_name_prefix="decode")
         self.sessions: dict[int, Session] = {}
         self._ids = itertools.count(1)
         self._starting = 0  # connections whose policy is still being created
@@ -454,6 +458,9 @@ class PolicyServer:
             self._starting -= 1
         budget = ByteBudget(self.config.max_session_bytes_per_s, 2 * self.config.max_message_bytes, time.monotonic())
         session = Session(session_id, policy, asyncio.Lock(), ws, self.clock(), budget)
+        # The connection charges every client frame to the budget and pauses reading beyond it.
+        ws.budget = budget
+        ws.on_throttle = lambda: self.counters.__setitem__("throttled", self.counters["throttled"] + 1)
         self.sessions[session_id] = session
         self.counters["sessions_total"] += 1
         try:
@@ -463,10 +470,6 @@ class PolicyServer:
                 reply = await self._reply(session, frame)
                 await ws.send(packb(reply))
                 session.last_active = self.clock()
-                pause = budget.charge(len(frame), time.monotonic())
-                if pause:
-                    self.counters["throttled"] += 1
-                    await asyncio.sleep(pause)
         except ConnectionClosed:
             pass
         finally:
@@ -474,6 +477,7 @@ class PolicyServer:
 
     def _error(self, request_id: Any, code: str, message: str) -> dict[str, Any]:
         self.counters["errors"] += 1
+        message = public_text(message)  # a policy's exception text may quote reprs with addresses
         limit = MAX_MISMATCH_CHARS if code == "robot_mismatch" else MAX_ERROR_CHARS
         if len(message) > limit:
             message = message[:limit] + f"... ({len(message)} characters, truncated)"
@@ -594,6 +598,7 @@ class PolicyServer:
                 if sweeper is not None:
                     sweeper.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def url(self) -> str:

@@ -298,14 +298,14 @@ def run(job: Job) -> int:
         from roboflamingo.deploy.auth import ROSAUTH_ENV, read_secret
         from roboflamingo.deploy.relay import RosbridgeRelay
 
-        secret = read_secret("", job.deploy.rosauth_secret_file, ROSAUTH_ENV, what="rosauth secret")
         try:
+            secret = read_secret("", job.deploy.rosauth_secret_file, ROSAUTH_ENV, what="rosauth secret")
             t = job.deploy.topics
             relay = RosbridgeRelay(
                 job.deploy.host, job.deploy.port, secret=secret,
                 command_topics=(t.target_pose.name, t.gripper_command.name),
             ).start()
-        except ValueError as e:  # a public bind without a secret
+        except ValueError as e:  # a public bind without a secret, a weak or exposed secret file
             print(f"roboflamingo sim-robot: {e}", file=sys.stderr)
             return 2
         print(f"rosbridge relay on ws://{job.deploy.host}:{relay.port}", flush=True)

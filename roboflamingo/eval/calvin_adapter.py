@@ -127,6 +127,35 @@ def _import(name: str) -> Any:
         raise CalvinNotInstalled(f"cannot import {name} ({e}): {INSTALL_HINT}") from e
 
 
+# hydra turns a CALVIN config into objects by calling what each `_target_` names, so a downloaded
+# split's .hydra/merged_config.yaml or a tasks file naming os.system would run it. Only calvin_env's
+# own classes are instantiated from them.
+TARGET_PREFIXES: tuple[str, ...] = ("calvin_env.",)
+
+
+def check_targets(cfg: Any, source: str | Path) -> None:
+    """Raise a ValueError naming ``source`` and the key when a ``_target_`` in ``cfg`` (an OmegaConf
+    config, resolved where it resolves) is not under ``TARGET_PREFIXES``; an interpolated ``_target_``
+    that does not resolve is refused too."""
+    from omegaconf import OmegaConf
+
+    try:
+        tree = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # e.g. ${hydra:...} outside a hydra run: check the literal values instead
+        tree = OmegaConf.to_container(cfg, resolve=False)
+
+    def walk(node: Any, where: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            path = f"{where}.{key}" if where else str(key)
+            if key == "_target_" and not (isinstance(value, str) and value.startswith(TARGET_PREFIXES)):
+                raise ValueError(f"{source}: '{path}' is {str(value)[:200]!r}; only classes under "
+                                 f"{', '.join(TARGET_PREFIXES)} may be instantiated from a CALVIN config")
+            walk(value, path)
+
+    walk(tree, "")
+
+
 def default_tasks_config() -> Path:
     """``conf/tasks/new_playtable_tasks.yaml`` beside the installed ``calvin_env`` package."""
     package = _import("calvin_env")
@@ -183,7 +212,10 @@ class CalvinEnv:
         from hydra.utils import instantiate
         from omegaconf import OmegaConf
 
-        self.oracle = instantiate(OmegaConf.load(tasks_path))
+        check_targets(OmegaConf.load(merged), merged)  # get_env instantiates its env section
+        tasks_cfg = OmegaConf.load(tasks_path)
+        check_targets(tasks_cfg, tasks_path)
+        self.oracle = instantiate(tasks_cfg)
         # Only the two RGB cameras: a split's config also lists the tactile sensor, which would need
         # tacto (its urdfpy breaks on current numpy, and it opens a GUI window); nothing reads it.
         prepare_egl()  # calvin_env loads the EGL plugin while it builds the env

@@ -72,6 +72,22 @@ def make_specs(job: Job) -> tuple[PolicySpec, EnvSpec]:
     return policy, env
 
 
+def check_checkpoint(directory: str) -> None:
+    """A policy checkpoint's config and manifest (the sha256 of every file of a training checkpoint)
+    and its weights file's header: what loading it in each worker would otherwise fail on."""
+    from safetensors import safe_open
+
+    from roboflamingo.models.checkpoint import WEIGHTS_FILE, read_policy_config
+
+    read_policy_config(directory)
+    weights = Path(directory) / WEIGHTS_FILE
+    try:
+        with safe_open(str(weights), "pt") as f:
+            f.keys()
+    except Exception as e:  # safetensors raises its own types for a garbled header
+        raise ValueError(f"{weights}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+
+
 def title(job: Job) -> str:
     src = job.policy
     who = f"checkpoint {src.checkpoint}" if src.kind is PolicyKind.checkpoint else f"{src.kind.value} policy"
@@ -85,6 +101,12 @@ def run(job: Job) -> int:
     except ValueError as e:
         print(f"roboflamingo eval: {e}", file=sys.stderr)
         return 2
+    if job.policy.kind is PolicyKind.checkpoint:
+        try:  # here, in one line, rather than as a traceback from every worker (as `serve` does)
+            check_checkpoint(job.policy.checkpoint)
+        except (ValueError, OSError) as e:
+            print(f"roboflamingo eval: {e}", file=sys.stderr)
+            return 2
     if env_spec.kind == "calvin" and importlib.util.find_spec("calvin_env") is None:
         print(f"roboflamingo eval: eval.calvin_dataset is set, but {INSTALL_HINT}", file=sys.stderr)
         return 2

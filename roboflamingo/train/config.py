@@ -16,6 +16,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 PRECISIONS = ("auto", "fp32", "bf16")
 STRATEGIES = ("auto", "ddp", "fsdp")
 WANDB_MODES = ("offline", "online", "disabled")
+MAX_LR = 1e37  # float32's largest value is 3.4e38; a diverging but representable lr is caught at the checkpoint
 
 
 @dataclass
@@ -25,7 +26,9 @@ class TrainConfig:
     Args:
         steps: optimizer steps to train for (the run ends after this many, across resumes).
         grad_accum: micro-steps per optimizer step; gradients are synchronised only on the last.
-        lr: peak learning rate (the original scales 1e-4 by batch_size/6).
+        lr: peak learning rate (the original scales 1e-4 by batch_size/6); below 1e37, where the
+            optimizer's float32 update would overflow. A run whose weights diverge anyway stops at
+            its next checkpoint (exit 2), before the checkpoint is written.
         weight_decay: AdamW decay, applied to the cross-attention weights only
             (``policy.optimizer_param_groups``).
         betas: AdamW (beta1, beta2).
@@ -93,6 +96,9 @@ class TrainConfig:
         for name in ("steps", "grad_accum", "log_every", "checkpoint_every", "val_batches"):
             require_positive(f"train.{name}", getattr(self, name))
         require_positive("train.lr", self.lr)
+        if self.lr >= MAX_LR:
+            raise ValueError(f"train.lr must be < {MAX_LR:g}: AdamW's first update, lr / (1 - beta1), is computed in "
+                             f"float32 and overflows beyond it; got {self.lr:g}")
         for name in ("weight_decay", "eps", "warmup_steps", "min_lr_ratio", "grad_clip", "val_every",
                      "keep_checkpoints", "threads", "fsdp_min_params"):
             require_positive(f"train.{name}", getattr(self, name), allow_zero=True)

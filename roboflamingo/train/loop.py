@@ -23,6 +23,7 @@ the RNG states of every rank reproduces the uninterrupted run bit for bit on the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import sys
@@ -42,6 +43,7 @@ from roboflamingo.data.inputs import check_split
 from roboflamingo.data.layout import DatasetError
 from roboflamingo.data.packed import packed_dir_for
 from roboflamingo.data.stats import compute_normalization
+from roboflamingo.io import DirectoryLocked, DirLock
 from roboflamingo.models.config import HeadConfig, ModelConfig
 from roboflamingo.process import crash_hook
 from roboflamingo.robot import RobotDescription
@@ -63,6 +65,15 @@ CRASH_AFTER_STEP_ENV = "ROBOFLAMINGO_TRAIN_CRASH_AFTER_STEP"
 
 class NonFiniteLossError(RuntimeError):
     """The loss or gradient became NaN/inf; training stops before the update."""
+
+
+class DivergedError(RuntimeError):
+    """The weights about to be checkpointed are not a usable policy; nothing is saved and ``last`` stays."""
+
+
+# No healthy trainable weight of these policies comes near this (they sit within a few units of 0);
+# a run whose update blew up (lr=1e30 puts every weight near 1e30, still finite) crosses it at once.
+MAX_WEIGHT_ABS = 1e4
 
 
 @dataclass
@@ -98,7 +109,7 @@ def run(job: Job) -> int:
     try:
         train(job, info)
         finished = True
-    except (ConfigError, CheckpointError, DatasetError, NonFiniteLossError) as e:
+    except (ConfigError, CheckpointError, DatasetError, NonFiniteLossError, DivergedError) as e:
         print(f"roboflamingo train: error: {e}", file=sys.stderr)
         return 2
     finally:
@@ -107,7 +118,36 @@ def run(job: Job) -> int:
 
 
 def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
-    """Train ``job`` in this process (one rank of ``info``); returns the trained policy (unwrapped)."""
+    """Train ``job`` in this process (one rank of ``info``); returns the trained policy (unwrapped).
+
+    The main process holds ``<run_dir>/.lock`` (an OS lock, released however the process ends) for
+    the whole run, so a second run into the same directory is refused, naming the holder's pid,
+    before it reads or writes anything there.
+    """
+    if not info.is_main:
+        return _train(job, info)
+    run_dir = Path(job.run_dir)
+    created = not run_dir.exists()
+    before = set() if created else {p.name for p in run_dir.iterdir()}
+    try:
+        lock = DirLock(job.run_dir).acquire()
+    except DirectoryLocked as e:
+        raise ConfigError(f"run_dir: {e}; wait for that run to end or choose another run_dir") from None
+    try:
+        return _train(job, info)
+    finally:
+        # A run that stopped before writing anything (a config error, a missing input) leaves the
+        # directory as it found it: no lock file, and no directory if it made one.
+        untouched = {p.name for p in run_dir.iterdir()} - {lock.path.name} == before - {lock.path.name}
+        if untouched and lock.path.name not in before:
+            lock.path.unlink(missing_ok=True)  # while still locked: nobody can take the old file meanwhile
+        lock.release()
+        if untouched and created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+
+
+def _train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     cfg = job.train
     master = info.is_main
     run_dir = Path(job.run_dir)
@@ -264,6 +304,7 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
             if master and val_loss is not None:
                 loggers.log(step, {"val/loss": val_loss})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _check_healthy(model, policy, batch, info, use_bf16, step, cfg.lr)
             _save(model, policy, optimizer, scheduler, ckpt_root, cfg, info,
                   {"step": step, "epoch": epoch, "batches_in_epoch": consumed, "seed": job.seed,
                    "world_size": info.world_size, "batch_size": job.data.batch_size})
@@ -497,6 +538,39 @@ def _validate(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, info
         total += float(loss)
     model.train()
     return distributed.all_reduce_mean([total / n], info)[0]
+
+
+@torch.no_grad()
+def _check_healthy(model: torch.nn.Module, policy: torch.nn.Module, batch: dict[str, Any],
+                   info: distributed.DistInfo, use_bf16: bool, step: int, lr: float) -> None:
+    """Before a checkpoint is written (and ``last`` moves to it): every trainable weight finite and
+    within ``MAX_WEIGHT_ABS``, and a forward pass on the step's last batch (eval mode) with a finite
+    loss. Every rank checks its part; any rank's finding stops all of them (``DivergedError``)."""
+    problem = None
+    for name, p in policy.named_parameters():
+        if not p.requires_grad or not p.is_floating_point():
+            continue
+        local = p.to_local() if hasattr(p, "to_local") else p  # an FSDP shard: each rank checks its own
+        if local.numel() == 0:
+            continue
+        biggest = float(local.detach().abs().max())
+        if not math.isfinite(biggest) or biggest > MAX_WEIGHT_ABS:
+            problem = f"weight '{name}' reaches {biggest:g} (beyond {MAX_WEIGHT_ABS:g})"
+            break
+    model.eval()
+    try:
+        with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, _ = model(batch)
+    finally:
+        model.train()
+    if problem is None and not torch.isfinite(loss).all():
+        problem = f"a forward pass on the step's last batch gives the loss {float(loss):g}"
+    found = [p for p in distributed.gather_objects(problem, info) if p]
+    if found:
+        raise DivergedError(
+            f"step {step}: {found[0]}: the run diverged (is train.lr={lr:g} too high?); "
+            "no checkpoint was written for it, and `last` still points at the previous one"
+        )
 
 
 def _save(model, policy, optimizer, scheduler, root: Path, cfg: TrainConfig, info: distributed.DistInfo,

@@ -221,11 +221,14 @@ def test_nan_in_a_packed_shard_with_a_matching_checksum_is_refused_naming_field_
 @given(key=st.sampled_from(["robot_obs", "rel_actions"]), entry=st.integers(0, 14), value=odd_floats,
        frame=st.integers(0, 39))
 def test_any_non_finite_or_float32_overflowing_frame_value_is_refused_naming_file_and_field(key, entry, value, frame):
+    from roboflamingo.data.layout import MAX_ABS_VALUE
+
     values = make_frame(frame, (24, 20), (12, 12), "noise", 0)
     vec = values[key].astype(np.float64)  # float64 frames: 1e39 is finite there and inf as float32
     vec[entry % len(vec)] = value
     values[key] = vec
-    finite32 = np.isfinite(vec).all() and np.abs(vec).max() <= np.finfo(np.float32).max
+    # issue 31: finite but absurd magnitudes are refused too
+    finite32 = np.isfinite(vec).all() and np.abs(vec).max() <= MAX_ABS_VALUE
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"episode_{frame:07d}.npz"
         np.savez_compressed(path, **values)
@@ -255,3 +258,78 @@ def test_a_malformed_packed_manifest_is_a_named_error(tmp_path, text, match):
     (tmp_path / MANIFEST).write_text(text)
     with pytest.raises(DatasetError, match=match):
         load_manifest(tmp_path)
+
+
+# -- issue 31 item 4: absurd finite values are refused with the file and frame named ----------------
+def test_an_absurd_finite_action_in_a_frame_file_is_refused_naming_the_file(root, edit_frame):
+    act = np.zeros(7, np.float32)
+    act[2] = 1e30  # finite in float32: it passed every earlier check and trained with a mean of 1e30
+    edit_frame(root / "training", 12, rel_actions=act)
+    with pytest.raises(DatasetError, match=r"episode_0000012\.npz: field 'rel_actions' row 0 entry 2 is 1e\+30, "
+                                           r"beyond the sane magnitude 100000"):
+        read_frame(frame_path(root / "training", 12))
+    with pytest.raises(DatasetError, match=r"episode_0000012\.npz: field 'rel_actions'"):
+        pack_split(root / "training", root / "training" / "packed", progress=False)
+    with pytest.raises(DatasetError, match=r"episode_0000012\.npz: field 'rel_actions'"):
+        compute_normalization(root / "training")
+
+
+def _repack_with(packed, field, row, entry, value):
+    """Change one value of shard 0 and rewrite its checksum: a packer that wrote the value itself."""
+    from roboflamingo.io import sha256_file
+
+    path = packed / "shard_00000" / f"{field}.npy"
+    arr = np.load(path)
+    arr[row, entry] = value
+    np.save(path, arr)
+    manifest = json.loads((packed / MANIFEST).read_text())
+    manifest["shards"][0]["files"][f"{field}.npy"] = sha256_file(path)
+    (packed / MANIFEST).write_text(json.dumps(manifest))
+    return path
+
+
+def test_an_absurd_value_in_a_packed_shard_is_refused_naming_file_row_and_frame(packed_split, tmp_path):
+    split, index = packed_split
+    packed = tmp_path / "packed"
+    shutil.copytree(split / "packed", packed)
+    _repack_with(packed, "robot_obs", 5, 3, -3e29)
+    frame = int(index.frame_ids()[5])
+    with pytest.raises(DatasetError, match=rf"shard_00000/robot_obs\.npy: field 'robot_obs' row 5 entry 3 is -3e\+29, "
+                                           rf"beyond the sane magnitude 100000 \(layout.MAX_ABS_VALUE\), in frame {frame}"):
+        PackedSplit(packed, index)
+
+
+def test_a_value_absurd_beside_its_column_is_refused_from_packed_shards_and_from_statistics(packed_split, tmp_path):
+    """500 is a fine number, but not as a CALVIN action whose other rows lie in [-1, 1]."""
+    split, index = packed_split
+    packed = tmp_path / "packed"
+    shutil.copytree(split / "packed", packed)
+    _repack_with(packed, "rel_actions", 20 - 16, 1, 500.0)  # shard_frames=16: row 4 of shard 0
+    frame = int(index.frame_ids()[4])
+    with pytest.raises(DatasetError, match=rf"rel_actions\.npy: field 'rel_actions' row 4 entry 1 is 500, more than "
+                                           rf"100 x its column's typical magnitude .*in frame {frame}"):
+        PackedSplit(packed, index)
+    # the npz path: each frame alone is within the magnitude cap, the sampled frames together are not
+    npz = tmp_path / "training"
+    shutil.copytree(split, npz, ignore=shutil.ignore_patterns("packed"))
+    values = dict(np.load(frame_path(npz, frame)))
+    values["rel_actions"] = values["rel_actions"].copy()
+    values["rel_actions"][1] = 500.0
+    np.savez_compressed(frame_path(npz, frame), **values)
+    read_frame(frame_path(npz, frame))
+    with pytest.raises(DatasetError, match=rf"field 'rel_actions' row \d+ entry 1 is 500, more than 100 x .*in frame {frame}"):
+        compute_normalization(npz, packed_dir=tmp_path / "none")
+
+
+def test_ordinary_data_in_other_units_passes_the_sanity_check():
+    """Degrees, encoder ticks, a joint that rarely moves, a column that is mostly zero: no false alarm."""
+    from roboflamingo.data.layout import check_values
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    degrees = rng.uniform(-180, 180, n)
+    ticks = rng.integers(0, 4096, n).astype(np.float64)
+    rarely = np.where(np.arange(n) < n - 5, 2048.0, 3500.0)  # a servo that moves 5 frames of 2000
+    mostly_zero = np.where(np.arange(n) % 500 == 0, 50.0, 0.0)  # 50 < 100 x the floor of 1
+    gripper = np.where(rng.random(n) < 0.9, 1.0, -1.0)
+    check_values("x", "robot_obs", np.stack([degrees, ticks, rarely, mostly_zero, gripper], axis=1))

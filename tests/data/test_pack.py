@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +135,72 @@ def test_truncated_shard_file_fails_on_open(cfg, root):
         CalvinDataset(cfg)
     with pytest.raises(DatasetError, match=r"rgb_gripper\.npy: sha256 does not match"):
         verify_packed(out)
+
+
+# -- issue 31: what opening a packed split re-hashes, `pack --verify`, and manifest paths ---------------
+def _edit_keeping_size_and_mtime(path):
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_an_edit_with_its_size_and_mtime_restored_is_rehashed_and_refused_on_open(cfg, root, monkeypatch):
+    from roboflamingo.data import packed as packed_module
+    from roboflamingo.io import sha256_file
+
+    out = root / "training" / "packed"
+    pack_split(root / "training", out, shard_frames=16, progress=False)
+    # As if the last check were long past (file times are coarse: a fresh check is not trusted for 2 s).
+    monkeypatch.setattr(packed_module, "_MTIME_SLACK_S", -1e12)
+    hashed = []  # shard files hashed (the split's two small index files are hashed on every open)
+    monkeypatch.setattr(packed_module, "sha256_file",
+                        lambda p: (Path(p).parent.name.startswith("shard_") and hashed.append(p)) or sha256_file(p))
+    CalvinDataset(cfg)
+    assert len(hashed) == 4 * len(list(out.glob("shard_*")))  # the first open hashes every file
+    hashed.clear()
+    CalvinDataset(cfg)
+    assert hashed == []  # unchanged files are trusted from verified.json
+    path = out / "shard_00001" / "rel_actions.npy"
+    _edit_keeping_size_and_mtime(path)
+    with pytest.raises(DatasetError, match=r"shard_00001/rel_actions\.npy: sha256 does not match"):
+        CalvinDataset(cfg)
+    assert hashed == [path]
+
+
+def test_pack_verify_rehashes_everything_and_names_a_bad_file(root, capsys, monkeypatch):
+    from roboflamingo.data import packed as packed_module
+
+    assert cli.main(["pack", f"data.root={root}", "splits=[training]", "shard_frames=16", "progress=false"]) == 0
+    assert cli.main(["pack", f"data.root={root}", "splits=[training]", "--verify"]) == 0
+    out = capsys.readouterr().out
+    n = len(list((root / "training" / "packed").glob("shard_*/*.npy")))
+    assert f"verified training: {n} files" in out and "MB/s" in out
+    # a change no file metadata shows (bit rot, a raw write): only the full re-hash sees it
+    monkeypatch.setattr(packed_module, "_file_state", lambda st: {})
+    monkeypatch.setattr(packed_module, "_MTIME_SLACK_S", -1e12)
+    packed_module.verify_files(root / "training" / "packed", packed_module.load_manifest(root / "training" / "packed"))
+    _edit_keeping_size_and_mtime(root / "training" / "packed" / "shard_00000" / "robot_obs.npy")
+    packed_module.verify_files(root / "training" / "packed", packed_module.load_manifest(root / "training" / "packed"))
+    assert cli.main(["pack", f"data.root={root}", "splits=[training]", "--verify"]) == 1
+    assert "shard_00000/robot_obs.npy: sha256 does not match" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, files, match", [
+    ("../../..", None, r"shards\[0\]\.name' must be shard_<number>, got '\.\./\.\./\.\.'"),
+    ("/etc", None, r"shards\[0\]\.name' must be shard_<number>"),
+    ("shard_00000/../../x", None, r"shards\[0\]\.name' must be shard_<number>"),
+    ("shard_00000", {"../../../etc/passwd": "0"}, r"shards\[0\]\.files' names \['\.\./\.\./\.\./etc/passwd'\]"),
+])
+def test_a_manifest_cannot_point_outside_the_packed_directory(cfg, root, name, files, match):
+    out = root / "training" / "packed"
+    pack_split(root / "training", out, shard_frames=1024, progress=False)
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["shards"][0]["name"] = name
+    if files is not None:
+        manifest["shards"][0]["files"] = files
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match=match):
+        CalvinDataset(dataclasses.replace(cfg, use_packed="always"))

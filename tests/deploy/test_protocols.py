@@ -504,3 +504,82 @@ def test_the_benchmark_takes_an_action_or_the_first_row_of_a_chunk():
     chunk = np.arange(21, dtype=np.float64).reshape(3, 7) / 100
     np.testing.assert_array_equal(parse_action({"actions": chunk}), chunk[0].astype(np.float32))
     assert parse_action({"action": [0.0] * 7}).dtype == np.float32
+
+
+# -- hostile images (issue 31 items 2 and 10) --------------------------------------------------------
+def test_vla_eval_images_of_one_frame_are_bounded_in_total_once_decoded(monkeypatch):
+    from roboflamingo.deploy.codec import CodecError
+    from roboflamingo.deploy.protocols.vla_eval import unpack_message
+
+    png = {"__image__": True, "format": "png", "data": _png(20, 20), "shape": [20, 20, 3]}  # 1200 bytes decoded
+
+    def frame(n):
+        images = {f"cam{i}": png for i in range(n)}
+        return msgpack.packb({"type": "observation", "payload": {"images": images}, "seq": 1, "timestamp": 0.0},
+                             use_bin_type=True)
+
+    assert len(unpack_message(frame(2), 3000)["payload"]["images"]) == 2
+    # each image alone is within the limit; three of them together are not, and that is known from
+    # their declared shapes before any of them is decompressed
+    from PIL import Image
+
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(1) or real_open(*a, **k))
+    with pytest.raises(CodecError, match=r"past max_message_bytes=3000 once decoded \(2400 bytes already\)"):
+        unpack_message(frame(3), 3000)
+    assert opened == []
+
+
+def test_vla_eval_images_are_decoded_off_the_event_loop(monkeypatch):
+    """While one vla-eval frame decodes, another client's requests are answered."""
+    import threading
+
+    from roboflamingo.deploy.protocols import vla_eval
+
+    decoding, release, threads = threading.Event(), threading.Event(), []
+    real = vla_eval.unpack_message
+
+    def slow_unpack(data, limit):
+        threads.append(threading.current_thread().name)
+        decoding.set()
+        release.wait(20)  # only a safety net: the test releases it as soon as the other client is served
+        return real(data, limit)
+
+    monkeypatch.setattr(vla_eval, "unpack_message", slow_unpack)
+    server = PolicyServer(policy_source(PolicySourceConfig("random", seed=0)), port=0)
+    with ServerThread(server) as thread, connect(thread.url + "/vla-eval", max_size=None) as ws:
+        try:
+            ws.send(msgpack.packb({"type": "hello", "payload": {}, "seq": 1, "timestamp": 0.0}, use_bin_type=True))
+            assert decoding.wait(10)
+            with PolicyClient(thread.url, timeout_s=5) as other:
+                assert other.health()["status"] == "ok"
+        finally:
+            release.set()
+        assert unpackb(ws.recv(timeout=10))["type"] == "hello"
+    assert threads and threads[0].startswith("decode")
+
+
+def test_error_replies_carry_no_memory_addresses(random_server):
+    image = {"__image__": True, "format": "png", "data": b"garbage", "shape": [1, 1, 3]}
+    with connect(random_server.url + "/vla-eval", max_size=None) as ws:
+        ws.send(msgpack.packb({"type": "observation", "payload": {"images": {"rgb_static": image}}, "seq": 2,
+                               "timestamp": 0.0}, use_bin_type=True))
+        reply = unpackb(ws.recv(timeout=5))
+    assert reply["type"] == "error" and "not a png file" in reply["payload"]["error"]
+    assert "0x" not in reply["payload"]["error"], reply
+
+    class Leaky:
+        def reset(self):
+            pass
+
+        def step(self, obs, instruction):
+            raise ValueError(f"cannot use {object()}")
+
+    with ServerThread(PolicyServer(PolicySource("leaky", Leaky, (ROBOT_OBS,)), port=0)) as thread:
+        with PolicyClient(thread.url, timeout_s=5) as client:
+            from roboflamingo.deploy.client import PolicyServerError
+
+            with pytest.raises(PolicyServerError) as err:
+                client.step({ROBOT_OBS: np.zeros(15, np.float32)}, "go")
+    assert "cannot use <object object>" in str(err.value) and "0x" not in str(err.value)

@@ -65,6 +65,7 @@ def test_unauthenticated_clients_are_closed_before_anything_is_routed():
 def test_an_authenticated_bridge_routes_and_only_the_control_session_commands(tmp_path):
     secret_file = tmp_path / "rosauth_secret"
     secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o600)
     with RosbridgeRelay(secret=SECRET) as relay:
         cfg = BridgeConfig(port=relay.port, rosauth_secret_file=str(secret_file))
         control, robot = RosBridge(cfg).connect(), RosBridge(cfg).connect()
@@ -122,6 +123,7 @@ def test_the_auth_op_is_sent_once_even_when_the_connection_opens_before_the_brid
     monkeypatch.setattr(roslibpy.Ros, "__init__", connected_before_returning)
     secret_file = tmp_path / "rosauth_secret"
     secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o600)
     with RosbridgeRelay(secret=SECRET) as relay:
         bridge = RosBridge(BridgeConfig(port=relay.port, rosauth_secret_file=str(secret_file))).connect()
         try:

@@ -1,5 +1,7 @@
 """Safety properties: every command stays in the workspace box and within the per-step caps."""
 
+import logging
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -257,3 +259,50 @@ def test_hold_reasons_serialise_as_the_summary_keys():
     assert str(Hold(HoldReason.ESTOP)) == "estop"
     with pytest.raises(ValueError):
         HoldReason("estopp")  # a closed set: a misspelt reason is an error, not a new counter
+
+
+# -- limits beyond physical sense (issue 31 item 8) -----------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"max_step_m": 1e6}, "max_step_m"),
+        ({"max_step_rad": 100.0}, "max_step_rad"),
+        ({"max_obs_age_s": 1e9}, "max_obs_age_s"),
+        ({"workspace_min": [-1e9, -1e9, -1e9], "workspace_max": [1e9, 1e9, 1e9]}, "workspace"),
+        ({"workspace_max": [0.6, 0.5, 2.5]}, "workspace"),
+    ],
+)
+def test_limits_beyond_physical_sense_are_refused_unless_named_and_then_logged(kwargs, name, caplog):
+    from roboflamingo.deploy.safety import BOUNDS
+
+    with pytest.raises(ValueError, match=f"beyond its physical bound {BOUNDS[name]}.*add {name} to safety.beyond_bounds"):
+        SafetyConfig(**kwargs)
+    other = next(k for k in BOUNDS if k != name)
+    with pytest.raises(ValueError, match="beyond its physical bound"):
+        SafetyConfig(**kwargs, beyond_bounds=[other])  # naming another limit does not allow this one
+    with caplog.at_level(logging.WARNING, logger="roboflamingo.safety"):
+        SafetyConfig(**kwargs, beyond_bounds=[name])
+    assert "SAFETY LIMIT BEYOND ITS BOUND" in caplog.text and str(BOUNDS[name]) in caplog.text
+
+
+def test_limits_at_their_bounds_need_no_override_and_unknown_override_names_are_refused(caplog):
+    with caplog.at_level(logging.WARNING, logger="roboflamingo.safety"):
+        SafetyConfig(max_step_m=0.1, max_step_rad=0.5, max_obs_age_s=2.0,
+                     workspace_min=[-2.0, -2.0, -2.0], workspace_max=[2.0, 2.0, 2.0])
+        SafetyConfig()
+    assert caplog.text == ""
+    with pytest.raises(ValueError, match=r"beyond_bounds names \['max_speed'\]"):
+        SafetyConfig(beyond_bounds=["max_speed"])
+
+
+def test_the_override_key_is_documented_in_help_and_works_from_the_command_line():
+    from roboflamingo.cli import COMMANDS, command_help
+    from roboflamingo.config import ConfigError, load
+    from roboflamingo.deploy.ros_node import Job
+
+    text = command_help("ros", COMMANDS["ros"])
+    assert "safety.beyond_bounds: list[str] = []" in text and "physical bound" in text
+    with pytest.raises(ConfigError, match="max_step_m"):
+        load("ros", Job, ["safety.max_step_m=1e6"])
+    job = load("ros", Job, ["safety.max_step_m=0.2", "safety.beyond_bounds=[max_step_m]"])
+    assert job.safety.max_step_m == 0.2

@@ -111,11 +111,13 @@ def test_only_the_two_paths_exist(guarded):
 def test_the_ros_node_sends_the_token_and_reports_a_refusal_without_a_traceback(guarded, tmp_path, capsys):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     job = ros_node.Job(policy=PolicySourceConfig("remote", server=guarded.url, token_file=str(token_file)))
     policy = ros_node.make_policy(job)
     assert policy.step(obs(2.0), "go").shape == (7,)
     policy.close()
-    (tmp_path / "bad").write_text("nope\n")
+    (tmp_path / "bad").write_text("a-wrong-token-of-32-characters!!\n")
+    (tmp_path / "bad").chmod(0o600)
     assert ros_node.run(ros_node.Job(policy=PolicySourceConfig("remote", server=guarded.url, token_file=str(tmp_path / "bad")))) == 2
     assert "refused the session" in capsys.readouterr().err
 
@@ -344,3 +346,63 @@ def test_server_answers_every_random_message_and_keeps_the_session(fuzz_server, 
                 assert len(reply["error"]) < MAX_ERROR_CHARS + 60
         ws.send(packb({"type": "health", "id": 7}))
         assert unpackb(ws.recv(timeout=10))["id"] == 7
+
+
+# -- secrets: strength and exposure (issue 31 item 10) --------------------------------------------
+def test_short_or_exposed_secrets_are_refused_with_the_file_named(tmp_path, monkeypatch, capsys):
+    from roboflamingo.deploy.auth import MIN_SECRET_CHARS, read_secret
+    from roboflamingo.deploy.server import run
+
+    short = tmp_path / "short"
+    short.write_text("x\n")
+    short.chmod(0o600)
+    with pytest.raises(ValueError, match=f"token file {short}: the token has 1 characters, at least {MIN_SECRET_CHARS}"):
+        read_secret(path=str(short))
+    exposed = tmp_path / "exposed"
+    exposed.write_text(TOKEN + "\n")
+    for mode in (0o644, 0o604, 0o620, 0o602):
+        exposed.chmod(mode)
+        with pytest.raises(ValueError, match=rf"token file {exposed}: its mode {oct(mode)} .* chmod 600"):
+            read_secret(path=str(exposed))
+    for mode in (0o600, 0o400, 0o640):  # the owner, and a service group that may only read
+        exposed.chmod(mode)
+        assert read_secret(path=str(exposed)) == TOKEN
+    monkeypatch.setenv("ROBOFLAMINGO_TOKEN", "abc")
+    with pytest.raises(ValueError, match=r"\$ROBOFLAMINGO_TOKEN: the token has 3 characters"):
+        read_secret(env="ROBOFLAMINGO_TOKEN")
+    monkeypatch.delenv("ROBOFLAMINGO_TOKEN")
+    with pytest.raises(ValueError, match="the inline token has 5 characters"):
+        read_secret("short")
+    # the serve command refuses it in one line, before any policy is loaded
+    exposed.chmod(0o644)
+    job = Job(policy=PolicySourceConfig("random"), host="0.0.0.0", token_file=str(exposed), duration_s=0.01)
+    assert run(job) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "chmod 600" in err and "Traceback" not in err
+
+
+def test_the_ros_and_sim_robot_commands_refuse_a_weak_secret_file_in_one_line(tmp_path, capsys):
+    from roboflamingo.deploy import sim_robot
+    from roboflamingo.deploy.config import BridgeConfig
+
+    weak = tmp_path / "weak"
+    weak.write_text("1234\n")
+    weak.chmod(0o600)
+    assert ros_node.run(ros_node.Job(policy=PolicySourceConfig("remote", server="ws://127.0.0.1:9", token_file=str(weak)))) == 2
+    assert sim_robot.run(sim_robot.Job(serve_bridge=True, deploy=BridgeConfig(port=9, rosauth_secret_file=str(weak)))) == 2
+    err = capsys.readouterr().err
+    assert err.count("has 4 characters") == 2 and "Traceback" not in err
+
+
+def test_a_vla_eval_client_whose_frames_are_all_refused_is_throttled_too():
+    """Issue 31 item 2: refused foreign frames never reached the byte budget, so a client streaming
+    them (each one received, unpacked and answered on the server) had no rate limit at all."""
+    server = PolicyServer(source(), port=0, max_message_bytes=4096, max_session_bytes_per_s=5000.0)
+    bad = msgpack.packb({"type": "observation", "payload": {"images": {"rgb_static": {
+        "__image__": True, "format": "png", "data": b"x" * 3000, "shape": [100, 100, 3]}}}, "seq": 1,
+        "timestamp": 0.0}, use_bin_type=True)
+    with ServerThread(server) as thread, connect(thread.url + "/vla-eval", max_size=None) as ws:
+        for _ in range(4):  # 12 kB against an 8 kB burst
+            ws.send(bad)
+            assert unpackb(ws.recv(timeout=10))["type"] == "error"
+    assert server.counters["throttled"] >= 1

@@ -126,6 +126,7 @@ class FakeTasks:
 
 
 def test_adapter_wiring_with_stand_in_calvin_modules(tmp_path, monkeypatch):
+    monkeypatch.setattr(ca, "TARGET_PREFIXES", ("calvin_env.", f"{__name__}."))  # the stand-in oracle
     raw = FakeRawEnv()
     package = types.ModuleType("calvin_env")
     package.__file__ = str(tmp_path / "calvin_env" / "__init__.py")
@@ -173,3 +174,34 @@ def test_missing_dataset_config_is_named(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "calvin_env.envs.play_table_env", play)
     with pytest.raises(FileNotFoundError, match="merged_config.yaml"):
         ca.CalvinEnv(str(tmp_path))
+
+
+@pytest.mark.parametrize("which", ["tasks", "split"])
+def test_a_calvin_config_naming_a_callable_outside_calvin_env_is_refused_before_it_runs(tmp_path, which):
+    """A downloaded split's merged_config.yaml or a tasks file is data; hydra would call os.system."""
+    pytest.importorskip("calvin_env")
+    from calvin_split import write_split
+
+    marker = tmp_path / "pwned"
+    split = write_split(tmp_path / "split")
+    evil = f"_target_: os.system\n_args_: ['touch {marker}']\n"
+    tasks = ca.default_tasks_config()
+    if which == "tasks":
+        tasks = tmp_path / "tasks.yaml"
+        tasks.write_text(evil + "tasks: {}\n")
+        match = r"tasks\.yaml: '_target_' is 'os.system'"
+    else:
+        merged = split / ".hydra" / "merged_config.yaml"
+        merged.write_text(merged.read_text().replace("_target_: calvin_env.robot.robot.Robot", "_target_: os.system", 1))
+        match = r"merged_config\.yaml: '(robot|env\.robot_cfg)\._target_' is 'os.system'"
+    with pytest.raises(ValueError, match=match):
+        ca.CalvinEnv(str(split), str(tasks))
+    assert not marker.exists()
+
+
+def test_an_interpolated_target_that_does_not_resolve_is_refused(tmp_path):
+    from omegaconf import OmegaConf
+
+    with pytest.raises(ValueError, match=r"x\.yaml: 'a\._target_' is '\$\{hydra:runtime.cwd\}'"):
+        ca.check_targets(OmegaConf.create({"a": {"_target_": "${hydra:runtime.cwd}"}}), "x.yaml")
+    ca.check_targets(OmegaConf.create({"a": {"_target_": "calvin_env.envs.tasks.Tasks", "b": [{"c": 1}]}}), "x.yaml")

@@ -45,8 +45,8 @@ def test_a_non_finite_loss_stops_the_run_and_no_checkpoint_points_at_it(tmp_path
 
     def poisoned(self, batch):
         loss, logs = forward(self, batch)
-        calls["n"] += 1
-        return (loss * float("nan"), logs) if calls["n"] == 2 else (loss, logs)
+        calls["n"] += self.training  # training steps only: each checkpoint's validation forward is eval mode
+        return (loss * float("nan"), logs) if calls["n"] == 2 and self.training else (loss, logs)
 
     monkeypatch.setattr(RoboFlamingoPolicy, "forward", poisoned)
     run_dir = tmp_path / "run"
@@ -113,3 +113,95 @@ def test_an_exported_policy_without_manifest_still_names_a_truncated_or_non_fini
     weights.write_bytes(bytes(bad))
     with pytest.raises(ValueError, match=rf"tensor '{name}' holds NaN or inf"):
         RoboFlamingoPolicy.from_pretrained(out)
+
+
+# -- issue 31 item 6: a diverged but finite policy never becomes a checkpoint ---------------------------
+def _checkpoints(run_dir):
+    return sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").exists() else []
+
+
+def test_a_run_that_diverges_at_once_writes_no_checkpoint(tmp_path, train_args, capsys):
+    """train.lr=1e30 puts every weight near 1e30 after one step: finite, and useless."""
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", *train_args(run_dir, *STEPS, "train.lr=1e30", "train.grad_clip=0")]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("roboflamingo train: error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert "step 1: weight '" in err and "the run diverged (is train.lr=1e+30 too high?)" in err
+    assert _checkpoints(run_dir) == [] and not (run_dir / "checkpoints" / "last").exists()
+
+
+def test_divergence_after_a_good_checkpoint_leaves_last_on_it(tmp_path, train_args, monkeypatch, capsys):
+    from roboflamingo.train import loop
+
+    build = loop.build_optimizer
+
+    def exploding(policy, cfg):
+        opt = build(policy, cfg)
+        calls = {"n": 0}
+
+        class Exploding(type(opt)):
+            def step(self, *a, **k):
+                out = super().step(*a, **k)
+                calls["n"] += 1
+                if calls["n"] == 2:  # the second update blows up, finitely
+                    with torch.no_grad():
+                        for p in policy.parameters():
+                            if p.requires_grad:
+                                p.mul_(1e20)
+                return out
+
+        opt.__class__ = Exploding
+        return opt
+
+    monkeypatch.setattr(loop, "build_optimizer", exploding)
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", *train_args(run_dir, *STEPS)]) == 2
+    assert "step 2: weight '" in capsys.readouterr().err
+    assert _checkpoints(run_dir) == ["step_0000001"]
+    assert (run_dir / "checkpoints" / "last").resolve().name == "step_0000001"
+    policy = RoboFlamingoPolicy.from_pretrained(run_dir / "checkpoints" / "last")
+    assert max(float(p.abs().max()) for p in policy.parameters()) < loop.MAX_WEIGHT_ABS
+
+
+def test_a_policy_whose_forward_fails_only_in_eval_mode_is_not_saved(tmp_path, train_args, monkeypatch, capsys):
+    """Weights in range are not enough: the checkpoint must also act (the validation forward)."""
+    forward = RoboFlamingoPolicy.forward
+
+    def broken_in_eval(self, batch):
+        loss, logs = forward(self, batch)
+        return (loss if self.training else loss * float("inf")), logs
+
+    monkeypatch.setattr(RoboFlamingoPolicy, "forward", broken_in_eval)
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", *train_args(run_dir, *STEPS)]) == 2
+    assert "step 1: a forward pass on the step's last batch gives the loss inf" in capsys.readouterr().err
+    assert _checkpoints(run_dir) == []
+
+
+@pytest.mark.parametrize("lr", ["1e300", "1e37", "inf"])
+def test_a_learning_rate_beyond_float32_is_one_line_not_a_traceback(tmp_path, train_args, capsys, lr):
+    assert cli.main(["train", *train_args(tmp_path / "run", *STEPS, f"train.lr={lr}")]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr must be" in err and "Traceback" not in err and err.count("\n") == 2  # + the --help hint
+
+
+@pytest.mark.parametrize("command", ["eval", "serve"])
+@pytest.mark.parametrize("damage", ["bit-flip", "truncated", "deleted-manifest"])
+def test_eval_and_serve_refuse_a_corrupt_last_in_one_line(trained, tmp_path, capsys, command, damage):
+    """Issue 31 item 10: `eval` printed a traceback (exit 1) where `serve` printed one line (exit 2)."""
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000001"
+    shutil.copytree(trained, ckpt)
+    (tmp_path / "run" / "checkpoints" / "last").symlink_to("step_0000001")
+    if damage == "bit-flip":
+        _flip(ckpt / "model.safetensors")
+    elif damage == "truncated":
+        (ckpt / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:1000])
+    else:
+        (ckpt / "manifest.json").unlink()
+    last = tmp_path / "run" / "checkpoints" / "last"
+    extra = ["eval.num_chains=1", f"run_dir={tmp_path / 'eval'}"] if command == "eval" else ["port=0", "duration_s=0.01"]
+    assert cli.main([command, f"checkpoint={last}", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"roboflamingo {command}: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "checkpoints/last is " in err  # named as the user gave it

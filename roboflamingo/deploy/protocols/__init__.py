@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -145,6 +146,12 @@ class ProtocolConnection:
     def __init__(self, ws: Any, translator: Translator) -> None:
         self.ws = ws
         self.translator = translator
+        # The session's byte budget (``server.ByteBudget``), set by the server: every client frame is
+        # charged, the ones a translator refuses or answers itself too (a vla-eval client streaming
+        # frames that are all refused must not get the event loop for free), at the larger of its own
+        # size and the native frames it became (a small PNG that decodes to 8 MB costs 8 MB).
+        self.budget: Any = None
+        self.on_throttle: Callable[[], None] | None = None
 
     @property
     def request(self) -> Any:
@@ -178,8 +185,16 @@ class ProtocolConnection:
 
     async def _frames(self) -> AsyncIterator[bytes | str]:
         async for frame in self.ws:
+            cost = len(frame)
             async for native in self.translator.incoming(frame):
-                yield native
+                cost = max(cost, len(native))
+                yield native  # the server answers it before the generator resumes
+            if self.budget is not None:
+                pause = self.budget.charge(cost, time.monotonic())
+                if pause:
+                    if self.on_throttle is not None:
+                        self.on_throttle()
+                    await asyncio.sleep(pause)
 
 
 def handler(server: PolicyServer) -> Callable[[Any], Awaitable[None]]:

@@ -6,6 +6,7 @@ package picks among them without an import circle.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +15,13 @@ from roboflamingo.deploy.codec import CodecError
 MAX_DEPTH = 16  # foreign frames are walked after decoding; real observations nest 3 deep
 
 Send = Callable[[bytes | str], Awaitable[None]]
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def public_text(text: str) -> str:
+    """``text`` without the memory addresses Python reprs carry (``<X object at 0x7f..>``): an
+    error reply must not hand a client hints about the server's address space."""
+    return _ADDRESS.sub("", text)
 
 
 def frame_problem(frame: bytes | str, limit: int, expected: str = "a binary msgpack frame") -> str | None:

@@ -22,13 +22,16 @@ expert, which reads the privileged scene state, ``send_scene_obs``. ``roboflamin
 handshake (``PolicyServer.metadata``).
 
 Images arrive as vla-eval's ``{"__image__": True, "format": raw | png | jpeg, "data", "shape"}``
-(PNG by default). They are decoded under our codec's rules: the declared shape must be HWC with at
-most ``max_message_bytes`` bytes once decoded, checked against the image header before any pixel is
-decompressed, and the decoded array must have exactly that shape.
+(PNG by default). They are decoded under our codec's rules: the declared shape must be HWC, all the
+images of one frame together hold at most ``max_message_bytes`` bytes once decoded (a 0.76 MB frame
+of small PNGs once decoded to 750 MB), checked against each image's header before any pixel is
+decompressed, and the decoded array must have exactly that shape. Frames are decoded on the server's
+decode threads, never on the event loop, so a client sending large images delays only itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import math
@@ -41,7 +44,7 @@ import numpy as np
 
 from roboflamingo import __version__
 from roboflamingo.deploy.codec import CodecError, _decode_array, packb, unpackb
-from roboflamingo.deploy.protocols.frames import Send, frame_problem, walk
+from roboflamingo.deploy.protocols.frames import Send, frame_problem, public_text, walk
 from roboflamingo.robot import RobotDescription
 from roboflamingo.robots import calvin
 from roboflamingo.robots.calvin import ROBOT_OBS_DIM, SCENE_OBS, SCENE_OBS_DIM
@@ -58,21 +61,46 @@ PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG"}
 STATE_KEYS = ("states", "state")  # vla-eval's CALVIN benchmark sends "states"; its docs say "state"
 
 
-def decode_image(d: dict, limit: int) -> np.ndarray:
-    fmt, shape, data = d.get("format"), d.get("shape"), d.get("data")
-    if not isinstance(data, bytes) or not isinstance(shape, list) or len(shape) != 3:
+class DecodeBudget:
+    """Bytes the images of one frame may still decode to (their total is bounded, not only each one)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.left = limit, limit
+
+    def take(self, shape: list[int]) -> None:
+        n = shape[0] * shape[1] * shape[2]
+        if n > self.left:
+            used = self.limit - self.left
+            raise CodecError(
+                f"image of shape {shape} ({n} bytes) would take the frame's images past "
+                f"max_message_bytes={self.limit} once decoded ({used} bytes already)"
+            )
+        self.left -= n
+
+
+def declared_shape(d: dict) -> list[int]:
+    """An image map's HWC ``shape``, checked to be 3 positive ints (``data`` must be bytes)."""
+    shape = d.get("shape")
+    if not isinstance(d.get("data"), bytes) or not isinstance(shape, list) or len(shape) != 3:
         raise CodecError("an image needs 'format', 'data' (bytes) and an HWC 'shape' of 3 ints")
     if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
         raise CodecError(f"image shape must be 3 positive ints, got {shape}")
-    if shape[0] * shape[1] * shape[2] > limit:
-        raise CodecError(f"image of shape {shape} exceeds max_message_bytes={limit} once decoded")
+    return shape
+
+
+def decode_image(d: dict, limit: int | DecodeBudget) -> np.ndarray:
+    """One vla-eval image; ``limit``: the frame's ``DecodeBudget`` (or a byte limit for this image alone)."""
+    budget = limit if isinstance(limit, DecodeBudget) else DecodeBudget(limit)
+    fmt, data = d.get("format"), d.get("data")
+    shape = declared_shape(d)
+    budget.take(shape)  # before anything is decompressed
     if fmt == "raw":
         if d.get("dtype") != "|u1":
             raise CodecError(f"a raw image must be uint8 ('|u1'), got {d.get('dtype')!r}")
         return _decode_array({"dtype": "|u1", "shape": shape, "data": data})
     if fmt not in PIL_FORMATS:
         raise CodecError(f"image format must be raw, png or jpeg, got {fmt!r}")
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data), formats=[PIL_FORMATS[fmt]]) as img:
@@ -81,8 +109,10 @@ def decode_image(d: dict, limit: int) -> np.ndarray:
             arr = np.asarray(img)
     except CodecError:
         raise
+    except UnidentifiedImageError as e:  # its text quotes the BytesIO's repr, a memory address
+        raise CodecError(f"cannot decode the {fmt} image: the data is not a {fmt} file") from e
     except Exception as e:  # PIL raises many types for corrupt data
-        raise CodecError(f"cannot decode the {fmt} image ({type(e).__name__}: {e})"[:300]) from e
+        raise CodecError(public_text(f"cannot decode the {fmt} image ({type(e).__name__}: {e})")[:300]) from e
     if arr.ndim == 2:
         arr = arr[..., None]
     if list(arr.shape) != shape or arr.dtype != np.uint8:
@@ -91,8 +121,17 @@ def decode_image(d: dict, limit: int) -> np.ndarray:
 
 
 def unpack_message(data: bytes, limit: int) -> dict[str, Any]:
-    """Decode one vla-eval frame into ``{type, payload, seq, timestamp}`` (``CodecError`` when malformed)."""
-    msg = walk(unpackb(data), lambda d: decode_image(d, limit) if d.get(IMAGE_KEY) is True else d)
+    """Decode one vla-eval frame into ``{type, payload, seq, timestamp}`` (``CodecError`` when malformed).
+
+    ``limit`` bounds the frame's encoded size and the decoded size of all its images together.
+    """
+    raw = unpackb(data)
+    # First the declared sizes of all the frame's images together: a frame of a hundred small PNGs that
+    # each claim 8 MB is refused before a single one is decompressed.
+    declared = DecodeBudget(limit)
+    walk(raw, lambda d: declared.take(declared_shape(d)) if d.get(IMAGE_KEY) is True else d)
+    budget = DecodeBudget(limit)
+    msg = walk(raw, lambda d: decode_image(d, budget) if d.get(IMAGE_KEY) is True else d)
     if not isinstance(msg, dict):
         raise CodecError(f"a vla-eval message must be a map, got {type(msg).__name__}")
     missing = [k for k in ("type", "payload", "seq", "timestamp") if k not in msg]
@@ -216,7 +255,13 @@ class VlaEvalTranslator:
         }
 
     async def error(self, message: str, seq: Any = 0) -> None:
-        await self.send(pack_message("error", {"error": message}, seq))
+        await self.send(pack_message("error", {"error": public_text(message)}, seq))
+
+    async def _off_loop(self, fn: Any, *args: Any) -> Any:
+        # Decoding PNGs of up to max_message_bytes takes tens of ms (Pillow releases the GIL meanwhile):
+        # on the event loop that would stall every other session.
+        pool = getattr(self.server, "decode_pool", None)
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     async def incoming(self, frame: bytes | str) -> AsyncIterator[bytes | str]:
         limit = self.server.config.max_message_bytes
@@ -225,7 +270,7 @@ class VlaEvalTranslator:
             await self.error(problem)
             return
         try:
-            msg = unpack_message(frame, limit)
+            msg = await self._off_loop(unpack_message, frame, limit)
         except CodecError as e:
             await self.error(f"bad_request: {e}"[:1000])
             return
@@ -242,8 +287,8 @@ class VlaEvalTranslator:
                 if self.failed:
                     return
             obs, instruction = to_observation(payload, self.server.robot)
-            try:
-                step = packb({"type": "step", "obs": obs, "instruction": instruction})
+            try:  # copies the decoded images: off the loop too
+                step = await self._off_loop(packb, {"type": "step", "obs": obs, "instruction": instruction})
             except (TypeError, ValueError, OverflowError) as e:
                 await self.error(f"bad_request: {e}"[:1000], seq)
                 return
