@@ -239,8 +239,10 @@ def test_serve_config_errors_name_the_field(overrides, match, capsys):
 
 
 def test_checkpoint_source_rejects_a_missing_directory(tmp_path):
-    with pytest.raises(ValueError, match="not a directory"):
+    with pytest.raises(ValueError, match="nope does not exist"):
         policy_source(PolicySourceConfig(checkpoint=str(tmp_path / "nope")))
+    with pytest.raises(ValueError, match="not a policy checkpoint"):  # a directory that holds none
+        policy_source(PolicySourceConfig(checkpoint=str(tmp_path)))
     with pytest.raises(ValueError, match="only read with policy=checkpoint"):
         policy_source(PolicySourceConfig("random", checkpoint=str(tmp_path)))
 

@@ -91,11 +91,12 @@ def test_corrupt_newest_checkpoint_is_refused_and_previous_used(
     shutil.copytree(reference, run_dir, symlinks=True)
     ckpts = run_dir / "checkpoints"
     shutil.rmtree(ckpts / f"step_{STEPS:07d}")  # as if the run had died before its final save
-    weights = ckpts / "step_0000009" / "model.safetensors"
+    weights = ckpts / "step_0000009" / "pretrained_model" / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])  # a truncated copy
 
-    with pytest.raises(CheckpointError, match=r"step_0000009 is corrupt: model\.safetensors has \d+ bytes.*truncated"):
+    with pytest.raises(CheckpointError,
+                       match=r"step_0000009 is corrupt: pretrained_model/model\.safetensors has \d+ bytes.*truncated"):
         verify_checkpoint(ckpts / "step_0000009")
 
     assert cli.main(["train", *train_args(run_dir, *RECIPE, "resume=true")]) == 0
@@ -118,8 +119,9 @@ def test_existing_run_needs_resume_and_the_same_model(reference, tmp_path, train
 def test_every_checkpoint_holds_what_resume_needs(reference):
     last = (reference / "checkpoints" / "last").resolve()
     manifest = verify_checkpoint(last)
-    assert {"model.safetensors", "config.yaml", "trainer.pt"} <= set(manifest["files"])
-    state = torch.load(last / "trainer.pt", weights_only=True)
+    assert {"pretrained_model/model.safetensors", "pretrained_model/config.json",
+            "training_state/trainer.pt"} <= set(manifest["files"])
+    state = torch.load(last / "training_state" / "trainer.pt", weights_only=True)
     assert state["step"] == STEPS
     assert {"optimizer", "scheduler", "rng", "epoch", "batches_in_epoch"} <= set(state)
     assert len(state["rng"]) == 1 and {"python", "numpy", "torch"} <= set(state["rng"][0])
