@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from roboflamingo.batching import BatchedModel, PerSlotPolicies, SlotPolicy
