@@ -66,7 +66,10 @@ COMMANDS: dict[str, Command] = {
                    aliases=(CHECKPOINT_ALIAS, *REMOTE_ALIASES)),
     "sim-robot": Command("roboflamingo.deploy.sim_robot", "sim_robot", "serve the tabletop as a robot over rosbridge"),
     "convert": Command("roboflamingo.models.convert", "convert", "convert published weights to our checkpoint format",
-                       positional=("src", "dst")),
+                       positional=("src", "dst"), flags=("bundle",)),
+    "export": Command("roboflamingo.models.export", None,
+                      "a saved policy as a standalone directory (--bundle: with its frozen towers inside)",
+                      positional=("src", "dst"), flags=("bundle",)),
     "env": Command("roboflamingo.envinfo", None, "what this machine offers: versions, device, renderer, calvin_env, disk",
                    flags=("json",)),
 }
