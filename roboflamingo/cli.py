@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         if show_help:
             print(command_help(name, cmd, overrides))
             return 0
-        job = load(cmd.config, module.Job, overrides)
+        # A command may build its Job itself (`train resume=<run_dir>` starts from the run's config).
+        loader = getattr(module, "load_job", None)
+        job = loader(overrides) if loader is not None else load(cmd.config, module.Job, overrides)
     except ConfigError as e:
         print(f"roboflamingo {name}: invalid config: {e}\n(`roboflamingo {name} --help` lists every key)",
               file=sys.stderr)
