@@ -27,6 +27,7 @@ from roboflamingo.eval.items import build_items
 from roboflamingo.eval.policies import EVAL_KINDS, PolicySpec, default_torch_threads
 from roboflamingo.eval.report import markdown, write_report
 from roboflamingo.eval.runner import evaluate_items
+from roboflamingo.models.towers import TowerNotFoundError
 from roboflamingo.policies import PolicyKind, PolicySourceConfig
 from roboflamingo.process import torchrun_ranks
 from roboflamingo.sim.config import EnvConfig
@@ -87,7 +88,11 @@ def run(job: Job) -> int:
     rank = torchrun_ranks().rank
     if rank == 0:
         save_yaml(job, run_dir / "config.yaml")
-    summary = evaluate_items(items, policy_spec, env_spec, job.eval, run_dir, identity)
+    try:
+        summary = evaluate_items(items, policy_spec, env_spec, job.eval, run_dir, identity)
+    except TowerNotFoundError as e:  # a moved checkpoint whose frozen towers are nowhere on the search path
+        print(f"roboflamingo eval: {e}", file=sys.stderr)
+        return 2
     if summary is None:  # ranks > 0: rank 0 merges and reports
         return 0
     summary.update(
