@@ -158,6 +158,15 @@ def check_entry(tower: str, entry: Any, source: str) -> None:
             raise ValueError(f"{where}.files must map each file to its 'bytes' (int) and 'sha256' (64 hex digits)")
     else:
         raise ValueError(f"{where}.kind must be 'file' or 'directory', got {entry['kind']!r}")
+    # Names read relative to a directory must stay inside it.
+    for key, rel in [("bundled", entry.get("bundled")), *(("files", f) for f in entry.get("files") or {})]:
+        if rel is not None and (not isinstance(rel, str) or not _inside(rel)):
+            raise ValueError(f"{where}.{key}: {rel!r} must be a relative path inside the directory")
+
+
+def _inside(rel: str) -> bool:
+    path = Path(rel)
+    return bool(rel) and not path.is_absolute() and ".." not in path.parts
 
 
 def _is_sha256(value: Any) -> bool:

@@ -303,9 +303,11 @@ def _edit_config(directory: Path, edit) -> None:
     (lambda c: c["towers"].pop("lm"), r"config\.json: 'towers' names \['tokenizer', 'vision'\], but the model config "
                                       r"reads \['lm', 'tokenizer', 'vision'\]"),
     (lambda c: c["model"]["lm"].update(hidden_sise=3), r"config\.json: unknown key 'model\.lm\.hidden_sise'"),
+    (lambda c: c["towers"]["vision"].update(bundled="../../elsewhere/vit.pt"),
+     r"config\.json: towers\.vision\.bundled: '\.\./\.\./elsewhere/vit\.pt' must be a relative path inside"),
     (lambda c: c["normalization"]["action_mean"].__setitem__(0, 9.0),
      r"config\.json: normalization\.action_mean differs from normalizer\.action_mean in .*model\.safetensors"),
-], ids=["format", "sha256", "tower-entry", "unknown-key", "edited-statistics"])
+], ids=["format", "sha256", "tower-entry", "unknown-key", "escaping-bundle", "edited-statistics"])
 def test_a_bad_config_is_refused_naming_the_file_and_field(saved, edit, match):
     _edit_config(saved["dir"], edit)
     with pytest.raises(ConfigError, match=match):
