@@ -362,8 +362,12 @@ def load_job(overrides: list[str]) -> Job:
     from roboflamingo.config import load
 
     resume, run_dir, rest = _resume_overrides(overrides)
-    if resume and (Path(run_dir) / "config.yaml").is_file():
-        return _resumed_job(Path(run_dir) / "config.yaml", rest, run_dir)
+    saved = Path(run_dir) / "config.yaml"
+    if resume and saved.is_file():
+        return _resumed_job(saved, rest, run_dir)
+    if resume == "path":
+        # resume=<dir> names a run to continue; a typo must not start a fresh one with the defaults.
+        raise ConfigError(f"resume={run_dir}: no run to continue there ({saved} does not exist)")
     if resume:
         rest = [*rest, f"run_dir={run_dir}", "resume=true"]
     return load("train", Job, rest)
@@ -372,8 +376,9 @@ def load_job(overrides: list[str]) -> Job:
 _TRUE, _FALSE = ("true", "True", "yes", "1"), ("false", "False", "no", "0", "")
 
 
-def _resume_overrides(overrides: list[str]) -> tuple[bool, str, list[str]]:
-    """``(resuming, run_dir, the other overrides)``; ``resume=<path>`` is ``run_dir=<path> resume=true``."""
+def _resume_overrides(overrides: list[str]) -> tuple[str, str, list[str]]:
+    """``(how: "" not resuming, "flag" resume=true, "path" resume=<run_dir>; run_dir; the other
+    overrides)``; ``resume=<path>`` is ``run_dir=<path> resume=true``."""
     resume, run_dir, rest = None, None, []
     for o in overrides:
         key, eq, value = o.lstrip("+").partition("=")
@@ -384,12 +389,12 @@ def _resume_overrides(overrides: list[str]) -> tuple[bool, str, list[str]]:
         else:
             rest.append(o)
     if resume is None or resume in _FALSE:
-        return False, "", overrides
-    if resume not in _TRUE:
-        if run_dir is not None and Path(run_dir).resolve() != Path(resume).resolve():
-            raise ConfigError(f"resume={resume} names a run directory, but run_dir={run_dir} names another")
-        run_dir = resume
-    return True, run_dir or Job.__dataclass_fields__["run_dir"].default, rest
+        return "", "", overrides
+    if resume in _TRUE:
+        return "flag", run_dir or Job.__dataclass_fields__["run_dir"].default, rest
+    if run_dir is not None and Path(run_dir).resolve() != Path(resume).resolve():
+        raise ConfigError(f"resume={resume} names a run directory, but run_dir={run_dir} names another")
+    return "path", resume, rest
 
 
 def _resumed_job(saved_path: Path, overrides: list[str], run_dir: str) -> Job:

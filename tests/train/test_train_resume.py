@@ -200,3 +200,10 @@ def test_a_run_checkpointed_in_the_first_format_resumes(tmp_path, dataset):
     new = run_dir / "checkpoints" / "step_0000003"
     assert verify_checkpoint(new, require_training_state=True)["step"] == 3
     assert (new / "pretrained_model" / "config.json").is_file() and (new / "training_state" / "trainer.pt").is_file()
+
+
+def test_resume_names_a_run_that_is_not_there(tmp_path, capsys):
+    assert cli.main(["train", f"resume={tmp_path / 'typo'}"]) == 2
+    assert f"resume={tmp_path / 'typo'}: no run to continue there ({tmp_path / 'typo' / 'config.yaml'} does not exist)" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()
