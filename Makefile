@@ -79,8 +79,14 @@ demo: $(DEMO_STAMP)
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check roboflamingo tests scripts
 
+# The sdist and the wheel built from it, as a release would make them (the package data must reach
+# both; tests/test_wheel.py installs a wheel into a fresh venv and runs the commands from it).
+DIST := dist
+
 test: $(DEV_STAMP) $(TEST_DEPS)
 	$(BIN)/ruff check roboflamingo tests scripts
+	rm -rf $(DIST)
+	$(BIN)/python -m build --outdir $(DIST) .
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 
 # The edit loop: everything but the tests marked slow, on every core (one torch thread per worker) (the whole suite is `make test`, as CI runs it).
@@ -101,4 +107,4 @@ lock:
 	rm -rf $(LOCK_VENV)
 
 clean:
-	rm -rf $(VENV) $(ROS2_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(ROS2_VENV) .pytest_cache .ruff_cache $(DIST) build

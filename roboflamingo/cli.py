@@ -72,7 +72,10 @@ COMMANDS: dict[str, Command] = {
                    aliases=(CHECKPOINT_ALIAS, *REMOTE_ALIASES)),
     "sim-robot": Command("roboflamingo.deploy.sim_robot", "sim_robot", "serve the tabletop as a robot over rosbridge or ROS 2"),
     "convert": Command("roboflamingo.models.convert", "convert", "convert published weights to our checkpoint format",
-                       positional=("src", "dst")),
+                       positional=("src", "dst"), flags=("bundle",)),
+    "export": Command("roboflamingo.models.export", None,
+                      "a saved policy as a standalone directory (--bundle: with its frozen towers inside)",
+                      positional=("src", "dst"), flags=("bundle",)),
     "env": Command("roboflamingo.envinfo", None, "what this machine offers: versions, device, renderer, calvin_env, disk",
                    flags=("json",)),
 }
@@ -231,9 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(cmd.module)
     try:
         if show_help:
-            print(command_help(name, cmd, overrides))
+            # A command with overrides of its own spelling (`train resume=<run_dir>`) says how to read them.
+            spelled = getattr(module, "help_overrides", None)
+            print(command_help(name, cmd, spelled(overrides) if spelled else overrides))
             return 0
-        job = load(cmd.config, module.Job, overrides)
+        # A command may build its Job itself (`train resume=<run_dir>` starts from the run's config).
+        loader = getattr(module, "load_job", None)
+        job = loader(overrides) if loader is not None else load(cmd.config, module.Job, overrides)
     except ConfigError as e:
         print(f"roboflamingo {name}: invalid config: {e}\n(`roboflamingo {name} --help` lists every key)",
               file=sys.stderr)

@@ -1,6 +1,6 @@
 """Hydra composition backed by typed dataclasses.
 
-Every command has a primary YAML file in ``configs/`` (``configs/<command>.yaml``) whose defaults list
+Every command has a primary YAML file in ``roboflamingo/configs/`` (``configs/<command>.yaml``) whose defaults list
 pulls in the groups it needs (``model/``, ``head/``, ``data/``, ...). The composed tree is merged onto
 the command's dataclass schema, so a misspelled key or a wrong type fails before any work starts, and
 each dataclass validates its own values in ``__post_init__``. Configs are data: no ``_target_``
@@ -32,9 +32,10 @@ class ConfigError(ValueError):
 
 
 def config_dir() -> Path:
-    """The Hydra search root: ``$ROBOFLAMINGO_CONFIG_DIR`` or the repository's ``configs/``."""
-    env = os.environ.get("ROBOFLAMINGO_CONFIG_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
+    """The Hydra search root: ``$ROBOFLAMINGO_CONFIG_DIR`` or the package's ``roboflamingo/configs/``."""
+    from roboflamingo.resources import CONFIGS, package_data_dir
+
+    path = package_data_dir(CONFIGS, "ROBOFLAMINGO_CONFIG_DIR")
     if not path.is_dir():
         raise ConfigError(f"config directory {path} does not exist (set ROBOFLAMINGO_CONFIG_DIR)")
     return path

@@ -66,7 +66,9 @@ class PolicySourceConfig:
 
     Args:
         kind: ``checkpoint``, ``expert``, ``random`` or ``remote``.
-        checkpoint: the directory ``RoboFlamingoPolicy.save_pretrained`` wrote (``kind=checkpoint`` only).
+        checkpoint: the directory ``RoboFlamingoPolicy.save_pretrained`` wrote, a training checkpoint or
+            run directory, or a Hugging Face Hub id (``org/name``) read offline from the local cache
+            (``kind=checkpoint`` only).
         device: where a checkpoint runs: ``auto`` (CUDA when available; under torchrun each rank its
             ``LOCAL_RANK`` GPU), ``cpu`` or ``cuda``.
         scene: the tabletop scene the scripted expert acts in.
@@ -103,10 +105,12 @@ class PolicySourceConfig:
         if self.kind is PolicyKind.checkpoint:
             if not self.checkpoint:
                 raise ValueError("policy=checkpoint needs checkpoint=<dir> (a directory written by save_pretrained)")
-            if not Path(self.checkpoint).is_dir():
-                raise ValueError(f"checkpoint={self.checkpoint}: not a directory (expected config.yaml + "
-                                 "model.safetensors: `roboflamingo train` writes <run_dir>/checkpoints/last, "
-                                 "`roboflamingo convert` turns a published RoboFlamingo file into one)")
+            from roboflamingo.models.hub import resolve
+
+            try:
+                resolve(self.checkpoint)
+            except FileNotFoundError as e:
+                raise ValueError(f"checkpoint={self.checkpoint}: {e}") from e
         elif self.checkpoint:
             raise ValueError(f"checkpoint={self.checkpoint} is only read with policy=checkpoint, "
                              f"not policy={self.kind.value}")
@@ -128,7 +132,8 @@ class PolicySourceConfig:
         """The handshake's description of the source: the checkpoint by its directory name only, never
         by where files live on the server."""
         if self.kind is PolicyKind.checkpoint:
-            return {"checkpoint": Path(self.checkpoint).resolve().name}
+            local = Path(self.checkpoint).expanduser()
+            return {"checkpoint": local.resolve().name if local.exists() else self.checkpoint}
         if self.kind is PolicyKind.expert:
             return {"scene": self.scene}
         if self.kind is PolicyKind.random:

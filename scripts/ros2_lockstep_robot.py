@@ -28,7 +28,7 @@ from roboflamingo.config import load  # noqa: E402
 from roboflamingo.deploy.messages import encode_image, encode_joint_state, encode_pose_stamped  # noqa: E402
 from roboflamingo.deploy.rclpy_bridge import RclpyBridge  # noqa: E402
 from roboflamingo.deploy.ros_node import Job  # noqa: E402
-from roboflamingo.types import RGB_GRIPPER, RGB_STATIC  # noqa: E402
+from roboflamingo.robots.calvin import RGB_GRIPPER, RGB_STATIC  # noqa: E402
 
 
 def main() -> None:

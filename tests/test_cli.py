@@ -159,7 +159,7 @@ def test_mistyped_command_gets_the_closest_command(capsys):
     err = capsys.readouterr().err
     assert "unknown command 'trian'; did you mean 'train'?" in err
     assert cli.main(["export-lerobto"]) == 2
-    assert "did you mean 'export-lerobot'?" in capsys.readouterr().err
+    assert "did you mean 'export-lerobot'" in capsys.readouterr().err
     assert cli.main(["fly"]) == 2
     err = capsys.readouterr().err
     assert "unknown command 'fly'\n" in err and "did you mean" not in err and "commands:" in err

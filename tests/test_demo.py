@@ -48,7 +48,7 @@ def test_demo_runs_every_stage_then_skips_them_with_the_same_report(tmp_path, ca
     md = (run_dir / "report" / "results.md").read_text().splitlines()
     (row,) = [line for line in md if line.startswith("| tiny policy |")]
     assert row.endswith(f"| {results['avg_len']:.2f} | {results['single_task']['task_average']:.0%} |")
-    assert (run_dir / "train" / "checkpoints" / "last" / "model.safetensors").is_file()
+    assert (run_dir / "train" / "checkpoints" / "last" / "pretrained_model" / "model.safetensors").is_file()
     assert list((ev / "policy_chains" / "videos").glob("*.mp4"))
     capsys.readouterr()
 

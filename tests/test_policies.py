@@ -7,18 +7,32 @@ from roboflamingo.policies import PolicySourceConfig, source_robot
 from roboflamingo.robots import load_robot
 
 
-def test_a_checkpoint_names_its_robot_in_robot_json_and_calvin_otherwise(tmp_path):
+def test_a_checkpoint_names_its_robot_and_a_bad_description_is_named(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).parent / "models"))
+    from model_helpers import micro_config, micro_head
+
+    from roboflamingo.models.policy import RoboFlamingoPolicy
+
     so101 = load_robot("so101")
-    new, old = tmp_path / "so101_ckpt", tmp_path / "calvin_ckpt"
-    new.mkdir()
-    old.mkdir()
-    so101.save(new / "robot.json")
-    assert read_robot(new) == so101
-    assert source_robot(PolicySourceConfig(checkpoint=str(new))) == so101
-    assert source_robot(PolicySourceConfig(checkpoint=str(old))) == load_robot("calvin")
-    (new / "robot.json").write_text('{"name": "x"}')
-    with pytest.raises(ValueError, match=r"robot.json: robot description is missing field 'cameras'"):
-        read_robot(new)
+    stats = {"action_mean": np.zeros(6, np.float32), "action_std": np.ones(6, np.float32),
+             "robot_obs_mean": np.zeros(6, np.float32), "robot_obs_std": np.ones(6, np.float32)}
+    RoboFlamingoPolicy.from_config(micro_config(), micro_head(), stats, robot=so101).save_pretrained(tmp_path / "p")
+    assert read_robot(tmp_path / "p") == so101
+    assert source_robot(PolicySourceConfig(checkpoint=str(tmp_path / "p"))) == so101
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    del config["robot"]["cameras"]
+    (tmp_path / "p" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config.json: 'robot': robot description is missing field 'cameras'"):
+        read_robot(tmp_path / "p")
+    del config["robot"]  # a policy saved before descriptions existed is CALVIN's
+    (tmp_path / "p" / "config.json").write_text(json.dumps(config))
+    assert read_robot(tmp_path / "p") == load_robot("calvin")
 
 
 @pytest.mark.parametrize("kind, robot", [("expert", "calvin"), ("random", "calvin"), ("remote", None)])

@@ -679,7 +679,8 @@ def run(job: Job) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         server = build_server(job)
-    except (ValueError, ssl.SSLError) as e:  # no token for a public bind, a bad token file or certificate
+    except (ValueError, FileNotFoundError, ssl.SSLError) as e:
+        # no token for a public bind, a bad token file or certificate, a checkpoint (or a frozen tower) not found
         print(f"roboflamingo serve: {e}", file=sys.stderr)
         return 2
 

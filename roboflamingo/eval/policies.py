@@ -9,7 +9,6 @@ model for every simulator of the rank, see ``batching``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from roboflamingo.config import require_choice
@@ -46,7 +45,9 @@ class PolicySpec:
         """What distinguishes this policy's results from another's (for the resume fingerprint)."""
         src, kind = self.source, self.source.kind.value
         if src.kind is PolicyKind.checkpoint:
-            root = Path(src.checkpoint).resolve()
+            from roboflamingo.models.hub import resolve
+
+            root = resolve(src.checkpoint).resolve()  # the policy directory, wherever it was named from
             files = {p.name: p.stat().st_size for p in sorted(root.iterdir()) if p.is_file()}
             out = {"kind": kind, "checkpoint": str(root), "files": files}
             if self.precision != "fp32":  # fp32 records from before the option keep their fingerprint

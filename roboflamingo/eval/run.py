@@ -27,6 +27,7 @@ from roboflamingo.eval.items import build_items
 from roboflamingo.eval.policies import PolicySpec, default_torch_threads
 from roboflamingo.eval.report import markdown, write_report
 from roboflamingo.eval.runner import evaluate_items
+from roboflamingo.models.towers import TowerNotFoundError
 from roboflamingo.policies import LOCAL_KINDS, PolicyKind, PolicySourceConfig
 from roboflamingo.process import torchrun_ranks
 from roboflamingo.sim.config import EnvConfig
@@ -62,25 +63,21 @@ def make_specs(job: Job) -> tuple[PolicySpec, EnvSpec]:
         env = EnvSpec("calvin", job.env, cfg.calvin_dataset, cfg.calvin_tasks_config)
     else:
         env = EnvSpec("tabletop", job.env)
-    if job.policy.kind is PolicyKind.checkpoint:
-        # Both worlds are CALVIN's robot; a checkpoint of another robot would be fed the wrong shapes.
-        from roboflamingo.models.checkpoint import read_robot
-        from roboflamingo.robots.calvin import CALVIN
-
-        read_robot(job.policy.checkpoint).require_compatible(
-            CALVIN, f"checkpoint={job.policy.checkpoint}", f"the {env.kind} environment")
     return policy, env
 
 
-def check_checkpoint(directory: str) -> None:
-    """A policy checkpoint's config and manifest (the sha256 of every file of a training checkpoint)
-    and its weights file's header: what loading it in each worker would otherwise fail on."""
+def check_checkpoint(directory: str, env_kind: str) -> None:
+    """A policy checkpoint's config and manifest (the sha256 of every file of a training checkpoint),
+    its weights file's header, and its robot: what loading it in each worker would otherwise fail on."""
     from safetensors import safe_open
 
-    from roboflamingo.models.checkpoint import WEIGHTS_FILE, read_policy_config
+    from roboflamingo.models.checkpoint import WEIGHTS_FILE, hub_resolve, read_saved
+    from roboflamingo.robots.calvin import CALVIN
 
-    read_policy_config(directory)
-    weights = Path(directory) / WEIGHTS_FILE
+    saved = read_saved(hub_resolve(directory))
+    # Both worlds are CALVIN's robot; a checkpoint of another robot would be fed the wrong shapes.
+    saved.robot.require_compatible(CALVIN, f"checkpoint={directory}", f"the {env_kind} environment")
+    weights = saved.directory / WEIGHTS_FILE
     try:
         with safe_open(str(weights), "pt") as f:
             f.keys()
@@ -103,7 +100,7 @@ def run(job: Job) -> int:
         return 2
     if job.policy.kind is PolicyKind.checkpoint:
         try:  # here, in one line, rather than as a traceback from every worker (as `serve` does)
-            check_checkpoint(job.policy.checkpoint)
+            check_checkpoint(job.policy.checkpoint, env_spec.kind)
         except (ValueError, OSError) as e:
             print(f"roboflamingo eval: {e}", file=sys.stderr)
             return 2
@@ -116,7 +113,11 @@ def run(job: Job) -> int:
     rank = torchrun_ranks().rank
     if rank == 0:
         save_yaml(job, run_dir / "config.yaml")
-    summary = evaluate_items(items, policy_spec, env_spec, job.eval, run_dir, identity)
+    try:
+        summary = evaluate_items(items, policy_spec, env_spec, job.eval, run_dir, identity)
+    except TowerNotFoundError as e:  # a moved checkpoint whose frozen towers are nowhere on the search path
+        print(f"roboflamingo eval: {e}", file=sys.stderr)
+        return 2
     if summary is None:  # ranks > 0: rank 0 merges and reports
         return 0
     summary.update(

@@ -288,7 +288,7 @@ class HeadConfig:
 
 @dataclass
 class PolicyConfig:
-    """What a checkpoint's ``config.yaml`` holds: the resolved model and head."""
+    """The model and head a checkpoint holds (``config.json``'s ``model`` and ``head``; ``config.yaml`` in the first format)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     head: HeadConfig = field(default_factory=HeadConfig)

@@ -7,10 +7,11 @@
 - An OpenFlamingo ``checkpoint.pt`` gives the backbone; the head is freshly initialised from
   ``head`` and ``seed``, and the statistics are identity: a starting point for training.
 
-The result is what ``save_pretrained`` writes (``config.yaml`` + ``model.safetensors``), so
+The result is what ``save_pretrained`` writes (``config.json`` + ``model.safetensors``), so
 ``roboflamingo eval checkpoint=DST`` and ``roboflamingo serve checkpoint=DST`` take it directly. The
-frozen vision encoder and LM are not copied: ``config.yaml`` points at ``model.vision.weights`` and
-``model.lm.path``, which must stay where they are.
+frozen vision encoder and LM are named in ``config.json`` by absolute path and identity (size,
+sha256), so the result loads from any working directory and, moved, finds them through the search
+path (``models/towers.py``); ``--bundle`` copies them in instead.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Job:
             files never need it).
         seed: initialisation of a fresh head (OpenFlamingo).
         overwrite: replace an existing checkpoint in ``dst``.
+        bundle: copy the frozen vision encoder and LM (and tokenizer) files into ``dst/towers/``.
     """
 
     src: str = ""
@@ -60,6 +62,7 @@ class Job:
     trust_pickle: bool = False
     seed: int = 0
     overwrite: bool = False
+    bundle: bool = False
 
     def __post_init__(self) -> None:
         require_choice("format", self.format, FORMATS)
@@ -92,6 +95,7 @@ def convert(job: Job) -> dict:
     if (dst / WEIGHTS_FILE).exists() and not job.overwrite:
         raise ConfigError(f"{dst} already holds a checkpoint; pass overwrite=true to replace it")
     state = read_weights(job.src, trust_pickle=job.trust_pickle, unpickle_option="trust_pickle=true")
+    published.check_dtypes(state, job.src)  # before anything reads a rounded value as a mismatch
     kind = _detect(job, state)
     if kind == "roboflamingo":
         name = published.parse_checkpoint_name(job.src)
@@ -112,7 +116,7 @@ def convert(job: Job) -> dict:
                                            check_frozen=job.check_frozen)
     # The original normalizes nothing (CALVIN's rel_actions are already scaled into [-1, 1]).
     policy.set_normalization(identity_stats())
-    policy.save_pretrained(dst)
+    policy.save_pretrained(dst, bundle=job.bundle)
     return {"format": kind, "src": job.src, "dst": str(dst), "fusion": model.fusion, "window": model.window,
             "act_steps": model.act_steps, "train_embeddings": model.train_embeddings,
             "trainable_params": policy.num_trainable_parameters(), **counts}

@@ -406,18 +406,29 @@ class RoboFlamingoPolicy(nn.Module):
 
     # -- checkpoints --------------------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike,
-                        state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
-        """Write ``config.yaml`` and ``model.safetensors``; ``state_dict``: take the tensors from this
-        full state dict (e.g. gathered from FSDP shards) instead of from the module's own parameters."""
-        checkpoint.save_policy(self, directory, state_dict=state_dict)
+    def save_pretrained(self, directory: str | os.PathLike, state_dict: Mapping[str, torch.Tensor] | None = None,
+                        bundle: bool = False) -> None:
+        """Write the policy directory (``config.json``, ``model.safetensors``; see ``models/checkpoint.py``),
+        a layout ``huggingface_hub.upload_folder`` can push as is.
+
+        ``state_dict``: take the tensors from this full state dict (e.g. gathered from FSDP shards)
+        instead of from the module's own parameters. ``bundle``: copy the frozen towers (vision
+        weights, LM directory) in, so the directory needs nothing else to load.
+        """
+        checkpoint.save_policy(self, directory, state_dict=state_dict, bundle=bundle)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> RoboFlamingoPolicy:
-        """The policy a ``save_pretrained`` directory holds, in eval mode; loading is strict."""
-        cfg = checkpoint.read_policy_config(directory)
-        policy = cls(cfg.model, cfg.head, robot=checkpoint.read_robot(directory))
-        checkpoint.load_weights(policy, directory)
+    def from_pretrained(cls, path_or_hub_id: str | os.PathLike, map_location: str | torch.device = "cpu",
+                        revision: str | None = None) -> RoboFlamingoPolicy:
+        """The policy a saved directory holds, in eval mode; loading is strict.
+
+        ``path_or_hub_id``: a policy directory, a training checkpoint or run directory, or a Hub id
+        (``org/name``, ``revision`` optional) read from the local Hugging Face cache, offline. Frozen
+        towers are found by identity through the search path (``models/towers.py``).
+        """
+        saved = checkpoint.read_saved(checkpoint.hub_resolve(path_or_hub_id, revision))
+        policy = cls(checkpoint.locate_towers(saved), saved.config.head, robot=saved.robot)
+        checkpoint.load_weights(policy, saved.directory, saved)
         return policy.to(map_location).eval()
 
     @classmethod

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from roboflamingo.models.config import HeadConfig, ModelConfig
-from roboflamingo.models.lm_adapters import get_adapter
+from roboflamingo.models.lm_adapters import decoder_layers, get_adapter
 from roboflamingo.models.mosaic_gpt import mosaic_to_mpt_key
 from roboflamingo.models.weights import check_state, copy_state, list_keys
 from roboflamingo.robots.calvin import POSE_DIM
@@ -128,6 +128,8 @@ _REFUSED_OPTIONS = (
 
 _HEAD_LINEAR = re.compile(r"^(actions|gripper)\.mlp\.(\d+)\.(weight|bias)$")
 _HEAD_RNN = re.compile(r"^rnn\.(weight|bias)_(ih|hh)_l(\d+)$")
+# DeterministicDecoder's num_layers default, which the original's model factory never overrides.
+ORIGINAL_LSTM_LAYERS = 4
 
 
 def head_config_from_state(head: dict[str, torch.Tensor], dropout: float = 0.1) -> HeadConfig:
@@ -137,8 +139,22 @@ def head_config_from_state(head: dict[str, torch.Tensor], dropout: float = 0.1) 
     original do; ``sliding`` history is its inference behaviour.
     """
     layers = sorted({int(m.group(3)) for k in head if (m := _HEAD_RNN.match(k))})
-    if not layers or layers != list(range(len(layers))) or not {"actions.mlp.0.weight", "gripper.mlp.0.weight"} <= set(head):
+    if not layers or not {"actions.mlp.0.weight", "gripper.mlp.0.weight"} <= set(head):
         raise ValueError(f"not the original LSTM head (DeterministicDecoder): keys [{list_keys(head)}]")
+    extra = [f"lm_head.{k}" for k in head if (m := _HEAD_RNN.match(k)) and int(m.group(3)) >= ORIGINAL_LSTM_LAYERS]
+    if extra:
+        # The original loads with strict=False: it would drop these and run its 4 layers.
+        raise ValueError(
+            f"unexpected keys [{list_keys(extra)}]: the original's DeterministicDecoder always builds "
+            f"{ORIGINAL_LSTM_LAYERS} LSTM layers (l0-l{ORIGINAL_LSTM_LAYERS - 1}) and its strict=False load "
+            f"ignores these, so a {len(layers)}-layer conversion would not act as it does"
+        )
+    if layers != list(range(ORIGINAL_LSTM_LAYERS)):
+        absent = [f"lm_head.rnn.*_l{i}" for i in range(ORIGINAL_LSTM_LAYERS) if i not in layers]
+        raise ValueError(
+            f"missing keys [{', '.join(absent)}]: the original's DeterministicDecoder always builds "
+            f"{ORIGINAL_LSTM_LAYERS} LSTM layers and would leave these at their random initialisation"
+        )
     hidden = head["rnn.weight_hh_l0"].shape[1]
     linears = sorted({int(m.group(2)) for k in head if (m := _HEAD_LINEAR.match(k)) and m.group(1) == "actions"})
     widths = [int(head[f"actions.mlp.{i}.weight"].shape[0]) for i in linears[:-1]]
@@ -255,6 +271,7 @@ def load_flamingo_state(policy, state: dict[str, torch.Tensor], source: str, wit
     what was read from ``model.vision.weights`` / ``model.lm.path`` (checked unless
     ``check_frozen=False``). Returns counts of what was loaded / checked.
     """
+    check_dtypes(state, source)
     load, aliases, frozen, unexpected = split_flamingo_state(state, policy)
     params = dict(policy.named_parameters())
     required = {n: p for n, p in params.items() if p.requires_grad and (with_head or not n.startswith("action_head."))}
@@ -291,18 +308,59 @@ ROTARY_BUFFER = "rotary_emb.inv_freq"
 
 
 def _check_rotary(policy, saved: dict[str, torch.Tensor], source: str) -> None:
-    """Saved rotary frequencies must be the ones our LM computes from its config."""
+    """Saved rotary frequencies must belong to a decoder layer the LM has, and be the ones our LM
+    computes from its config."""
     if not saved:
         return
-    ours = [m.inv_freq for m in policy.backbone.lang_encoder.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
+    lm = policy.backbone.lang_encoder
+    ours = [m.inv_freq for m in lm.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor)]
     if not ours:
         raise ValueError(f"{source}: holds rotary frequencies ({list_keys(saved)}) but the LM has no rotary embedding")
+    adapter = get_adapter(policy.backbone.cfg.lm.family)
+    n_layers = len(decoder_layers(lm, adapter))
+    where = re.compile(rf"^lang_encoder\.(?:old_decoder_blocks\.(\d+)|{re.escape(adapter.layers_path)}\.(\d+)"
+                       rf"\.decoder_layer)\.(.+)\.{re.escape(ROTARY_BUFFER)}$")
+    stray = []
+    for key in saved:
+        m = where.match(key)
+        index = int(m.group(1) or m.group(2)) if m else n_layers
+        if index >= n_layers or not _has_submodule(lm, f"{adapter.layers_path}.{index}.{m.group(3)}"):
+            stray.append(key)
+    if stray:
+        raise ValueError(f"{source}: unexpected keys [{list_keys(stray)}]: rotary frequencies of a decoder layer "
+                         f"the LM does not have ({n_layers} layers, {adapter.layers_path}.0-{n_layers - 1})")
     want = ours[0].detach().float().cpu()
     bad = [k for k, v in saved.items()
            if tuple(v.shape) != tuple(want.shape) or not torch.allclose(v.float(), want, rtol=1e-6, atol=0)]
     if bad:
         raise ValueError(f"{source}: rotary frequencies [{list_keys(bad)}] differ from the ones model.lm.path's "
                          f"config gives (shape {tuple(want.shape)}): another rotary_pct / rotary_emb_base")
+
+
+def _has_submodule(module: torch.nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def check_dtypes(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a file whose floating tensors are not float32, naming the dtype.
+
+    The original trainer's ``--precision fp16`` / ``bf16`` runs ``model.half()`` / ``.bfloat16()``
+    and saves that: its frozen LM copies and rotary frequencies are rounded, and its evaluation loads
+    them over the LM, so no float32 policy built from ``model.lm.path`` acts as it does.
+    """
+    floats = [k for k, v in state.items() if v.is_floating_point()]
+    other = [k for k in floats if state[k].dtype != torch.float32]
+    if other:
+        dtypes = sorted({str(state[k].dtype).removeprefix("torch.") for k in other})
+        raise ValueError(
+            f"{source}: holds {'/'.join(dtypes)} tensors ({len(other)} of {len(floats)}, e.g. '{sorted(other)[0]}'), "
+            f"expected float32: saved by the original trainer with --precision fp16 or bf16, whose rounded frozen "
+            f"LM copies its evaluation loads over the LM; convert a checkpoint trained with --precision fp32 or amp"
+        )
 
 
 def head_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -42,9 +42,10 @@ PEDESTAL_DROP = 0.10  # the robot base sits this far below the desk top
 
 
 def envs_dir() -> Path:
-    """The declarative world definitions: ``$ROBOFLAMINGO_ENVS_DIR`` or the repository's ``envs/``."""
-    env = os.environ.get("ROBOFLAMINGO_ENVS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "envs"
+    """The declarative world definitions: ``$ROBOFLAMINGO_ENVS_DIR`` or the package's ``roboflamingo/envs/``."""
+    from roboflamingo.resources import ENVS, package_data_dir
+
+    return package_data_dir(ENVS, "ROBOFLAMINGO_ENVS_DIR")
 
 
 class SceneError(ValueError):

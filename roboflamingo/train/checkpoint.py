@@ -1,13 +1,19 @@
 """Training checkpoints: complete or absent, verified before use.
 
-Layout under ``<run_dir>/checkpoints/``::
+Layout under ``<run_dir>/checkpoints/`` (LeRobot's split: the policy apart from what resuming needs)::
 
     step_0000500/
-      config.yaml, model.safetensors   policy.save_pretrained: trainable weights, normalization and
-                                       the model config that names the frozen pretrained weights
-      trainer.pt                       optimizer, scheduler, data position, RNG states, step
+      pretrained_model/                policy.save_pretrained: config.json (model, head, the frozen
+                                       towers by identity), model.safetensors (trainable weights and
+                                       normalization): a policy directory that can be copied out alone
+      training_state/trainer.pt        optimizer, scheduler, data position, RNG states, step
       manifest.json                    sha256 and size of every file above; written last
     last -> step_0000500               symlink to the newest complete checkpoint
+
+``from_pretrained`` and ``checkpoint=`` take the step directory (or the run directory) as well as
+``pretrained_model/``; deleting ``training_state/`` leaves a policy that still loads, not one that
+resumes. Checkpoints of the first format (``config.yaml``, ``model.safetensors`` and ``trainer.pt``
+side by side) load and resume as before.
 
 A checkpoint directory is built under a temporary name and renamed into place, so a crash mid-save
 leaves at most a hidden ``.step_*.tmp`` directory that resuming ignores. A checkpoint whose files do
@@ -32,8 +38,11 @@ from roboflamingo.io import atomic_dir, sha256_file
 # The manifest check lives with the checkpoint format (models), which loading a policy uses too.
 from roboflamingo.models.checkpoint import (  # noqa: F401  (re-exported for the training modules)
     MANIFEST,
+    POLICY_DIR,
     TRAINER_STATE,
+    TRAINING_STATE_DIR,
     CheckpointError,
+    trainer_state_path,
     verify_checkpoint,
 )
 
@@ -68,14 +77,17 @@ def write_checkpoint(
 ) -> Path:
     """Write ``root/step_XXXXXXX`` atomically, point ``root/last`` at it, prune old ones.
 
-    ``save_policy(dir)`` writes the policy files (``policy.save_pretrained``) into the temporary dir.
+    ``save_policy(dir)`` writes the policy files (``policy.save_pretrained``) into ``dir``, the
+    temporary checkpoint's ``pretrained_model/``.
     """
     root = Path(root)
     final = root / step_dir_name(step)
     with atomic_dir(final) as tmp:
         tmp.chmod(0o755)  # mkdtemp makes it owner-only; a finished checkpoint is shared like any output
-        save_policy(tmp)
-        torch.save(trainer_state, tmp / TRAINER_STATE)
+        (tmp / POLICY_DIR).mkdir()
+        save_policy(tmp / POLICY_DIR)
+        (tmp / TRAINING_STATE_DIR).mkdir()
+        torch.save(trainer_state, tmp / TRAINING_STATE_DIR / TRAINER_STATE)
         files = {}
         for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
             _fsync_file(path)
@@ -127,7 +139,7 @@ def find_resumable(root: str | os.PathLike, warn: Callable[[str], None] = print)
     errors = []
     for path in candidates:
         try:
-            verify_checkpoint(path)
+            verify_checkpoint(path, require_training_state=True)
             return path
         except CheckpointError as e:
             errors.append(str(e))
@@ -138,10 +150,11 @@ def find_resumable(root: str | os.PathLike, warn: Callable[[str], None] = print)
 
 
 def load_trainer_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Verify the checkpoint, then load its ``trainer.pt``."""
+    """Verify the checkpoint (its training state required), then load its ``trainer.pt``."""
     path = Path(path)
-    verify_checkpoint(path)
+    verify_checkpoint(path, require_training_state=True)
+    state_path = trainer_state_path(path)
     try:
-        return torch.load(path / TRAINER_STATE, map_location=map_location, weights_only=True)
+        return torch.load(state_path, map_location=map_location, weights_only=True)
     except Exception as e:  # a verified file that still fails to unpickle was written by other code
-        raise CheckpointError(f"checkpoint {path}: {TRAINER_STATE} could not be loaded ({e})") from e
+        raise CheckpointError(f"checkpoint {path}: {state_path.relative_to(path)} could not be loaded ({e})") from e

@@ -8,7 +8,6 @@ observations, with the tiny checkpoint policy and with the scripted expert.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from roboflamingo.config import config_dir
 from roboflamingo.deploy import auth
 from roboflamingo.deploy.client import PolicyClient
 from roboflamingo.deploy.codec import packb, unpackb
@@ -31,7 +31,7 @@ vla_numpy_codec = pytest.importorskip("vla_eval.protocol.numpy_codec")
 
 from roboflamingo.benchmarks.tabletop import TabletopBenchmark  # noqa: E402  (needs vla-eval)
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = config_dir()
 SMALL_ENV = {"static_size": 64, "gripper_size": 32}
 
 

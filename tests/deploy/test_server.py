@@ -3,7 +3,6 @@
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -241,8 +240,10 @@ def test_serve_config_errors_name_the_field(overrides, match, capsys):
 
 
 def test_checkpoint_source_rejects_a_missing_directory(tmp_path):
-    with pytest.raises(ValueError, match="not a directory"):
+    with pytest.raises(ValueError, match="nope does not exist"):
         policy_source(PolicySourceConfig(checkpoint=str(tmp_path / "nope")))
+    with pytest.raises(ValueError, match="not a policy checkpoint"):  # a directory that holds none
+        policy_source(PolicySourceConfig(checkpoint=str(tmp_path)))
     with pytest.raises(ValueError, match="only read with policy=checkpoint"):
         policy_source(PolicySourceConfig("random", checkpoint=str(tmp_path)))
 
@@ -260,12 +261,12 @@ def test_serve_command_runs_for_a_bounded_time(capsys):
 def test_a_checkpoint_is_served_with_one_history_per_session(tmp_path):
     """The tiny model through the server (one model, a history per session) acts as in process."""
     torch = pytest.importorskip("torch")
-    from roboflamingo.config import load_yaml
+    from roboflamingo.config import config_dir, load_yaml
     from roboflamingo.models.config import HeadConfig, ModelConfig
     from roboflamingo.models.normalization import identity_stats
     from roboflamingo.models.policy import RoboFlamingoPolicy
 
-    configs = Path(__file__).resolve().parents[2] / "configs"
+    configs = config_dir()
     model = load_yaml(configs / "model/tiny.yaml", ModelConfig)
     head = load_yaml(configs / "head/lstm.yaml", HeadConfig)
     torch.manual_seed(0)

@@ -205,6 +205,8 @@ def test_precision_and_batch_size_are_validated_and_precision_enters_the_identit
     with pytest.raises(ValueError, match="eval.batch_size"):
         EvalConfig(batch_size=-1)
     (tmp_path / "ckpt").mkdir()
+    for name in ("config.json", "model.safetensors"):  # what the source check looks for; never loaded here
+        (tmp_path / "ckpt" / name).write_text("{}")
     fp32 = PolicySpec(PolicySourceConfig(checkpoint=str(tmp_path / "ckpt")))
     bf16 = PolicySpec(PolicySourceConfig(checkpoint=str(tmp_path / "ckpt")), precision="bf16")
     assert "precision" not in fp32.identity() and bf16.identity()["precision"] == "bf16"

@@ -120,8 +120,7 @@ def test_single_task_mode_reports_success_per_task(tmp_path):
     [
         ([], "needs checkpoint=<dir>"),
         (["policy=expert", "checkpoint=/nonexistent"], "only read with policy=checkpoint"),
-        (["checkpoint=/nonexistent"], "not a directory (expected config.yaml + model.safetensors: `roboflamingo train` "
-                                      "writes <run_dir>/checkpoints/last, `roboflamingo convert`"),
+        (["checkpoint=/nonexistent"], "/nonexistent does not exist"),
         (["policy=expert", "eval.calvin_dataset=/data/calvin/validation"], "calvin_env"),
     ],
 )

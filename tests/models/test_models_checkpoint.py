@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -39,8 +41,8 @@ def test_round_trip_reproduces_the_policy(saved):
         obs = frame_obs(batch, 0, t)
         np.testing.assert_array_equal(policy.step(obs, "open the drawer"), loaded.step(obs, "open the drawer"))
     # The resolved head sizes are written out, so the file alone says what was built.
-    text = (path / CONFIG_FILE).read_text()
-    assert "hidden_size: 16" in text and "family: llama" in text
+    saved = json.loads((path / CONFIG_FILE).read_text())
+    assert saved["head"]["hidden_size"] == 16 and saved["model"]["lm"]["family"] == "llama"
 
 
 def test_a_missing_key_is_named(saved):

@@ -11,6 +11,7 @@ the original's DeterministicDecoder at inference (action_head.py semantics).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -73,7 +74,8 @@ def _original_head(in_dim: int, hidden: int, act_steps: int) -> nn.Module:
         return m
 
     head = nn.Module()
-    head.rnn = nn.LSTM(in_dim, hidden, num_layers=2, batch_first=True, dropout=0.1)
+    # The original's DeterministicDecoder always has 4 LSTM layers (published.ORIGINAL_LSTM_LAYERS).
+    head.rnn = nn.LSTM(in_dim, hidden, num_layers=4, batch_first=True, dropout=0.1)
     head.actions = mlp(6 * act_steps, nn.Tanh())
     head.gripper = mlp(act_steps, nn.Sigmoid())
     return head.eval()
@@ -214,7 +216,7 @@ def test_released_checkpoint_reproduces_the_original(world, tmp_path):
     assert summary["frozen_checked"] == sum(".old_decoder_blocks." in k for k in in_file) == 2 * 6
     policy = RoboFlamingoPolicy.from_pretrained(tmp_path / "ckpt")
     hc = policy.head_config
-    assert (hc.pose_tanh, hc.input_norm, hc.hidden_size, hc.num_layers, hc.mlp_widths) == (True, False, 16, 2, WIDTHS)
+    assert (hc.pose_tanh, hc.input_norm, hc.hidden_size, hc.num_layers, hc.mlp_widths) == (True, False, 16, 4, WIDTHS)
     for key, value in policy.normalization().items():  # identity: the original normalizes nothing
         np.testing.assert_array_equal(value, identity_stats()[key])
 
@@ -410,3 +412,116 @@ def test_save_pretrained_takes_a_full_state_dict(world, tmp_path):
                                                            if k != "backbone.perceiver.latents"})
     with pytest.raises(ValueError, match=r"state_dict\['backbone.perceiver.latents'\] has shape \(2, 32\)"):
         policy.save_pretrained(tmp_path / "c", state_dict={**state, "backbone.perceiver.latents": torch.zeros(2, 32)})
+
+
+# -- the conversion defects found by checking malformed files against the original ---------------------
+
+def _save_released(state: dict[str, torch.Tensor], path) -> None:
+    torch.save({"epoch": 4, "model_state_dict": state}, path)
+
+
+def test_an_lstm_layer_the_original_never_builds_is_refused_with_the_key_named(world, tmp_path):
+    """The original always builds 4 LSTM layers and loads with strict=False: an ``rnn.*_l4`` is dropped
+    there, so converting it into a 5-layer head would act differently."""
+    rf = dict(world["rf_state"])
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        rf[f"module.lm_head.rnn.{name}_l4"] = rf[f"module.lm_head.rnn.{name}_l3"].clone()
+    src = tmp_path / RELEASED
+    _save_released(rf, src)
+    with pytest.raises(ValueError, match=r"unexpected keys \[lm_head\.rnn\.bias_hh_l4, lm_head\.rnn\.bias_ih_l4, "
+                                         r"lm_head\.rnn\.weight_hh_l4, lm_head\.rnn\.weight_ih_l4\].*always builds 4"):
+        convert(Job(src=str(src), dst=str(tmp_path / "ckpt"), model=world["model"]))
+    assert not (tmp_path / "ckpt").exists()
+    # A missing layer would be left at random by the original: refused too, the layer named.
+    short = {k: v for k, v in world["rf_state"].items() if not k.endswith("_l3")}
+    _save_released(short, src)
+    with pytest.raises(ValueError, match=r"missing keys \[lm_head\.rnn\.\*_l3\]"):
+        convert(Job(src=str(src), dst=str(tmp_path / "ckpt"), model=world["model"]))
+
+
+def test_relative_tower_paths_are_written_absolute_and_load_from_any_directory(world, tmp_path, monkeypatch):
+    root = world["root"]
+    monkeypatch.chdir(root)
+    model = world["model"]
+    relative = replace(model, vision=replace(model.vision, weights="vit.pt"),
+                       lm=replace(model.lm, path="mpt-1b-mosaic"))
+    assert convert(Job(src=RELEASED, dst="converted", model=relative))["format"] == "roboflamingo"
+    saved = json.loads((root / "converted" / "config.json").read_text())
+    assert saved["model"]["vision"]["weights"] == str(root / "vit.pt")
+    assert saved["model"]["lm"]["path"] == str(root / "mpt-1b-mosaic")
+    assert saved["towers"]["vision"]["sha256"] and saved["towers"]["lm"]["files"]["config.json"]["sha256"]
+    monkeypatch.chdir(tmp_path)  # somewhere the relative names mean nothing
+    policy = RoboFlamingoPolicy.from_pretrained(root / "converted")
+    obs = frame_obs(make_batch(b=1, t=1, a=1), 0, 0)
+    reference = RoboFlamingoPolicy.from_pretrained(str(root / "converted"))
+    np.testing.assert_array_equal(policy.step(obs, INSTRUCTION), reference.step(obs, INSTRUCTION))
+
+
+@pytest.fixture(scope="module")
+def neox_world(tmp_path_factory):
+    """An OpenFlamingo-4B-style (GPT-NeoX, rotary) released file, with the rotary frequencies
+    transformers < 4.35 saved in every decoder layer."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from roboflamingo.models.text import build_tokenizer
+
+    root = tmp_path_factory.mktemp("neox")
+    lm_cfg = LMConfig(family="gpt_neox", bpe_merges=2000, max_positions=48, xattn_heads=2, xattn_dim_head=16,
+                      cross_attn_every_n_layers=2)
+    vocab = len(build_tokenizer(lm_cfg))
+    torch.manual_seed(4)
+    hf = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=64, max_position_embeddings=48, vocab_size=vocab))
+    hf.save_pretrained(root / "neox")
+    vision_cfg = VisionConfig(name="custom", image_size=32, width=32, layers=1, patch_size=8, head_width=16)
+    torch.save(build_vision_encoder(vision_cfg).state_dict(), root / "vit.pt")
+    model = micro_config("gpt_neox", lm=replace(lm_cfg, path=str(root / "neox")),
+                         vision=replace(vision_cfg, weights=str(root / "vit.pt")), train_embeddings=True, window=4,
+                         act_steps=1)
+    torch.manual_seed(5)
+    source = RoboFlamingoPolicy.from_config(model, HeadConfig(hidden_size=16, mlp_widths=WIDTHS))
+    head = _original_head(source.backbone.lm_dim, 16, act_steps=1)
+    lm = source.backbone.lang_encoder
+    sd = {f"perceiver.{k}": v.clone() for k, v in source.backbone.perceiver.state_dict().items()}
+    for i, block in enumerate(source.backbone.gated_cross_attn_layers):
+        if block is None:
+            continue
+        for k, v in block.state_dict().items():
+            sd[f"lang_encoder.gated_cross_attn_layers.{i}.{k}"] = v.clone()
+            sd[f"lang_encoder.gpt_neox.layers.{i}.gated_cross_attn_layer.{k}"] = v.clone()
+    sd["lang_encoder.gpt_neox.embed_in.weight"] = lm.get_input_embeddings().weight.detach().clone()
+    for k, v in lm.state_dict().items():
+        if k.startswith("gpt_neox.layers."):
+            sd["lang_encoder.old_decoder_blocks." + k[len("gpt_neox.layers."):]] = v.clone()
+    inv_freq = next(m.inv_freq for m in lm.modules() if isinstance(getattr(m, "inv_freq", None), torch.Tensor))
+    for i in range(2):
+        sd[f"lang_encoder.old_decoder_blocks.{i}.attention.rotary_emb.inv_freq"] = inv_freq.clone()
+    sd.update({f"lm_head.{k}": v.clone() for k, v in head.state_dict().items()})
+    return {"root": root, "model": model, "state": {f"module.{k}": v for k, v in sd.items()},
+            "name": "checkpoint_gripper_post_hist_1_aug_10_4_traj_cons_ws_4_mpt_4b_4.pth"}
+
+
+def test_rotary_frequencies_of_a_layer_the_lm_lacks_are_refused_with_the_key_named(neox_world, tmp_path):
+    src = tmp_path / neox_world["name"]
+    _save_released(neox_world["state"], src)
+    summary = convert(Job(src=str(src), dst=str(tmp_path / "ok"), model=neox_world["model"]))
+    assert summary["frozen_checked"] > 0  # the well-formed file converts, its frequencies checked
+    stray = "lang_encoder.old_decoder_blocks.7.attention.rotary_emb.inv_freq"  # 2 layers: no layer 7
+    _save_released({**neox_world["state"], f"module.{stray}": neox_world["state"][
+        "module.lang_encoder.old_decoder_blocks.0.attention.rotary_emb.inv_freq"].clone()}, src)
+    with pytest.raises(ValueError, match=rf"unexpected keys \[{re.escape(stray)}\]: rotary frequencies of a "
+                                         r"decoder layer the LM does not have \(2 layers"):
+        convert(Job(src=str(src), dst=str(tmp_path / "stray"), model=neox_world["model"]))
+
+
+@pytest.mark.parametrize("dtype, name", [(torch.float16, "float16"), (torch.bfloat16, "bfloat16")])
+def test_a_half_precision_file_is_refused_naming_the_dtype_not_the_rotary_settings(neox_world, tmp_path, dtype,
+                                                                                      name):
+    """The original trainer's --precision fp16 saves model.half(): every tensor, rotary frequencies
+    included, is float16; the message must say so."""
+    src = tmp_path / neox_world["name"]
+    _save_released({k: v.to(dtype) if v.is_floating_point() else v for k, v in neox_world["state"].items()}, src)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(src))}: holds {name} tensors \(95 of 95, e.g. '[^']+'\), "
+                                         r"expected float32: saved by the original trainer with --precision fp16") as err:
+        convert(Job(src=str(src), dst=str(tmp_path / "half"), model=neox_world["model"]))
+    assert "rotary" not in str(err.value)

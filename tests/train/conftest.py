@@ -87,10 +87,10 @@ def run_subprocess(subprocess_env):
 
 @pytest.fixture(scope="session")
 def final_weights():
-    """The tensors of a run's newest checkpoint (``checkpoints/last/model.safetensors``)."""
+    """The tensors of a run's newest checkpoint (``checkpoints/last/pretrained_model/model.safetensors``)."""
 
     def load(run_dir: Path) -> dict[str, torch.Tensor]:
-        return load_file(str(Path(run_dir) / "checkpoints" / "last" / "model.safetensors"))
+        return load_file(str(Path(run_dir) / "checkpoints" / "last" / "pretrained_model" / "model.safetensors"))
 
     return load
 

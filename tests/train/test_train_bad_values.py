@@ -65,6 +65,9 @@ def trained(train_args, tmp_path_factory):
     return run_dir / "checkpoints" / "step_0000001"
 
 
+WEIGHTS = "pretrained_model/model.safetensors"
+
+
 def _flip(path, offset_from_end=64):
     data = bytearray(path.read_bytes())
     data[-offset_from_end] ^= 0xFF
@@ -75,10 +78,10 @@ def _flip(path, offset_from_end=64):
     "damage, match",
     [
         (lambda d: (d / "manifest.json").unlink(), r"incomplete: manifest\.json is missing"),
-        (lambda d: _flip(d / "model.safetensors"), r"model\.safetensors does not match its sha256"),
+        (lambda d: _flip(d / WEIGHTS), r"pretrained_model/model\.safetensors does not match its sha256"),
         (lambda d: (d / "manifest.json").write_text("[1, 2]"), "must be a JSON object, got a list"),
-        (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
-         r"model\.safetensors has 1000 bytes"),
+        (lambda d: (d / WEIGHTS).write_bytes((d / WEIGHTS).read_bytes()[:1000]),
+         r"pretrained_model/model\.safetensors has 1000 bytes"),
     ],
     ids=["deleted-manifest", "bit-flip", "manifest-list", "truncated"],
 )
@@ -97,7 +100,7 @@ def test_a_damaged_training_checkpoint_is_refused_by_eval_and_serve(trained, tmp
 def test_an_exported_policy_without_manifest_still_names_a_truncated_or_non_finite_file(trained, tmp_path):
     policy = RoboFlamingoPolicy.from_pretrained(trained)
     out = tmp_path / "export"
-    policy.save_pretrained(out)  # config.yaml + model.safetensors only
+    policy.save_pretrained(out)  # config.json + model.safetensors only
     weights = out / "model.safetensors"
     good = weights.read_bytes()
     weights.write_bytes(good[:-100])
@@ -194,9 +197,9 @@ def test_eval_and_serve_refuse_a_corrupt_last_in_one_line(trained, tmp_path, cap
     shutil.copytree(trained, ckpt)
     (tmp_path / "run" / "checkpoints" / "last").symlink_to("step_0000001")
     if damage == "bit-flip":
-        _flip(ckpt / "model.safetensors")
+        _flip(ckpt / WEIGHTS)
     elif damage == "truncated":
-        (ckpt / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:1000])
+        (ckpt / WEIGHTS).write_bytes((ckpt / WEIGHTS).read_bytes()[:1000])
     else:
         (ckpt / "manifest.json").unlink()
     last = tmp_path / "run" / "checkpoints" / "last"

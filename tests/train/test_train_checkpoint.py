@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,14 @@ def _save_weights(value: float):
     return save
 
 
+def _weights(step_dir: Path) -> Path:
+    return step_dir / "pretrained_model" / "model.safetensors"
+
+
+def _state(step_dir: Path) -> Path:
+    return step_dir / "training_state" / "trainer.pt"
+
+
 def _write(root: Path, step: int, keep: int = 0) -> Path:
     return write_checkpoint(root, step, _save_weights(float(step)), {"step": step, "epoch": 0}, keep=keep)
 
@@ -36,7 +45,7 @@ def test_write_verify_and_last_pointer(tmp_path):
     path = _write(root, 10)
     assert path == root / "step_0000010"
     manifest = verify_checkpoint(path)
-    assert set(manifest["files"]) == {"model.safetensors", "trainer.pt"}
+    assert set(manifest["files"]) == {"pretrained_model/model.safetensors", "training_state/trainer.pt"}
     assert os.readlink(root / "last") == "step_0000010"  # relative: the run dir can be moved
     assert load_trainer_state(root / "last")["step"] == 10
     assert not [p for p in root.iterdir() if p.name.startswith(".")], "temporary files left behind"
@@ -45,11 +54,11 @@ def test_write_verify_and_last_pointer(tmp_path):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda p: p.joinpath("model.safetensors").write_bytes(p.joinpath("model.safetensors").read_bytes()[:100]),
-         r"model\.safetensors has 100 bytes, the manifest says \d+ \(truncated"),
-        (lambda p: p.joinpath("trainer.pt").write_bytes(bytes(reversed(p.joinpath("trainer.pt").read_bytes()))),
-         r"trainer\.pt does not match its sha256"),
-        (lambda p: p.joinpath("model.safetensors").unlink(), r"model\.safetensors is missing"),
+        (lambda p: _weights(p).write_bytes(_weights(p).read_bytes()[:100]),
+         r"pretrained_model/model\.safetensors has 100 bytes, the manifest says \d+ \(truncated"),
+        (lambda p: _state(p).write_bytes(bytes(reversed(_state(p).read_bytes()))),
+         r"training_state/trainer\.pt does not match its sha256"),
+        (lambda p: _weights(p).unlink(), r"model\.safetensors is missing"),
         (lambda p: p.joinpath("manifest.json").unlink(), r"incomplete: manifest\.json is missing"),
         (lambda p: p.joinpath("manifest.json").write_text("{"), r"manifest\.json is unreadable"),
     ],
@@ -67,7 +76,7 @@ def test_damaged_checkpoint_is_refused_with_a_clear_error(tmp_path, damage, mess
 def test_resume_falls_back_to_the_previous_complete_checkpoint(tmp_path):
     for step in (2, 4, 6):
         _write(tmp_path, step)
-    weights = tmp_path / "step_0000006" / "model.safetensors"
+    weights = _weights(tmp_path / "step_0000006")
     weights.write_bytes(weights.read_bytes()[:-8])
     (tmp_path / ".step_0000008.abc.tmp").mkdir()  # a save cut short by a crash
     warnings: list[str] = []
@@ -78,7 +87,7 @@ def test_resume_falls_back_to_the_previous_complete_checkpoint(tmp_path):
 def test_no_usable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     assert find_resumable(tmp_path / "nothing") is None
     path = _write(tmp_path, 1)
-    (path / "trainer.pt").write_bytes(b"")
+    _state(path).write_bytes(b"")
     with pytest.raises(CheckpointError, match="no usable checkpoint"):
         find_resumable(tmp_path, warn=lambda _: None)
 
@@ -103,3 +112,30 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_pointer(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000001"]
     assert os.readlink(tmp_path / "last") == "step_0000001"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_training_state_is_optional_for_the_policy_required_for_resuming(tmp_path):
+    """Shipping a policy drops training_state/: the checkpoint still verifies for inference, and
+    resuming refuses it (falling back to one that still has its state)."""
+    _write(tmp_path, 1)
+    path = _write(tmp_path, 2)
+    shutil.rmtree(path / "training_state")
+    assert verify_checkpoint(path)["step"] == 2
+    with pytest.raises(CheckpointError, match=r"step_0000002 is corrupt: training_state/trainer\.pt is missing"):
+        verify_checkpoint(path, require_training_state=True)
+    with pytest.raises(CheckpointError, match=r"training_state/trainer\.pt is missing"):
+        load_trainer_state(path)
+    assert find_resumable(tmp_path, warn=lambda _: None) == tmp_path / "step_0000001"
+    # A file that is there must still match: a damaged policy is refused either way.
+    _weights(path).write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=r"pretrained_model/model\.safetensors has 1 bytes"):
+        verify_checkpoint(path)
+
+
+def test_a_checkpoint_of_the_first_format_still_verifies_and_resumes():
+    """tests/fixtures/checkpoints/v1: config.yaml, model.safetensors and trainer.pt side by side."""
+    v1 = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoints" / "v1" / "step_0000002"
+    assert set(verify_checkpoint(v1, require_training_state=True)["files"]) == {
+        "config.yaml", "model.safetensors", "trainer.pt"}
+    state = load_trainer_state(v1)
+    assert state["step"] == 2 and {"optimizer", "scheduler", "rng"} <= set(state)

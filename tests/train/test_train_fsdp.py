@@ -54,7 +54,7 @@ class Double(nn.Module):
     @classmethod
     def from_pretrained(cls, directory, map_location="cpu"):
         policy = cls()
-        policy.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
+        policy.load_state_dict(load_file(str(Path(directory) / "pretrained_model" / "model.safetensors")))
         return policy
 
 
@@ -79,7 +79,7 @@ info = distributed.setup(job.train)
 loop.train(job, info)
 last = f"{job.run_dir}/checkpoints/step_0000004"
 if info.is_main:
-    shutil.copy(f"{last}/model.safetensors", out)
+    shutil.copy(f"{last}/pretrained_model/model.safetensors", out)
     shutil.rmtree(last)
 distributed.barrier(info)
 job.resume = True
