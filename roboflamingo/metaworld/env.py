@@ -204,14 +204,17 @@ class MetaWorldEnv(gym.Env):
     # -- rendering ------------------------------------------------------------------------------------
 
     def _image(self) -> np.ndarray:
+        viewer = self._env.mujoco_renderer._get_viewer("rgb_array")
         if not self._flags_set:
             self._flags_set = True
             if self.cfg.render != "lerobot":
                 import mujoco
 
-                viewer = self._env.mujoco_renderer._get_viewer("rgb_array")
                 for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
                     viewer.scn.flags[flag] = 0
+        # Gymnasium makes a viewer's GL context current only when it was created; with a second
+        # environment in the process, this one would draw into the other's context.
+        viewer.make_context_current()
         image = self._env.render()
         if self.cfg.camera == CORNER2:
             image = np.flip(image, (0, 1))  # LeRobot: corner2's image is upside down and mirrored

@@ -135,15 +135,23 @@ def test_render_presets_set_mujocos_offscreen_options():
     import mujoco
 
     flags = (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX)
-    seen = {}
-    for preset in ("fast", "lerobot"):
-        env = MetaWorldEnv("drawer-open-v3", render=preset, size=32)
+    # Both open in one process and drawn in turn: each must draw in its own GL context.
+    envs = {preset: MetaWorldEnv("drawer-open-v3", render=preset, size=32) for preset in ("fast", "lerobot")}
+    try:
+        seen = {}
+        for _ in range(2):
+            for preset, env in envs.items():
+                obs, _ = env.reset(seed=0)
+                viewer = env._env.mujoco_renderer._get_viewer("rgb_array")
+                seen[preset] = ([int(viewer.scn.flags[f]) for f in flags], int(env._env.model.vis.quality.offsamples),
+                                obs["corner2"])
+        alone = MetaWorldEnv("drawer-open-v3", render="fast", size=32)
         try:
-            obs, _ = env.reset(seed=0)
-            viewer = env._env.mujoco_renderer._get_viewer("rgb_array")
-            seen[preset] = ([int(viewer.scn.flags[f]) for f in flags], int(env._env.model.vis.quality.offsamples),
-                            obs["corner2"])
+            np.testing.assert_array_equal(alone.reset(seed=0)[0]["corner2"], seen["fast"][2])
         finally:
+            alone.close()
+    finally:
+        for env in envs.values():
             env.close()
     assert seen["fast"][:2] == ([0, 0, 1], 0)  # shadows and reflections off, skybox kept, no multisampling
     assert seen["lerobot"][:2] == ([1, 1, 1], 4)  # Meta-World's own settings, untouched
