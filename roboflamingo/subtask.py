@@ -57,10 +57,13 @@ class StepTimes:
 
 
 def check_action(action: Any, policy: Policy) -> np.ndarray:
-    """The policy's action as float32 (7,); a wrong shape or NaN is the policy's bug, named as such."""
+    """The policy's action as float32 of its robot's action size (``policy.robot``; CALVIN's 7 for a
+    policy without one); a wrong shape or NaN is the policy's bug, named as such."""
+    robot = getattr(policy, "robot", None)
+    dim = ACTION_DIM if robot is None else robot.action.dim
     arr = np.asarray(action, dtype=np.float32)
-    if arr.shape != (ACTION_DIM,):
-        raise ValueError(f"{type(policy).__name__}.step returned shape {arr.shape}, expected ({ACTION_DIM},)")
+    if arr.shape != (dim,):
+        raise ValueError(f"{type(policy).__name__}.step returned shape {arr.shape}, expected ({dim},)")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{type(policy).__name__}.step returned a non-finite action {arr.tolist()}")
     return arr
