@@ -12,7 +12,8 @@ Output (CALVIN's split layout, as the Sawyer's description names the frame keys)
                                 description, "task" the Meta-World task name; "emb" zeros (N, 1, 384)
         robot.json              the Sawyer's description, the camera at the recorded size
         env_config.yaml         the MetaWorldConfig the images were drawn with (evaluate with the same)
-    <root>/manifest.json        the job, and per split and task: episodes, frames, failed rollouts
+    <root>/manifest.json        the job; per split and task: episodes, frames, failed rollouts; per
+                                split, each episode's task, seed and frame range (a replay needs no more)
 
 A unit of work is one demonstration: the task's scripted policy from a freshly seeded reset until
 ``info["success"]`` (frames after it are not recorded, as evaluation ends there too); a rollout that
@@ -179,7 +180,7 @@ def _assemble_split(job: Job, root: Path, work: Path, split: str, units: list[Un
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "lang_annotations").mkdir(parents=True)
     offset = 0
-    ep_ids, ann, task_names, indx = [], [], [], []
+    ep_ids, ann, task_names, indx, episodes = [], [], [], [], []
     per_task: dict[str, dict[str, int]] = {}
     for unit in units:
         src = work / split / f"{unit.name}.done"
@@ -196,6 +197,7 @@ def _assemble_split(job: Job, root: Path, work: Path, split: str, units: list[Un
         ann.append(table.train[unit.task])
         task_names.append(unit.task)
         indx.append((offset, offset + n - 1))
+        episodes.append({"task": unit.task, "seed": meta["seed"], "frames": [offset, offset + n - 1]})
         counts["episodes"] += 1
         counts["frames"] += n
         offset += n
@@ -212,7 +214,7 @@ def _assemble_split(job: Job, root: Path, work: Path, split: str, units: list[Un
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    return {"frames": offset, "episodes": len(ids), "per_task": per_task}
+    return {"frames": offset, "episodes": len(ids), "per_task": per_task, "episode_list": episodes}
 
 
 def run(job: Job) -> int:
