@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from roboflamingo.batching import BatchedModel, PerSlotPolicies, SlotPolicy
 from roboflamingo.config import require_choice, save_yaml
 from roboflamingo.eval.config import PRECISIONS, EvalConfig
-from roboflamingo.eval.policies import EVAL_KINDS, PolicySpec, default_torch_threads
+from roboflamingo.eval.policies import PolicySpec, default_torch_threads
 from roboflamingo.eval.protocol import EvalItem
 from roboflamingo.metaworld.config import MetaWorldConfig
 from roboflamingo.policies import PolicyKind, PolicySourceConfig
@@ -35,6 +33,7 @@ from roboflamingo.robot import RobotDescription
 from roboflamingo.types import Observation, Policy
 
 MAX_PATH_LENGTH = 500  # every v3 task's; MetaWorldEnv checks the task's own
+KINDS = (PolicyKind.checkpoint, PolicyKind.expert, PolicyKind.random)
 
 
 @dataclass
@@ -61,7 +60,7 @@ class Job:
     def __post_init__(self) -> None:
         from roboflamingo.metaworld.tasks import resolve_tasks
 
-        self.policy.check(EVAL_KINDS, "eval")
+        self.policy.check(KINDS, "eval")
         require_choice("eval.mode (Meta-World)", self.eval.mode, ("single_task",))
         if self.eval.ep_len > MAX_PATH_LENGTH:
             raise ValueError(f"eval.ep_len: Meta-World episodes end after max_path_length = {MAX_PATH_LENGTH} "
@@ -147,18 +146,12 @@ def checkpoint_robot(path: str) -> RobotDescription:
     return read(path)
 
 
-class _SawyerSlots(PerSlotPolicies):
-    """Per-slot expert or random policies that declare the robot their actions are for."""
-
-    def __init__(self, factory, robot: RobotDescription):
-        super().__init__(factory)
-        self.robot = robot
-
-
 @dataclass(frozen=True)
 class MetaWorldPolicySpec:
     """Everything a worker needs to build its own policy: the checkpoint as ``eval`` builds it, or
-    Meta-World's scripted policies, or uniform random actions in the Sawyer's bounds."""
+    Meta-World's scripted policies, or uniform random actions in the Sawyer's bounds. Batched, the
+    runner steps a checkpoint once for all slots and the others one instance per slot (slot i
+    seeded like worker i), their actions checked against the policy's robot."""
 
     source: PolicySourceConfig
     torch_threads: int = 0
@@ -189,13 +182,6 @@ class MetaWorldPolicySpec:
         if self.kind is PolicyKind.random:
             return RandomSawyerPolicy(seed=self.source.seed + worker)
         return self._checkpoint()(worker)
-
-    def slot_policy(self) -> SlotPolicy:
-        if self.kind is PolicyKind.checkpoint:
-            return BatchedModel(self())
-        from roboflamingo.metaworld.env import sawyer_robot
-
-        return _SawyerSlots(partial(MetaWorldPolicySpec.__call__, self), sawyer_robot())
 
 
 # ------------------------------------------------------------------ the work list and the report

@@ -68,3 +68,22 @@ def test_expert_check_command_prints_the_table_and_json(capsys):
     assert summary["per_task"] == {"reach-v3": 1.0, "push-v3": 1.0}
     assert summary["per_group"] == {"easy": 1.0, "hard": 1.0}
     assert summary["episodes_per_task"] == 2 and summary["env"] == "metaworld"
+
+
+def test_batched_slots_check_actions_against_the_policys_robot():
+    from roboflamingo.batching import SlotBatcher, as_slot_policy
+
+    class SevenDims(RandomSawyerPolicy):
+        def step(self, obs, instruction):
+            return np.zeros(7, np.float32)
+
+    batcher = SlotBatcher(as_slot_policy(RandomSawyerPolicy(0), lambda slot: RandomSawyerPolicy(slot)))
+    slot = batcher.open()
+    future = batcher.submit(slot, {}, "")
+    batcher.tick()
+    assert future.result().shape == (4,)
+    batcher = SlotBatcher(as_slot_policy(SevenDims(0), lambda slot: SevenDims(slot)))
+    future = batcher.submit(batcher.open(), {}, "")
+    batcher.tick()
+    with pytest.raises(ValueError, match=r"returned shape \(7,\), expected \(4,\)"):
+        future.result()
