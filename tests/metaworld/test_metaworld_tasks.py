@@ -64,3 +64,14 @@ def test_instructions_map_back_to_tasks():
         table.task_for_instruction("Push the puck to a goal")  # LeRobot's push-v3 and push-back-v3
     with pytest.raises(ValueError, match="not a sentence"):
         table.task_for_instruction("dance")
+
+
+def test_the_docs_table_lists_both_sentences_of_every_task():
+    page = (Path(__file__).resolve().parents[2] / "docs" / "metaworld.md").read_text()
+    table = task_table()
+    rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| ") and "-v3 |" in line}
+    assert sorted(rows) == sorted(table.tasks)
+    for task, line in rows.items():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1:5] == [table.group_of(task), "yes" if task in table.mt10 else "", table.train[task],
+                              table.eval[task]], task
