@@ -83,6 +83,7 @@ COMMANDS: dict[str, Command] = {
 
 HELP_FLAGS = ("-h", "--help")
 WIDTH = 100
+BASE_ENV = "tabletop"  # where the commands' own Jobs run (configs/env/tabletop.yaml)
 
 
 def env_variants() -> dict[str, list[str]]:
@@ -99,23 +100,30 @@ def all_commands() -> Iterator[tuple[str, Command]]:
     for name, cmd in COMMANDS.items():
         yield name, cmd
         for env, *_ in cmd.envs:
-            yield f"{name} env={env}", select_env(name, cmd, [f"env={env}"])
+            yield f"{name} env={env}", select_env(name, cmd, [f"env={env}"])[0]
 
 
-def select_env(name: str, cmd: Command, overrides: list[str]) -> Command:
-    """The command as ``env=<name>`` among ``overrides`` asks for it (the last one counts); a ValueError
-    names the commands that do run there when this one does not."""
+def select_env(name: str, cmd: Command, overrides: list[str]) -> tuple[Command, list[str]]:
+    """The command and overrides as ``env=<name>`` among ``overrides`` asks for them (the last one
+    counts). ``env=tabletop``, the base commands' own environment, is dropped where the command's
+    config has no ``env`` group (expert-check). A ValueError names the commands that do run in an
+    environment this one does not."""
     chosen = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "env"]
     if not chosen:
-        return cmd
+        return cmd, overrides
     for env, module, config, help_ in cmd.envs:
         if env == chosen[-1]:
-            return replace(cmd, module=module, config=config, help=help_, envs=())
+            return replace(cmd, module=module, config=config, help=help_, envs=()), overrides
     variants = env_variants()
     if chosen[-1] in variants:
         raise ValueError(f"env={chosen[-1]} is not available for '{name}'; it runs "
                          f"{', '.join(variants[chosen[-1]])}")
-    return cmd
+    if chosen[-1] == BASE_ENV and cmd.envs and cmd.config:
+        from roboflamingo.config import _defaults_list, config_dir
+
+        if "env" not in _defaults_list(config_dir() / f"{cmd.config}.yaml"):
+            return cmd, [o for o in overrides if o.partition("=")[0] != "env"]
+    return cmd, overrides
 
 
 def usage() -> str:
@@ -268,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides += [a for a in args if "=" in a]
     overrides = expand_aliases(cmd, overrides)
     try:
-        cmd = select_env(name, cmd, overrides)
+        cmd, overrides = select_env(name, cmd, overrides)
     except ValueError as e:
         print(f"roboflamingo {name}: {e}", file=sys.stderr)
         return 2

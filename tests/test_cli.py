@@ -146,6 +146,8 @@ def test_env_picks_a_commands_variant_and_names_where_it_runs(capsys):
     assert "render: 'off'" in capsys.readouterr().out
     assert cli.main(["expert-check", "env=metaworld", "tasks=[eazy]"]) == 2
     assert "'eazy' is neither a Meta-World task nor a group" in capsys.readouterr().err
+    assert cli.main(["expert-check", "env=metaworld", "env=tabletop", "--cfg"]) == 0  # the last one counts
+    assert "scene: D" in capsys.readouterr().out
     for name in ("train", "demo", "serve"):
         assert cli.main([name, "env=metaworld"]) == 2
         assert f"env=metaworld is not available for '{name}'; it runs generate, expert-check, eval" in (
