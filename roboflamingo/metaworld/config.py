@@ -18,19 +18,20 @@ RENDER_MODES = ("fast", "lerobot", "off")
 
 @dataclass
 class MetaWorldConfig:
-    """Meta-World settings.
+    """Meta-World settings: the camera the policy sees and how it is drawn.
 
-    camera: the Meta-World camera the policy sees; ``corner2`` (LeRobot's) is moved to LeRobot's
-        position and its image flipped on both axes as LeRobot does; other cameras are as Meta-World
-        defines them. The name is the observation key (the Sawyer description's camera).
-    size: square image size in pixels, rendered directly at this resolution (LeRobot records 480;
-        the policy's resolution is enough, and much cheaper).
-    render: ``fast`` (shadows, reflections and multisampling off, the skybox kept: about 10x faster
-        on a CPU renderer), ``lerobot`` (Meta-World's own settings, the images LeRobot records, for
-        policies trained on LeRobot's MT50 images) or ``off`` (no images, all zeros: for rollouts of
-        the scripted experts, which read state only).
-    benchmark_seed: seed of ``metaworld.MT1`` whose first training task fixes each task's parameters
-        (LeRobot: 42); object and goal positions are drawn per episode from the episode's seed.
+    Args:
+        camera: the Meta-World camera the policy sees; ``corner2`` (LeRobot's) is moved to LeRobot's
+            position and its image flipped on both axes as LeRobot does; other cameras are as
+            Meta-World defines them. The name is the observation key (the Sawyer description's camera).
+        size: square image size in pixels, rendered directly at this resolution (LeRobot records 480;
+            the policy's resolution is enough, and much cheaper).
+        render: ``fast`` (shadows, reflections and multisampling off, the skybox kept: about 10x
+            faster on a CPU renderer), ``lerobot`` (Meta-World's own settings, the images LeRobot
+            records, for policies trained on LeRobot's MT50 images) or ``off`` (no images, all zeros:
+            for rollouts of the scripted experts, which read state only).
+        benchmark_seed: seed of ``metaworld.MT1`` whose first training task fixes each task's
+            parameters (LeRobot: 42); object and goal positions are drawn per episode from its seed.
     """
 
     camera: str = "corner2"

@@ -24,13 +24,17 @@ from roboflamingo.metaworld.config import MetaWorldConfig
 
 @dataclass
 class Job:
-    """tasks: Meta-World tasks, difficulty groups (easy, medium, hard, very_hard), mt10 or all; empty = all 50.
-    episodes_per_task: seeded episodes per task.
-    seed: episode k of every task has seed ``seed + k``.
-    max_steps: steps allowed per episode; 0 is the task's ``max_path_length`` (500).
-    workers: processes, each with its own simulator.
-    progress: show a progress bar.
-    env: the environment (``configs/expert_check_metaworld.yaml`` turns the cameras off).
+    """``roboflamingo expert-check env=metaworld``: success of the scripted policies per task.
+
+    Args:
+        tasks: Meta-World tasks, difficulty groups (easy, medium, hard, very_hard), mt10 or all;
+            empty = all 50.
+        episodes_per_task: seeded episodes per task.
+        seed: episode k of every task has seed ``seed + k``.
+        max_steps: steps allowed per episode; 0 is the task's ``max_path_length`` (500).
+        workers: processes, each with its own simulator.
+        progress: show a progress bar.
+        env: the environment (cameras off by default: the scripted policies read state only).
     """
 
     tasks: list[str] = field(default_factory=list)

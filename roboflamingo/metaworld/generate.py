@@ -49,16 +49,23 @@ SEED_FLOOR = 2**20
 
 @dataclass
 class Job:
-    """root: output directory.
-    tasks: Meta-World tasks, difficulty groups (easy, medium, hard, very_hard), mt10 or all; empty = all 50.
-    episodes_per_task / val_episodes_per_task: successful demonstrations per task in the training /
-        validation split (LeRobot's MT50 set has 50 per task).
-    max_attempts: rollouts tried per demonstration; a failed one is discarded and redrawn with a new seed.
-    noise: std of Gaussian noise added to the expert's xyz deltas (recorded as executed), for diversity.
-    workers: processes, each with its own simulator.
-    seed: seed of every demonstration's initial state (with the split, task and index).
-    progress: show a progress bar.
-    env: camera, image size and render preset of the recorded images.
+    """``roboflamingo generate env=metaworld``: Meta-World's scripted experts recorded in our layout.
+
+    Args:
+        root: output directory.
+        tasks: Meta-World tasks, difficulty groups (easy, medium, hard, very_hard), mt10 or all;
+            empty = all 50.
+        episodes_per_task: successful demonstrations per task in the training split (LeRobot's MT50
+            set has 50 per task).
+        val_episodes_per_task: successful demonstrations per task in the validation split; 0 = none.
+        max_attempts: rollouts tried per demonstration; a failed one is discarded and redrawn with a
+            new seed.
+        noise: std of Gaussian noise added to the expert's xyz deltas (recorded as executed), for
+            diversity; 0 = none.
+        workers: processes, each with its own simulator.
+        seed: seed of every demonstration's initial state (with the split, task and index).
+        progress: show a progress bar.
+        env: camera, image size and render preset of the recorded images.
     """
 
     root: str = "data/metaworld"
