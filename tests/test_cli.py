@@ -31,12 +31,15 @@ def test_unknown_command_exits_2(capsys):
 
 
 # Commands that cannot run without naming their input.
-REQUIRED = {"serve": ["policy=random"], "eval": ["policy=random"], "convert": ["src=in.pth", "dst=out"]}
+REQUIRED = {"serve": ["policy=random"], "eval": ["policy=random"], "convert": ["src=in.pth", "dst=out"],
+            "eval env=metaworld": ["policy=random"]}
+# Every command and every environment variant of one ("eval env=metaworld").
+ALL = dict(cli.all_commands())
 
 
-@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_each_command_has_job_run_and_config(name):
-    cmd = cli.COMMANDS[name]
+    cmd = ALL[name]
     module = importlib.import_module(cmd.module)
     assert callable(module.run)
     job = cli.load(cmd.config, module.Job, REQUIRED.get(name, []))
@@ -74,14 +77,14 @@ def _flat(text: str) -> str:
     return " ".join(text.replace("``", "`").split())
 
 
-@pytest.mark.parametrize("name", sorted(cli.COMMANDS))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_help_lists_every_key_with_its_type_default_and_doc(name, capsys):
-    cmd = cli.COMMANDS[name]
+    cmd = ALL[name]
     job_cls = importlib.import_module(cmd.module).Job
     flag = "-h" if len(name) % 2 else "--help"  # both spellings, across the commands
-    assert cli.main([name, flag, *REQUIRED.get(name, [])]) == 0
+    assert cli.main([*name.split(), flag, *REQUIRED.get(name, [])]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"usage: roboflamingo {name}") and cmd.help in out
+    assert out.startswith(f"usage: roboflamingo {name.split()[0]}") and cmd.help in out
     # the values the command would run with: the validated Job built the ordinary way
     job = cli.load(cmd.config, job_cls, REQUIRED.get(name, []))
     keys = schema_keys(job_cls)
@@ -180,6 +183,26 @@ def test_mistyped_group_option_gets_the_closest_options(args, message, capsys):
     assert "Config search path" not in err and "file://" not in err  # not Hydra's dump
     assert cli.main([*args, "--help"]) == 2  # help with the typo says the same
     assert message in capsys.readouterr().err
+
+
+def test_env_picks_a_commands_variant_and_names_where_it_runs(capsys):
+    assert cli.main(["eval", "env=metaworld", "policy=expert", "--cfg"]) == 0
+    out = capsys.readouterr().out
+    assert "benchmark_seed: 42" in out and "mode: single_task" in out and "ep_len: 500" in out
+    assert cli.main(["eval", "--help"]) == 0
+    assert "env=metaworld (`roboflamingo eval env=metaworld --help`)" in capsys.readouterr().out
+    assert cli.main(["expert-check", "env=metaworld", "tasks=[easy]", "--cfg"]) == 0
+    assert "render: 'off'" in capsys.readouterr().out
+    assert cli.main(["expert-check", "env=metaworld", "tasks=[eazy]"]) == 2
+    assert "'eazy' is neither a Meta-World task nor a group" in capsys.readouterr().err
+    assert cli.main(["expert-check", "env=metaworld", "env=tabletop", "--cfg"]) == 0  # the last one counts
+    assert "scene: D" in capsys.readouterr().out
+    for name in ("train", "demo", "serve"):
+        assert cli.main([name, "env=metaworld"]) == 2
+        assert f"env=metaworld is not available for '{name}'; it runs generate, expert-check, eval" in (
+            capsys.readouterr().err)
+    assert cli.main([]) == 0
+    assert "`env=metaworld` runs generate, expert-check, eval in metaworld" in capsys.readouterr().out
 
 
 def test_flags(capsys):

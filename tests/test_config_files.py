@@ -22,7 +22,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from roboflamingo.cli import COMMANDS
+from roboflamingo.cli import all_commands
 from roboflamingo.config import _dataclass_of, _fields, command_groups, compose, config_dir
 
 ROOT = config_dir()
@@ -45,7 +45,7 @@ def _commands(root: Path) -> dict[str, tuple[type, frozenset[str]]]:
     old = os.environ.get("ROBOFLAMINGO_CONFIG_DIR")
     os.environ["ROBOFLAMINGO_CONFIG_DIR"] = str(root)  # command_groups reads the config dir
     try:
-        jobs = {c.config: importlib.import_module(c.module).Job for c in COMMANDS.values() if c.config}
+        jobs = {c.config: importlib.import_module(c.module).Job for _, c in all_commands() if c.config}
         return {config: (job, frozenset(g.name for g in command_groups(config, job))) for config, job in jobs.items()}
     finally:
         if old is None:

@@ -169,17 +169,19 @@ def test_the_checker_finds_lazy_and_relative_imports_and_skips_type_checking(tmp
 LAYERS = [
     # foundation: vocabulary, config and file plumbing, shared loops
     {"roboflamingo", "roboflamingo.types", "roboflamingo.config", "roboflamingo.io", "roboflamingo.transforms",
-     "roboflamingo.threads", "roboflamingo.process", "roboflamingo.subtask", "roboflamingo.batching"},
-    # the parts: pure-torch models, datasets, the simulator, and the wire side of deploy (what a
-    # remote policy needs to talk to a server)
+     "roboflamingo.threads", "roboflamingo.process", "roboflamingo.subtask", "roboflamingo.batching",
+     # loading triton before Mesa's EGL: every simulator that renders through EGL needs it (tabletop, Meta-World)
+     "roboflamingo.sim.egl"},
+    # the parts: pure-torch models, datasets, the simulators (the tabletop, Meta-World), and the wire
+    # side of deploy (what a remote policy needs to talk to a server)
     {"roboflamingo.models", "roboflamingo.data", "roboflamingo.sim", "roboflamingo.deploy.client",
-     "roboflamingo.deploy.auth", "roboflamingo.deploy.codec"},
+     "roboflamingo.deploy.auth", "roboflamingo.deploy.codec", "roboflamingo.metaworld"},
     # where a policy comes from (checkpoint, expert, random, remote)
     {"roboflamingo.policies"},
     # the commands' engines
     {"roboflamingo.train", "roboflamingo.eval", "roboflamingo.deploy"},
-    # what runs engines: the demo pipeline, the vla-eval benchmark, `roboflamingo env`
-    {"roboflamingo.demo", "roboflamingo.benchmarks", "roboflamingo.envinfo"},
+    # what runs engines: the demo pipeline, the vla-eval benchmark, `roboflamingo env`, Meta-World's eval
+    {"roboflamingo.demo", "roboflamingo.benchmarks", "roboflamingo.envinfo", "roboflamingo.metaworld.evaluate"},
     {"roboflamingo.cli"},
 ]
 

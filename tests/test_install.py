@@ -12,8 +12,8 @@ from packaging.utils import canonicalize_name
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the package itself supports 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
-# The extras the Makefile installs (demo: minilm; test: dev).
-LOCKED_EXTRAS = ("dev", "minilm")
+# The extras the Makefile installs (demo: minilm; test: dev and metaworld).
+LOCKED_EXTRAS = ("dev", "minilm", "metaworld")
 
 
 def _lock() -> dict[str, str]:

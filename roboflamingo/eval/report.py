@@ -45,6 +45,10 @@ def markdown(summary: dict[str, Any], title: str = "Evaluation") -> str:
             f"{summary['num_episodes']} single-task episodes: success {_pct(summary['success_rate'])} "
             f"pooled, {_pct(summary['task_average'])} averaged over tasks.",
         ]
+    groups = summary.get("per_group")
+    if groups:  # Meta-World's difficulty groups: the mean of each group's task rates
+        lines += ["", "| group | tasks | episodes | success (mean over tasks) |", "|---|---|---|---|"]
+        lines += [f"| {g} | {c['tasks']} | {c['total']} | {_pct(c['rate'])} |" for g, c in groups.items()]
     lines += ["", "| task | success | attempted | rate |", "|---|---|---|---|"]
     for task, c in summary["per_task"].items():
         lines.append(f"| {task} | {c['success']} | {c['total']} | {_pct(c['rate'])} |")
@@ -107,24 +111,35 @@ def eval_info(summary: dict[str, Any], task_group: str = "calvin") -> dict[str, 
     """``summary`` in LeRobot's ``eval_info.json`` shape (``scripts/lerobot_eval.py``, ``eval_policy_all``).
 
     We keep success counts, not per-episode rewards, so each task's ``metrics`` carries
-    ``pc_success`` and ``n_episodes`` (LeRobot's aggregate keys) rather than per-episode lists.
+    ``pc_success`` and ``n_episodes`` (LeRobot's aggregate keys) rather than per-episode lists. A
+    summary with ``task_groups`` (task -> group, Meta-World's difficulty groups) is grouped by them.
     """
     per_task = summary["per_task"]
     success = sum(int(c["success"]) for c in per_task.values())
     total = sum(int(c["total"]) for c in per_task.values())
     overall: dict[str, Any] = {"pc_success": 100.0 * success / total if total else float("nan"), "n_episodes": total}
+    task_groups = summary.get("task_groups") or {}
+    per_group: dict[str, Any] = {}
+    for task, c in per_task.items():
+        group = per_group.setdefault(task_groups.get(task, task_group), {"success": 0, "n_episodes": 0})
+        group["success"] += int(c["success"])
+        group["n_episodes"] += int(c["total"])
+    per_group = {g: {"pc_success": 100.0 * v["success"] / v["n_episodes"] if v["n_episodes"] else float("nan"),
+                     "n_episodes": v["n_episodes"]} for g, v in per_group.items()}
     if summary.get("mode") == "chains":
         overall["avg_len"] = summary["avg_len"]
     speed = summary.get("speed") or {}
     if "wall_s" in speed:
         overall["eval_s"] = speed["wall_s"]
+    if not task_groups:
+        per_group = {task_group: dict(overall)}
     return {
         "per_task": [
-            {"task_group": task_group, "task_id": task,
+            {"task_group": task_groups.get(task, task_group), "task_id": task,
              "metrics": {"pc_success": 100.0 * c["rate"], "n_episodes": int(c["total"])}}
             for task, c in per_task.items()
         ],
-        "per_group": {task_group: dict(overall)},
+        "per_group": per_group,
         "overall": overall,
     }
 

@@ -1,0 +1,272 @@
+"""``roboflamingo generate env=metaworld``: Meta-World's scripted experts recorded in our layout.
+
+Output (CALVIN's split layout, as the Sawyer's description names the frame keys)::
+
+    <root>/training/ and <root>/validation/
+        episode_%07d.npz        one frame: corner2 (uint8 (size, size, 3)), state (4), action (4: the
+                                action the expert sent at this frame), metaworld_obs (39, privileged)
+        ep_start_end_ids.npy    (N, 2) inclusive first/last frame of each episode
+        ep_lens.npy             (N,)
+        lang_annotations/auto_lang_ann.npy
+                                one annotation per episode, all its frames: "ann" is LeRobot's task
+                                description, "task" the Meta-World task name; "emb" zeros (N, 1, 384)
+        robot.json              the Sawyer's description, the camera at the recorded size
+        env_config.yaml         the MetaWorldConfig the images were drawn with (evaluate with the same)
+    <root>/manifest.json        the job; per split and task: episodes, frames, failed rollouts; per
+                                split, each episode's task, seed and frame range (a replay needs no more)
+
+A unit of work is one demonstration: the task's scripted policy from a freshly seeded reset until
+``info["success"]`` (frames after it are not recorded, as evaluation ends there too); a rollout that
+reaches ``max_path_length`` without success is discarded and redrawn with the next seed (counted in
+the manifest), up to ``max_attempts``. Seeds come from (seed, split, task, index, attempt) and are
+at least 2**20, so demonstrations never share an initial state with evaluation, whose episode k has
+seed ``eval.chain_seed + k``; the dataset does not depend on the number of workers. Units are
+written under ``<root>/.work/`` and renamed when complete, so an interrupted run resumes; the splits
+are assembled (hard links) under temporary names and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from roboflamingo.config import require_positive, save_yaml
+from roboflamingo.io import atomic_write_json
+from roboflamingo.metaworld.config import MetaWorldConfig
+from roboflamingo.robot import ROBOT_FILE
+
+SPLITS = ("training", "validation")
+EMB_DIM = 384  # the tabletop's annotation embedding width (zeros: consumers embed "ann" themselves)
+SEED_FLOOR = 2**20
+
+
+@dataclass
+class Job:
+    """``roboflamingo generate env=metaworld``: Meta-World's scripted experts recorded in our layout.
+
+    Args:
+        root: output directory.
+        tasks: Meta-World tasks, difficulty groups (easy, medium, hard, very_hard), mt10 or all;
+            empty = all 50.
+        episodes_per_task: successful demonstrations per task in the training split (LeRobot's MT50
+            set has 50 per task).
+        val_episodes_per_task: successful demonstrations per task in the validation split; 0 = none.
+        max_attempts: rollouts tried per demonstration; a failed one is discarded and redrawn with a
+            new seed.
+        noise: std of Gaussian noise added to the expert's xyz deltas (recorded as executed), for
+            diversity; 0 = none.
+        workers: processes, each with its own simulator.
+        seed: seed of every demonstration's initial state (with the split, task and index).
+        progress: show a progress bar.
+        env: camera, image size and render preset of the recorded images.
+    """
+
+    root: str = "data/metaworld"
+    tasks: list[str] = field(default_factory=list)
+    episodes_per_task: int = 50
+    val_episodes_per_task: int = 2
+    max_attempts: int = 5
+    noise: float = 0.0
+    workers: int = 2
+    seed: int = 0
+    progress: bool = True
+    env: MetaWorldConfig = field(default_factory=MetaWorldConfig)
+
+    def __post_init__(self) -> None:
+        from roboflamingo.metaworld.tasks import resolve_tasks
+
+        require_positive("episodes_per_task", self.episodes_per_task)
+        require_positive("val_episodes_per_task", self.val_episodes_per_task, allow_zero=True)
+        require_positive("max_attempts", self.max_attempts)
+        require_positive("noise", self.noise, allow_zero=True)
+        require_positive("workers", self.workers)
+        if self.env.render == "off":
+            raise ValueError("env.render=off records no images; generate needs env.render=fast or lerobot")
+        resolve_tasks(self.tasks, source="generate.tasks")
+
+
+@dataclass(frozen=True)
+class Unit:
+    split: str
+    task: str
+    index: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}_{self.index:06d}"
+
+
+def episode_seed(seed: int, split: str, task_index: int, index: int, attempt: int) -> int:
+    """The initial-state seed of one rollout: >= 2**20, so never an evaluation episode's seed."""
+    state = np.random.SeedSequence([seed, SPLITS.index(split), task_index, index, attempt]).generate_state(1)[0]
+    return SEED_FLOOR + int(state) % (2**31 - SEED_FLOOR)
+
+
+def plan_units(job: Job, tasks: list[str]) -> list[Unit]:
+    counts = {"training": job.episodes_per_task, "validation": job.val_episodes_per_task}
+    return [Unit(split, task, i) for split in SPLITS for task in tasks for i in range(counts[split])]
+
+
+# ------------------------------------------------------------------ one unit (in a worker process)
+_ENV: dict = {}
+
+
+def _env(cfg: MetaWorldConfig):
+    from roboflamingo.metaworld.env import MetaWorldEnv
+
+    if "env" not in _ENV:
+        _ENV["env"] = MetaWorldEnv(cfg=cfg)
+    return _ENV["env"]
+
+
+def run_unit(job: Job, unit: Unit, task_index: int, out_dir: Path) -> dict:
+    """Record one successful demonstration into ``out_dir`` (frames from 0); return its metadata."""
+    from roboflamingo.metaworld.env import FULL_OBS
+    from roboflamingo.metaworld.expert import MetaWorldExpert
+
+    env = _env(job.env)
+    robot = env.robot
+    cam, state_key, action_key = job.env.camera, robot.state.key, robot.action.key
+    frames: list[dict] = []
+    seeds = []
+    for attempt in range(job.max_attempts):
+        seed = episode_seed(job.seed, unit.split, task_index, unit.index, attempt)
+        seeds.append(seed)
+        expert = MetaWorldExpert(unit.task, noise=job.noise, seed=seed)
+        obs, _ = env.reset(seed=seed, options={"task": unit.task})
+        frames = []
+        success = truncated = False
+        while not (success or truncated):
+            action = expert.step(obs, unit.task)
+            frames.append({cam: obs[cam], state_key: obs[state_key], action_key: action.astype(np.float64),
+                           FULL_OBS: obs[FULL_OBS]})
+            obs, _, success, truncated, _ = env.step(action)
+        if success:
+            break
+        frames = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        np.savez_compressed(out_dir / f"episode_{i:07d}.npz", **f)
+    meta = {"unit": asdict(unit), "frames": len(frames), "seed": seeds[-1] if frames else None,
+            "failed_attempts": len(seeds) - (1 if frames else 0)}
+    (out_dir / "meta.json").write_text(json.dumps(meta))
+    return meta
+
+
+def _work(args) -> tuple[Unit, int]:
+    job, unit, task_index, work = args
+    done = work / unit.split / f"{unit.name}.done"
+    tmp = work / unit.split / f"{unit.name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    meta = run_unit(job, unit, task_index, tmp)
+    os.replace(tmp, done)
+    return unit, meta["frames"]
+
+
+def _close_worker_env() -> None:
+    env = _ENV.pop("env", None)
+    if env is not None:
+        env.close()
+
+
+# ------------------------------------------------------------------ assembling the splits
+def _assemble_split(job: Job, root: Path, work: Path, split: str, units: list[Unit]) -> dict:
+    from roboflamingo.metaworld.env import sawyer_robot
+    from roboflamingo.metaworld.tasks import task_table
+
+    table = task_table()
+    final = root / split
+    tmp = root / f".{split}.assembling"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "lang_annotations").mkdir(parents=True)
+    offset = 0
+    ep_ids, ann, task_names, indx, episodes = [], [], [], [], []
+    per_task: dict[str, dict[str, int]] = {}
+    for unit in units:
+        src = work / split / f"{unit.name}.done"
+        meta = json.loads((src / "meta.json").read_text())
+        counts = per_task.setdefault(unit.task, {"episodes": 0, "frames": 0, "failed_rollouts": 0, "missing": 0})
+        counts["failed_rollouts"] += meta["failed_attempts"]
+        n = meta["frames"]
+        if n == 0:
+            counts["missing"] += 1
+            continue
+        for i in range(n):
+            os.link(src / f"episode_{i:07d}.npz", tmp / f"episode_{offset + i:07d}.npz")
+        ep_ids.append([offset, offset + n - 1])
+        ann.append(table.train[unit.task])
+        task_names.append(unit.task)
+        indx.append((offset, offset + n - 1))
+        episodes.append({"task": unit.task, "seed": meta["seed"], "frames": [offset, offset + n - 1]})
+        counts["episodes"] += 1
+        counts["frames"] += n
+        offset += n
+    if offset == 0:
+        raise RuntimeError(f"generate: split '{split}' has no frames (every expert rollout failed)")
+    ids = np.array(ep_ids, dtype=np.int64)
+    np.save(tmp / "ep_start_end_ids.npy", ids)
+    np.save(tmp / "ep_lens.npy", ids[:, 1] - ids[:, 0] + 1)
+    lang = {"language": {"ann": ann, "task": task_names, "emb": np.zeros((len(ann), 1, EMB_DIM), np.float32)},
+            "info": {"indx": indx, "episodes": []}}
+    np.save(tmp / "lang_annotations" / "auto_lang_ann.npy", lang, allow_pickle=True)
+    sawyer_robot(job.env).save(tmp / ROBOT_FILE)
+    save_yaml(job.env, tmp / "env_config.yaml")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return {"frames": offset, "episodes": len(ids), "per_task": per_task, "episode_list": episodes}
+
+
+def run(job: Job) -> int:
+    from roboflamingo.metaworld.tasks import resolve_tasks
+
+    tasks = resolve_tasks(job.tasks, source="generate.tasks")
+    root = Path(job.root)
+    work = root / ".work"
+    job_file = work / "job.json"
+    record = asdict(job)
+    record.pop("workers")
+    record.pop("progress")
+    if job_file.is_file() and json.loads(job_file.read_text()) != record:
+        raise ValueError(f"{root}: holds an interrupted run of a different job ({job_file}); "
+                         f"delete {work} or rerun with the same settings")
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(job_file, record)
+    units = plan_units(job, tasks)
+    for split in SPLITS:
+        (work / split).mkdir(exist_ok=True)
+        for stale in (work / split).glob("*.tmp*"):  # left by an interrupted worker
+            shutil.rmtree(stale, ignore_errors=True)
+    todo = [u for u in units if not (work / u.split / f"{u.name}.done").is_dir()]
+    bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="generate metaworld", unit="demo",
+               disable=not job.progress)
+    args = [(job, u, tasks.index(u.task), work) for u in todo]
+    if job.workers > 1 and len(todo) > 1:
+        with mp.get_context("spawn").Pool(min(job.workers, len(todo))) as pool:
+            for _ in pool.imap(_work, args):
+                bar.update()
+    else:
+        try:
+            for a in args:
+                _work(a)
+                bar.update()
+        finally:
+            _close_worker_env()
+    bar.close()
+    summary = {}
+    for split in SPLITS:
+        split_units = [u for u in units if u.split == split]
+        if split_units:
+            summary[split] = _assemble_split(job, root, work, split, split_units)
+    atomic_write_json(root / "manifest.json", {"job": asdict(job), "tasks": tasks, "splits": summary})
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({"root": str(root), **{k: {"frames": v["frames"], "episodes": v["episodes"]}
+                                            for k, v in summary.items()}}))
+    return 0
