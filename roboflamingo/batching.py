@@ -44,7 +44,7 @@ class SlotPolicy(Protocol):
 
     def step_slots(self, slots: Sequence[int], observations: Sequence[Observation],
                    instructions: Sequence[str]) -> list[Result]:
-        """One frame per slot -> one action (7,) per slot, or the exception that slot's request raised."""
+        """One frame per slot -> one action (the robot's action vector) per slot, or the exception that slot's request raised."""
 
 
 class BatchedModel:
@@ -164,7 +164,7 @@ class SlotBatcher:
 
     # -- stepping ---------------------------------------------------------------------------------
     def submit(self, slot: int, obs: Observation, instruction: str) -> Future:
-        """Queue one frame of ``slot``; the future resolves to its action (7,) at the next tick."""
+        """Queue one frame of ``slot``; the future resolves to its action at the next tick."""
         request = _Request(slot, obs, instruction)
         with self._cond:
             if slot not in self._open:
