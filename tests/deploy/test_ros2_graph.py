@@ -85,6 +85,7 @@ def test_rosbridge_2_has_no_authenticate_so_the_node_warns_that_its_rosauth_secr
 
     secret = tmp_path / "secret"
     secret.write_text("0123456789abcdef\n")
+    secret.chmod(0o600)  # a secret file others can read is refused (issue 31)
     with caplog.at_level(logging.WARNING, logger="roboflamingo.bridge"):
         bridge = RosBridge(BridgeConfig(port=port, ros_version=2, rosauth_secret_file=str(secret))).connect()
         try:
