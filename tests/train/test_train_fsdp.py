@@ -24,9 +24,13 @@ import torch
 from torch import nn
 from safetensors.torch import load_file, save_file
 
+from roboflamingo.robots import load_robot
+
 
 class Double(nn.Module):
     """forward(batch) -> (loss, logs), optimizer_param_groups, save/from_pretrained: the loop's view."""
+
+    robot = load_robot("calvin")  # it reads CALVIN's rgb_static and robot_obs
 
     def __init__(self):
         super().__init__()
@@ -59,7 +63,7 @@ class Double(nn.Module):
 
 
 def install(loop):
-    loop._build_policy = lambda model, head, stats: Double()
+    loop._build_policy = lambda model, head, stats, robot: Double()
     loop._load_policy = lambda checkpoint: Double.from_pretrained(checkpoint)
 '''
 
@@ -116,7 +120,7 @@ def test_fsdp_trains_like_one_process_and_resumes_exactly(tmp_path, train_args, 
     monkeypatch.syspath_prepend(str(tmp_path))
     import double
 
-    monkeypatch.setattr(loop, "_build_policy", lambda model, head, stats: double.Double())
+    monkeypatch.setattr(loop, "_build_policy", lambda model, head, stats, robot: double.Double())
     job = load("train", loop.Job, train_args(single_dir, *RECIPE, "data.batch_size=4"))
     loop.train(job, distributed.setup(job.train))
     single = final_weights(single_dir)
