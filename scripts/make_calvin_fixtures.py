@@ -7,7 +7,9 @@ Writes ``tests/fixtures/calvin/``:
   ``evaluation.utils.get_env_state_for_initial_condition`` gives (seeded through the real
   ``pyhash.fnv1_32``);
 - ``sequences.json``: ``get_sequences(1000)``, in order, as (index of the initial state, 5 tasks);
-- ``pyhash.json``: ``pyhash.fnv1_32()`` of a few strings and bytes.
+- ``pyhash.json``: ``pyhash.fnv1_32()`` of a few strings and bytes;
+- ``new_playtable_validation.yaml``: CALVIN's evaluation sentences, copied byte for byte from
+  ``calvin_models/conf/annotations/`` (``envs/instructions/eval.yaml`` must give the same sentences).
 
 It must run where ``pyhash`` builds, which is not Python 3.11 (calvin.md pitfall 7):
 
@@ -26,11 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "calvin"
+VALIDATION_SENTENCES = "new_playtable_validation.yaml"
 HASH_INPUTS = ["", "test", "dict_values([0, 1, 'right', 'open', 'table', 'slider_left', 'table', 0])", "é€😀"]
 
 
@@ -81,6 +85,8 @@ def main() -> None:
     (OUT / "initial_states.json").write_text(json.dumps(initial, indent=0) + "\n")
     (OUT / "sequences.json").write_text("[\n" + ",\n".join(json.dumps(s) for s in sequences) + "\n]\n")
     (OUT / "pyhash.json").write_text(json.dumps(hashes, indent=1, ensure_ascii=False) + "\n")
+    shutil.copyfile(Path(args.calvin) / "calvin_models" / "conf" / "annotations" / VALIDATION_SENTENCES,
+                    OUT / VALIDATION_SENTENCES)
     print(json.dumps({"initial_states": len(initial), "sequences": len(sequences), "out": str(OUT)}))
 
 
