@@ -103,6 +103,7 @@ class Job:
                     raise ValueError(f"{group}.{name} is set by the demo for every stage; "
                                      f"set {'seed' if name == 'chain_seed' else name} (or leave it) instead")
         check_data_fits_model(self.data, self.model)
+        self.head.chunking.check(self.model.act_steps)
 
     def generate_job(self, root: Path) -> GenerateJob:
         """The data stage's job: the demo's recipe with the shared values filled in."""

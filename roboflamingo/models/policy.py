@@ -2,7 +2,8 @@
 
 Training sees windows of W frames (``forward(batch) -> (loss, logs)``); inference sees one frame at a
 time (``reset()``, ``step(obs, instruction) -> action``) and runs the backbone once per step: each
-frame's feature is computed once and the head carries its own history (see ``heads.py``).
+frame's feature is computed once and the head carries its own history (see ``heads.py``). Which of
+the A predicted actions is executed is ``head.chunking``'s business (``chunking.py``).
 Shapes: B windows, T frames, A = ``act_steps`` future actions, N = B*T frames through the backbone.
 """
 
@@ -20,13 +21,15 @@ from torch import nn
 
 from roboflamingo.models import checkpoint
 from roboflamingo.models.backbone import FlamingoBackbone
-from roboflamingo.models.config import HeadConfig, ModelConfig
+from roboflamingo.models.chunking import ChunkExecutor, step_chunked
+from roboflamingo.models.config import ChunkingConfig, HeadConfig, ModelConfig
 from roboflamingo.models.heads import build_head
 from roboflamingo.models.normalization import Normalizer
 from roboflamingo.models.text import tokenize
 from roboflamingo.robots.calvin import (
     ACTION_DIM,
     GRIPPER_CLOSE,
+    GRIPPER_INDEX,
     GRIPPER_OPEN,
     RGB_GRIPPER,
     RGB_STATIC,
@@ -55,6 +58,8 @@ class RoboFlamingoPolicy(nn.Module):
         self.normalizer = Normalizer()
         self._tokens: dict[str, torch.Tensor] = {}
         self._head_cache: Any = None
+        self._chunked: Any = None  # step()'s episode under head.chunking (roboflamingo.models.chunking)
+        self.set_chunking(self.head_config.chunking)
         self._precision = torch.float32
         self._freeze()
 
@@ -237,12 +242,36 @@ class RoboFlamingoPolicy(nn.Module):
     # -- inference ----------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget the history (call at the start of every subtask)."""
-        self._head_cache = None
+        """Forget the history and any stored action chunk (call at the start of every subtask)."""
+        self._head_cache = self._chunked = None
+
+    def set_chunking(self, chunking: ChunkingConfig) -> None:
+        """How predicted chunks are executed from now on (``head.chunking``; ``policy.chunking``)."""
+        self.head_config.chunking = chunking
+        self._executor = (ChunkExecutor(chunking, self.model_config.act_steps, (GRIPPER_INDEX,), GRIPPER_CLOSE,
+                                        GRIPPER_OPEN) if chunking.active else None)
+        # A head with history sees every frame even on steps that execute a stored action (chunking.py).
+        cfg, hc = self.model_config, self.head_config
+        self._head_sees_every_frame = hc.type != "mlp" and (cfg.window > 1 or hc.lstm_history == "running")
+        self.reset()
 
     def _frame_features(self, observations: Sequence[Mapping[str, np.ndarray]],
                         instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """B observations (one frame each) -> backbone features (B, D) and normalized state (B, S)."""
+        self._check_inputs(observations, instructions)
+        static = self._camera(observations, RGB_STATIC)
+        gripper = self._camera(observations, RGB_GRIPPER)
+        ids, mask = self.tokenize(list(instructions))
+        with self._precision_context():
+            feat = self.backbone(static, gripper, ids, mask).float()  # (B, D)
+        state = None
+        if self.model_config.use_state:
+            robot_obs = torch.as_tensor(np.stack([np.asarray(o[ROBOT_OBS], dtype=np.float32) for o in observations]),
+                                        device=self.device)
+            state = self.normalizer.normalize_state(robot_obs)
+        return feat, state
+
+    def _check_inputs(self, observations: Sequence[Mapping[str, np.ndarray]], instructions: Sequence[str]) -> None:
         if self.training:
             raise RuntimeError("call policy.eval() before step(): dropout would make actions random")
         self.normalizer.check()
@@ -258,17 +287,6 @@ class RoboFlamingoPolicy(nn.Module):
             if not isinstance(instruction, str):
                 which = f"instruction {i}" if batched else "instruction"
                 raise TypeError(f"{which} must be a str, got {type(instruction).__name__}")
-        static = self._camera(observations, RGB_STATIC)
-        gripper = self._camera(observations, RGB_GRIPPER)
-        ids, mask = self.tokenize(list(instructions))
-        with self._precision_context():
-            feat = self.backbone(static, gripper, ids, mask).float()  # (B, D)
-        state = None
-        if self.model_config.use_state:
-            robot_obs = torch.as_tensor(np.stack([np.asarray(o[ROBOT_OBS], dtype=np.float32) for o in observations]),
-                                        device=self.device)
-            state = self.normalizer.normalize_state(robot_obs)
-        return feat, state
 
     def _camera(self, observations: Sequence[Mapping[str, np.ndarray]], key: str) -> torch.Tensor:
         """One camera of B observations -> (B, 3, S, S); frames of one size are resized in one call."""
@@ -294,12 +312,24 @@ class RoboFlamingoPolicy(nn.Module):
         action[:, 6] = torch.where(grip[:, 0].argmax(-1) == 1, GRIPPER_OPEN, GRIPPER_CLOSE)
         return action.cpu().numpy()
 
+    def _to_chunks(self, pose: torch.Tensor, grip: torch.Tensor) -> np.ndarray:
+        """All A predictions per row -> chunks (B, A, 7): the pose as ``_to_actions`` makes it, the
+        gripper as its probability of open (``chunking.ChunkState.step``)."""
+        chunk = torch.empty((*pose.shape[:2], ACTION_DIM), dtype=torch.float32, device=pose.device)
+        chunk[..., :6] = self.normalizer.unnormalize_pose(pose).clamp(-1.0, 1.0)
+        chunk[..., GRIPPER_INDEX] = grip.float().softmax(-1)[..., 1]
+        return chunk.cpu().numpy()
+
     @torch.inference_mode()
     def step(self, obs: Mapping[str, np.ndarray], instruction: str) -> np.ndarray:
         """CALVIN-style observation -> 7-d relative action (float32; pose clipped to [-1, 1], gripper +-1).
 
-        Only the first of the A predicted actions is executed, as in the original.
+        The first of the A predicted actions is executed, as in the original, unless ``head.chunking``
+        says otherwise; then this is ``step_batch`` on one episode.
         """
+        if self._executor is not None:
+            actions, (self._chunked,) = self.step_batch([obs], [instruction], [self._chunked])
+            return actions[0]
         return self.step_from_outputs(*self.step_outputs(obs, instruction))
 
     def step_from_outputs(self, pose: torch.Tensor, grip: torch.Tensor) -> np.ndarray:
@@ -317,6 +347,22 @@ class RoboFlamingoPolicy(nn.Module):
         """
         if len(histories) != len(observations):
             raise ValueError(f"{len(observations)} observations but {len(histories)} histories")
+        if self._executor is not None:
+            def predict(rows, caches):
+                pose, grip, new = self._head_step([observations[i] for i in rows], [instructions[i] for i in rows], caches)
+                return self._to_chunks(pose, grip), new
+
+            actions, new = step_chunked(histories, self._executor, self._head_sees_every_frame, predict,
+                                        lambda rows: self._check_inputs([observations[i] for i in rows],
+                                                                        [instructions[i] for i in rows]))
+            if self.head_config.float16_actions:
+                actions[:, :6] = actions[:, :6].astype(np.float16)
+            return actions, new
+        pose, grip, new = self._head_step(observations, instructions, histories)
+        return self._to_actions(pose, grip), new
+
+    def _head_step(self, observations, instructions, histories) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
+        """B frames through one backbone forward and the head, each row with its own head cache."""
         feat, state = self._frame_features(observations, instructions)  # (B, D), (B, S)
         head = self.action_head
         groups: dict[Any, list[int]] = {}
@@ -338,7 +384,7 @@ class RoboFlamingoPolicy(nn.Module):
                 pose[index], grip[index] = p, g
             for i, c in zip(rows, head.split_cache(cache, len(rows))):
                 new[i] = c
-        return self._to_actions(pose, grip), new
+        return pose, grip, new
 
     # -- inference precision ------------------------------------------------------------------------
 

@@ -85,6 +85,7 @@ class Job:
 
     def __post_init__(self) -> None:
         check_data_fits_model(self.data, self.model)
+        self.head.chunking.check(self.model.act_steps)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 
