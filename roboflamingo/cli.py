@@ -61,6 +61,8 @@ COMMANDS: dict[str, Command] = {
     "eval": Command("roboflamingo.eval.run", "eval", "closed-loop evaluation with CALVIN's long-horizon protocol",
                     aliases=(CHECKPOINT_ALIAS,)),
     "demo": Command("roboflamingo.demo", "demo", "generate, train, evaluate and report on the built-in tabletop"),
+    "action-error": Command("roboflamingo.eval.open_loop", "action_error",
+                            "per-task open-loop action error of a checkpoint on held-out demonstrations"),
     "serve": Command("roboflamingo.deploy.server", "serve", "websocket policy server", aliases=(CHECKPOINT_ALIAS,)),
     "ros": Command("roboflamingo.deploy.ros_node", "ros", "control a robot through rosbridge",
                    aliases=(CHECKPOINT_ALIAS, *REMOTE_ALIASES)),

@@ -30,7 +30,8 @@ def test_unknown_command_exits_2(capsys):
 
 
 # Commands that cannot run without naming their input.
-REQUIRED = {"serve": ["policy=random"], "eval": ["policy=random"], "convert": ["src=in.pth", "dst=out"]}
+REQUIRED = {"serve": ["policy=random"], "eval": ["policy=random"], "convert": ["src=in.pth", "dst=out"],
+            "action-error": ["checkpoint=ckpt", "split_dir=data/validation"]}
 
 
 @pytest.mark.parametrize("name", sorted(cli.COMMANDS))
