@@ -156,6 +156,7 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     # ---- data: this rank's share of a (seed, epoch)-determined order
     train_loader = _train_loader(job, info)
     val_loader = _val_loader(job, info) if cfg.val_every else None
+    rollouts = _rollouts(job, info) if cfg.rollout_every else None
     micro_per_epoch = len(train_loader)
     if micro_per_epoch == 0:
         raise ConfigError(
@@ -258,6 +259,10 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
             val_loss = _validate(model, val_loader, cfg, info, use_bf16)
             if master and val_loss is not None:
                 loggers.log(step, {"val/loss": val_loss})
+        if cfg.rollout_every and (step % cfg.rollout_every == 0 or step == cfg.steps):
+            if rollouts is not None:
+                loggers.log(step, rollouts(policy))
+            distributed.barrier(info)  # the other ranks wait for rank 0's rollouts
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             _save(model, policy, optimizer, scheduler, ckpt_root, cfg, info,
                   {"step": step, "epoch": epoch, "batches_in_epoch": consumed, "seed": job.seed,
@@ -267,6 +272,8 @@ def train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     if master:
         bar.close()
         loggers.close()
+        if rollouts is not None:
+            rollouts.close()
         print(f"[train] done: {step} steps; final checkpoint {ckpt_root / 'last'}", file=sys.stderr)
     distributed.barrier(info)
     return policy
@@ -362,6 +369,18 @@ def _val_loader(job: Job, info: distributed.DistInfo) -> DataLoader:
     return make_dataloader(data, data.val_split, info.rank, info.world_size, job.seed,
                            shuffle=True, drop_last=info.world_size > 1, augment=False,
                            resize=job.model.vision.resize)
+
+
+def _rollouts(job: Job, info: distributed.DistInfo):
+    from roboflamingo.train.rollouts import TrainingRollouts
+
+    if info.world_size > 1 and job.train.strategy == "fsdp":
+        raise ConfigError("train.rollout_every: rollouts step the whole policy on rank 0, which FSDP shards; "
+                          "set train.rollout_every=0 or train with ddp")
+    if not info.is_main:
+        return None
+    cfg = job.train
+    return TrainingRollouts(job.data, cfg.rollout_episodes, cfg.rollout_ep_len, job.seed)
 
 
 def _rescale_position(state: dict[str, Any], consumed: int, job: Job, info: distributed.DistInfo) -> int:
