@@ -12,6 +12,9 @@ classified:
 - ``short_stroke``: it reached its own contact point but the joint moved less than the oracle needs;
 - ``undone``: the joint got there (or the light toggled) and was moved back (or toggled again).
 
+Each record also counts the sign flips of the TCP roll (``robot_obs[3]``, euler x): pointing down it
+sits at +-pi, so a physically negligible rotation flips a policy input by two standard deviations.
+
     python scripts/diagnose_rollouts.py --checkpoint runs/demo/train/checkpoints/last \\
         --env-config runs/demo/data/validation/env_config.yaml --episodes 10 --ep-len 240 \\
         --out runs/demo/diagnosis.json
@@ -105,6 +108,7 @@ def rollout(env, policy, expert_cls, scene, item, ep_len: int, reach: float) -> 
         start_info = env.info()
         policy.reset()
         tcp, joints, actions = [obs[T.ROBOT_OBS][T.TCP_POS].copy()], [obs[T.SCENE_OBS].copy()], []
+        rolls = [float(obs[T.ROBOT_OBS][T.TCP_ORN][0])]
         success = False
         for _ in range(ep_len):
             action = np.asarray(policy.step(obs, instruction), dtype=np.float32)
@@ -112,12 +116,15 @@ def rollout(env, policy, expert_cls, scene, item, ep_len: int, reach: float) -> 
             actions.append(action)
             tcp.append(obs[T.ROBOT_OBS][T.TCP_POS].copy())
             joints.append(obs[T.SCENE_OBS].copy())
+            rolls.append(float(obs[T.ROBOT_OBS][T.TCP_ORN][0]))
             if env.successful(start_info, task):
                 success = True
                 break
         rec = classify(task, success, np.asarray(tcp), np.asarray(joints), points, reach) if task in JOINTS else {
             "task": task, "success": success, "class": "success" if success else "unclassified"}
         rec["item"] = item.index
+        # The TCP points down: its roll (euler x) sits at +-pi, and its sign flips with tiny rotations.
+        rec["roll_sign_flips"] = int(np.abs(np.diff(np.sign(rolls))).sum() // 2)
         rec["mean_abs_action"] = np.abs(np.asarray(actions)[:, :6]).mean(axis=0).round(3).tolist()
         records.append(rec)
         if not success:

@@ -4,7 +4,8 @@ A validation loss says whether the policy predicts the demonstrator's next actio
 says whether it completes the task once its own actions decide what it sees (diffusion_policy runs
 rollouts every N epochs for that reason). Every ``rollout_every`` steps the policy being trained runs
 ``rollout_episodes`` single-task episodes per task on the tabletop, with the evaluation sentences,
-under CALVIN's protocol (``roboflamingo.eval.protocol``), from the same initial states every time,
+under CALVIN's protocol (``roboflamingo.subtask``), from the same initial states every time (those
+of ``roboflamingo eval``'s single-task mode with ``chain_seed`` = the run's seed),
 and ``rollout/success`` (mean over tasks) and ``rollout/<task>`` are logged beside the loss.
 
 Tabletop data only: the simulator is the one the validation split was generated with (its
@@ -32,11 +33,16 @@ ENV_FILE = "env_config.yaml"
 
 
 class TrainingRollouts:
-    """The episodes of one run, fixed at set-up (bad data is refused before the first step)."""
+    """The episodes of one run, fixed at set-up (bad data is refused before the first step).
+
+    Built from the simulator's own pieces (``sim``, ``subtask``), the same ones ``roboflamingo eval``
+    uses, so an episode here is the evaluator's single-task episode with the same settings.
+    """
 
     def __init__(self, data: DataConfig, episodes: int, ep_len: int, seed: int):
-        from roboflamingo.eval.items import evaluation_sentences, single_task_items
+        from roboflamingo.sim.chains import single_task_states
         from roboflamingo.sim.config import EnvConfig
+        from roboflamingo.sim.instructions import load_instructions
         from roboflamingo.sim.tasks import TaskOracle
 
         root = Path(data.root)
@@ -51,42 +57,48 @@ class TrainingRollouts:
             _, _, annotated = load_annotations(root / data.train_split)
         except DatasetError as e:
             raise ConfigError(f"train.rollout_every: the tasks to roll out are the training split's: {e}") from e
-        oracle = TaskOracle.default()
-        unknown = sorted(set(annotated) - set(oracle.tasks))
+        self.oracle = TaskOracle.default()
+        unknown = sorted(set(annotated) - set(self.oracle.tasks))
         if unknown:
             raise ConfigError(f"train.rollout_every: {root / data.train_split} annotates tasks the tabletop "
                               f"does not know: {unknown}")
-        self.tasks = [t for t in oracle.tasks if t in set(annotated)]
-        self.items = single_task_items(self.tasks, episodes, seed, evaluation_sentences())
+        self.tasks = [t for t in self.oracle.tasks if t in set(annotated)]
+        sentences = load_instructions("eval")
+        self.episodes = [(task, state, sentences[task][0])
+                         for task, state in single_task_states(self.tasks, episodes, seed, self.oracle)]
         self.ep_len = ep_len
         self._env: Any = None
 
     def __call__(self, policy: torch.nn.Module) -> dict[str, float]:
         """Roll ``policy`` (the unwrapped ``RoboFlamingoPolicy``) out; returns the metrics to log."""
-        from roboflamingo.eval.envs import EnvSpec, make_env
-        from roboflamingo.eval.metrics import summarize_episodes
-        from roboflamingo.eval.protocol import rollout_chain
+        from roboflamingo.sim.chains import initial_state_to_obs
+        from roboflamingo.sim.env import TabletopEnv
+        from roboflamingo.subtask import OracleEnv, drive, subtask_steps
 
         if self._env is None:
-            self._env = make_env(EnvSpec("tabletop", self.env_config))
+            self._env = OracleEnv(TabletopEnv(self.env_config), self.oracle)
         start = time.perf_counter()
         states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         was_training = policy.training
         policy.eval()
+        successes: dict[str, list[bool]] = {task: [] for task in self.tasks}
         try:
-            results = [rollout_chain(self._env, policy, item, self.ep_len) for item in self.items]
+            for index, (task, state, sentence) in enumerate(self.episodes):
+                obs = self._env.reset_state(*initial_state_to_obs(state, self._env.env.scene), seed=index)
+                ok, _, _ = drive(subtask_steps(self._env, task, sentence, obs, self.ep_len), policy)
+                successes[task].append(ok)
         finally:
             policy.train(was_training)
             random.setstate(states[0])
             np.random.set_state(states[1])
             torch.set_rng_state(states[2])
-        summary = summarize_episodes(results)
-        metrics = {"rollout/success": summary["task_average"]}
-        metrics |= {f"rollout/{task}": c["rate"] for task, c in summary["per_task"].items()}
+        rates = {task: sum(v) / len(v) for task, v in successes.items()}
+        metrics = {"rollout/success": sum(rates.values()) / len(rates)}
+        metrics |= {f"rollout/{task}": rate for task, rate in rates.items()}
         metrics["rollout/seconds"] = time.perf_counter() - start
         return metrics
 
     def close(self) -> None:
         if self._env is not None:
-            self._env.close()
+            self._env.env.close()
             self._env = None
