@@ -77,6 +77,8 @@ COMMANDS: dict[str, Command] = {
                     envs=(("metaworld", "roboflamingo.metaworld.evaluate", "eval_metaworld",
                            "closed-loop evaluation on Meta-World: seeded episodes per task, per-difficulty table"),)),
     "demo": Command("roboflamingo.demo", "demo", "generate, train, evaluate and report on the built-in tabletop"),
+    "action-error": Command("roboflamingo.eval.open_loop", "action_error",
+                            "per-task open-loop action error of a checkpoint on held-out demonstrations"),
     "serve": Command("roboflamingo.deploy.server", "serve", "websocket policy server", aliases=(CHECKPOINT_ALIAS,)),
     "ros": Command("roboflamingo.deploy.ros_node", "ros", "control a robot through rosbridge or as a ROS 2 node",
                    aliases=(CHECKPOINT_ALIAS, *REMOTE_ALIASES)),

@@ -5,8 +5,15 @@ Stages, each kept under ``run_dir`` and skipped on a rerun once complete::
     data/           expert demonstrations in CALVIN's layout (``roboflamingo generate``), packed
     train/          the policy (``roboflamingo train``), checkpoints/last
     eval/expert_*   the scripted expert under the same protocol, for reference
-    eval/policy_*   the trained policy: 5-task chains and single-task episodes
+    eval/policy_*   the trained policy: 5-task chains and single-task episodes, and the open-loop
+                    action error on the held-out demonstrations (``policy_open_loop.json``)
+    seed_<s>/       with ``seeds`` > 1, each further training seed's train/ and eval/policy_*
     report/         results.json, results.md, results.png, a rollout frame strip
+
+Seeds: the policy is trained with ``seed``, ``seed + 1``, ... on the same demonstrations and
+evaluated on the same episodes, so the spread is that of training alone (diffusion_policy reports
+every result as mean and spread over 3 training seeds). The first seed's stages are a one-seed
+demo's, so raising ``seeds`` reuses them.
 
 The demo trains and evaluates on one scene (``configs/experiment/abc_to_d.yaml``: trains on three,
 evaluates on the fourth), always with the evaluation sentences, which never appear in the training
@@ -65,7 +72,12 @@ class Job:
         train_scenes: scenes of the training demonstrations; empty = ``env.scene``, the evaluation
             scene (``[A, B, C]`` with ``env.scene: D`` is CALVIN's ABC->D generalization split).
         workers: processes for generation and evaluation.
-        seed: the demonstrations', the training's and the evaluation chains' seed.
+        seed: the demonstrations', the first training run's and the evaluation episodes' seed.
+        seeds: training seeds: ``seed``, ``seed + 1``, ... each trained and evaluated on the same data
+            and episodes; the report gives each seed's figures and their mean and sample standard
+            deviation. The first seed's stages are a one-seed demo's (raising it reuses them).
+        open_loop: replay the held-out demonstrations through each trained policy with the
+            evaluation sentences (``roboflamingo action-error``) and report the per-task action error.
         progress: progress bars in every stage.
         env: the simulator (scene, camera sizes, renderer) for data and evaluation alike.
         generate: the demonstrations (``roboflamingo generate``; its root, scenes, tasks, workers, seed,
@@ -80,6 +92,8 @@ class Job:
     train_scenes: list[str] = field(default_factory=list)
     workers: int = 2
     seed: int = 0
+    seeds: int = 1
+    open_loop: bool = True
     progress: bool = True
     env: EnvConfig = field(default_factory=EnvConfig)
     generate: GenerateJob = field(default_factory=GenerateJob)
@@ -93,6 +107,7 @@ class Job:
         if not self.tasks:
             raise ValueError("tasks must name at least one task")
         require_positive("workers", self.workers)
+        require_positive("seeds", self.seeds)
         for group, names in SHARED.items():
             sub = getattr(self, group)
             defaults = {f.name: f for f in fields(sub)}
@@ -103,6 +118,7 @@ class Job:
                     raise ValueError(f"{group}.{name} is set by the demo for every stage; "
                                      f"set {'seed' if name == 'chain_seed' else name} (or leave it) instead")
         check_data_fits_model(self.data, self.model)
+        self.head.chunking.check(self.model.act_steps)
 
     def generate_job(self, root: Path) -> GenerateJob:
         """The data stage's job: the demo's recipe with the shared values filled in."""
@@ -152,17 +168,17 @@ def _last_step(train_dir: Path) -> int | None:
     return int(trainer.split("_")[-1]) if trainer.startswith("step_") else None
 
 
-def stage_train(job: Job, data_root: Path, train_dir: Path) -> Path:
+def stage_train(job: Job, data_root: Path, train_dir: Path, seed: int) -> Path:
     from roboflamingo.train import loop
 
     done = _last_step(train_dir)
     if done is not None and done >= job.train.steps:
         _banner("train", f"{train_dir} finished {done} steps, skipped")
         return train_dir / "checkpoints" / "last"
-    _banner("train", f"{job.model.name} policy, {job.train.steps} steps -> {train_dir}")
+    _banner("train", f"{job.model.name} policy, seed {seed}, {job.train.steps} steps -> {train_dir}")
     train = replace(job.train, progress=job.train.progress and job.progress)
     tjob = loop.Job(model=job.model, head=job.head, data=_data_cfg(job, data_root), train=train,
-                    run_dir=str(train_dir), seed=job.seed, resume=done is not None)
+                    run_dir=str(train_dir), seed=seed, resume=done is not None)
     if loop.run(tjob):
         raise RuntimeError("train failed")
     return train_dir / "checkpoints" / "last"
@@ -181,44 +197,145 @@ def stage_eval(job: Job, out: Path, policy: str, checkpoint: Path | None, mode: 
     return json.loads((out / "results.json").read_text())
 
 
+def stage_open_loop(job: Job, out: Path, checkpoint: Path, split_dir: Path) -> dict[str, Any]:
+    """Per-task open-loop action error on the held-out demonstrations (``eval.open_loop``), kept in
+    ``out`` with the checkpoint's fingerprint, and reused while that fingerprint holds."""
+    from roboflamingo.eval.open_loop import open_loop_errors
+    from roboflamingo.eval.policies import PolicySpec
+    from roboflamingo.threads import choose_threads
+
+    source = PolicySourceConfig(PolicyKind.checkpoint, checkpoint=str(checkpoint), scene=job.env.scene)
+    spec = PolicySpec(source, torch_threads=choose_threads(job.eval.torch_threads))
+    identity = spec.identity()
+    if out.is_file():
+        kept = json.loads(out.read_text())
+        if kept.get("identity") == identity:
+            _banner("open-loop", f"{out} is complete, skipped")
+            return kept
+    _banner("open-loop", f"held-out demonstrations of {split_dir} through the policy -> {out}")
+    result = open_loop_errors(spec(), split_dir) | {"identity": identity}
+    atomic_write_json(out, result)
+    return result
+
+
 # --------------------------------------------------------------------------------------- report
 def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-def summary_table(policy: dict[str, Any], expert: dict[str, Any], name: str = "policy") -> str:
+def mean_std(values: list[float]) -> dict[str, float | None]:
+    """Mean and sample standard deviation (n - 1; None for one value) of one figure over seeds."""
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values)}
+
+
+def _pooled(per_task: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per-task success counts summed over seeds (one seed: its own table)."""
+    out: dict[str, list[int]] = {}
+    for table in per_task:
+        for task, c in table.items():
+            entry = out.setdefault(task, [0, 0])
+            entry[0] += c["success"]
+            entry[1] += c["total"]
+    return {task: {"success": s, "total": n, "rate": s / n} for task, (s, n) in sorted(out.items())}
+
+
+def seed_figures(seed: int, res: dict[str, Any]) -> dict[str, Any]:
+    """One training seed's figures, as the report lists them."""
+    single = res["single_task"]
+    out = {
+        "seed": seed,
+        "avg_len": res["chains"]["avg_len"],
+        "success_rates": res["chains"]["success_rates"],
+        "single_task_average": single["task_average"],
+        "single_task_per_task": {t: c["rate"] for t, c in single["per_task"].items()},
+    }
+    if "open_loop" in res:
+        ol = res["open_loop"]
+        out["open_loop"] = {"pose_mae": ol["pose_mae"], "gripper_acc": ol["gripper_acc"],
+                            "per_task": ol["per_task"]}
+    return out
+
+
+def summary_table(policies: list[tuple[int, dict[str, Any]]], expert: dict[str, Any], name: str = "policy") -> str:
     head = "| policy | 1/5 | 2/5 | 3/5 | 4/5 | 5/5 | avg len | single-task (mean over tasks) |"
     rows = [head, "|" + "---|" * 8]
-    for who, res in ((f"{name} policy", policy), ("scripted expert", expert)):
+
+    def row(who: str, res: dict[str, Any]) -> str:
         rates = " | ".join(_pct(r) for r in res["chains"]["success_rates"])
-        rows.append(f"| {who} | {rates} | {res['chains']['avg_len']:.2f} | {_pct(res['single_task']['task_average'])} |")
+        return f"| {who} | {rates} | {res['chains']['avg_len']:.2f} | {_pct(res['single_task']['task_average'])} |"
+
+    if len(policies) == 1:
+        rows.append(row(f"{name} policy", policies[0][1]))
+    else:
+        rows += [row(f"{name} policy, seed {seed}", res) for seed, res in policies]
+        rates = [mean_std([res["chains"]["success_rates"][k] for _, res in policies]) for k in range(5)]
+        avg = mean_std([res["chains"]["avg_len"] for _, res in policies])
+        single = mean_std([res["single_task"]["task_average"] for _, res in policies])
+        rows.append(f"| mean ± std ({len(policies)} seeds) | "
+                    + " | ".join(f"{_pct(r['mean'])} ± {_pct(r['std'])}" for r in rates)
+                    + f" | **{avg['mean']:.2f} ± {avg['std']:.2f}** | {_pct(single['mean'])} ± {_pct(single['std'])} |")
+    rows.append(row("scripted expert", expert))
     return "\n".join(rows)
 
 
-def per_task_table(policy: dict[str, Any], expert: dict[str, Any], tasks: list[str], name: str = "policy") -> str:
-    rows = [f"| task | {name} policy | scripted expert |", "|---|---|---|"]
+def per_task_table(policies: list[tuple[int, dict[str, Any]]], expert: dict[str, Any], tasks: list[str],
+                   name: str = "policy") -> str:
+    """Single-task successes per task: one column per seed, then the expert's."""
+    heads = [f"{name} policy"] if len(policies) == 1 else [f"seed {seed}" for seed, _ in policies]
+    rows = [f"| task | {' | '.join(heads)} | scripted expert |", "|" + "---|" * (len(heads) + 2)]
     for task in tasks:
         cells = []
-        for res in (policy, expert):
+        for res in [r for _, r in policies] + [expert]:
             t = res["single_task"]["per_task"].get(task, {"success": 0, "total": 0})
             cells.append(f"{t['success']}/{t['total']}")
-        rows.append(f"| {task} | {cells[0]} | {cells[1]} |")
+        rows.append(f"| {task} | {' | '.join(cells)} |")
     return "\n".join(rows)
 
 
-def write_report(job: Job, report_dir: Path, policy: dict[str, Any], expert: dict[str, Any],
+def open_loop_table(policies: list[tuple[int, dict[str, Any]]], tasks: list[str]) -> str:
+    """Per task and seed: pose error with the evaluation sentence / with the closest other task's."""
+    heads = [f"seed {seed}" for seed, _ in policies]
+    rows = [f"| task | {' | '.join(heads)} |", "|" + "---|" * (len(heads) + 1)]
+    for task in tasks:
+        cells = []
+        for _, res in policies:
+            e = res["open_loop"]["per_task"].get(task)
+            if e is None:
+                cells.append("-")
+            else:
+                other = f" / {e['closest_other_pose_mae']:.3f} ({e['closest_other']})" if "closest_other" in e else ""
+                cells.append(f"{e['pose_mae']:.3f}{other}")
+        rows.append(f"| {task} | {' | '.join(cells)} |")
+    return "\n".join(rows)
+
+
+def write_report(job: Job, report_dir: Path, policies: list[tuple[int, dict[str, Any]]], expert: dict[str, Any],
                  eval_dirs: dict[str, Path], timings: dict[str, float]) -> dict[str, Any]:
-    chains, single = policy["chains"], policy["single_task"]
+    """``policies``: (training seed, its evaluations) per seed. The top-level figures are over all
+    seeds: means of the rates, per-task counts summed (one seed: exactly its own figures)."""
+    chains = [res["chains"] for _, res in policies]
+    singles = [res["single_task"] for _, res in policies]
+    n = len(policies)
     results = {
-        "avg_len": chains["avg_len"],
-        "success_rates": chains["success_rates"],
-        "num_chains": chains["num_chains"],
-        "per_task": chains["per_task"],
+        "avg_len": sum(c["avg_len"] for c in chains) / n,
+        "success_rates": [sum(c["success_rates"][k] for c in chains) / n for k in range(len(chains[0]["success_rates"]))],
+        "num_chains": chains[0]["num_chains"],
+        "per_task": _pooled([c["per_task"] for c in chains]),
         "single_task": {
-            "task_average": single["task_average"],
-            "success_rate": single["success_rate"],
-            "per_task": single["per_task"],
-            "num_episodes": single["num_episodes"],
+            "task_average": sum(s["task_average"] for s in singles) / n,
+            "success_rate": sum(s["success_rate"] for s in singles) / n,
+            "per_task": _pooled([s["per_task"] for s in singles]),
+            "num_episodes": singles[0]["num_episodes"],
+        },
+        "seeds": [seed_figures(seed, res) for seed, res in policies],
+        "spread": {
+            "avg_len": mean_std([c["avg_len"] for c in chains]),
+            "single_task_average": mean_std([s["task_average"] for s in singles]),
+            "single_task_per_task": {t: mean_std([s["per_task"].get(t, {"rate": 0.0})["rate"] for s in singles])
+                                     for t in job.tasks},
         },
         "expert": {
             "avg_len": expert["chains"]["avg_len"],
@@ -234,11 +351,19 @@ def write_report(job: Job, report_dir: Path, policy: dict[str, Any], expert: dic
     }
     report_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(report_dir / "results.json", results)
+    seeds = ", ".join(str(seed) for seed, _ in policies)
     md = (
         "# roboflamingo demo\n\n"
-        f"Trained on scene(s) {', '.join(job.train_scenes or [job.env.scene])}, evaluated on scene {job.env.scene}; tasks: {', '.join(job.tasks)}; evaluation sentences unseen in training.\n\n"
-        + summary_table(policy, expert, job.model.name) + "\n\n" + per_task_table(policy, expert, job.tasks, job.model.name) + "\n"
+        f"Trained on scene(s) {', '.join(job.train_scenes or [job.env.scene])}, evaluated on scene {job.env.scene}; "
+        f"tasks: {', '.join(job.tasks)}; evaluation sentences unseen in training; training seed(s) {seeds}.\n\n"
+        + summary_table(policies, expert, job.model.name) + "\n\n"
+        + per_task_table(policies, expert, job.tasks, job.model.name) + "\n"
     )
+    if all("open_loop" in res for _, res in policies):
+        md += ("\n## Open-loop action error on the held-out demonstrations\n\n"
+               "Mean |predicted - demonstrated| relative pose action per task, with the task's evaluation "
+               "sentence / with the closest other task's sentence (which other task):\n\n"
+               + open_loop_table(policies, job.tasks) + "\n")
     atomic_write_text(report_dir / "results.md", md)
     png = eval_dirs["policy_chains"] / "results.png"
     if png.is_file():
@@ -264,6 +389,11 @@ def frame_strip(video: Path, out: Path, frames: int = 6) -> None:
     Image.fromarray(strip).save(out)
 
 
+def seed_dir(root: Path, job: Job, index: int) -> Path:
+    """Where training seed ``job.seed + index`` keeps its train/ and eval/policy_* (the first: ``root``)."""
+    return root if index == 0 else root / f"seed_{job.seed + index}"
+
+
 def run(job: Job) -> int:
     root = Path(job.run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -276,24 +406,43 @@ def run(job: Job) -> int:
         timings[name] = round(time.perf_counter() - start, 1)
         return out
 
+    modes = (("chains", "chains"), ("single_task", "tasks"))
     try:
         data_root = root / "data"
         timed("data", stage_data, job, data_root)
-        checkpoint = timed("train", stage_train, job, data_root, root / "train")
-        dirs = {f"{who}_{mode}": root / "eval" / f"{who}_{mode}" for who in ("expert", "policy")
-                for mode in ("chains", "tasks")}
-        results: dict[str, dict[str, Any]] = {"expert": {}, "policy": {}}
-        for who, policy, ckpt in (("expert", "expert", None), ("policy", "checkpoint", checkpoint)):
-            for mode, key in (("chains", "chains"), ("single_task", "tasks")):
-                res = timed(f"eval_{who}_{key}", stage_eval, job, dirs[f"{who}_{key}"], policy, ckpt, mode)
-                results[who]["chains" if mode == "chains" else "single_task"] = res
+        expert: dict[str, Any] = {}
+        policies: list[tuple[int, dict[str, Any]]] = []
+        first_dirs: dict[str, Path] = {}
+        for index in range(job.seeds):
+            seed, base = job.seed + index, seed_dir(root, job, index)
+            tag = "" if index == 0 else f"_seed{seed}"
+            checkpoint = timed(f"train{tag}", stage_train, job, data_root, base / "train", seed)
+            if index == 0:
+                # The scripted expert, once: it does not depend on the training seed.
+                for mode, key in modes:
+                    res = timed(f"eval_expert_{key}", stage_eval, job, root / "eval" / f"expert_{key}", "expert", None, mode)
+                    expert["chains" if mode == "chains" else "single_task"] = res
+            results: dict[str, Any] = {}
+            for mode, key in modes:
+                out = base / "eval" / f"policy_{key}"
+                first_dirs.setdefault(f"policy_{key}", out)
+                results["chains" if mode == "chains" else "single_task"] = timed(
+                    f"eval_policy_{key}{tag}", stage_eval, job, out, "checkpoint", checkpoint, mode)
+            if job.open_loop:
+                results["open_loop"] = timed(f"open_loop{tag}", stage_open_loop, job,
+                                             base / "eval" / "policy_open_loop.json", checkpoint, data_root / "validation")
+            policies.append((seed, results))
     except (RuntimeError, ValueError) as e:
         print(f"roboflamingo demo: {e}", file=sys.stderr)
         return 2
-    report = write_report(job, root / "report", results["policy"], results["expert"], dirs, timings)
-    print("\n" + summary_table(results["policy"], results["expert"], job.model.name))
+    report = write_report(job, root / "report", policies, expert, first_dirs, timings)
+    print("\n" + summary_table(policies, expert, job.model.name))
     print(f"\nreport: {root / 'report'}")
-    print(json.dumps({k: report[k] for k in ("avg_len", "success_rates", "num_chains")}
-                     | {"single_task_average": report["single_task"]["task_average"],
-                        "expert_avg_len": report["expert"]["avg_len"]}))
+    line = {k: report[k] for k in ("avg_len", "success_rates", "num_chains")} | {
+        "single_task_average": report["single_task"]["task_average"], "expert_avg_len": report["expert"]["avg_len"],
+        "seeds": job.seeds}
+    if job.seeds > 1:
+        line |= {"avg_len_std": report["spread"]["avg_len"]["std"],
+                 "single_task_average_std": report["spread"]["single_task_average"]["std"]}
+    print(json.dumps(line))
     return 0

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from roboflamingo.models.config import ChunkingOverride
 from roboflamingo.robot import RobotDescription
 from roboflamingo.robots.calvin import CALVIN, ROBOT_OBS, SCENE_OBS
 from roboflamingo.types import Observation, Policy
@@ -76,6 +77,8 @@ class PolicySourceConfig:
         server: the ``roboflamingo serve`` URL (``ws://`` or ``wss://``) of a remote policy.
         token_file: the remote server's token (first line); empty reads ``$ROBOFLAMINGO_TOKEN``.
         server_ca: a CA (or self-signed) certificate that signs a ``wss://`` server's certificate.
+        chunking: a checkpoint's action-chunk execution for this run (``policy.chunking.execute_steps=4``,
+            ``policy.chunking.ensemble=true``); unset fields keep the checkpoint's ``head.chunking``.
     """
 
     kind: PolicyKind = PolicyKind.checkpoint
@@ -86,6 +89,7 @@ class PolicySourceConfig:
     server: str = "ws://127.0.0.1:8765"
     token_file: str = ""
     server_ca: str = ""
+    chunking: ChunkingOverride = field(default_factory=ChunkingOverride)
 
     def __post_init__(self) -> None:
         try:
@@ -114,6 +118,8 @@ class PolicySourceConfig:
         elif self.checkpoint:
             raise ValueError(f"checkpoint={self.checkpoint} is only read with policy=checkpoint, "
                              f"not policy={self.kind.value}")
+        if self.chunking.is_set and self.kind is not PolicyKind.checkpoint:
+            raise ValueError(f"policy.chunking is only read with policy=checkpoint, not policy={self.kind.value}")
         if self.kind is PolicyKind.remote and not self.server.startswith(("ws://", "wss://")):
             raise ValueError(f"policy=remote needs server=ws://host:port: server must be a ws:// or wss:// URL, "
                              f"got '{self.server}'")
@@ -204,6 +210,10 @@ def build_policy(cfg: PolicySourceConfig, index: int = 0, torch_threads: int = 0
     model = RoboFlamingoPolicy.from_pretrained(cfg.checkpoint, map_location=device)
     model.to(device)
     model.eval()
+    if cfg.chunking.is_set:
+        chunking = cfg.chunking.apply(model.head_config.chunking)
+        chunking.check(model.model_config.act_steps, where="policy.chunking")
+        model.set_chunking(chunking)
     if precision != "fp32":
         model.set_precision(precision)
     return model

@@ -32,7 +32,8 @@ def test_unknown_command_exits_2(capsys):
 
 # Commands that cannot run without naming their input.
 REQUIRED = {"serve": ["policy=random"], "eval": ["policy=random"], "convert": ["src=in.pth", "dst=out"],
-            "eval env=metaworld": ["policy=random"]}
+            "eval env=metaworld": ["policy=random"],
+            "action-error": ["checkpoint=ckpt", "split_dir=data/validation"]}
 # Every command and every environment variant of one ("eval env=metaworld").
 ALL = dict(cli.all_commands())
 

@@ -50,6 +50,10 @@ def test_demo_runs_every_stage_then_skips_them_with_the_same_report(tmp_path, ca
     assert row.endswith(f"| {results['avg_len']:.2f} | {results['single_task']['task_average']:.0%} |")
     assert (run_dir / "train" / "checkpoints" / "last" / "pretrained_model" / "model.safetensors").is_file()
     assert list((ev / "policy_chains" / "videos").glob("*.mp4"))
+    # The open-loop replay of the held-out demonstrations, per task, for the one seed.
+    open_loop = results["seeds"][0]["open_loop"]
+    assert set(open_loop["per_task"]) <= set(results["tasks"]) and open_loop["per_task"]
+    assert "## Open-loop action error" in "\n".join(md)
     capsys.readouterr()
 
     assert cli.main(["demo", f"run_dir={run_dir}", *TOY]) == 0
@@ -64,8 +68,57 @@ def test_demo_runs_every_stage_then_skips_them_with_the_same_report(tmp_path, ca
     assert cli.main(["demo", f"run_dir={tmp_path / 'fresh'}", *TOY]) == 0
     fresh = read_json(tmp_path / "fresh" / "report" / "results.json")
     assert {k: v for k, v in fresh.items() if k not in drop} == {k: v for k, v in results.items() if k not in drop}
+    capsys.readouterr()
+
+    # Two seeds: the first seed's stages are the one-seed run's and are reused; the second is trained
+    # and evaluated on the same data and episodes, and the report gives both and their spread.
+    assert cli.main(["demo", f"run_dir={run_dir}", "seeds=2", *TOY]) == 0
+    out = capsys.readouterr().out
+    assert "finished 2 steps, skipped" in out and "seed 1, 2 steps" in out
+    two = read_json(run_dir / "report" / "results.json")
+    assert [s["seed"] for s in two["seeds"]] == [0, 1]
+    assert two["seeds"][0] == results["seeds"][0]
+    second = read_json(run_dir / "seed_1" / "eval" / "policy_chains" / "results.json")
+    assert two["seeds"][1]["avg_len"] == second["avg_len"]
+    assert two["avg_len"] == pytest.approx((results["avg_len"] + second["avg_len"]) / 2)
+    assert two["spread"]["avg_len"]["std"] == pytest.approx(abs(results["avg_len"] - second["avg_len"]) / 2 ** 0.5)
+    assert (run_dir / "seed_1" / "train" / "checkpoints" / "last" / "pretrained_model" / "model.safetensors").is_file()
+    md = (run_dir / "report" / "results.md").read_text()
+    assert "| tiny policy, seed 1 |" in md and "| mean ± std (2 seeds) |" in md
 
 
 def test_demo_rejects_a_bad_recipe_before_any_work(tmp_path):
     assert cli.main(["demo", f"run_dir={tmp_path / 'demo'}", "generate.handover=2"]) != 0
     assert not (tmp_path / "demo" / "data").exists()
+
+
+def _res(avg_len, rates, single, per_task):
+    return {"chains": {"avg_len": avg_len, "success_rates": rates, "num_chains": 10,
+                       "per_task": {"open_drawer": {"success": 6, "total": 10, "rate": 0.6}}},
+            "single_task": {"task_average": single, "success_rate": single, "num_episodes": 4,
+                            "per_task": {t: {"success": k, "total": 2, "rate": k / 2} for t, k in per_task.items()}}}
+
+
+def test_the_report_gives_each_seed_and_the_mean_and_sample_spread(tmp_path):
+    from roboflamingo.demo import Job, write_report
+
+    job = Job(tasks=["open_drawer", "close_drawer"])
+    expert = _res(4.0, [1, 1, 1, 0.5, 0.5], 1.0, {"open_drawer": 2, "close_drawer": 2})
+    seeds = [(0, _res(1.0, [0.6, 0.4, 0, 0, 0], 0.75, {"open_drawer": 2, "close_drawer": 1})),
+             (1, _res(2.0, [0.8, 0.6, 0.4, 0.2, 0], 0.25, {"open_drawer": 1, "close_drawer": 0}))]
+    dirs = {"policy_chains": tmp_path / "none"}
+    res = write_report(job, tmp_path / "report", seeds, expert, dirs, {})
+    assert res["avg_len"] == 1.5 and res["success_rates"] == pytest.approx([0.7, 0.5, 0.2, 0.1, 0.0])
+    assert res["spread"]["avg_len"] == pytest.approx({"mean": 1.5, "std": 0.5 ** 0.5, "min": 1.0, "max": 2.0})
+    assert res["spread"]["single_task_per_task"]["close_drawer"]["min"] == 0.0
+    assert res["per_task"]["open_drawer"] == {"success": 12, "total": 20, "rate": 0.6}  # counts pooled
+    assert res["single_task"]["per_task"]["open_drawer"] == {"success": 3, "total": 4, "rate": 0.75}
+    assert [s["single_task_per_task"]["open_drawer"] for s in res["seeds"]] == [1.0, 0.5]
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert "| custom policy, seed 1 | 80% | 60% | 40% | 20% | 0% | 2.00 | 25% |" in md
+    assert "| mean ± std (2 seeds) | 70% ± 14% |" in md and "**1.50 ± 0.71**" in md
+    assert "| close_drawer | 1/2 | 0/2 | 2/2 |" in md
+    # One seed: its own figures, the table as before, no spread to report.
+    one = write_report(job, tmp_path / "one", seeds[:1], expert, dirs, {})
+    assert one["avg_len"] == 1.0 and one["spread"]["avg_len"]["std"] is None
+    assert "| custom policy | 60% | 40% | 0% | 0% | 0% | 1.00 | 75% |" in (tmp_path / "one" / "results.md").read_text()

@@ -9,6 +9,7 @@ import pytest
 
 from roboflamingo import demo
 from roboflamingo.config import ConfigError, load
+from roboflamingo.models.config import ChunkingConfig
 
 TASKS = ["move_slider_left", "move_slider_right", "open_drawer", "close_drawer", "turn_on_led", "turn_off_led",
          "turn_on_lightbulb", "turn_off_lightbulb"]
@@ -52,6 +53,8 @@ def test_the_demo_trains_the_recipe_it_was_measured_with(job):
     assert (t.weight_decay, t.betas, t.precision, t.val_batches) == (0.1, [0.9, 0.999], "auto", 4)
     # A fixed thread count: torch's CPU sums change with it, so the figures would follow the load.
     assert t.threads == 1
+    # The first action of a fresh prediction at every step; one training seed.
+    assert job.head.chunking == ChunkingConfig() and (job.seed, job.seeds) == (0, 1)
 
 
 def test_abc_to_d_spreads_the_demonstrations_over_three_scenes():

@@ -64,8 +64,9 @@ class EvalConfig:
             installed) with CALVIN's own task oracle, instead of the built-in tabletop.
         calvin_tasks_config: CALVIN's task-oracle config (``new_playtable_tasks.yaml``); empty looks
             for it next to the installed ``calvin_env`` package (``conf/tasks/``).
-        calvin_instructions: a YAML file ``{task: [sentence, ...]}`` with the evaluation sentences
-            (CALVIN's ``new_playtable_validation.yaml``); empty uses ours (``envs/instructions/eval.yaml``).
+        calvin_instructions: a YAML file ``{task: [sentence, ...]}`` with the evaluation sentences;
+            empty uses ``envs/instructions/eval.yaml``, which holds CALVIN's own
+            (``new_playtable_validation.yaml``) verbatim, none of them a training sentence.
         dist_timeout_min: how long ranks under ``torchrun`` wait for each other at the final merge.
     """
 

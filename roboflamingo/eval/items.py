@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from roboflamingo.eval.config import EvalConfig
@@ -59,24 +58,21 @@ def chain_items(num: int, seed: int, sentences: dict[str, str], tasks: list[str]
 
 
 def single_task_items(tasks: list[str], episodes: int, seed: int, sentences: dict[str, str]) -> list[EvalItem]:
-    """``episodes`` one-task items per task, from generator states where the task is valid."""
-    from roboflamingo.sim.chains import initial_states, next_states
+    """``episodes`` one-task items per task, from generator states where the task is valid
+    (``sim.chains.single_task_states``)."""
+    from roboflamingo.sim.chains import single_task_states
     from roboflamingo.sim.tasks import TaskOracle
 
     oracle = TaskOracle.default()
     names = list(tasks) or list(oracle.tasks)
     oracle.check_names(names, source="eval.tasks")
-    states = initial_states(oracle)
-    items = []
-    for t, task in enumerate(names):
-        feasible = [s for s in states if len(next_states(s, task, oracle)) == 1]
-        if not feasible:
-            raise ValueError(f"eval.tasks: no initial state of the generator allows '{task}'")
-        rng = np.random.RandomState(seed * 1000 + t)
-        picks = rng.choice(len(feasible), size=episodes, replace=episodes > len(feasible))
-        sentence = _sentences_for([task], sentences, "eval.tasks")
-        items += [EvalItem(t * episodes + k, dict(feasible[p]), [task], sentence) for k, p in enumerate(picks)]
-    return items
+    for task in names:
+        _sentences_for([task], sentences, "eval.tasks")
+    try:
+        drawn = single_task_states(names, episodes, seed, oracle)
+    except ValueError as e:
+        raise ValueError(f"eval.{e}") from None
+    return [EvalItem(i, dict(state), [task], [sentences[task]]) for i, (task, state) in enumerate(drawn)]
 
 
 def build_items(cfg: EvalConfig) -> list[EvalItem]:

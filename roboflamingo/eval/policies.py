@@ -52,6 +52,8 @@ class PolicySpec:
             out = {"kind": kind, "checkpoint": str(root), "files": files}
             if self.precision != "fp32":  # fp32 records from before the option keep their fingerprint
                 out["precision"] = self.precision
+            if src.chunking.is_set:  # likewise records made with the checkpoint's own chunking
+                out["chunking"] = {k: v for k, v in src.chunking.__dict__.items() if v is not None}
             return out
         if src.kind is PolicyKind.expert:
             return {"kind": kind, "scene": src.scene}

@@ -19,6 +19,7 @@ fills :class:`HeadConfig`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ POOLINGS = ("max", "last", "mean")
 HIDDEN_STATES = ("final", "last_block_input")
 HEAD_TYPES = ("lstm", "transformer", "mlp")
 LSTM_HISTORIES = ("sliding", "running")
+ENSEMBLE_GRIPPERS = ("probability", "newest")
 BUILTIN_TOKENIZER = "clip_bpe"
 
 
@@ -195,7 +197,7 @@ class ModelConfig:
     Args:
         name: a label for logs and reports.
         window: W, frames per training window; also the history the policy keeps at inference.
-        act_steps: A, future actions predicted per frame (only the first is executed).
+        act_steps: A, future actions predicted per frame (how many are executed: ``head.chunking``).
         use_state: feed ``robot_obs`` (normalized) into the head.
         fusion: ``post``: each camera through the resampler, latents concatenated; ``pre``: patch
             tokens of both cameras concatenated before one resampler pass.
@@ -223,6 +225,80 @@ class ModelConfig:
 
 
 @dataclass
+class ChunkingConfig:
+    """How the chunk of ``model.act_steps`` actions predicted at a control step is executed
+    (``roboflamingo.models.chunking``). The default runs the first action of a fresh chunk at every
+    step, as the original RoboFlamingo does.
+
+    Args:
+        execute_steps: k, the actions of each predicted chunk executed before the policy predicts
+            again (1..``model.act_steps``); 1 re-plans at every control step (ACT, RoboVLMs: k > 1
+            runs the chunk open-loop).
+        ensemble: ACT's temporal ensembling: the executed action is the weighted mean of what every
+            stored chunk predicted for this step, oldest first, weights ``exp(-ensemble_decay * i)``.
+        ensemble_decay: m in those weights (ACT: 0.01); 0 averages uniformly, a negative m favours
+            the newest prediction.
+        ensemble_gripper: binary gripper dims under ensembling: ``probability`` (the same weighted
+            mean of each chunk's probability of open, open above 0.5) or ``newest`` (the newest
+            chunk's own decision); the executed value is exactly close or open either way.
+    """
+
+    execute_steps: int = 1
+    ensemble: bool = False
+    ensemble_decay: float = 0.01
+    ensemble_gripper: str = "probability"
+
+    def __post_init__(self) -> None:
+        require_positive("head.chunking.execute_steps", self.execute_steps)
+        require_choice("head.chunking.ensemble_gripper", self.ensemble_gripper, ENSEMBLE_GRIPPERS)
+        if not math.isfinite(self.ensemble_decay):
+            raise ValueError(f"head.chunking.ensemble_decay must be a finite number, got {self.ensemble_decay}")
+
+    @property
+    def active(self) -> bool:
+        """Whether execution differs from the original's (the first action of every fresh chunk)."""
+        return self.execute_steps > 1 or self.ensemble
+
+    def check(self, act_steps: int, where: str = "head.chunking") -> None:
+        """The cross-field rule: a chunk of ``act_steps`` actions cannot be executed for longer."""
+        if self.execute_steps > act_steps:
+            raise ValueError(f"{where}.execute_steps ({self.execute_steps}) must be <= model.act_steps "
+                             f"({act_steps}): a chunk holds only model.act_steps actions")
+
+
+@dataclass
+class ChunkingOverride:
+    """At inference, a change to a checkpoint's ``head.chunking`` (``policy.chunking``): each field
+    left unset (null) keeps the checkpoint's value.
+
+    Args:
+        execute_steps: ``head.chunking.execute_steps`` for this run (actions executed per prediction).
+        ensemble: ``head.chunking.ensemble`` for this run (ACT's temporal ensembling on or off).
+        ensemble_decay: ``head.chunking.ensemble_decay`` for this run (m in ACT's weights).
+        ensemble_gripper: ``head.chunking.ensemble_gripper`` for this run (probability | newest).
+    """
+
+    execute_steps: int | None = None
+    ensemble: bool | None = None
+    ensemble_decay: float | None = None
+    ensemble_gripper: str | None = None
+
+    def __post_init__(self) -> None:
+        self.apply(ChunkingConfig())  # the same checks as the config it changes
+
+    @property
+    def is_set(self) -> bool:
+        return any(v is not None for v in self.__dict__.values())
+
+    def apply(self, base: ChunkingConfig) -> ChunkingConfig:
+        """``base`` with the fields set here replaced."""
+        try:
+            return ChunkingConfig(**{**base.__dict__, **{k: v for k, v in self.__dict__.items() if v is not None}})
+        except ValueError as e:
+            raise ValueError(str(e).replace("head.chunking.", "policy.chunking.")) from None
+
+
+@dataclass
 class HeadConfig:
     """The policy head over per-frame backbone features (original: ``lm_head`` / action_head.py).
 
@@ -245,6 +321,8 @@ class HeadConfig:
             ``running`` keeps one hidden state for the whole episode.
         float16_actions: round the executed pose to float16, as the original's eval wrapper returns
             it (converted checkpoints); the gripper is +-1 either way.
+        chunking: how the predicted chunk of ``model.act_steps`` actions is executed at inference
+            (:class:`ChunkingConfig`); saved with the checkpoint, ``policy.chunking`` overrides it.
         pose_loss_weight: weight of the MSE on the normalized 6-d pose.
         gripper_loss_weight: weight of the 2-class cross-entropy on the gripper.
     """
@@ -260,6 +338,7 @@ class HeadConfig:
     pose_tanh: bool = False
     lstm_history: str = "sliding"
     float16_actions: bool = False
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     pose_loss_weight: float = 1.0
     gripper_loss_weight: float = 0.1
 

@@ -2,7 +2,8 @@
 
 Training sees windows of W frames (``forward(batch) -> (loss, logs)``); inference sees one frame at a
 time (``reset()``, ``step(obs, instruction) -> action``) and runs the backbone once per step: each
-frame's feature is computed once and the head carries its own history (see ``heads.py``).
+frame's feature is computed once and the head carries its own history (see ``heads.py``). Which of
+the A predicted actions is executed is ``head.chunking``'s business (``chunking.py``).
 Shapes: B windows, T frames, A = ``act_steps`` future actions, N = B*T frames through the backbone.
 """
 
@@ -20,7 +21,8 @@ from torch import nn
 
 from roboflamingo.models import checkpoint
 from roboflamingo.models.backbone import FlamingoBackbone
-from roboflamingo.models.config import HeadConfig, ModelConfig
+from roboflamingo.models.chunking import ChunkExecutor, step_chunked
+from roboflamingo.models.config import ChunkingConfig, HeadConfig, ModelConfig
 from roboflamingo.models.heads import build_head
 from roboflamingo.models.normalization import Normalizer
 from roboflamingo.models.text import tokenize
@@ -61,6 +63,8 @@ class RoboFlamingoPolicy(nn.Module):
         self._grippers = torch.tensor(robot.action.grippers, dtype=torch.long)
         self._tokens: dict[str, torch.Tensor] = {}
         self._head_cache: Any = None
+        self._chunked: Any = None  # step()'s episode under head.chunking (roboflamingo.models.chunking)
+        self.set_chunking(self.head_config.chunking)
         self._precision = torch.float32
         self._freeze()
 
@@ -270,12 +274,37 @@ class RoboFlamingoPolicy(nn.Module):
     # -- inference ----------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget the history (call at the start of every subtask)."""
-        self._head_cache = None
+        """Forget the history and any stored action chunk (call at the start of every subtask)."""
+        self._head_cache = self._chunked = None
+
+    def set_chunking(self, chunking: ChunkingConfig) -> None:
+        """How predicted chunks are executed from now on (``head.chunking``; ``policy.chunking``)."""
+        self.head_config.chunking = chunking
+        spec = self.robot.action
+        self._executor = (ChunkExecutor(chunking, self.model_config.act_steps, spec.grippers, spec.close, spec.open)
+                          if chunking.active else None)
+        # A head with history sees every frame even on steps that execute a stored action (chunking.py).
+        cfg, hc = self.model_config, self.head_config
+        self._head_sees_every_frame = hc.type != "mlp" and (cfg.window > 1 or hc.lstm_history == "running")
+        self.reset()
 
     def _frame_features(self, observations: Sequence[Mapping[str, np.ndarray]],
                         instructions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """B observations (one frame each) -> backbone features (B, D) and normalized state (B, S)."""
+        self._check_inputs(observations, instructions)
+        cams = [self._camera(observations, name) for name in self.robot.camera_names]
+        ids, mask = self.tokenize(list(instructions))
+        with self._precision_context():
+            feat = self.backbone(cams, ids, mask).float()  # (B, D)
+        state = None
+        if self.model_config.use_state:
+            key = self.robot.state.key
+            values = torch.as_tensor(np.stack([np.asarray(o[key], dtype=np.float32) for o in observations]),
+                                     device=self.device)
+            state = self.normalizer.normalize_state(values)
+        return feat, state
+
+    def _check_inputs(self, observations: Sequence[Mapping[str, np.ndarray]], instructions: Sequence[str]) -> None:
         if self.training:
             raise RuntimeError("call policy.eval() before step(): dropout would make actions random")
         self.normalizer.check()
@@ -291,17 +320,6 @@ class RoboFlamingoPolicy(nn.Module):
             if not isinstance(instruction, str):
                 which = f"instruction {i}" if batched else "instruction"
                 raise TypeError(f"{which} must be a str, got {type(instruction).__name__}")
-        cams = [self._camera(observations, name) for name in self.robot.camera_names]
-        ids, mask = self.tokenize(list(instructions))
-        with self._precision_context():
-            feat = self.backbone(cams, ids, mask).float()  # (B, D)
-        state = None
-        if self.model_config.use_state:
-            key = self.robot.state.key
-            values = torch.as_tensor(np.stack([np.asarray(o[key], dtype=np.float32) for o in observations]),
-                                     device=self.device)
-            state = self.normalizer.normalize_state(values)
-        return feat, state
 
     def _camera(self, observations: Sequence[Mapping[str, np.ndarray]], key: str) -> torch.Tensor:
         """One camera of B observations -> (B, 3, S, S); frames of one size are resized in one call."""
@@ -337,13 +355,30 @@ class RoboFlamingoPolicy(nn.Module):
             action[:, self._grippers.to(pose.device)] = torch.where(opened, spec.open, spec.close)
         return action.cpu().numpy()
 
+    def _to_chunks(self, pose: torch.Tensor, grip: torch.Tensor) -> np.ndarray:
+        """All A predictions per row -> chunks (B, A, action dim): continuous dims as ``_to_actions``
+        makes them, each binary gripper as its probability of open (``chunking.ChunkState.step``)."""
+        spec = self.robot.action
+        chunk = torch.empty((*pose.shape[:2], spec.dim), dtype=torch.float32, device=pose.device)
+        low, high = (x.to(pose.device) for x in self._clip)
+        values = self.normalizer.unnormalize_continuous(pose).clamp(low, high)
+        cont = self.normalizer._continuous
+        chunk[..., cont if isinstance(cont, slice) else cont.to(pose.device)] = values
+        if spec.grippers:
+            chunk[..., self._grippers.to(pose.device)] = grip.float().softmax(-1)[..., 1]
+        return chunk.cpu().numpy()
+
     @torch.inference_mode()
     def step(self, obs: Mapping[str, np.ndarray], instruction: str) -> np.ndarray:
         """One observation of the robot -> one action in its units (float32; continuous dims clipped to
         the description's bounds, binary grippers exactly close or open).
 
-        Only the first of the A predicted actions is executed, as in the original.
+        The first of the A predicted actions is executed, as in the original, unless ``head.chunking``
+        says otherwise; then this is ``step_batch`` on one episode.
         """
+        if self._executor is not None:
+            actions, (self._chunked,) = self.step_batch([obs], [instruction], [self._chunked])
+            return actions[0]
         return self.step_from_outputs(*self.step_outputs(obs, instruction))
 
     def step_from_outputs(self, pose: torch.Tensor, grip: torch.Tensor) -> np.ndarray:
@@ -361,6 +396,23 @@ class RoboFlamingoPolicy(nn.Module):
         """
         if len(histories) != len(observations):
             raise ValueError(f"{len(observations)} observations but {len(histories)} histories")
+        if self._executor is not None:
+            def predict(rows, caches):
+                pose, grip, new = self._head_step([observations[i] for i in rows], [instructions[i] for i in rows], caches)
+                return self._to_chunks(pose, grip), new
+
+            actions, new = step_chunked(histories, self._executor, self._head_sees_every_frame, predict,
+                                        lambda rows: self._check_inputs([observations[i] for i in rows],
+                                                                        [instructions[i] for i in rows]))
+            if self.head_config.float16_actions:
+                cont = list(self.robot.action.continuous)
+                actions[:, cont] = actions[:, cont].astype(np.float16)
+            return actions, new
+        pose, grip, new = self._head_step(observations, instructions, histories)
+        return self._to_actions(pose, grip), new
+
+    def _head_step(self, observations, instructions, histories) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
+        """B frames through one backbone forward and the head, each row with its own head cache."""
         feat, state = self._frame_features(observations, instructions)  # (B, D), (B, S)
         head = self.action_head
         groups: dict[Any, list[int]] = {}
@@ -382,7 +434,7 @@ class RoboFlamingoPolicy(nn.Module):
                 pose[index], grip[index] = p, g
             for i, c in zip(rows, head.split_cache(cache, len(rows))):
                 new[i] = c
-        return self._to_actions(pose, grip), new
+        return pose, grip, new
 
     # -- inference precision ------------------------------------------------------------------------
 

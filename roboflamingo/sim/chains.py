@@ -135,6 +135,25 @@ def next_states(state: dict, task: str, oracle: TaskOracle | None = None) -> lis
     return out
 
 
+def single_task_states(tasks: list[str], episodes: int, seed: int, oracle: TaskOracle | None = None
+                       ) -> list[tuple[str, dict]]:
+    """(task, initial state) of ``episodes`` single-task episodes per task, task by task: generator
+    states in which the task is valid, drawn per task (its position ``t`` in ``tasks``) with
+    ``RandomState(seed * 1000 + t)``, so the same arguments always give the same episodes."""
+    oracle = oracle or TaskOracle.default()
+    oracle.check_names(list(tasks), source="tasks")
+    states = initial_states(oracle)
+    out = []
+    for t, task in enumerate(tasks):
+        feasible = [s for s in states if len(next_states(s, task, oracle)) == 1]
+        if not feasible:
+            raise ValueError(f"tasks: no initial state of the generator allows '{task}'")
+        rng = np.random.RandomState(seed * 1000 + t)
+        picks = rng.choice(len(feasible), size=episodes, replace=episodes > len(feasible))
+        out += [(task, feasible[p]) for p in picks]
+    return out
+
+
 def check_sequence(state: dict, tasks: list[str], oracle: TaskOracle | None = None) -> bool:
     oracle = oracle or TaskOracle.default()
     for task in tasks:

@@ -1,8 +1,8 @@
 """Language for the 34 tasks (``envs/instructions/{train,eval}.yaml``).
 
 ``train``: several paraphrases per task, used to annotate demonstrations. ``eval``: exactly one
-sentence per task, used by the long-horizon evaluation, and never among the training sentences (as
-CALVIN's new_playtable_validation.yaml).
+sentence per task, used by the long-horizon evaluation: CALVIN's new_playtable_validation.yaml
+verbatim, and never among the training sentences.
 """
 
 from __future__ import annotations

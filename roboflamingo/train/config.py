@@ -45,6 +45,12 @@ class TrainConfig:
         log_every: steps between metric lines (metrics.jsonl, TensorBoard, W&B).
         val_every: steps between validation losses; 0 disables validation.
         val_batches: batches of the validation split per validation (per process).
+        rollout_every: steps between closed-loop rollouts of the policy on the tabletop the data was
+            generated in (``roboflamingo.train.rollouts``), logged as ``rollout/success`` and
+            ``rollout/<task>`` beside the loss; 0 disables them. Tabletop data only.
+        rollout_episodes: single-task episodes per task in each rollout, with the evaluation
+            sentences, from the same initial states every time.
+        rollout_ep_len: control steps each rollout episode may take (CALVIN's protocol: 360).
         checkpoint_every: steps between checkpoints (a final one is always written).
         keep_checkpoints: newest checkpoints to keep; 0 keeps all. At least 2 are kept so a
             corrupt newest one can fall back to the previous.
@@ -80,6 +86,9 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 0
     val_batches: int = 4
+    rollout_every: int = 0
+    rollout_episodes: int = 2
+    rollout_ep_len: int = 360
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     progress: bool = True
@@ -93,14 +102,15 @@ class TrainConfig:
     plot: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "grad_accum", "log_every", "checkpoint_every", "val_batches"):
+        for name in ("steps", "grad_accum", "log_every", "checkpoint_every", "val_batches", "rollout_episodes",
+                     "rollout_ep_len"):
             require_positive(f"train.{name}", getattr(self, name))
         require_positive("train.lr", self.lr)
         if self.lr >= MAX_LR:
             raise ValueError(f"train.lr must be < {MAX_LR:g}: AdamW's first update, lr / (1 - beta1), is computed in "
                              f"float32 and overflows beyond it; got {self.lr:g}")
         for name in ("weight_decay", "eps", "warmup_steps", "min_lr_ratio", "grad_clip", "val_every",
-                     "keep_checkpoints", "threads", "fsdp_min_params"):
+                     "keep_checkpoints", "threads", "fsdp_min_params", "rollout_every"):
             require_positive(f"train.{name}", getattr(self, name), allow_zero=True)
         if self.min_lr_ratio > 1:
             raise ValueError(f"train.min_lr_ratio must be <= 1, got {self.min_lr_ratio}")

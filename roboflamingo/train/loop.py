@@ -104,6 +104,7 @@ class Job:
 
     def __post_init__(self) -> None:
         check_data_fits_model(self.data, self.model)
+        self.head.chunking.check(self.model.act_steps)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 
@@ -201,6 +202,7 @@ def _train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     # ---- data: this rank's share of a (seed, epoch)-determined order
     train_loader = _train_loader(job, info)
     val_loader = _val_loader(job, info) if cfg.val_every else None
+    rollouts = _rollouts(job, info) if cfg.rollout_every else None
     micro_per_epoch = len(train_loader)
     if micro_per_epoch == 0:
         raise ConfigError(
@@ -311,6 +313,10 @@ def _train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
             val_loss = _validate(model, val_loader, cfg, info, use_bf16)
             if master and val_loss is not None:
                 loggers.log(step, {"val/loss": val_loss})
+        if cfg.rollout_every and (step % cfg.rollout_every == 0 or step == cfg.steps):
+            if rollouts is not None:
+                loggers.log(step, rollouts(policy))
+            distributed.barrier(info)  # the other ranks wait for rank 0's rollouts
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             _check_healthy(model, policy, batch, info, use_bf16, step, cfg.lr)
             _save(model, policy, optimizer, scheduler, ckpt_root, cfg, info,
@@ -321,6 +327,8 @@ def _train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     if master:
         bar.close()
         loggers.close()
+        if rollouts is not None:
+            rollouts.close()
         print(f"[train] done: {step} steps; final checkpoint {ckpt_root / 'last'}", file=sys.stderr)
         if cfg.plot:
             _plot(run_dir)
@@ -613,6 +621,18 @@ def _val_loader(job: Job, info: distributed.DistInfo) -> DataLoader:
     return make_dataloader(data, data.val_split, info.rank, info.world_size, job.seed,
                            shuffle=True, drop_last=info.world_size > 1, augment=False,
                            resize=job.model.vision.resize)
+
+
+def _rollouts(job: Job, info: distributed.DistInfo):
+    from roboflamingo.train.rollouts import TrainingRollouts
+
+    if info.world_size > 1 and job.train.strategy == "fsdp":
+        raise ConfigError("train.rollout_every: rollouts step the whole policy on rank 0, which FSDP shards; "
+                          "set train.rollout_every=0 or train with ddp")
+    if not info.is_main:
+        return None
+    cfg = job.train
+    return TrainingRollouts(job.data, cfg.rollout_episodes, cfg.rollout_ep_len, job.seed)
 
 
 def _rescale_position(state: dict[str, Any], consumed: int, job: Job, info: distributed.DistInfo) -> int:

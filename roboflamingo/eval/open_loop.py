@@ -1,0 +1,174 @@
+"""``roboflamingo action-error``: per-task open-loop action error on held-out demonstrations.
+
+    roboflamingo action-error checkpoint=runs/demo/train/checkpoints/last split_dir=runs/demo/data/validation
+
+Each language-annotated segment of a held-out split is replayed frame by frame through the policy
+(``reset()`` at the segment's start, then ``step`` on every recorded observation, the policy's
+history built from the demonstration's own frames) and the executed action, under the checkpoint's
+``head.chunking``, is compared with the one the demonstrator sent. With ``sentences=eval`` the
+instruction is the task's evaluation sentence, what closed-loop evaluation gives it, so a low error
+here and a failure closed-loop point at compounding error and unvisited states rather than at what
+was learned. ``contrast=true`` replays each segment with every other task's evaluation sentence in
+the same batched forward and reports the closest: whether the instruction decides the action (for
+"open" and "close" the demonstrations differ; for LED on and off they are one motion).
+
+Figures per task: ``pose_mae`` (mean |predicted - demonstrated| over the 6 pose dims and all frames,
+in the action's own units: CALVIN's relative action, clipped to [-1, 1]), ``gripper_acc`` (frames
+whose open/close matches), and with ``contrast`` ``closest_other`` / ``closest_other_pose_mae``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from roboflamingo.config import require_choice, require_positive
+from roboflamingo.data.layout import DatasetError, frame_path, load_split_index, read_frame
+from roboflamingo.io import atomic_write_json
+from roboflamingo.robots.calvin import GRIPPER_INDEX, REL_ACTIONS, RGB_GRIPPER, RGB_STATIC, ROBOT_OBS
+
+SENTENCES = ("eval", "annotation")
+
+
+@dataclass
+class Job:
+    """``roboflamingo action-error``: replay held-out demonstrations through a checkpoint.
+
+    Args:
+        checkpoint: the policy directory (``save_pretrained`` or a training checkpoint).
+        split_dir: a CALVIN-layout split with ``episode_*.npz`` frames, e.g. ``<data.root>/validation``.
+        sentences: the instruction given for a segment: ``eval`` (its task's evaluation sentence,
+            ``envs/instructions/eval.yaml``) or ``annotation`` (the segment's own training-style sentence).
+        contrast: also replay every segment with each other task's evaluation sentence (one batched
+            forward) and report the closest other task and its error.
+        max_segments_per_task: replay at most this many segments per task; 0 replays them all.
+        out: a JSON file for the figures; empty prints them only.
+        device: where the policy runs (``auto``: CUDA when available).
+        torch_threads: intra-op threads; 0 uses the cores other processes leave free.
+    """
+
+    checkpoint: str = ""
+    split_dir: str = ""
+    sentences: str = "eval"
+    contrast: bool = True
+    max_segments_per_task: int = 0
+    out: str = ""
+    device: str = "auto"
+    torch_threads: int = 0
+
+    def __post_init__(self) -> None:
+        require_choice("sentences", self.sentences, SENTENCES)
+        require_positive("max_segments_per_task", self.max_segments_per_task, allow_zero=True)
+        require_positive("torch_threads", self.torch_threads, allow_zero=True)
+        for name in ("checkpoint", "split_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is required (roboflamingo action-error checkpoint=<dir> split_dir=<dir>)")
+
+
+def _segments(split_dir: Path, max_per_task: int) -> list[tuple[str, str, int, int]]:
+    """(task, annotation, first, last) of each segment, in the split's order, capped per task."""
+    index = load_split_index(split_dir, check_files=False)
+    count: dict[str, int] = {}
+    out = []
+    for (first, last), sentence, task in zip(index.segments.tolist(), index.instructions, index.tasks):
+        if max_per_task and count.get(task, 0) >= max_per_task:
+            continue
+        count[task] = count.get(task, 0) + 1
+        out.append((task, sentence, int(first), int(last)))
+    if not out:
+        raise DatasetError(f"{split_dir}: no annotated segments to replay")
+    return out
+
+
+def open_loop_errors(policy: Any, split_dir: str | Path, sentences: str = "eval", contrast: bool = True,
+                     max_segments_per_task: int = 0) -> dict[str, Any]:
+    """Replay ``split_dir``'s segments through ``policy`` (a ``RoboFlamingoPolicy`` in eval mode, or
+    anything with its ``step_batch``); see the module docstring for the figures."""
+    from roboflamingo.eval.items import evaluation_sentences
+
+    require_choice("sentences", sentences, SENTENCES)
+    split_dir = Path(split_dir)
+    segments = _segments(split_dir, max_segments_per_task)
+    eval_sentence = evaluation_sentences()
+    tasks = sorted({task for task, *_ in segments})
+    missing = [t for t in tasks if t not in eval_sentence]
+    if missing:
+        raise ValueError(f"{split_dir}: no evaluation sentence for tasks {missing}")
+    others = tasks if contrast else []
+    # Per task: summed |error| per instruction (own first, then each task's sentence), frames, gripper hits.
+    sums: dict[str, dict[str, Any]] = {t: {"err": np.zeros(1 + len(others)), "frames": 0, "grip": 0, "segments": 0}
+                                       for t in tasks}
+    for task, annotation, first, last in segments:
+        own = eval_sentence[task] if sentences == "eval" else annotation
+        instructions = [own] + [eval_sentence[o] for o in others]
+        histories: list[Any] = [None] * len(instructions)
+        acc = sums[task]
+        for frame_id in range(first, last + 1):
+            frame = read_frame(frame_path(split_dir, frame_id), (RGB_STATIC, RGB_GRIPPER, ROBOT_OBS, REL_ACTIONS))
+            obs = {RGB_STATIC: frame[RGB_STATIC], RGB_GRIPPER: frame[RGB_GRIPPER], ROBOT_OBS: frame[ROBOT_OBS]}
+            actions, histories = policy.step_batch([obs] * len(instructions), instructions, histories)
+            target = frame[REL_ACTIONS].astype(np.float64)
+            acc["err"] += np.abs(actions[:, :GRIPPER_INDEX] - target[:GRIPPER_INDEX]).mean(axis=1)
+            acc["grip"] += int((actions[0, GRIPPER_INDEX] > 0) == (target[GRIPPER_INDEX] > 0))
+            acc["frames"] += 1
+        acc["segments"] += 1
+    per_task: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        acc = sums[task]
+        mae = acc["err"] / acc["frames"]
+        entry = {"segments": acc["segments"], "frames": acc["frames"], "pose_mae": float(mae[0]),
+                 "gripper_acc": acc["grip"] / acc["frames"]}
+        if others:
+            rivals = [(float(mae[1 + k]), o) for k, o in enumerate(others) if o != task]
+            if rivals:
+                best, name = min(rivals)
+                entry |= {"closest_other": name, "closest_other_pose_mae": best}
+        per_task[task] = entry
+    return {
+        "split_dir": str(split_dir),
+        "sentences": sentences,
+        "pose_mae": float(np.mean([e["pose_mae"] for e in per_task.values()])),
+        "gripper_acc": float(np.mean([e["gripper_acc"] for e in per_task.values()])),
+        "per_task": per_task,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The per-task table of :func:`open_loop_errors`' figures."""
+    contrast = any("closest_other" in e for e in result["per_task"].values())
+    head = "| task | segments | pose MAE | gripper acc |" + (" closest other task's sentence | its pose MAE |" if contrast else "")
+    rows = [head, "|" + "---|" * (6 if contrast else 4)]
+    for task, e in result["per_task"].items():
+        row = f"| {task} | {e['segments']} | {e['pose_mae']:.3f} | {e['gripper_acc']:.0%} |"
+        if contrast:
+            row += f" {e.get('closest_other', '-')} | {e['closest_other_pose_mae']:.3f} |" if "closest_other" in e else " - | - |"
+        rows.append(row)
+    return "\n".join(rows)
+
+
+def run(job: Job) -> int:
+    from roboflamingo.policies import PolicyKind, PolicySourceConfig, build_policy
+
+    try:
+        if not Path(job.split_dir).is_dir():
+            raise ValueError(f"split_dir={job.split_dir}: not a directory (a CALVIN-layout split, e.g. <data.root>/validation)")
+        source = PolicySourceConfig(PolicyKind.checkpoint, checkpoint=job.checkpoint, device=job.device)
+        source.check()
+        from roboflamingo.threads import choose_threads
+
+        model = build_policy(source, torch_threads=choose_threads(job.torch_threads))
+        result = open_loop_errors(model, job.split_dir, job.sentences, job.contrast, job.max_segments_per_task)
+    except (DatasetError, ValueError, FileNotFoundError) as e:
+        print(f"roboflamingo action-error: {e}", file=sys.stderr)
+        return 2
+    result["checkpoint"] = str(Path(job.checkpoint).resolve())
+    if job.out:
+        atomic_write_json(Path(job.out), result)
+    print(markdown(result))
+    print(json.dumps({k: result[k] for k in ("pose_mae", "gripper_acc")}))
+    return 0

@@ -1,0 +1,101 @@
+"""Open-loop action error on held-out demonstrations (``roboflamingo action-error``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from roboflamingo import cli
+from roboflamingo.data.layout import frame_path
+from roboflamingo.data.synthetic import write_split
+from roboflamingo.eval.items import evaluation_sentences
+from roboflamingo.eval.open_loop import open_loop_errors
+
+EPISODES = [(0, 29), (30, 49)]
+SEGMENTS = [(0, 9, "open_drawer", "open the drawer"), (10, 19, "close_drawer", "close the drawer"),
+            (20, 29, "open_drawer", "pull the drawer open"), (30, 49, "turn_on_led", "switch the led on")]
+
+
+@pytest.fixture
+def split(tmp_path):
+    return write_split(tmp_path / "validation", EPISODES, SEGMENTS, (24, 20), (12, 12))
+
+
+def _rel(split_dir, first, last):
+    return np.stack([np.load(frame_path(split_dir, f))["rel_actions"] for f in range(first, last + 1)])
+
+
+class FixedPolicy:
+    """Pose 0.5 for close_drawer's evaluation sentence, 0 for any other; gripper always open. Records
+    the history it was given with each frame, to check the reset at every segment's start."""
+
+    def __init__(self):
+        self.close = evaluation_sentences()["close_drawer"]
+        self.calls: list[tuple[list, list[str]]] = []
+
+    def step_batch(self, observations, instructions, histories):
+        self.calls.append((list(histories), list(instructions)))
+        actions = np.zeros((len(observations), 7), dtype=np.float32)
+        actions[:, 6] = 1.0
+        for i, s in enumerate(instructions):
+            if s == self.close:
+                actions[i, :6] = 0.5
+        return actions, [(h or 0) + 1 for h in histories]
+
+
+def test_errors_are_the_mean_absolute_difference_per_task_with_the_evaluation_sentences(split):
+    policy = FixedPolicy()
+    result = open_loop_errors(policy, split, contrast=True)
+    assert set(result["per_task"]) == {"open_drawer", "close_drawer", "turn_on_led"}
+    frames = {t: np.concatenate([_rel(split, a, b) for a, b, task, _ in SEGMENTS if task == t])
+              for t in result["per_task"]}
+    for task, entry in result["per_task"].items():
+        pose = 0.5 if task == "close_drawer" else 0.0
+        assert entry["pose_mae"] == pytest.approx(np.abs(pose - frames[task][:, :6]).mean())
+        assert entry["gripper_acc"] == pytest.approx((frames[task][:, 6] > 0).mean())
+        assert entry["frames"] == len(frames[task])
+    assert result["per_task"]["open_drawer"]["segments"] == 2
+    # The only sentence that changes the action is close_drawer's: the closest other for open_drawer
+    # is the first task in name order whose sentence leaves the action at 0 (turn_on_led).
+    opened = result["per_task"]["open_drawer"]
+    assert opened["closest_other"] == "turn_on_led" and opened["closest_other_pose_mae"] == pytest.approx(opened["pose_mae"])
+    assert result["pose_mae"] == pytest.approx(np.mean([e["pose_mae"] for e in result["per_task"].values()]))
+    # Every segment starts from a fresh history, and the first instruction is the evaluation sentence.
+    sentences = evaluation_sentences()
+    firsts = [c for c in policy.calls if all(h is None for h in c[0])]
+    assert len(firsts) == len(SEGMENTS)
+    assert [c[1][0] for c in firsts] == [sentences[t] for _, _, t, _ in SEGMENTS]
+    assert all(h is not None for c in policy.calls if c not in firsts for h in c[0])
+
+
+def test_annotation_sentences_and_a_segment_cap(split):
+    policy = FixedPolicy()
+    result = open_loop_errors(policy, split, sentences="annotation", contrast=False, max_segments_per_task=1)
+    assert result["per_task"]["open_drawer"]["segments"] == 1
+    assert "closest_other" not in result["per_task"]["open_drawer"]
+    assert [c[1] for c in policy.calls if c[0] == [None]] == [[s] for _, _, _, s in SEGMENTS[:2] + SEGMENTS[3:]]
+    with pytest.raises(ValueError, match="sentences must be one of"):
+        open_loop_errors(policy, split, sentences="mine")
+
+
+def test_the_command_replays_a_checkpoint_and_writes_its_figures(split, tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+    from model_helpers import make_stats, micro_config, micro_head
+
+    from roboflamingo.models.policy import RoboFlamingoPolicy
+
+    RoboFlamingoPolicy.from_config(micro_config(), micro_head(), make_stats()).save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "errors.json"
+    assert cli.main(["action-error", f"checkpoint={tmp_path / 'ckpt'}", f"split_dir={split}", f"out={out}",
+                     "torch_threads=1", "device=cpu"]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["per_task"]) == {"open_drawer", "close_drawer", "turn_on_led"}
+    assert all(np.isfinite(e["pose_mae"]) and 0 <= e["gripper_acc"] <= 1 for e in result["per_task"].values())
+    assert "| open_drawer | 2 |" in capsys.readouterr().out
+    assert cli.main(["action-error", f"checkpoint={tmp_path / 'ckpt'}", f"split_dir={tmp_path / 'nowhere'}"]) == 2
+    assert cli.main(["action-error", f"checkpoint={tmp_path / 'none'}", f"split_dir={split}"]) == 2
+    assert "not a directory" in capsys.readouterr().err
