@@ -62,6 +62,9 @@ from roboflamingo.robot import RobotDescription
 CONFIG_FILE = CONFIG_JSON
 FORMAT = "roboflamingo-policy-v2"
 LEGACY_FORMAT = "roboflamingo-policy-v1"
+# The weights file's own layout (tensor names, dtypes, the statistics inside) has not changed since
+# the first format, so its header keeps that tag: the same policy gives a byte-identical file.
+WEIGHTS_FORMAT = LEGACY_FORMAT
 MODEL_CARD = "README.md"
 # A training checkpoint adds these (roboflamingo.train.checkpoint); the manifest lists every file.
 MANIFEST = "manifest.json"
@@ -313,7 +316,7 @@ def save_policy(policy, directory: str | os.PathLike, state_dict: Mapping[str, t
     source = checkpoint_tensors(policy) if state_dict is None else _from_state_dict(policy, state_dict)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in source.items()}
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+        save_file(tensors, str(tmp), metadata={"format": WEIGHTS_FORMAT})
         os.chmod(tmp, 0o644)  # safetensors re-creates the file owner-only
     config = PolicyConfig(model=policy.model_config, head=policy.head_config)
     write_config(directory, config, policy.normalization(), policy.robot, bundle=bundle)
