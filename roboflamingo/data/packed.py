@@ -56,7 +56,7 @@ from roboflamingo.data.layout import (
     frame_keys,
     require_same_robot,
 )
-from roboflamingo.io import atomic_write_json, sha256_file
+from roboflamingo.io import atomic_write_json, npy_header, sha256_file
 from roboflamingo.robot import RobotDescription
 from roboflamingo.robots.calvin import CALVIN
 
@@ -112,11 +112,7 @@ def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, data offset) of a C-ordered ``.npy`` file, reading only its header."""
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            shape, fortran, dtype = npy_header(f)
             offset = f.tell()
     except FileNotFoundError as e:
         raise DatasetError(f"{path}: packed file is missing") from e

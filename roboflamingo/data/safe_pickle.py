@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from roboflamingo.io import npy_header
+
 # An array rebuilt by ``_reconstruct`` is allocated at the shape the pickle gives before its data is
 # set; a real file passes shape (0,). Refusing huge ones keeps a crafted file from exhausting memory.
 MAX_RECONSTRUCT_ELEMENTS = 2**28
@@ -101,11 +103,7 @@ def load_pickled_npy(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        shape, fortran, dtype = npy_header(f)
         if not dtype.hasobject:
             f.seek(0)
             return np.load(f, allow_pickle=False)
