@@ -277,6 +277,17 @@ def hostile_frames(max_bytes: int, max_instruction: int) -> list[bytes]:
     return frames
 
 
+async def _run_clients(one, clients: int, ready, stop) -> None:
+    """Start ``one(k)`` for k < clients, say ready once they had time to connect, run until stop."""
+    tasks = [asyncio.ensure_future(one(k)) for k in range(clients)]
+    await asyncio.sleep(0.5)
+    ready.set()
+    while not stop.is_set():
+        await asyncio.sleep(0.05)
+    for t in tasks:
+        t.cancel()
+
+
 def hostile_process(url: str, clients: int, max_bytes: int, max_instruction: int, ready, stop) -> None:
     """``clients`` connections sending the frames above back to back, each waiting for its reply."""
     from websockets.asyncio.client import connect
@@ -292,16 +303,7 @@ def hostile_process(url: str, clients: int, max_bytes: int, max_instruction: int
                 await ws.recv()
                 i += 1
 
-    async def main() -> None:
-        tasks = [asyncio.ensure_future(one(k)) for k in range(clients)]
-        await asyncio.sleep(0.5)
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        for t in tasks:
-            t.cancel()
-
-    asyncio.run(main())
+    asyncio.run(_run_clients(one, clients, ready, stop))
 
 
 def paced_steps(url: str, obs, steps: int, rate_hz: float = 30.0) -> list[float]:
@@ -396,16 +398,7 @@ def hostile_vla_process(url: str, clients: int, ready, stop, refused) -> None:
                         refused.value += 1
                 i += 1
 
-    async def main() -> None:
-        tasks = [asyncio.ensure_future(one(k)) for k in range(clients)]
-        await asyncio.sleep(0.5)
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        for t in tasks:
-            t.cancel()
-
-    asyncio.run(main())
+    asyncio.run(_run_clients(one, clients, ready, stop))
 
 
 def paced_vla_steps(url: str, obs, steps: int, rate_hz: float = 30.0) -> list[float]:
