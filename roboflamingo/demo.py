@@ -71,7 +71,8 @@ class Job:
         tasks: the demo's task set (demonstrated, trained and evaluated).
         train_scenes: scenes of the training demonstrations; empty = ``env.scene``, the evaluation
             scene (``[A, B, C]`` with ``env.scene: D`` is CALVIN's ABC->D generalization split).
-        workers: processes for generation and evaluation.
+        workers: processes for generation and evaluation, and with ``seeds`` > 1 how many training seeds
+            train at once (each on ``train.threads`` threads): training is the demo's longest stage.
         seed: the demonstrations', the first training run's and the evaluation episodes' seed.
         seeds: training seeds: ``seed``, ``seed + 1``, ... each trained and evaluated on the same data
             and episodes; the report gives each seed's figures and their mean and sample standard
@@ -182,6 +183,29 @@ def stage_train(job: Job, data_root: Path, train_dir: Path, seed: int) -> Path:
     if loop.run(tjob):
         raise RuntimeError("train failed")
     return train_dir / "checkpoints" / "last"
+
+
+def _train_seed(job: Job, data_root: Path, index: int) -> None:
+    stage_train(replace(job, progress=False), data_root, seed_dir(Path(job.run_dir), job, index) / "train",
+                job.seed + index)
+
+
+def stage_train_seeds(job: Job, data_root: Path) -> None:
+    """Train every seed, ``workers`` at a time, each in its own process; the evaluations that follow
+    find them finished. Results are those of training one after the other: each run's thread count
+    is ``train.threads`` either way, and that is what its numerics depend on."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    pending = [i for i in range(job.seeds)
+               if (_last_step(seed_dir(Path(job.run_dir), job, i) / "train") or 0) < job.train.steps]
+    if len(pending) < 2:
+        return
+    _banner("train", f"seeds {[job.seed + i for i in pending]}, {min(job.workers, len(pending))} at a time")
+    # spawn: a fresh interpreter per run (no forked torch or renderer state).
+    with ProcessPoolExecutor(min(job.workers, len(pending)), mp_context=get_context("spawn")) as pool:
+        for future in [pool.submit(_train_seed, job, data_root, i) for i in pending]:
+            future.result()
 
 
 def stage_eval(job: Job, out: Path, policy: str, checkpoint: Path | None, mode: str) -> dict[str, Any]:
@@ -410,6 +434,8 @@ def run(job: Job) -> int:
     try:
         data_root = root / "data"
         timed("data", stage_data, job, data_root)
+        if job.seeds > 1 and job.workers > 1:
+            timed("train_seeds", stage_train_seeds, job, data_root)
         expert: dict[str, Any] = {}
         policies: list[tuple[int, dict[str, Any]]] = []
         first_dirs: dict[str, Path] = {}

@@ -103,18 +103,27 @@ class Camera:
 @dataclass(frozen=True)
 class StateSpec:
     """Proprioception: one float vector under ``key``; ``use`` picks the entries the policy reads
-    (empty: all). ``low``/``high`` are the physical range of each entry (data far outside is refused)."""
+    (empty: all). ``low``/``high`` are the physical range of each entry (data far outside is refused).
+
+    ``angles`` are the entries that are angles in radians which wrap at +-pi (an end effector's euler
+    angles). Pointing down, a gripper's roll sits at +-pi and flips sign under rotations of a few
+    milliradians; normalized as a plain number that flip is a jump of 2 pi, which a policy learns to
+    read its own motion from (docs/demo/diagnosis.md). These entries are normalized around their
+    circular mean instead, so the wrap is continuous (``models/normalization.py``).
+    """
 
     names: tuple[str, ...]
     key: str = "robot_obs"
     use: tuple[int, ...] = ()
     low: tuple[float, ...] = ()
     high: tuple[float, ...] = ()
+    angles: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         names = _names("robot state.names", self.names)
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "use", _indices("robot state.use", self.use, len(names)))
+        object.__setattr__(self, "angles", _indices("robot state.angles", self.angles, len(names)))
         object.__setattr__(self, "low", _bounds("robot state.low", self.low or None, len(names), -math.inf))
         object.__setattr__(self, "high", _bounds("robot state.high", self.high or None, len(names), math.inf))
         if not self.key:

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -85,6 +86,18 @@ def test_demo_runs_every_stage_then_skips_them_with_the_same_report(tmp_path, ca
     assert (run_dir / "seed_1" / "train" / "checkpoints" / "last" / "pretrained_model" / "model.safetensors").is_file()
     md = (run_dir / "report" / "results.md").read_text()
     assert "| tiny policy, seed 1 |" in md and "| mean ± std (2 seeds) |" in md
+    capsys.readouterr()
+
+    # With two workers the seeds train at once, each in its own process, to the same weights as one
+    # after the other (on the same data: copied, so only training differs).
+    par = tmp_path / "parallel"
+    shutil.copytree(run_dir / "data", par / "data")
+    toy2 = [o for o in TOY if not o.startswith("workers=")] + ["workers=2"]
+    assert cli.main(["demo", f"run_dir={par}", "seeds=2", *toy2]) == 0
+    assert "seeds [0, 1], 2 at a time" in capsys.readouterr().out
+    weights = "train/checkpoints/last/pretrained_model/model.safetensors"
+    for sub in ("", "seed_1/"):
+        assert (par / sub / weights).read_bytes() == (run_dir / sub / weights).read_bytes()
 
 
 def test_demo_rejects_a_bad_recipe_before_any_work(tmp_path):

@@ -1,5 +1,7 @@
 """Where a policy comes from: the robot a source is for is known before any model is built."""
 
+import dataclasses
+
 import pytest
 
 from roboflamingo.models.checkpoint import read_robot
@@ -30,9 +32,11 @@ def test_a_checkpoint_names_its_robot_and_a_bad_description_is_named(tmp_path):
     (tmp_path / "p" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"config.json: 'robot': robot description is missing field 'cameras'"):
         read_robot(tmp_path / "p")
-    del config["robot"]  # a policy saved before descriptions existed is CALVIN's
-    (tmp_path / "p" / "config.json").write_text(json.dumps(config))
-    assert read_robot(tmp_path / "p") == load_robot("calvin")
+    del config["robot"]  # a policy saved before descriptions existed is CALVIN's, as it was trained:
+    (tmp_path / "p" / "config.json").write_text(json.dumps(config))  # every state entry normalized linearly
+    calvin = load_robot("calvin")
+    assert read_robot(tmp_path / "p") == dataclasses.replace(calvin, state=dataclasses.replace(calvin.state, angles=()))
+    assert calvin.state.angles == (3, 4, 5)
 
 
 @pytest.mark.parametrize("kind, robot", [("expert", "calvin"), ("random", "calvin"), ("remote", None)])

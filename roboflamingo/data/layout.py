@@ -94,9 +94,10 @@ def robot_differences(a: RobotDescription, b: RobotDescription) -> list[str]:
 
 
 def require_same_robot(expected: RobotDescription, got: RobotDescription, what: str, other_what: str,
-                       hint: str = "") -> None:
-    """Raise :class:`DatasetRobotMismatch` naming both descriptions unless they are equal."""
-    diff = robot_differences(expected, got)
+                       hint: str = "", ignore: tuple[str, ...] = ()) -> None:
+    """Raise :class:`DatasetRobotMismatch` naming both descriptions unless they are equal (but for the
+    dotted fields in ``ignore``)."""
+    diff = [d for d in robot_differences(expected, got) if d not in ignore]
     if diff:
         raise DatasetRobotMismatch(f"{what} is for {expected.summary()}, but {other_what} is for {got.summary()} "
                                    f"(differing fields: {', '.join(diff)}){hint}")

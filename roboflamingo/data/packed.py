@@ -255,9 +255,11 @@ class PackedSplit:
                         f"{where}: field 'source.{name}' does not match {source_dir / name}: the split changed "
                         "after packing; re-run `roboflamingo pack`"
                     )
-        self.robot = manifest_robot(self.manifest, where)
-        require_same_robot(self.robot, index.robot, f"the packed split {where}", f"the split {index.split_dir}",
-                           "; re-run `roboflamingo pack`")
+        # Which state entries are angles says how to normalize them, not what was packed: a split packed
+        # before CALVIN's description named its angles is read with the split's description.
+        require_same_robot(manifest_robot(self.manifest, where), index.robot, f"the packed split {where}",
+                           f"the split {index.split_dir}", "; re-run `roboflamingo pack`", ignore=("state.angles",))
+        self.robot = index.robot
         self.fields = self.manifest["fields"]
         keys = frame_keys(self.robot)
         self._fields = keys

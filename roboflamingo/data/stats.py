@@ -18,7 +18,10 @@ are left at mean 0, std 1.
 
 State: from the split's ``statistics.yaml`` when it has them under the state key (CALVIN's are
 computed over all play data), else measured on the annotated frames (evenly subsampled to
-``max_frames``). Frames are read from packed shards when they exist (instant), else from the npz
+``max_frames``). Angle entries (the description's ``state.angles``) are always measured on the
+frames, as their circular mean and the std of each frame's offset from it wrapped into [-pi, pi]: a
+linear mean of a roll that sits at +-pi is ~0, far from every frame (the policy wraps the same way,
+``models/normalization.py``). Frames are read from packed shards when they exist (instant), else from the npz
 files (~2 ms each).
 """
 
@@ -118,6 +121,13 @@ def _columns(dims: tuple[int, ...]) -> slice | list[int]:
     return list(dims)
 
 
+def circular_stats(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(circular mean, std of the offsets from it wrapped into [-pi, pi]) of angle columns (N, K)."""
+    mean = np.arctan2(np.sin(angles).mean(axis=0), np.cos(angles).mean(axis=0))
+    offset = np.remainder(angles - mean + np.pi, 2 * np.pi) - np.pi
+    return mean, np.sqrt((offset**2).mean(axis=0) - offset.mean(axis=0) ** 2).clip(min=0)
+
+
 def _safe_std(std: np.ndarray) -> np.ndarray:
     # A constant dimension (e.g. an unused joint) would divide by zero; leave it unscaled.
     return np.where(std < _MIN_STD, 1.0, std)
@@ -153,9 +163,12 @@ def compute_normalization(
         action_mean[cont] = pose.mean(axis=0)
         action_std[cont] = _safe_std(pose.std(axis=0))
     if from_yaml is not None:
-        obs_mean, obs_std = from_yaml["mean"], from_yaml["std"]
+        obs_mean, obs_std = from_yaml["mean"].copy(), from_yaml["std"].copy()
     else:
         obs_mean, obs_std = obs.mean(axis=0), obs.std(axis=0)
+    angles = list(robot.state.angles)
+    if angles:
+        obs_mean[angles], obs_std[angles] = circular_stats(obs[:, angles])
     stats = {
         "action_mean": action_mean,
         "action_std": action_std,

@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +203,9 @@ def _preprocessing(model: ModelConfig, robot: RobotDescription) -> dict[str, Any
                    "resize": model.vision.resize, "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
                    "input": "uint8 HWC"},
         "state": {"key": robot.state.key, "dim": robot.state.dim, "used": model.use_state,
-                  "entries": list(robot.state.used), "normalized": "(x - robot_obs_mean) / robot_obs_std"},
+                  "entries": list(robot.state.used), "normalized": "(x - robot_obs_mean) / robot_obs_std",
+                  "angles": list(robot.state.angles),
+                  "angles_normalized": "x - robot_obs_mean wrapped into [-pi, pi] where outside it, then / robot_obs_std"},
         "instruction": {"template": "<image>{instruction}<|endofchunk|>{eos}",
                         "max_tokens": model.lm.max_text_length, "tokenizer": model.lm.tokenizer or model.lm.path},
         "actions": {"dim": spec.dim, "continuous": list(spec.continuous),
@@ -241,9 +243,11 @@ class SavedPolicy:
 
 
 def _calvin() -> RobotDescription:
+    """CALVIN's Franka as a policy saved before robot descriptions existed was trained for: with every
+    state entry normalized linearly (``state.angles`` came later and would change what it reads)."""
     from roboflamingo.robots.calvin import CALVIN
 
-    return CALVIN
+    return replace(CALVIN, state=replace(CALVIN.state, angles=()))
 
 
 def read_saved(directory: str | os.PathLike) -> SavedPolicy:

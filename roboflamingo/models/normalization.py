@@ -5,6 +5,7 @@ A policy without statistics refuses to run (lerobot PR #4446 shows what a silent
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -52,6 +53,12 @@ class Normalizer(nn.Module):
         for key, dim in self.shapes.items():
             self.register_buffer(key, torch.full((dim,), float("nan")))
         self._continuous = _index(robot.action.continuous)
+        # Not persistent: which entries are angles is the robot description's to say (config.json), and
+        # checkpoints keep the four statistics as their only buffers.
+        angles = torch.zeros(robot.state.dim, dtype=torch.bool)
+        angles[list(robot.state.angles)] = True
+        self.register_buffer("state_angles", angles, persistent=False)
+        self._has_angles = bool(robot.state.angles)
         used = robot.state.used
         self._state_used = None if used == tuple(range(robot.state.dim)) else _index(used)
         self._ready: bool | None = None
@@ -110,6 +117,20 @@ class Normalizer(nn.Module):
         return values * self.continuous(self.action_std) + self.continuous(self.action_mean)
 
     def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
-        """The whole state vector (..., S) -> the normalized entries the policy reads."""
-        state = (state - self.robot_obs_mean) / self.robot_obs_std
+        """The whole state vector (..., S) -> the normalized entries the policy reads.
+
+        Angle entries (``robot.state.angles``) are taken as their offset from ``robot_obs_mean`` (their
+        circular mean, ``data/stats.py``) wrapped into [-pi, pi], so a roll crossing +-pi stays continuous.
+        """
+        offset = state - self.robot_obs_mean
+        if self._has_angles:
+            offset = torch.where(self.state_angles, wrap_offset(offset), offset)
+        state = offset / self.robot_obs_std
         return state if self._state_used is None else self._pick(state, self._state_used)
+
+
+def wrap_offset(offset: torch.Tensor) -> torch.Tensor:
+    """Angle offsets into [-pi, pi]; an offset already inside is returned bit for bit (a policy whose
+    statistics centre nothing, like a converted original, sees exactly the values it always saw)."""
+    wrapped = torch.remainder(offset + math.pi, 2 * math.pi) - math.pi
+    return torch.where(offset.abs() > math.pi, wrapped, offset)

@@ -144,7 +144,8 @@ CALVIN = RobotDescription(
     name="calvin",
     description="CALVIN's simulated Franka Emika Panda (calvin_env), and our tabletop that mirrors it",
     cameras=(Camera(RGB_STATIC, STATIC_RES, STATIC_RES), Camera(RGB_GRIPPER, GRIPPER_RES, GRIPPER_RES)),
-    state=StateSpec(names=ROBOT_OBS_NAMES, key=ROBOT_OBS),
+    # The TCP's euler angles wrap: the roll of a gripper pointing down sits at +-pi.
+    state=StateSpec(names=ROBOT_OBS_NAMES, key=ROBOT_OBS, angles=tuple(range(TCP_ORN.start, TCP_ORN.stop))),
     action=ActionSpec(
         names=REL_ACTION_NAMES, key=REL_ACTIONS, grippers=(GRIPPER_INDEX,), close=GRIPPER_CLOSE, open=GRIPPER_OPEN,
         mode="relative", space="end_effector", rate_hz=30.0,

@@ -10,7 +10,10 @@ import torch
 
 from roboflamingo.data.config import AugmentConfig, DataConfig
 from roboflamingo.data.dataset import CalvinDataset, collate, compute_normalization
+from roboflamingo.data.layout import frame_path, load_split_index, read_frame
 from roboflamingo.data.synthetic import make_frame, write_statistics
+from roboflamingo.models.normalization import Normalizer
+from roboflamingo.robots.calvin import CALVIN
 
 
 def test_windows_respect_segment_bounds(cfg, layout):
@@ -186,8 +189,39 @@ def test_normalization_measures_unscaled_actions_and_reads_statistics_yaml(tmp_p
     assert np.any(stats["action_std"][:6] != 1.0)
     write_statistics(split, mean=np.arange(15), std=np.full(15, 2.0))
     stats = compute_normalization(split)
-    np.testing.assert_array_equal(stats["robot_obs_mean"], np.arange(15, dtype=np.float32))
-    np.testing.assert_array_equal(stats["robot_obs_std"], np.full(15, 2.0, np.float32))
+    linear = [i for i in range(15) if i not in CALVIN.state.angles]
+    np.testing.assert_array_equal(stats["robot_obs_mean"][linear], np.arange(15, dtype=np.float32)[linear])
+    np.testing.assert_array_equal(stats["robot_obs_std"][linear], np.full(15, 2.0, np.float32)[linear])
+    # The TCP's euler angles are measured on the frames whatever the yaml says (a linear mean of a
+    # roll at +-pi means nothing).
+    assert CALVIN.state.angles == (3, 4, 5)
+    assert not np.allclose(stats["robot_obs_mean"][3:6], [3, 4, 5])
+
+
+def test_angle_entries_are_normalized_around_their_circular_mean_so_a_roll_at_pi_is_continuous(
+        tmp_path, make_split, edit_frame):
+    split = make_split(tmp_path / "training")
+    ids = load_split_index(split).frame_ids()
+    rng = np.random.default_rng(0)
+    rolls = np.pi - np.abs(rng.normal(0, 0.01, len(ids))) * rng.choice([-1, 1], len(ids))
+    rolls = (rolls + np.pi) % (2 * np.pi) - np.pi  # as pybullet reports them: both signs near +-pi
+    assert (rolls > 0).any() and (rolls < 0).any()
+    for i, roll in zip(ids, rolls):
+        obs = read_frame(frame_path(split, int(i)), ("robot_obs",))["robot_obs"].copy()
+        obs[3] = roll
+        edit_frame(split, int(i), robot_obs=obs)
+    stats = compute_normalization(split)
+    assert abs(abs(stats["robot_obs_mean"][3]) - np.pi) < 0.02 and stats["robot_obs_std"][3] < 0.05
+    normalizer = Normalizer(CALVIN)
+    normalizer.set(stats)
+    state = torch.zeros(2, 15)
+    state[:, 3] = torch.tensor([np.pi - 0.001, -np.pi + 0.001])
+    roll = normalizer.normalize_state(state)[:, 3]
+    # 2 mrad apart in angle: close after normalization, not 2 pi / std apart.
+    assert abs(float(roll[0] - roll[1])) < 0.002 / float(stats["robot_obs_std"][3]) + 1e-3
+    linear = Normalizer(dataclasses.replace(CALVIN, state=dataclasses.replace(CALVIN.state, angles=())))
+    linear.set(stats)
+    assert abs(float(linear.normalize_state(state)[:, 3].diff())) > 100
 
 
 def test_config_rejects_bad_values():
