@@ -23,6 +23,7 @@ annotations, so what it measures is instruction following on unseen wording.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -388,6 +389,12 @@ def write_report(job: Job, report_dir: Path, policies: list[tuple[int, dict[str,
                "Mean |predicted - demonstrated| relative pose action per task, with the task's evaluation "
                "sentence / with the closest other task's sentence (which other task):\n\n"
                + open_loop_table(policies, job.tasks) + "\n")
+    clips = failure_clips(job, policies, report_dir)
+    if clips:
+        results["failure_videos"] = {str(seed): {t: str(p.relative_to(job.run_dir)) for t, p in by_task.items()}
+                                     for seed, by_task in clips.items()}
+        atomic_write_json(report_dir / "results.json", results)
+        md += "\n## Failure clips\n\n" + failure_table(clips, report_dir) + "\n"
     atomic_write_text(report_dir / "results.md", md)
     png = eval_dirs["policy_chains"] / "results.png"
     if png.is_file():
@@ -396,6 +403,39 @@ def write_report(job: Job, report_dir: Path, policies: list[tuple[int, dict[str,
     if videos:
         frame_strip(videos[0], report_dir / "rollout.png")
     return results
+
+
+def failure_clips(job: Job, policies: list[tuple[int, dict[str, Any]]], report_dir: Path) -> dict[int, dict[str, Path]]:
+    """Per seed and failed task, its first failure's video (``eval.failure_videos``): from the
+    single-task episodes where the task failed there, else from the chains. Each gets a frame strip
+    in ``report/failures/`` so the report shows where the arm went without opening a video."""
+    out: dict[int, dict[str, Path]] = {}
+    for seed, res in policies:
+        base = seed_dir(Path(job.run_dir), job, seed - job.seed) / "eval"
+        by_task: dict[str, Path] = {}
+        for key, mode in (("policy_tasks", "single_task"), ("policy_chains", "chains")):
+            for task, paths in res[mode].get("failure_videos", {}).items():
+                if task not in by_task and (base / key / paths[0]).is_file():
+                    by_task[task] = base / key / paths[0]
+        if by_task:
+            out[seed] = dict(sorted(by_task.items()))
+            for task, video in out[seed].items():
+                frame_strip(video, report_dir / "failures" / f"{task}_seed{seed}.png")
+    return out
+
+
+def failure_table(clips: dict[int, dict[str, Path]], report_dir: Path) -> str:
+    seeds = sorted(clips)
+    tasks = sorted({t for by_task in clips.values() for t in by_task})
+    rows = ["| task | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for task in tasks:
+        cells = []
+        for seed in seeds:
+            video = clips[seed].get(task)
+            cells.append("-" if video is None else
+                         f"[video]({os.path.relpath(video, report_dir)}) · [frames](failures/{task}_seed{seed}.png)")
+        rows.append(f"| {task} | {' | '.join(cells)} |")
+    return "\n".join(rows)
 
 
 def frame_strip(video: Path, out: Path, frames: int = 6) -> None:
@@ -410,6 +450,7 @@ def frame_strip(video: Path, out: Path, frames: int = 6) -> None:
         return
     picks = np.linspace(0, len(images) - 1, min(frames, len(images))).round().astype(int)
     strip = np.concatenate([images[i] for i in picks], axis=1)
+    out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(strip).save(out)
 
 

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from roboflamingo import cli, envinfo
 from roboflamingo.config import command_groups, doc_problems, schema_keys, schema_sections, section_doc
+from roboflamingo.sim.tasks import TaskOracle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,6 +137,10 @@ def test_help_reads_the_docstrings_and_the_groups(capsys):
     assert "+experiment  abc_to_d" in capsys.readouterr().out
     assert cli.main(["demo", "+experiment=abc_to_d", "--cfg"]) == 0
     assert "run_dir: runs/abc_to_d" in capsys.readouterr().out
+    # The all-tasks configuration names every task the tabletop's oracle knows, each once.
+    assert cli.main(["demo", "+experiment=all_tasks", "--cfg"]) == 0
+    composed = yaml.safe_load(capsys.readouterr().out)
+    assert sorted(composed["tasks"]) == sorted(TaskOracle.default().tasks) and len(composed["tasks"]) == 34
     assert cli.main(["train", "--help"]) == 0
     assert "experiment" not in capsys.readouterr().out  # its keys are not train's
 
@@ -175,7 +181,7 @@ def test_mistyped_command_gets_the_closest_command(capsys):
     (["train", "head=lstn"], "unknown option 'lstn' for config group 'head'; did you mean 'lstm'?"),
     (["eval", "policy=expret"], "unknown option 'expret' for config group 'policy'; did you mean 'expert'?"),
     (["ros", "deploy=ros3"], "for config group 'deploy'; did you mean 'ros2' or 'ros1'? (options: ros1, ros2, sim, sim_ros2, so101;"),
-    (["demo", "+experiment=zzz"], "unknown option 'zzz' for config group 'experiment' (options: abc_to_d;"),
+    (["demo", "+experiment=zzz"], "unknown option 'zzz' for config group 'experiment' (options: abc_to_d, all_tasks;"),
 ])
 def test_mistyped_group_option_gets_the_closest_options(args, message, capsys):
     assert cli.main(args) == 2

@@ -8,7 +8,7 @@ from roboflamingo import cli
 # Every stage at toy sizes: the random tiny LM (no MiniLM extra needed), 2 training steps, 100-step
 # subtasks. What is checked is the pipeline, not the policy's skill.
 TOY = ["model=tiny", "model.lm.cross_attn_every_n_layers=1", "generate.episodes_per_task=1", "generate.val_episodes_per_task=1", "generate.chains_per_scene=1", "generate.val_chains_per_scene=1", "eval.num_chains=2", "eval.episodes_per_task=1", "eval.ep_len=20", "tasks=[move_slider_left,move_slider_right,open_drawer,close_drawer,turn_on_led]",
-       "workers=1", "eval.num_videos=1", "progress=false", "env.static_size=32", "env.gripper_size=32",
+       "workers=1", "eval.num_videos=1", "eval.failure_videos=1", "progress=false", "env.static_size=32", "env.gripper_size=32",
        "train.steps=2", "train.val_every=2", "train.checkpoint_every=2", "train.progress=false",
        "data.batch_size=4", "data.num_workers=0"]
 
@@ -55,6 +55,13 @@ def test_demo_runs_every_stage_then_skips_them_with_the_same_report(tmp_path, ca
     open_loop = results["seeds"][0]["open_loop"]
     assert set(open_loop["per_task"]) <= set(results["tasks"]) and open_loop["per_task"]
     assert "## Open-loop action error" in "\n".join(md)
+    # Each failed task's first failure, linked from the report with a frame strip (the toy policy of 2
+    # steps fails nearly everything).
+    failed = {t for t, c in results["single_task"]["per_task"].items() if c["success"] < c["total"]}
+    assert failed and set(results["failure_videos"]["0"]) >= failed
+    for task, video in results["failure_videos"]["0"].items():
+        assert (run_dir / video).is_file() and (run_dir / "report" / "failures" / f"{task}_seed0.png").is_file()
+    assert "## Failure clips" in "\n".join(md)
     capsys.readouterr()
 
     assert cli.main(["demo", f"run_dir={run_dir}", *TOY]) == 0

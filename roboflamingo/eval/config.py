@@ -54,6 +54,10 @@ class EvalConfig:
             machine (batched: all of them, since the simulators wait while the policy runs; with
             ``batch_groups=G``, 1/G of them).
         num_videos: rollout videos for the first K chains (by chain index); 0 disables them.
+        failure_videos: per task, videos of its first K failures (by chain index; a chain's failure is
+            its first failed subtask's), under ``videos/failures/`` and listed per task in the
+            summary's ``failure_videos``: where to look first when a task fails. Every chain is then
+            recorded and the successful ones discarded. 0 disables them.
         video_fps: frame rate of the videos (the simulator runs at 30 Hz).
         video_stride: keep every n-th control step in the video.
         progress: show a tqdm bar with the running success rates.
@@ -84,6 +88,7 @@ class EvalConfig:
     start_method: str = "spawn"
     torch_threads: int = 0
     num_videos: int = 0
+    failure_videos: int = 0
     video_fps: int = 30
     video_stride: int = 1
     progress: bool = True
@@ -106,6 +111,7 @@ class EvalConfig:
         require_choice("eval.precision", self.precision, PRECISIONS)
         require_positive("eval.torch_threads", self.torch_threads, allow_zero=True)
         require_positive("eval.num_videos", self.num_videos, allow_zero=True)
+        require_positive("eval.failure_videos", self.failure_videos, allow_zero=True)
         require_positive("eval.video_fps", self.video_fps)
         require_positive("eval.video_stride", self.video_stride)
         require_positive("eval.dist_timeout_min", self.dist_timeout_min)

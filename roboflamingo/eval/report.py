@@ -52,6 +52,10 @@ def markdown(summary: dict[str, Any], title: str = "Evaluation") -> str:
     lines += ["", "| task | success | attempted | rate |", "|---|---|---|---|"]
     for task, c in summary["per_task"].items():
         lines.append(f"| {task} | {c['success']} | {c['total']} | {_pct(c['rate'])} |")
+    failures = summary.get("failure_videos")
+    if failures:
+        lines += ["", "Failure videos (the first of each failed task, by chain index):", ""]
+        lines += [f"- {task}: " + ", ".join(f"[{Path(p).name}]({p})" for p in paths) for task, paths in failures.items()]
     speed = summary.get("speed")
     if speed:
         lines += [

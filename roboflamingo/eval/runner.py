@@ -29,6 +29,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import queue
+import shutil
 import sys
 import tempfile
 import time
@@ -48,6 +49,7 @@ from roboflamingo.process import crash_hook, torchrun_ranks
 from roboflamingo.types import Policy
 
 VIDEOS_DIR = "videos"
+FAILURES_DIR = "failures"  # under VIDEOS_DIR
 # Fault hook for tests: the main process exits hard after this many new records (no clean-up at all).
 CRASH_AFTER_ENV = "ROBOFLAMINGO_EVAL_CRASH_AFTER"
 SIM_NICENESS = 10  # batched simulators overlapping the policy's forwards yield the cores to it
@@ -76,8 +78,10 @@ class _Recorder:
 
 
 def item_steps(env: EvalEnv, item: EvalItem, cfg: EvalConfig, video_dir: Path | None) -> ChainSteps:
-    """One chain's protocol steps, recorded to video when it is among the first ``num_videos``."""
-    if video_dir is None or item.index >= cfg.num_videos:
+    """One chain's protocol steps, recorded to video when it is among the first ``num_videos`` or when
+    failures are kept (``failure_videos``: written only if it fails, pruned per task at the end)."""
+    shown = item.index < cfg.num_videos
+    if video_dir is None or not (shown or cfg.failure_videos):
         return (yield from chain_steps(env, item, cfg.ep_len))
     writer = VideoWriter(video_dir / f".item{item.index:04d}.partial.mp4", cfg.video_fps)
     try:
@@ -85,8 +89,36 @@ def item_steps(env: EvalEnv, item: EvalItem, cfg: EvalConfig, video_dir: Path | 
     except BaseException:
         writer.discard()
         raise
-    result.video = str(writer.finish(video_dir / video_name(result)).relative_to(video_dir.parent))
+    failed = result.completed < len(result.tasks)
+    if not shown:
+        if failed:
+            writer.finish(video_dir / FAILURES_DIR / video_name(result))
+        else:
+            writer.discard()
+        return result
+    path = writer.finish(video_dir / video_name(result))
+    result.video = str(path.relative_to(video_dir.parent))
+    if failed and cfg.failure_videos:
+        shutil.copyfile(path, video_dir / FAILURES_DIR / path.name)
     return result
+
+
+def keep_failure_videos(video_dir: Path, results: Sequence[ChainResult], per_task: int) -> dict[str, list[str]]:
+    """Per failed task, the first ``per_task`` failures' videos (by chain index) relative to the run
+    directory; the other failure videos are deleted. Chosen from the records, not from which worker
+    finished first, so the same evaluation keeps the same clips."""
+    kept: dict[str, list[str]] = {}
+    folder = video_dir / FAILURES_DIR
+    for result in sorted(results, key=lambda r: r.index):
+        if result.completed == len(result.tasks):
+            continue
+        path = folder / video_name(result)
+        clips = kept.setdefault(result.tasks[result.completed], [])
+        if len(clips) < per_task and path.is_file():
+            clips.append(str(path.relative_to(video_dir.parent)))
+        else:
+            path.unlink(missing_ok=True)
+    return {task: clips for task, clips in sorted(kept.items()) if clips}
 
 
 def execute_item(env: EvalEnv, policy: Policy, item: EvalItem, cfg: EvalConfig, video_dir: Path | None) -> ChainResult:
@@ -558,7 +590,7 @@ def evaluate_items(
         foreign = store.foreign_fingerprints()
         if foreign and cfg.overwrite:
             store.clear()
-            for video in (run_dir / VIDEOS_DIR).glob("*.mp4"):
+            for video in (run_dir / VIDEOS_DIR).rglob("*.mp4"):
                 video.unlink()
         elif foreign:
             raise ValueError(
@@ -570,9 +602,9 @@ def evaluate_items(
     before = store.load()
     mine = [it for it in items if it.index % world == rank]
     todo = [it for it in mine if it.index not in before]
-    video_dir = run_dir / VIDEOS_DIR if cfg.num_videos else None
+    video_dir = run_dir / VIDEOS_DIR if cfg.num_videos or cfg.failure_videos else None
     if video_dir is not None:
-        video_dir.mkdir(parents=True, exist_ok=True)
+        (video_dir / FAILURES_DIR if cfg.failure_videos else video_dir).mkdir(parents=True, exist_ok=True)
     progress = _Progress(
         len(mine), [before[it.index] for it in mine if it.index in before], cfg.mode, cfg.progress and rank == 0
     )
@@ -614,6 +646,8 @@ def evaluate_items(
     if batch_stats:
         summary["speed"].update(batch_stats)
         summary["speed"]["policy_share"] = batch_stats["policy_forward_s"] / max(wall - startup, 1e-9)
+    if cfg.failure_videos:
+        summary["failure_videos"] = keep_failure_videos(run_dir / VIDEOS_DIR, results, cfg.failure_videos)
     summary["fingerprint"] = fp
     return summary
 

@@ -97,6 +97,26 @@ def test_videos_for_the_first_k_chains_are_named_by_outcome(tmp_path):
     assert s["num_chains"] == 8
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failure_videos_keep_the_first_k_failures_of_each_task_by_chain_index(tmp_path, workers):
+    items = Chains([0, 5, 0, 2, 0, 5]).items()  # hard_0 fails in chains 0, 2 and 4; hard_2 in chain 3
+    s = run(tmp_path, cfg(failure_videos=2, num_videos=1, workers=workers), items=items)
+    assert s["failure_videos"] == {
+        "hard_0": ["videos/failures/chain0000_0of5_fail-hard_0.mp4", "videos/failures/chain0002_0of5_fail-hard_0.mp4"],
+        "hard_2": ["videos/failures/chain0003_2of5_fail-hard_2.mp4"],
+    }
+    # Nothing else is left behind: no successes, no third hard_0 failure, no partial files.
+    assert sorted(p.name for p in (tmp_path / "videos" / "failures").iterdir()) == [
+        "chain0000_0of5_fail-hard_0.mp4", "chain0002_0of5_fail-hard_0.mp4", "chain0003_2of5_fail-hard_2.mp4"]
+    # The first chain's showcase video is kept as num_videos says, beside its failure copy.
+    assert sorted(p.name for p in (tmp_path / "videos").glob("*.mp4")) == ["chain0000_0of5_fail-hard_0.mp4"]
+    # The clip is the whole chain up to its failure: the reset, two subtasks done, the failed one.
+    steps = ResultStore(tmp_path, s["fingerprint"]).load()[3].steps
+    assert len(steps) == 3 and steps[-1] == 6
+    with av.open(str(tmp_path / s["failure_videos"]["hard_2"][0])) as container:
+        assert len(list(container.decode(video=0))) == 1 + sum(steps)
+
+
 def test_report_files(tmp_path):
     s = evaluate_chains(PushPolicyFactory(), CounterEnvFactory(), cfg(), items=Chains(LENGTHS).items())
     paths = write_report(tmp_path, s, "push on counter")
