@@ -133,3 +133,14 @@ def test_generic_code_takes_nothing_but_the_default_robot_from_calvin(module):
             assert names == ["CALVIN"], f"{module} imports {names} from CALVIN's description"
         if isinstance(node, ast.ImportFrom) and node.module == "roboflamingo.robots":
             assert "calvin" not in [a.name for a in node.names], f"{module} imports CALVIN's module"
+
+
+def test_state_angles_are_checked_and_travel_with_the_description():
+    with pytest.raises(ValueError, match=r"robot state.angles \[3\] out of range for 3 dimensions"):
+        StateSpec(names=("x", "y", "roll"), angles=(3,))
+    calvin = load_robot("calvin")
+    assert [calvin.state.names[i] for i in calvin.state.angles] == ["tcp_orn.x", "tcp_orn.y", "tcp_orn.z"]
+    assert RobotDescription.from_dict(calvin.to_dict()) == calvin
+    old = calvin.to_dict()
+    del old["state"]["angles"]  # written before the field existed: no angles
+    assert RobotDescription.from_dict(old).state.angles == ()

@@ -12,7 +12,7 @@ from roboflamingo.data.config import AugmentConfig, DataConfig
 from roboflamingo.data.dataset import CalvinDataset, collate, compute_normalization
 from roboflamingo.data.layout import frame_path, load_split_index, read_frame
 from roboflamingo.data.synthetic import make_frame, write_statistics
-from roboflamingo.models.normalization import Normalizer
+from roboflamingo.models.normalization import Normalizer, identity_stats
 from roboflamingo.robots.calvin import CALVIN
 
 
@@ -219,6 +219,13 @@ def test_angle_entries_are_normalized_around_their_circular_mean_so_a_roll_at_pi
     roll = normalizer.normalize_state(state)[:, 3]
     # 2 mrad apart in angle: close after normalization, not 2 pi / std apart.
     assert abs(float(roll[0] - roll[1])) < 0.002 / float(stats["robot_obs_std"][3]) + 1e-3
+    # With statistics that centre nothing (a converted original policy's), every angle pybullet reports
+    # reaches the network bit for bit as before.
+    identity = Normalizer(CALVIN)
+    identity.set(identity_stats(CALVIN))
+    raw = torch.rand(64, 15, dtype=torch.float32) * 2 * np.pi - np.pi
+    raw[0, 3:6] = torch.tensor([np.pi, -np.pi, 0.0])
+    assert torch.equal(identity.normalize_state(raw), raw)
     linear = Normalizer(dataclasses.replace(CALVIN, state=dataclasses.replace(CALVIN.state, angles=())))
     linear.set(stats)
     assert abs(float(linear.normalize_state(state)[:, 3].diff())) > 100
