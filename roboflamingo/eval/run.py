@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from roboflamingo.eval.runner import evaluate_items
 from roboflamingo.models.towers import TowerNotFoundError
 from roboflamingo.policies import LOCAL_KINDS, PolicyKind, PolicySourceConfig
 from roboflamingo.process import torchrun_ranks
+from roboflamingo.robot import RobotDescription
 from roboflamingo.sim.config import EnvConfig
 
 
@@ -66,23 +68,45 @@ def make_specs(job: Job) -> tuple[PolicySpec, EnvSpec]:
     return policy, env
 
 
-def check_checkpoint(directory: str, env_kind: str) -> None:
+def check_checkpoint(directory: str, robot: RobotDescription, env_name: str) -> None:
     """A policy checkpoint's config and manifest (the sha256 of every file of a training checkpoint),
-    its weights file's header, and its robot: what loading it in each worker would otherwise fail on."""
+    its weights file's header, and that it acts for ``robot``: what loading it in each worker would
+    otherwise fail on (as a traceback from every worker)."""
     from safetensors import safe_open
 
     from roboflamingo.models.checkpoint import WEIGHTS_FILE, hub_resolve, read_saved
-    from roboflamingo.robots.calvin import CALVIN
 
     saved = read_saved(hub_resolve(directory))
-    # Both worlds are CALVIN's robot; a checkpoint of another robot would be fed the wrong shapes.
-    saved.robot.require_compatible(CALVIN, f"checkpoint={directory}", f"the {env_kind} environment")
+    saved.robot.require_compatible(robot, f"checkpoint={directory}", env_name)
     weights = saved.directory / WEIGHTS_FILE
     try:
         with safe_open(str(weights), "pt") as f:
             f.keys()
     except Exception as e:  # safetensors raises its own types for a garbled header
         raise ValueError(f"{weights}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+
+
+def evaluate_and_report(job: Any, items: list, policy_spec: Any, env_spec: Any, cfg: EvalConfig, run_dir: Path,
+                        title: str, details: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
+    """Run ``items`` through the runner (resuming from ``run_dir``), then write and print the report:
+    the runner's summary with the title, both identities and ``details(summary)`` (the protocol, and
+    whatever the benchmark adds). Every benchmark's ``eval`` ends here."""
+    identity: dict[str, Any] = {"policy": policy_spec.identity(), "env": env_spec.identity()}
+    if torchrun_ranks().rank == 0:
+        save_yaml(job, run_dir / "config.yaml")
+    try:
+        summary = evaluate_items(items, policy_spec, env_spec, cfg, run_dir, identity)
+    except TowerNotFoundError as e:  # a moved checkpoint whose frozen towers are nowhere on the search path
+        print(f"roboflamingo eval: {e}", file=sys.stderr)
+        return 2
+    if summary is None:  # ranks > 0: rank 0 merges and reports
+        return 0
+    summary.update({"title": title, "policy": identity["policy"], "env": identity["env"]})
+    summary.update(details(summary))
+    paths = write_report(run_dir, summary, title)
+    print(markdown(summary, title))
+    print(f"report: {paths['json']}, {paths['md']}, {paths['png']}")
+    return 0
 
 
 def title(job: Job) -> str:
@@ -93,48 +117,20 @@ def title(job: Job) -> str:
 
 
 def run(job: Job) -> int:
+    from roboflamingo.robots.calvin import CALVIN
+
     try:
         policy_spec, env_spec = make_specs(job)
-    except ValueError as e:
+        if job.policy.kind is PolicyKind.checkpoint:
+            # Both worlds are CALVIN's robot; a checkpoint of another robot would be fed the wrong shapes.
+            check_checkpoint(job.policy.checkpoint, CALVIN, f"the {env_spec.kind} environment")
+    except (ValueError, OSError) as e:
         print(f"roboflamingo eval: {e}", file=sys.stderr)
         return 2
-    if job.policy.kind is PolicyKind.checkpoint:
-        try:  # here, in one line, rather than as a traceback from every worker (as `serve` does)
-            check_checkpoint(job.policy.checkpoint, env_spec.kind)
-        except (ValueError, OSError) as e:
-            print(f"roboflamingo eval: {e}", file=sys.stderr)
-            return 2
     if env_spec.kind == "calvin" and importlib.util.find_spec("calvin_env") is None:
         print(f"roboflamingo eval: eval.calvin_dataset is set, but {INSTALL_HINT}", file=sys.stderr)
         return 2
-    items = build_items(job.eval)
-    identity: dict[str, Any] = {"policy": policy_spec.identity(), "env": env_spec.identity()}
-    run_dir = Path(job.run_dir)
-    rank = torchrun_ranks().rank
-    if rank == 0:
-        save_yaml(job, run_dir / "config.yaml")
-    try:
-        summary = evaluate_items(items, policy_spec, env_spec, job.eval, run_dir, identity)
-    except TowerNotFoundError as e:  # a moved checkpoint whose frozen towers are nowhere on the search path
-        print(f"roboflamingo eval: {e}", file=sys.stderr)
-        return 2
-    if summary is None:  # ranks > 0: rank 0 merges and reports
-        return 0
-    summary.update(
-        {
-            "title": title(job),
-            "policy": identity["policy"],
-            "env": identity["env"],
-            "protocol": {
-                "mode": job.eval.mode,
-                "ep_len": job.eval.ep_len,
-                "num_chains": job.eval.num_chains,
-                "chain_seed": job.eval.chain_seed,
-                "episodes_per_task": job.eval.episodes_per_task,
-            },
-        }
-    )
-    paths = write_report(run_dir, summary, title(job))
-    print(markdown(summary, title(job)))
-    print(f"report: {paths['json']}, {paths['md']}, {paths['png']}")
-    return 0
+    protocol = {"mode": job.eval.mode, "ep_len": job.eval.ep_len, "num_chains": job.eval.num_chains,
+                "chain_seed": job.eval.chain_seed, "episodes_per_task": job.eval.episodes_per_task}
+    return evaluate_and_report(job, build_items(job.eval), policy_spec, env_spec, job.eval, Path(job.run_dir),
+                               title(job), lambda summary: {"protocol": protocol})

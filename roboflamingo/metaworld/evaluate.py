@@ -23,13 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from roboflamingo.config import require_choice, save_yaml
+from roboflamingo.config import require_choice
 from roboflamingo.eval.config import PRECISIONS, EvalConfig
 from roboflamingo.eval.policies import PolicySpec, default_torch_threads
 from roboflamingo.eval.protocol import EvalItem
 from roboflamingo.metaworld.config import MetaWorldConfig
 from roboflamingo.policies import PolicyKind, PolicySourceConfig
-from roboflamingo.robot import RobotDescription
 from roboflamingo.types import Observation, Policy
 
 MAX_PATH_LENGTH = 500  # every v3 task's; MetaWorldEnv checks the task's own
@@ -134,18 +133,6 @@ class MetaWorldEnvSpec:
 # ------------------------------------------------------------------ the policy
 
 
-def checkpoint_robot(path: str) -> RobotDescription:
-    """The robot a checkpoint was trained for (its ``robot.json``; CALVIN's when it has none)."""
-    from roboflamingo.models import checkpoint
-
-    read = getattr(checkpoint, "read_robot", None)
-    if read is None:  # before checkpoints carried a robot description, every one was CALVIN's
-        from roboflamingo.robots import load_robot
-
-        return load_robot("calvin")
-    return read(path)
-
-
 @dataclass(frozen=True)
 class MetaWorldPolicySpec:
     """Everything a worker needs to build its own policy: the checkpoint as ``eval`` builds it, or
@@ -213,18 +200,17 @@ def per_group(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def make_specs(job: Job) -> tuple[MetaWorldPolicySpec, MetaWorldEnvSpec]:
-    """The policy and environment factories; a ValueError when the checkpoint is not the Sawyer's."""
+    """The policy and environment factories; a ValueError when the checkpoint is unreadable or not
+    the Sawyer's (``RobotMismatch`` naming both robots)."""
+    from roboflamingo.eval.run import check_checkpoint
+    from roboflamingo.metaworld.env import sawyer_robot
+
     cfg = job.eval
     threads = cfg.torch_threads or default_torch_threads(cfg.workers, cfg.batch_size, cfg.batch_groups)
     policy = MetaWorldPolicySpec(job.policy, torch_threads=threads, precision=cfg.precision)
-    env = MetaWorldEnvSpec(job.env)
     if policy.kind is PolicyKind.checkpoint:
-        from roboflamingo.metaworld.env import sawyer_robot
-
-        trained = checkpoint_robot(job.policy.checkpoint)
-        trained.require_compatible(sawyer_robot(job.env), f"checkpoint {job.policy.checkpoint}",
-                                   "env=metaworld")
-    return policy, env
+        check_checkpoint(job.policy.checkpoint, sawyer_robot(job.env), "env=metaworld")
+    return policy, MetaWorldEnvSpec(job.env)
 
 
 def title(job: Job, tasks: list[str]) -> str:
@@ -235,37 +221,27 @@ def title(job: Job, tasks: list[str]) -> str:
 
 
 def run(job: Job) -> int:
-    from roboflamingo.eval.report import markdown, write_report
-    from roboflamingo.eval.runner import evaluate_items
+    from roboflamingo.eval.run import evaluate_and_report
     from roboflamingo.metaworld.tasks import resolve_tasks, task_table
-    from roboflamingo.process import torchrun_ranks
 
     try:
         policy_spec, env_spec = make_specs(job)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f"roboflamingo eval: {e}", file=sys.stderr)
         return 2
     tasks = resolve_tasks(job.eval.tasks, source="eval.tasks")
     items = build_items(tasks, job.eval.episodes_per_task, job.eval.chain_seed)
-    identity: dict[str, Any] = {"policy": policy_spec.identity(), "env": env_spec.identity()}
-    run_dir = Path(job.run_dir)
-    if torchrun_ranks().rank == 0:
-        save_yaml(job, run_dir / "config.yaml")
-    summary = evaluate_items(items, policy_spec, env_spec, job.eval, run_dir, identity)
-    if summary is None:  # ranks > 0: rank 0 merges and reports
-        return 0
     table = task_table()
-    summary.update({
-        "title": title(job, tasks),
-        "policy": identity["policy"],
-        "env": identity["env"],
-        "per_group": per_group(summary),
-        "task_groups": {t: table.group_of(t) for t in tasks},
-        "protocol": {"mode": "single_task", "ep_len": job.eval.ep_len, "episodes_per_task": job.eval.episodes_per_task,
-                     "seeds": [job.eval.chain_seed, job.eval.chain_seed + job.eval.episodes_per_task - 1],
-                     "instructions": "evaluation sentences"},
-    })
-    paths = write_report(run_dir, summary, summary["title"])
-    print(markdown(summary, summary["title"]))
-    print(f"report: {paths['json']}, {paths['md']}, {paths['png']}")
-    return 0
+
+    def details(summary: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "per_group": per_group(summary),
+            "task_groups": {t: table.group_of(t) for t in tasks},
+            "protocol": {"mode": "single_task", "ep_len": job.eval.ep_len,
+                         "episodes_per_task": job.eval.episodes_per_task,
+                         "seeds": [job.eval.chain_seed, job.eval.chain_seed + job.eval.episodes_per_task - 1],
+                         "instructions": "evaluation sentences"},
+        }
+
+    return evaluate_and_report(job, items, policy_spec, env_spec, job.eval, Path(job.run_dir), title(job, tasks),
+                               details)

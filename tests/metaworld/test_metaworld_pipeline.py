@@ -1,10 +1,4 @@
-"""One Meta-World task end to end: generate -> pack -> a short train -> eval, and the LeRobot export.
-
-These need the other halves of issue 26: the data layer reading any robot's split (``robot.json``:
-frames keyed by its cameras, state and action; pack and export-lerobot likewise) and the model side
-(a policy built for the split's robot, ``checkpoint/robot.json``). Until both are in the tree they
-skip, naming what they wait for; with both they must pass.
-"""
+"""One Meta-World task end to end: generate -> pack -> a short train -> eval, and the LeRobot export."""
 
 from __future__ import annotations
 
@@ -15,22 +9,8 @@ import pytest
 from roboflamingo import cli
 
 
-def _require_any_robot_pipeline() -> None:
-    from roboflamingo.data import layout
-    from roboflamingo.models import checkpoint
-
-    missing = []
-    if not hasattr(layout, "frame_keys"):
-        missing.append("the data layer for any robot (issue 26, data half: layout.frame_keys, pack, export)")
-    if not hasattr(checkpoint, "read_robot"):
-        missing.append("the model side for any robot (issue 26: checkpoint.read_robot, RoboFlamingoPolicy(robot=))")
-    if missing:
-        pytest.skip("waits on " + " and ".join(missing))
-
-
 @pytest.mark.slow
 def test_one_task_generate_pack_train_eval_and_export(tmp_path):
-    _require_any_robot_pipeline()
     from roboflamingo.metaworld.config import MetaWorldConfig
     from roboflamingo.metaworld.env import sawyer_robot
     from roboflamingo.models.checkpoint import read_robot
