@@ -36,7 +36,7 @@ def test_the_demo_evaluates_with_the_protocol_it_was_measured_with(job, mode, vi
     assert cfg == {"mode": mode, "num_chains": 50, "sequences": "auto", "chain_seed": 0, "ep_len": 240,
                    "episodes_per_task": 10, "tasks": TASKS, "workers": 2, "batch_size": 0, "batch_groups": 1,
                    "precision": "fp32", "start_method": "spawn", "torch_threads": 1, "num_videos": videos,
-                   "video_fps": 30, "video_stride": 1, "progress": True, "overwrite": False,
+                   "failure_videos": 1, "video_fps": 30, "video_stride": 1, "progress": True, "overwrite": False,
                    "calvin_dataset": None, "calvin_tasks_config": None, "calvin_instructions": None,
                    "dist_timeout_min": 1440}
     assert asdict(job.env) == ENV and job.seed == 0
