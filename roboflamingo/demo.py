@@ -375,6 +375,10 @@ def write_report(job: Job, report_dir: Path, policies: list[tuple[int, dict[str,
         "stage_seconds": timings,
     }
     report_dir.mkdir(parents=True, exist_ok=True)
+    clips = failure_clips(job, policies, report_dir)
+    if clips:
+        results["failure_videos"] = {str(seed): {t: str(p.relative_to(job.run_dir)) for t, p in by_task.items()}
+                                     for seed, by_task in clips.items()}
     atomic_write_json(report_dir / "results.json", results)
     seeds = ", ".join(str(seed) for seed, _ in policies)
     md = (
@@ -389,11 +393,7 @@ def write_report(job: Job, report_dir: Path, policies: list[tuple[int, dict[str,
                "Mean |predicted - demonstrated| relative pose action per task, with the task's evaluation "
                "sentence / with the closest other task's sentence (which other task):\n\n"
                + open_loop_table(policies, job.tasks) + "\n")
-    clips = failure_clips(job, policies, report_dir)
     if clips:
-        results["failure_videos"] = {str(seed): {t: str(p.relative_to(job.run_dir)) for t, p in by_task.items()}
-                                     for seed, by_task in clips.items()}
-        atomic_write_json(report_dir / "results.json", results)
         md += "\n## Failure clips\n\n" + failure_table(clips, report_dir) + "\n"
     atomic_write_text(report_dir / "results.md", md)
     png = eval_dirs["policy_chains"] / "results.png"
