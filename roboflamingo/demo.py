@@ -27,7 +27,10 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import MISSING, dataclass, field, fields, replace
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +76,8 @@ class Job:
         train_scenes: scenes of the training demonstrations; empty = ``env.scene``, the evaluation
             scene (``[A, B, C]`` with ``env.scene: D`` is CALVIN's ABC->D generalization split).
         workers: processes for generation and evaluation, and with ``seeds`` > 1 how many training seeds
-            train at once (each on ``train.threads`` threads): training is the demo's longest stage.
+            train at once (each on ``train.threads`` threads; a seed is evaluated as soon as it is
+            trained, while later ones train): training is the demo's longest stage.
         seed: the demonstrations', the first training run's and the evaluation episodes' seed.
         seeds: training seeds: ``seed``, ``seed + 1``, ... each trained and evaluated on the same data
             and episodes; the report gives each seed's figures and their mean and sample standard
@@ -191,22 +195,17 @@ def _train_seed(job: Job, data_root: Path, index: int) -> None:
                 job.seed + index)
 
 
-def stage_train_seeds(job: Job, data_root: Path) -> None:
-    """Train every seed, ``workers`` at a time, each in its own process; the evaluations that follow
-    find them finished. Results are those of training one after the other: each run's thread count
+def start_training_seeds(job: Job, data_root: Path, pool: Executor) -> dict[int, Future]:
+    """Submit every unfinished seed's training to ``pool`` (``workers`` processes): the demo evaluates
+    each seed as soon as its training ends, while later seeds still train, so no core idles while an
+    odd seed trains alone. Results are those of training one after the other: each run's thread count
     is ``train.threads`` either way, and that is what its numerics depend on."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
     pending = [i for i in range(job.seeds)
                if (_last_step(seed_dir(Path(job.run_dir), job, i) / "train") or 0) < job.train.steps]
     if len(pending) < 2:
-        return
+        return {}
     _banner("train", f"seeds {[job.seed + i for i in pending]}, {min(job.workers, len(pending))} at a time")
-    # spawn: a fresh interpreter per run (no forked torch or renderer state).
-    with ProcessPoolExecutor(min(job.workers, len(pending)), mp_context=get_context("spawn")) as pool:
-        for future in [pool.submit(_train_seed, job, data_root, i) for i in pending]:
-            future.result()
+    return {i: pool.submit(_train_seed, job, data_root, i) for i in pending}
 
 
 def stage_eval(job: Job, out: Path, policy: str, checkpoint: Path | None, mode: str) -> dict[str, Any]:
@@ -472,17 +471,25 @@ def run(job: Job) -> int:
         return out
 
     modes = (("chains", "chains"), ("single_task", "tasks"))
+    stack = ExitStack()
     try:
         data_root = root / "data"
         timed("data", stage_data, job, data_root)
+        training: dict[int, Future] = {}
         if job.seeds > 1 and job.workers > 1:
-            timed("train_seeds", stage_train_seeds, job, data_root)
+            # spawn: a fresh interpreter per training (no forked torch or renderer state). On an error,
+            # trainings not started are dropped and running ones finish (a rerun resumes from them).
+            pool = ProcessPoolExecutor(min(job.workers, job.seeds), mp_context=get_context("spawn"))
+            stack.callback(pool.shutdown, cancel_futures=True)
+            training = start_training_seeds(job, data_root, pool)
         expert: dict[str, Any] = {}
         policies: list[tuple[int, dict[str, Any]]] = []
         first_dirs: dict[str, Path] = {}
         for index in range(job.seeds):
             seed, base = job.seed + index, seed_dir(root, job, index)
             tag = "" if index == 0 else f"_seed{seed}"
+            if index in training:
+                timed(f"train_wait{tag}", training[index].result)
             checkpoint = timed(f"train{tag}", stage_train, job, data_root, base / "train", seed)
             if index == 0:
                 # The scripted expert, once: it does not depend on the training seed.
@@ -502,6 +509,8 @@ def run(job: Job) -> int:
     except (RuntimeError, ValueError) as e:
         print(f"roboflamingo demo: {e}", file=sys.stderr)
         return 2
+    finally:
+        stack.close()
     report = write_report(job, root / "report", policies, expert, first_dirs, timings)
     print("\n" + summary_table(policies, expert, job.model.name))
     print(f"\nreport: {root / 'report'}")
