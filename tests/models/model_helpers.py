@@ -69,3 +69,32 @@ def open_gates(policy, value: float = 0.7) -> None:
             if block is not None:
                 block.attn_gate.fill_(value)
                 block.ff_gate.fill_(value)
+
+
+def assert_step_batch_equals_steps(policy, batch, starts: list[int], restart: tuple[int, int]) -> list[np.ndarray]:
+    """Episode i of ``batch`` runs from frame ``starts[i]`` (episode ``restart[0]`` resets at frame
+    ``restart[1]``), once alone through ``step`` and once beside the others through ``step_batch``:
+    every batched action must equal the episode's own. Returns the batched actions."""
+    b, t = len(starts), batch["robot_obs"].shape[1]
+    expected = {}
+    for i in range(b):
+        policy.reset()
+        for f in range(starts[i], t):
+            if (i, f) == restart:
+                policy.reset()
+            expected[i, f] = policy.step(frame_obs(batch, i, f), batch["instruction"][i])
+    histories: list = [None] * b
+    out = []
+    for f in range(t):
+        rows = [i for i in range(b) if f >= starts[i]]
+        for i in rows:
+            if (i, f) == restart:
+                histories[i] = None
+        actions, new = policy.step_batch([frame_obs(batch, i, f) for i in rows],
+                                         [batch["instruction"][i] for i in rows], [histories[i] for i in rows])
+        assert actions.shape == (len(rows), 7) and actions.dtype == np.float32
+        for row, i in enumerate(rows):
+            histories[i] = new[row]
+            np.testing.assert_allclose(actions[row], expected[i, f], atol=1e-5, rtol=1e-5)
+            out.append(actions[row])
+    return out

@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_helpers import frame_obs, make_batch, make_stats, micro_config, micro_head, open_gates
+from model_helpers import (
+    assert_step_batch_equals_steps,
+    frame_obs,
+    make_batch,
+    make_stats,
+    micro_config,
+    micro_head,
+    open_gates,
+)
 
 from roboflamingo.config import ConfigError, load
 from roboflamingo.models.chunking import ChunkExecutor
@@ -155,26 +163,8 @@ def test_step_batch_equals_separate_steps_under_chunking(kind, history, window, 
     b, t = 3, 9
     batch = make_batch(b=b, t=t, a=4, instructions=("stack the blocks", "open the drawer", "push the blue block left"))
     starts, restart = [0, 2, 1], (1, 6)
-    expected = {}
-    for i in range(b):
-        policy.reset()
-        for f in range(starts[i], t):
-            if (i, f) == restart:
-                policy.reset()
-            expected[i, f] = policy.step(frame_obs(batch, i, f), batch["instruction"][i])
-    histories: list = [None] * b
-    for f in range(t):
-        rows = [i for i in range(b) if f >= starts[i]]
-        for i in rows:
-            if (i, f) == restart:
-                histories[i] = None
-        actions, new = policy.step_batch([frame_obs(batch, i, f) for i in rows],
-                                         [batch["instruction"][i] for i in rows], [histories[i] for i in rows])
-        assert actions.shape == (len(rows), 7) and actions.dtype == np.float32
-        for row, i in enumerate(rows):
-            histories[i] = new[row]
-            np.testing.assert_allclose(actions[row], expected[i, f], atol=1e-5, rtol=1e-5)
-            assert actions[row, 6] in (-1.0, 1.0) and np.all(np.abs(actions[row, :6]) <= 1.0)
+    for action in assert_step_batch_equals_steps(policy, batch, starts, restart):
+        assert action[6] in (-1.0, 1.0) and np.all(np.abs(action[:6]) <= 1.0)
 
 
 def _count_backbone_calls(policy) -> list[int]:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from model_helpers import frame_obs, make_batch, make_stats, micro_config, micro_head, open_gates
+from model_helpers import (
+    assert_step_batch_equals_steps,
+    frame_obs,
+    make_batch,
+    make_stats,
+    micro_config,
+    micro_head,
+    open_gates,
+)
 
 from roboflamingo.models.config import LM_FAMILIES
 from roboflamingo.models.policy import RoboFlamingoPolicy
@@ -196,25 +204,7 @@ def test_step_batch_equals_separate_steps(kind, history):
     batch = make_batch(b=b, t=t, instructions=("stack the blocks", "open the drawer", "push the blue block left"))
     # Episode i starts at frame starts[i] and episode 2 restarts at frame 5 (a new subtask).
     starts, restart = [0, 1, 3, 0], (2, 5)
-    expected = {}
-    for i in range(b):
-        policy.reset()
-        for f in range(starts[i], t):
-            if (i, f) == restart:
-                policy.reset()
-            expected[i, f] = policy.step(frame_obs(batch, i, f), batch["instruction"][i])
-    histories: list = [None] * b
-    for f in range(t):
-        rows = [i for i in range(b) if f >= starts[i]]
-        for i in rows:
-            if (i, f) == restart:
-                histories[i] = None
-        actions, new = policy.step_batch([frame_obs(batch, i, f) for i in rows],
-                                         [batch["instruction"][i] for i in rows], [histories[i] for i in rows])
-        assert actions.shape == (len(rows), 7) and actions.dtype == np.float32
-        for row, i in enumerate(rows):
-            histories[i] = new[row]
-            np.testing.assert_allclose(actions[row], expected[i, f], atol=1e-5, rtol=1e-5)
+    assert_step_batch_equals_steps(policy, batch, starts, restart)
 
 
 def test_step_batch_refuses_mismatched_inputs(stats):
