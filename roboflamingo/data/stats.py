@@ -43,6 +43,7 @@ from roboflamingo.data.layout import (
     read_frame,
 )
 from roboflamingo.robot import RobotDescription
+from roboflamingo.types import wrap_angle
 
 STATS_KEYS = ("action_mean", "action_std", "robot_obs_mean", "robot_obs_std")
 _MIN_STD = 1e-6
@@ -124,7 +125,7 @@ def _columns(dims: tuple[int, ...]) -> slice | list[int]:
 def circular_stats(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(circular mean, std of the offsets from it wrapped into [-pi, pi]) of angle columns (N, K)."""
     mean = np.arctan2(np.sin(angles).mean(axis=0), np.cos(angles).mean(axis=0))
-    offset = np.remainder(angles - mean + np.pi, 2 * np.pi) - np.pi
+    offset = wrap_angle(angles - mean)
     return mean, np.sqrt((offset**2).mean(axis=0) - offset.mean(axis=0) ** 2).clip(min=0)
 
 

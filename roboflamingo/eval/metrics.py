@@ -54,11 +54,14 @@ class ChainResult:
         return int(sum(self.steps))
 
     @property
+    def failed_task(self) -> str | None:
+        """The subtask the chain failed on; None when it completed every one."""
+        return None if self.completed == len(self.tasks) else self.tasks[self.completed]
+
+    @property
     def outcome(self) -> str:
         """A short label for file names: ``success`` or ``fail-<task>``."""
-        if self.completed == len(self.tasks):
-            return "success"
-        return f"fail-{self.tasks[self.completed]}"
+        return "success" if self.failed_task is None else f"fail-{self.failed_task}"
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)

@@ -89,7 +89,7 @@ def item_steps(env: EvalEnv, item: EvalItem, cfg: EvalConfig, video_dir: Path | 
     except BaseException:
         writer.discard()
         raise
-    failed = result.completed < len(result.tasks)
+    failed = result.failed_task is not None
     if not shown:
         if failed:
             writer.finish(video_dir / FAILURES_DIR / video_name(result))
@@ -110,10 +110,10 @@ def keep_failure_videos(video_dir: Path, results: Sequence[ChainResult], per_tas
     kept: dict[str, list[str]] = {}
     folder = video_dir / FAILURES_DIR
     for result in sorted(results, key=lambda r: r.index):
-        if result.completed == len(result.tasks):
+        if result.failed_task is None:
             continue
         path = folder / video_name(result)
-        clips = kept.setdefault(result.tasks[result.completed], [])
+        clips = kept.setdefault(result.failed_task, [])
         if len(clips) < per_task and path.is_file():
             clips.append(str(path.relative_to(video_dir.parent)))
         else:
