@@ -12,9 +12,12 @@ was learned. ``contrast=true`` replays each segment with every other task's eval
 the same batched forward and reports the closest: whether the instruction decides the action (for
 "open" and "close" the demonstrations differ; for LED on and off they are one motion).
 
-Figures per task: ``pose_mae`` (mean |predicted - demonstrated| over the 6 pose dims and all frames,
-in the action's own units: CALVIN's relative action, clipped to [-1, 1]), ``gripper_acc`` (frames
-whose open/close matches), and with ``contrast`` ``closest_other`` / ``closest_other_pose_mae``.
+Figures per task: ``pose_mae`` (mean |predicted - demonstrated| over the continuous action dims and
+all frames, in the action's own units: CALVIN's relative action clipped to [-1, 1], Meta-World's
+delta xyz and gripper effort), ``gripper_acc`` (frames whose open/close matches; absent for a robot
+without a binary gripper), and with ``contrast`` ``closest_other`` / ``closest_other_pose_mae``.
+Cameras, state and action are read as the split's ``robot.json`` names them, and the evaluation
+sentences are those of the benchmark the split's tasks belong to (the tabletop's or Meta-World's).
 """
 
 from __future__ import annotations
@@ -28,9 +31,8 @@ from typing import Any
 import numpy as np
 
 from roboflamingo.config import require_choice, require_positive
-from roboflamingo.data.layout import DatasetError, frame_path, load_split_index, read_frame
+from roboflamingo.data.layout import DatasetError, SplitIndex, frame_keys, frame_path, load_split_index, read_frame
 from roboflamingo.io import atomic_write_json
-from roboflamingo.robots.calvin import GRIPPER_INDEX, REL_ACTIONS, RGB_GRIPPER, RGB_STATIC, ROBOT_OBS
 
 SENTENCES = ("eval", "annotation")
 
@@ -41,9 +43,11 @@ class Job:
 
     Args:
         checkpoint: the policy directory (``save_pretrained`` or a training checkpoint).
-        split_dir: a CALVIN-layout split with ``episode_*.npz`` frames, e.g. ``<data.root>/validation``.
-        sentences: the instruction given for a segment: ``eval`` (its task's evaluation sentence,
-            ``envs/instructions/eval.yaml``) or ``annotation`` (the segment's own training-style sentence).
+        split_dir: a split in our layout with ``episode_*.npz`` frames, e.g. ``<data.root>/validation``
+            (the tabletop's, Meta-World's or any robot's: its ``robot.json`` names the keys).
+        sentences: the instruction given for a segment: ``eval`` (its task's evaluation sentence:
+            ``envs/instructions/eval.yaml`` for the tabletop's tasks, ``metaworld/tasks.yaml``'s for
+            Meta-World's) or ``annotation`` (the segment's own training-style sentence).
         contrast: also replay every segment with each other task's evaluation sentence (one batched
             forward) and report the closest other task and its error.
         max_segments_per_task: replay at most this many segments per task; 0 replays them all.
@@ -70,9 +74,8 @@ class Job:
                 raise ValueError(f"{name} is required (roboflamingo action-error checkpoint=<dir> split_dir=<dir>)")
 
 
-def _segments(split_dir: Path, max_per_task: int) -> list[tuple[str, str, int, int]]:
+def _segments(index: SplitIndex, max_per_task: int) -> list[tuple[str, str, int, int]]:
     """(task, annotation, first, last) of each segment, in the split's order, capped per task."""
-    index = load_split_index(split_dir, check_files=False)
     count: dict[str, int] = {}
     out = []
     for (first, last), sentence, task in zip(index.segments.tolist(), index.instructions, index.tasks):
@@ -81,25 +84,38 @@ def _segments(split_dir: Path, max_per_task: int) -> list[tuple[str, str, int, i
         count[task] = count.get(task, 0) + 1
         out.append((task, sentence, int(first), int(last)))
     if not out:
-        raise DatasetError(f"{split_dir}: no annotated segments to replay")
+        raise DatasetError(f"{index.split_dir}: no annotated segments to replay")
     return out
+
+
+def evaluation_sentences_for(tasks: list[str], where: str) -> dict[str, str]:
+    """Task -> evaluation sentence, from the benchmark that names every one of ``tasks``: the
+    tabletop's (CALVIN's task names) or Meta-World's."""
+    from roboflamingo.eval.items import evaluation_sentences
+    from roboflamingo.metaworld.tasks import task_table
+
+    for table in (evaluation_sentences(), dict(task_table().eval)):
+        if all(t in table for t in tasks):
+            return table
+    raise ValueError(f"{where}: no evaluation sentence for tasks {sorted(tasks)} "
+                     "(neither the tabletop's envs/instructions/eval.yaml nor Meta-World's tasks.yaml names them all)")
 
 
 def open_loop_errors(policy: Any, split_dir: str | Path, sentences: str = "eval", contrast: bool = True,
                      max_segments_per_task: int = 0) -> dict[str, Any]:
     """Replay ``split_dir``'s segments through ``policy`` (a ``RoboFlamingoPolicy`` in eval mode, or
     anything with its ``step_batch``); see the module docstring for the figures."""
-    from roboflamingo.eval.items import evaluation_sentences
-
     require_choice("sentences", sentences, SENTENCES)
     split_dir = Path(split_dir)
-    segments = _segments(split_dir, max_segments_per_task)
-    eval_sentence = evaluation_sentences()
+    index = load_split_index(split_dir, check_files=False)
+    robot = index.robot
+    segments = _segments(index, max_segments_per_task)
     tasks = sorted({task for task, *_ in segments})
-    missing = [t for t in tasks if t not in eval_sentence]
-    if missing:
-        raise ValueError(f"{split_dir}: no evaluation sentence for tasks {missing}")
+    eval_sentence = evaluation_sentences_for(tasks, str(split_dir)) if sentences == "eval" or contrast else {}
     others = tasks if contrast else []
+    observed = (*robot.camera_names, robot.state.key)
+    continuous = list(robot.action.continuous)
+    gripper = robot.action.grippers[0] if robot.action.grippers else None
     # Per task: summed |error| per instruction (own first, then each task's sentence), frames, gripper hits.
     sums: dict[str, dict[str, Any]] = {t: {"err": np.zeros(1 + len(others)), "frames": 0, "grip": 0, "segments": 0}
                                        for t in tasks}
@@ -109,12 +125,14 @@ def open_loop_errors(policy: Any, split_dir: str | Path, sentences: str = "eval"
         histories: list[Any] = [None] * len(instructions)
         acc = sums[task]
         for frame_id in range(first, last + 1):
-            frame = read_frame(frame_path(split_dir, frame_id), (RGB_STATIC, RGB_GRIPPER, ROBOT_OBS, REL_ACTIONS))
-            obs = {RGB_STATIC: frame[RGB_STATIC], RGB_GRIPPER: frame[RGB_GRIPPER], ROBOT_OBS: frame[ROBOT_OBS]}
+            frame = read_frame(frame_path(split_dir, frame_id), frame_keys(robot), robot=robot)
+            obs = {key: frame[key] for key in observed}
             actions, histories = policy.step_batch([obs] * len(instructions), instructions, histories)
-            target = frame[REL_ACTIONS].astype(np.float64)
-            acc["err"] += np.abs(actions[:, :GRIPPER_INDEX] - target[:GRIPPER_INDEX]).mean(axis=1)
-            acc["grip"] += int((actions[0, GRIPPER_INDEX] > 0) == (target[GRIPPER_INDEX] > 0))
+            target = frame[robot.action.key].astype(np.float64)
+            acc["err"] += np.abs(actions[:, continuous] - target[continuous]).mean(axis=1)
+            if gripper is not None:
+                threshold = robot.action.gripper_threshold
+                acc["grip"] += int((actions[0, gripper] > threshold) == (target[gripper] > threshold))
             acc["frames"] += 1
         acc["segments"] += 1
     per_task: dict[str, dict[str, Any]] = {}
@@ -122,7 +140,7 @@ def open_loop_errors(policy: Any, split_dir: str | Path, sentences: str = "eval"
         acc = sums[task]
         mae = acc["err"] / acc["frames"]
         entry = {"segments": acc["segments"], "frames": acc["frames"], "pose_mae": float(mae[0]),
-                 "gripper_acc": acc["grip"] / acc["frames"]}
+                 "gripper_acc": acc["grip"] / acc["frames"] if gripper is not None else None}
         if others:
             rivals = [(float(mae[1 + k]), o) for k, o in enumerate(others) if o != task]
             if rivals:
@@ -131,9 +149,11 @@ def open_loop_errors(policy: Any, split_dir: str | Path, sentences: str = "eval"
         per_task[task] = entry
     return {
         "split_dir": str(split_dir),
+        "robot": robot.name,
         "sentences": sentences,
         "pose_mae": float(np.mean([e["pose_mae"] for e in per_task.values()])),
-        "gripper_acc": float(np.mean([e["gripper_acc"] for e in per_task.values()])),
+        "gripper_acc": (float(np.mean([e["gripper_acc"] for e in per_task.values()]))
+                        if gripper is not None else None),
         "per_task": per_task,
     }
 
@@ -144,7 +164,8 @@ def markdown(result: dict[str, Any]) -> str:
     head = "| task | segments | pose MAE | gripper acc |" + (" closest other task's sentence | its pose MAE |" if contrast else "")
     rows = [head, "|" + "---|" * (6 if contrast else 4)]
     for task, e in result["per_task"].items():
-        row = f"| {task} | {e['segments']} | {e['pose_mae']:.3f} | {e['gripper_acc']:.0%} |"
+        grip = "-" if e["gripper_acc"] is None else f"{e['gripper_acc']:.0%}"
+        row = f"| {task} | {e['segments']} | {e['pose_mae']:.3f} | {grip} |"
         if contrast:
             row += f" {e.get('closest_other', '-')} | {e['closest_other_pose_mae']:.3f} |" if "closest_other" in e else " - | - |"
         rows.append(row)
@@ -156,7 +177,7 @@ def run(job: Job) -> int:
 
     try:
         if not Path(job.split_dir).is_dir():
-            raise ValueError(f"split_dir={job.split_dir}: not a directory (a CALVIN-layout split, e.g. <data.root>/validation)")
+            raise ValueError(f"split_dir={job.split_dir}: not a directory (a split in our layout, e.g. <data.root>/validation)")
         source = PolicySourceConfig(PolicyKind.checkpoint, checkpoint=job.checkpoint, device=job.device)
         source.check()
         from roboflamingo.threads import choose_threads

@@ -99,3 +99,36 @@ def test_the_command_replays_a_checkpoint_and_writes_its_figures(split, tmp_path
     assert cli.main(["action-error", f"checkpoint={tmp_path / 'ckpt'}", f"split_dir={tmp_path / 'nowhere'}"]) == 2
     assert cli.main(["action-error", f"checkpoint={tmp_path / 'none'}", f"split_dir={split}"]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_a_meta_world_split_is_read_as_its_robot_json_names_it_with_meta_world_sentences(tmp_path):
+    from roboflamingo.metaworld.tasks import task_table
+    from roboflamingo.robots import load_robot
+
+    robot = load_robot("metaworld_sawyer")
+    split = write_split(tmp_path / "validation", [(0, 19)],
+                        [(0, 9, "drawer-open-v3", "Open a drawer"), (10, 19, "reach-v3", "Reach a goal position")],
+                        robot=robot, image_sizes={"corner2": (16, 16)})
+    sentences = task_table().eval
+    seen: list[tuple[set, list[str]]] = []
+
+    class Sawyer:
+        """0.25 on every dim for drawer-open's evaluation sentence, else 0; records what it was given."""
+
+        def step_batch(self, observations, instructions, histories):
+            seen.append((set(observations[0]), list(instructions)))
+            actions = np.zeros((len(observations), 4), dtype=np.float32)
+            actions[[s == sentences["drawer-open-v3"] for s in instructions]] = 0.25
+            return actions, histories
+
+    result = open_loop_errors(Sawyer(), split, contrast=True)
+    assert result["robot"] == "metaworld_sawyer" and result["gripper_acc"] is None
+    assert all(keys == {"corner2", "state"} for keys, _ in seen)
+    assert seen[0][1][0] == sentences["drawer-open-v3"] and seen[10][1][0] == sentences["reach-v3"]
+    target = np.stack([np.load(frame_path(split, f))["action"] for f in range(20)])
+    assert result["per_task"]["drawer-open-v3"]["pose_mae"] == pytest.approx(np.abs(0.25 - target[:10]).mean())
+    assert result["per_task"]["reach-v3"]["pose_mae"] == pytest.approx(np.abs(target[10:]).mean())
+    assert result["per_task"]["reach-v3"]["closest_other_pose_mae"] == pytest.approx(np.abs(0.25 - target[10:]).mean())
+    with pytest.raises(ValueError, match="no evaluation sentence for tasks"):
+        open_loop_errors(Sawyer(), write_split(tmp_path / "odd", [(0, 3)], [(0, 3, "juggle", "juggle")],
+                                                robot=robot, image_sizes={"corner2": (16, 16)}))
