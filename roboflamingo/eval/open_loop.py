@@ -31,7 +31,14 @@ from typing import Any
 import numpy as np
 
 from roboflamingo.config import require_choice, require_positive
-from roboflamingo.data.layout import DatasetError, SplitIndex, frame_keys, frame_path, load_split_index, read_frame
+from roboflamingo.data.layout import (
+    DatasetError,
+    SplitIndex,
+    frame_keys,
+    frame_path,
+    load_split_index,
+    read_frame,
+)
 from roboflamingo.io import atomic_write_json
 
 SENTENCES = ("eval", "annotation")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from roboflamingo.config import require_choice, require_positive
 
 RENDER_MODES = ("fast", "lerobot", "off")
+STATES = ("hand", "full")
 
 
 @dataclass
@@ -30,6 +31,11 @@ class MetaWorldConfig:
             faster on a CPU renderer), ``lerobot`` (Meta-World's own settings, the images LeRobot
             records, for policies trained on LeRobot's MT50 images) or ``off`` (no images, all zeros:
             for rollouts of the scripted experts, which read state only).
+        state: what the policy reads as the robot's state: ``hand`` (LeRobot's: the first 4 of
+            Meta-World's 39 observation entries, hand xyz and gripper opening; the image is all that
+            says where the objects and the goal are) or ``full`` (all 39: also both objects' poses,
+            the previous step's, and the goal, which MT1 and MT10 leave observable; privileged, as
+            Meta-World's state-based benchmarks use it, and not comparable with image-based results).
         benchmark_seed: seed of ``metaworld.MT1`` whose first training task fixes each task's
             parameters (LeRobot: 42); object and goal positions are drawn per episode from its seed.
     """
@@ -37,6 +43,7 @@ class MetaWorldConfig:
     camera: str = "corner2"
     size: int = 96
     render: str = "fast"
+    state: str = "hand"
     benchmark_seed: int = 42
 
     def __post_init__(self) -> None:
@@ -44,3 +51,4 @@ class MetaWorldConfig:
             raise ValueError(f"env.camera must name a Meta-World camera (LeRobot: corner2), got {self.camera!r}")
         require_positive("env.size", self.size)
         require_choice("env.render", self.render, RENDER_MODES)
+        require_choice("env.state", self.state, STATES)

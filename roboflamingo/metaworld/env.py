@@ -12,7 +12,8 @@ Observation (the Sawyer's description, ``roboflamingo/robots/metaworld_sawyer.ya
     <camera>        uint8 (size, size, 3)  ``corner2`` unless configured otherwise
     state           float64 (4,)           hand x, y, z (m), gripper opening in [0, 1]
     metaworld_obs   float64 (39,)          Meta-World's full observation (object poses, goal):
-                                           privileged, for the scripted experts only
+                                           privileged, for the scripted experts, and the policy's
+                                           state with ``env.state=full``
 
 Seeding: Meta-World's own ``reset(seed=...)`` ignores the seed and draws positions from the global
 NumPy RNG. Here ``reset(seed=s)`` seeds the task's own generator (Meta-World's ``seed(s)`` with
@@ -32,7 +33,7 @@ import gymnasium as gym
 import numpy as np
 
 from roboflamingo.metaworld.config import MetaWorldConfig
-from roboflamingo.robot import Camera, RobotDescription
+from roboflamingo.robot import Camera, RobotDescription, StateSpec
 
 FULL_OBS = "metaworld_obs"
 FULL_OBS_DIM = 39
@@ -46,12 +47,31 @@ INSTALL_HINT = "Meta-World is not installed: pip install -e '.[metaworld]' (with
 
 
 def sawyer_robot(cfg: MetaWorldConfig | None = None) -> RobotDescription:
-    """The Sawyer's description with the configured camera and image size."""
+    """The Sawyer's description with the configured camera, image size and state (``env.state``)."""
     from roboflamingo.robots import load_robot
 
     cfg = cfg or MetaWorldConfig()
     robot = load_robot(ROBOT_NAME)
-    return replace(robot, cameras=(Camera(cfg.camera, cfg.size, cfg.size),))
+    state = full_state(robot.state) if cfg.state == "full" else robot.state
+    return replace(robot, cameras=(Camera(cfg.camera, cfg.size, cfg.size),), state=state)
+
+
+def full_state(hand: StateSpec) -> StateSpec:
+    """Meta-World's 39-d observation as a state: this step's hand and gripper (bounded as ``hand``)
+    and two object poses (position, MuJoCo's w-first quaternion; zeros where a task has one object),
+    the same 18 entries of the previous step, then the goal position (unbounded: each task has its own
+    range)."""
+    def pose(obj: str) -> list[str]:
+        return [f"{obj}.{c}" for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
+
+    now = [*hand.names, *pose("obj1"), *pose("obj2")]
+    free = [None] * (len(now) - hand.dim)
+    low, high = [*hand.low, *free], [*hand.high, *free]
+    names = [*now, *(f"prev.{n}" for n in now), "goal.x", "goal.y", "goal.z"]
+    if len(names) != FULL_OBS_DIM:
+        raise AssertionError(f"full state names {len(names)} entries, Meta-World observes {FULL_OBS_DIM}")
+    return StateSpec(names=tuple(names), key=FULL_OBS, low=(*low, *low, None, None, None),
+                     high=(*high, *high, None, None, None))
 
 
 def import_metaworld():

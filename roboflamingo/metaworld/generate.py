@@ -4,7 +4,8 @@ Output (CALVIN's split layout, as the Sawyer's description names the frame keys)
 
     <root>/training/ and <root>/validation/
         episode_%07d.npz        one frame: corner2 (uint8 (size, size, 3)), state (4), action (4: the
-                                action the expert sent at this frame), metaworld_obs (39, privileged)
+                                action the expert sent at this frame), metaworld_obs (39, privileged;
+                                the description's state with env.state=full)
         ep_start_end_ids.npy    (N, 2) inclusive first/last frame of each episode
         ep_lens.npy             (N,)
         lang_annotations/auto_lang_ann.npy
@@ -62,8 +63,11 @@ class Job:
             new seed.
         noise: std of Gaussian noise added to the expert's xyz deltas (recorded as executed), for
             diversity; 0 = none.
+        paraphrases: annotate each demonstration with a sentence drawn from its task's LeRobot
+            description and our paraphrases (``metaworld/tasks.yaml``), seeded by the unit; false:
+            LeRobot's description only, as ``lerobot/metaworld_mt50``.
         workers: processes, each with its own simulator.
-        seed: seed of every demonstration's initial state (with the split, task and index).
+        seed: seed of every demonstration's initial state and annotation (with the split, task and index).
         progress: show a progress bar.
         env: camera, image size and render preset of the recorded images.
     """
@@ -74,6 +78,7 @@ class Job:
     val_episodes_per_task: int = 2
     max_attempts: int = 5
     noise: float = 0.0
+    paraphrases: bool = True
     workers: int = 2
     seed: int = 0
     progress: bool = True
@@ -107,6 +112,15 @@ def episode_seed(seed: int, split: str, task_index: int, index: int, attempt: in
     """The initial-state seed of one rollout: >= 2**20, so never an evaluation episode's seed."""
     state = np.random.SeedSequence([seed, SPLITS.index(split), task_index, index, attempt]).generate_state(1)[0]
     return SEED_FLOOR + int(state) % (2**31 - SEED_FLOOR)
+
+
+def annotation(job: Job, unit: Unit) -> str:
+    """The instruction a demonstration is annotated with (``Job.paraphrases``)."""
+    from roboflamingo.metaworld.tasks import task_table
+
+    sentences = task_table().training_sentences(unit.task) if job.paraphrases else (task_table().train[unit.task],)
+    key = [job.seed, SPLITS.index(unit.split), unit.index, *unit.task.encode()]
+    return sentences[int(np.random.default_rng(key).integers(len(sentences)))]
 
 
 def plan_units(job: Job, tasks: list[str]) -> list[Unit]:
@@ -179,9 +193,6 @@ def _close_worker_env() -> None:
 # ------------------------------------------------------------------ assembling the splits
 def _assemble_split(job: Job, root: Path, work: Path, split: str, units: list[Unit]) -> dict:
     from roboflamingo.metaworld.env import sawyer_robot
-    from roboflamingo.metaworld.tasks import task_table
-
-    table = task_table()
     final = root / split
     tmp = root / f".{split}.assembling"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -201,7 +212,7 @@ def _assemble_split(job: Job, root: Path, work: Path, split: str, units: list[Un
         for i in range(n):
             os.link(src / f"episode_{i:07d}.npz", tmp / f"episode_{offset + i:07d}.npz")
         ep_ids.append([offset, offset + n - 1])
-        ann.append(table.train[unit.task])
+        ann.append(annotation(job, unit))
         task_names.append(unit.task)
         indx.append((offset, offset + n - 1))
         episodes.append({"task": unit.task, "seed": meta["seed"], "frames": [offset, offset + n - 1]})

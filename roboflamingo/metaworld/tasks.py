@@ -29,13 +29,19 @@ class TaskError(ValueError):
 @dataclass(frozen=True)
 class TaskTable:
     """``tasks`` (all 50, group by group), ``groups`` (name -> tasks), ``mt10``, and the sentences:
-    ``train`` (LeRobot's description per task) and ``eval`` (ours, unseen wording)."""
+    ``train`` (LeRobot's description per task), ``paraphrases`` (our further training wordings) and
+    ``eval`` (ours, unseen wording)."""
 
     tasks: tuple[str, ...]
     groups: Mapping[str, tuple[str, ...]]
     mt10: tuple[str, ...]
     train: Mapping[str, str]
     eval: Mapping[str, str]
+    paraphrases: Mapping[str, tuple[str, ...]]
+
+    def training_sentences(self, task: str) -> tuple[str, ...]:
+        """LeRobot's description first, then the paraphrases: what a demonstration may be annotated with."""
+        return (self.train[task], *self.paraphrases.get(task, ()))
 
     def group_of(self, task: str) -> str:
         for name, members in self.groups.items():
@@ -75,7 +81,7 @@ class TaskTable:
         key = " ".join(instruction.strip().lower().split())
         if key in self.train:
             return key
-        hits = {t for table in (self.eval, self.train) for t, s in table.items() if s.lower() == key}
+        hits = {t for t in self.tasks if key in {s.lower() for s in (self.eval[t], *self.training_sentences(t))}}
         if len(hits) == 1:
             return hits.pop()
         if hits:
@@ -126,7 +132,33 @@ def task_table() -> TaskTable:
         raise TaskError(f"{TABLE_FILE}: evaluation sentences of {reused} are training descriptions")
     if len({s.lower() for s in evaluation.values()}) != len(evaluation):
         raise TaskError(f"{TABLE_FILE}: two tasks share an evaluation sentence")
-    return TaskTable(tasks, groups, mt10, train, evaluation)
+    paraphrases = _paraphrases(raw.get("paraphrases") or {}, tasks, train, evaluation)
+    return TaskTable(tasks, groups, mt10, train, evaluation, paraphrases)
+
+
+def _paraphrases(raw: object, tasks: tuple[str, ...], train: Mapping[str, str],
+                 evaluation: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """Each a list of non-empty sentences of one task, never an evaluation sentence nor another task's
+    training sentence (the expert reads the task back from any of them)."""
+    if not isinstance(raw, dict):
+        raise TaskError(f"{TABLE_FILE}: field 'paraphrases' must map task -> [sentence, ...]")
+    out: dict[str, tuple[str, ...]] = {}
+    owner = {s.lower(): t for t, s in train.items()}
+    unseen = {s.lower(): t for t, s in evaluation.items()}
+    for task, sentences in raw.items():
+        where = f"{TABLE_FILE}: field 'paraphrases.{task}'"
+        if task not in tasks:
+            raise TaskError(f"{where} is not a task of the groups")
+        if not isinstance(sentences, list) or not all(isinstance(x, str) and x.strip() for x in sentences):
+            raise TaskError(f"{where} must be a list of non-empty sentences")
+        out[task] = tuple(x.strip() for x in sentences)
+        for sentence in out[task]:
+            key = sentence.lower()
+            if key in unseen:
+                raise TaskError(f"{where}: '{sentence}' is the evaluation sentence of {unseen[key]}")
+            if owner.setdefault(key, task) != task:
+                raise TaskError(f"{where}: '{sentence}' is already a training sentence of {owner[key]}")
+    return out
 
 
 def resolve_tasks(selection: Iterable[str], source: str = "tasks") -> list[str]:

@@ -69,6 +69,29 @@ def test_observation_follows_the_sawyer_description(env):
     assert sawyer_robot(MetaWorldConfig(size=64)).cameras[0].height == 64
 
 
+def test_full_state_is_meta_worlds_whole_observation_with_its_goal():
+    env = MetaWorldEnv("reach-v3", state="full", **SMALL)
+    try:
+        obs, _ = env.reset(seed=3)
+        goal = env._env._target_pos.copy()
+    finally:
+        env.close()
+    state = env.robot.state
+    assert state.key == FULL_OBS and state.dim == 39 and len(set(state.names)) == 39
+    assert state.names[:4] == sawyer_robot().state.names and state.names[-3:] == ("goal.x", "goal.y", "goal.z")
+    env.robot.check_observation(obs)
+    # MT1's tasks leave the goal observable: the last three entries are where reach must go.
+    np.testing.assert_allclose(obs[state.key][-3:], goal)
+    # bounded where Meta-World bounds the hand, both now and one step back; free for objects and goal
+    assert state.low[18:22] == state.low[:4] == sawyer_robot().state.low and np.isinf(state.low[4:18]).all()
+    from roboflamingo.robot import RobotDescription
+
+    saved = RobotDescription.from_dict(json.loads(json.dumps(env.robot.to_dict())))
+    assert saved == env.robot
+    with pytest.raises(ValueError, match="env.state must be one of"):
+        MetaWorldConfig(state="joints")
+
+
 def test_seeding_reproduces_episodes_and_leaves_the_global_rng_alone(env):
     np.random.seed(123)
     before = np.random.get_state()[1].copy()

@@ -12,7 +12,7 @@ from roboflamingo import cli
 from roboflamingo.config import ConfigError
 from roboflamingo.metaworld.config import MetaWorldConfig
 from roboflamingo.metaworld.env import FULL_OBS, MetaWorldEnv, sawyer_robot
-from roboflamingo.metaworld.generate import SEED_FLOOR, Job, run
+from roboflamingo.metaworld.generate import SEED_FLOOR, Job, Unit, annotation, run
 from roboflamingo.metaworld.tasks import task_table
 from roboflamingo.robot import RobotDescription
 
@@ -43,10 +43,23 @@ def test_splits_carry_the_sawyers_description_and_lerobots_sentences(dataset):
         assert (robot.cameras[0].name, robot.cameras[0].height) == ("corner2", SIZE)
         index = load_split_index(dataset / split)
         assert len(index.episodes) == n and index.segments.tolist() == index.episodes.tolist()
-        assert index.instructions == [task_table().train["reach-v3"]] * n == ["Reach a goal position"] * n
+        # each demonstration's instruction drawn, per unit, from LeRobot's description and our paraphrases
+        assert index.instructions == [annotation(_job(dataset), Unit(split, "reach-v3", i)) for i in range(n)]
+        assert set(index.instructions) <= set(task_table().training_sentences("reach-v3"))
         assert index.tasks == ["reach-v3"] * n
         assert manifest["splits"][split]["per_task"]["reach-v3"]["episodes"] == n
         assert "render: fast" in (dataset / split / "env_config.yaml").read_text()
+
+
+def test_annotations_are_drawn_per_unit_or_lerobots_alone(tmp_path):
+    job = _job(tmp_path, tasks=["mt10"])
+    drawn = [annotation(job, Unit("training", "drawer-open-v3", i)) for i in range(40)]
+    assert set(drawn) == set(task_table().training_sentences("drawer-open-v3"))  # every wording is used
+    assert drawn == [annotation(job, Unit("training", "drawer-open-v3", i)) for i in range(40)]
+    assert drawn != [annotation(_job(tmp_path, tasks=["mt10"], seed=1), Unit("training", "drawer-open-v3", i))
+                     for i in range(40)]
+    lerobot = _job(tmp_path, paraphrases=False)
+    assert {annotation(lerobot, Unit("training", "drawer-open-v3", i)) for i in range(10)} == {"Open a drawer"}
 
 
 def test_frames_hold_what_the_description_names(dataset):

@@ -39,6 +39,33 @@ def test_evaluation_sentences_are_unseen_and_unique():
     assert len({s.lower() for s in table.eval.values()}) == 50
 
 
+def test_paraphrases_are_further_training_sentences_never_evaluation_ones():
+    table = task_table()
+    unseen = {s.lower() for s in table.eval.values()}
+    owners: dict[str, str] = {}
+    for task in table.tasks:
+        sentences = table.training_sentences(task)
+        assert sentences[0] == table.train[task] and len(sentences) >= 3
+        for sentence in sentences[1:]:
+            assert sentence.lower() not in unseen
+            assert owners.setdefault(sentence.lower(), task) == task
+            assert table.task_for_instruction(sentence) == task
+
+
+def test_a_paraphrase_that_is_an_evaluation_sentence_is_refused():
+    import yaml
+
+    from roboflamingo.metaworld import tasks as tasks_module
+
+    raw = yaml.safe_load((Path(tasks_module.__file__).parent / "tasks.yaml").read_text())
+    raw["paraphrases"]["reach-v3"].append(raw["eval"]["reach-v3"])
+    with pytest.raises(TaskError, match=r"paraphrases.reach-v3.*evaluation sentence of reach-v3"):
+        tasks_module._paraphrases(raw["paraphrases"], tuple(raw["train"]), raw["train"], raw["eval"])
+    raw["paraphrases"]["reach-v3"][-1] = raw["train"]["push-v3"]
+    with pytest.raises(TaskError, match=r"already a training sentence of push-v3"):
+        tasks_module._paraphrases(raw["paraphrases"], tuple(raw["train"]), raw["train"], raw["eval"])
+
+
 def test_selections_expand_in_order_without_repeats():
     table = task_table()
     assert resolve_tasks([]) == list(table.tasks) == resolve_tasks(["all"])
