@@ -83,25 +83,26 @@ def parse_state_source(text: str, where: str) -> StateSource:
                      f"pose:<field> or gripper_width")
 
 
+def _one_per_entry(option: str, given: list[str], names: tuple[str, ...], what: str,
+                   robot: RobotDescription) -> list[str]:
+    """``given`` (one text per entry of ``names``), or the motor names of ``names`` when empty."""
+    if given and len(given) != len(names):
+        raise ValueError(f"deploy.{option} must have {len(names)} entries (one per {what} of "
+                         f"{robot.summary()}: {list(names)}), got {len(given)}")
+    return list(given) or [motor_name(n) for n in names]
+
+
 def state_sources(robot: RobotDescription, deploy: BridgeConfig) -> list[StateSource]:
     """One source per state entry of ``robot``, from ``deploy.state_sources`` or the state names."""
     names = robot.state.names
-    given = list(deploy.state_sources)
-    if given and len(given) != len(names):
-        raise ValueError(f"deploy.state_sources must have {len(names)} entries (one per state entry of "
-                         f"{robot.summary()}: {list(names)}), got {len(given)}")
-    texts = given or [motor_name(n) for n in names]
+    texts = _one_per_entry("state_sources", list(deploy.state_sources), names, "state entry", robot)
     return [parse_state_source(t, f"deploy.state_sources[{i}] (state '{names[i]}')") for i, t in enumerate(texts)]
 
 
 def command_joints(robot: RobotDescription, deploy: BridgeConfig) -> list[str]:
     """The joint each action dimension commands (binary grippers' entries unused)."""
     names = robot.action.names
-    given = list(deploy.command_joints)
-    if given and len(given) != len(names):
-        raise ValueError(f"deploy.command_joints must have {len(names)} entries (one per action dimension of "
-                         f"{robot.summary()}: {list(names)}), got {len(given)}")
-    joints = given or [motor_name(n) for n in names]
+    joints = _one_per_entry("command_joints", list(deploy.command_joints), names, "action dimension", robot)
     unnamed = [names[i] for i in robot.action.continuous if not joints[i]]
     if unnamed:
         raise ValueError(f"deploy.command_joints leaves action dims {unnamed} without a joint name")
