@@ -29,22 +29,30 @@ are assembled (hard links) under temporary names and renamed into place at the e
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from roboflamingo.config import require_positive, save_yaml
+from roboflamingo.data.recording import (
+    done_dir,
+    link_frames,
+    move_into_place,
+    new_split_dir,
+    prepare_work,
+    read_meta,
+    record_unit,
+    run_units,
+    write_index,
+    write_unit,
+)
 from roboflamingo.io import atomic_write_json
 from roboflamingo.metaworld.config import MetaWorldConfig
 from roboflamingo.robot import ROBOT_FILE
 
 SPLITS = ("training", "validation")
-EMB_DIM = 384  # the tabletop's annotation embedding width (zeros: consumers embed "ann" themselves)
 SEED_FLOOR = 2**20
 
 
@@ -165,22 +173,14 @@ def run_unit(job: Job, unit: Unit, task_index: int, out_dir: Path) -> dict:
         if success:
             break
         frames = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(frames):
-        np.savez_compressed(out_dir / f"episode_{i:07d}.npz", **f)
-    meta = {"unit": asdict(unit), "frames": len(frames), "seed": seeds[-1] if frames else None,
-            "failed_attempts": len(seeds) - (1 if frames else 0)}
-    (out_dir / "meta.json").write_text(json.dumps(meta))
-    return meta
+    return write_unit(out_dir, frames, {"unit": asdict(unit), "frames": len(frames),
+                                        "seed": seeds[-1] if frames else None,
+                                        "failed_attempts": len(seeds) - (1 if frames else 0)})
 
 
 def _work(args) -> tuple[Unit, int]:
     job, unit, task_index, work = args
-    done = work / unit.split / f"{unit.name}.done"
-    tmp = work / unit.split / f"{unit.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    meta = run_unit(job, unit, task_index, tmp)
-    os.replace(tmp, done)
+    meta = record_unit(work, unit.split, unit.name, lambda out: run_unit(job, unit, task_index, out))
     return unit, meta["frames"]
 
 
@@ -193,24 +193,19 @@ def _close_worker_env() -> None:
 # ------------------------------------------------------------------ assembling the splits
 def _assemble_split(job: Job, root: Path, work: Path, split: str, units: list[Unit]) -> dict:
     from roboflamingo.metaworld.env import sawyer_robot
-    final = root / split
-    tmp = root / f".{split}.assembling"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "lang_annotations").mkdir(parents=True)
+    tmp = new_split_dir(root, split)
     offset = 0
     ep_ids, ann, task_names, indx, episodes = [], [], [], [], []
     per_task: dict[str, dict[str, int]] = {}
     for unit in units:
-        src = work / split / f"{unit.name}.done"
-        meta = json.loads((src / "meta.json").read_text())
+        src, meta = read_meta(work, split, unit.name)
         counts = per_task.setdefault(unit.task, {"episodes": 0, "frames": 0, "failed_rollouts": 0, "missing": 0})
         counts["failed_rollouts"] += meta["failed_attempts"]
         n = meta["frames"]
         if n == 0:
             counts["missing"] += 1
             continue
-        for i in range(n):
-            os.link(src / f"episode_{i:07d}.npz", tmp / f"episode_{offset + i:07d}.npz")
+        link_frames(src, tmp, n, offset)
         ep_ids.append([offset, offset + n - 1])
         ann.append(annotation(job, unit))
         task_names.append(unit.task)
@@ -221,17 +216,10 @@ def _assemble_split(job: Job, root: Path, work: Path, split: str, units: list[Un
         offset += n
     if offset == 0:
         raise RuntimeError(f"generate: split '{split}' has no frames (every expert rollout failed)")
-    ids = np.array(ep_ids, dtype=np.int64)
-    np.save(tmp / "ep_start_end_ids.npy", ids)
-    np.save(tmp / "ep_lens.npy", ids[:, 1] - ids[:, 0] + 1)
-    lang = {"language": {"ann": ann, "task": task_names, "emb": np.zeros((len(ann), 1, EMB_DIM), np.float32)},
-            "info": {"indx": indx, "episodes": []}}
-    np.save(tmp / "lang_annotations" / "auto_lang_ann.npy", lang, allow_pickle=True)
+    ids = write_index(tmp, ep_ids, ann, task_names, indx)
     sawyer_robot(job.env).save(tmp / ROBOT_FILE)
     save_yaml(job.env, tmp / "env_config.yaml")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    move_into_place(tmp, root / split)
     return {"frames": offset, "episodes": len(ids), "per_task": per_task, "episode_list": episodes}
 
 
@@ -240,37 +228,12 @@ def run(job: Job) -> int:
 
     tasks = resolve_tasks(job.tasks, source="generate.tasks")
     root = Path(job.root)
-    work = root / ".work"
-    job_file = work / "job.json"
-    record = asdict(job)
-    record.pop("workers")
-    record.pop("progress")
-    if job_file.is_file() and json.loads(job_file.read_text()) != record:
-        raise ValueError(f"{root}: holds an interrupted run of a different job ({job_file}); "
-                         f"delete {work} or rerun with the same settings")
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(job_file, record)
+    record = {k: v for k, v in asdict(job).items() if k not in ("workers", "progress")}
+    work = prepare_work(root, record, SPLITS)
     units = plan_units(job, tasks)
-    for split in SPLITS:
-        (work / split).mkdir(exist_ok=True)
-        for stale in (work / split).glob("*.tmp*"):  # left by an interrupted worker
-            shutil.rmtree(stale, ignore_errors=True)
-    todo = [u for u in units if not (work / u.split / f"{u.name}.done").is_dir()]
-    bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="generate metaworld", unit="demo",
-               disable=not job.progress)
-    args = [(job, u, tasks.index(u.task), work) for u in todo]
-    if job.workers > 1 and len(todo) > 1:
-        with mp.get_context("spawn").Pool(min(job.workers, len(todo))) as pool:
-            for _ in pool.imap(_work, args):
-                bar.update()
-    else:
-        try:
-            for a in args:
-                _work(a)
-                bar.update()
-        finally:
-            _close_worker_env()
-    bar.close()
+    todo = [u for u in units if not done_dir(work, u.split, u.name).is_dir()]
+    run_units(_work, [(job, u, tasks.index(u.task), work) for u in todo], len(units), job.workers,
+              job.progress, "generate metaworld", "demo", on_close=_close_worker_env)
     summary = {}
     for split in SPLITS:
         split_units = [u for u in units if u.split == split]

@@ -30,16 +30,25 @@ temporary names and renamed into place at the end, so nothing half-written is ev
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
-import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from roboflamingo.config import require_choice, require_positive
+from roboflamingo.data.recording import (
+    done_dir,
+    link_frames,
+    move_into_place,
+    new_split_dir,
+    prepare_work,
+    read_meta,
+    record_unit,
+    run_units,
+    write_index,
+    write_unit,
+)
 from roboflamingo.io import atomic_write_json, atomic_write_yaml
 from roboflamingo.robot import ROBOT_FILE
 from roboflamingo.robots import calvin as T
@@ -47,7 +56,6 @@ from roboflamingo.sim.config import EnvConfig
 
 MODES = ("chains", "single", "both")
 SPLITS = (("training", "train_scenes"), ("validation", "val_scenes"))
-EMB_DIM = 384
 
 
 @dataclass
@@ -225,13 +233,9 @@ def run_unit(job: Job, unit: Unit, tasks: list[str], out_dir: Path) -> dict:
             ann = sentences[task][int(rng.integers(len(sentences[task])))]
             segments.append({"start": len(frames), "end": len(frames) + len(buf) - 1, "task": task, "ann": ann})
         frames += buf
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(frames):
-        np.savez_compressed(out_dir / f"episode_{i:07d}.npz", **f)
-    meta = {"unit": asdict(unit), "frames": len(frames), "segments": segments, "tasks": episode.tasks,
-            "renderer": env.renderer_used, "stats": _frame_stats(frames)}
-    (out_dir / "meta.json").write_text(json.dumps(meta))
-    return meta
+    return write_unit(out_dir, frames, {"unit": asdict(unit), "frames": len(frames), "segments": segments,
+                                        "tasks": episode.tasks, "renderer": env.renderer_used,
+                                        "stats": _frame_stats(frames)})
 
 
 def _frame_stats(frames: list[dict]) -> dict:
@@ -247,34 +251,25 @@ def _frame_stats(frames: list[dict]) -> dict:
 
 def _work(args) -> tuple[Unit, int]:
     job, unit, tasks, work = args
-    done = work / unit.split / f"{unit.name}.done"
-    tmp = work / unit.split / f"{unit.name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    meta = run_unit(job, unit, tasks, tmp)
-    os.replace(tmp, done)
+    meta = record_unit(work, unit.split, unit.name, lambda out: run_unit(job, unit, tasks, out))
     return unit, meta["frames"]
 
 
 # ------------------------------------------------------------------ assembling the splits
 def _assemble_split(root: Path, work: Path, split: str, units: list[Unit]) -> dict:
-    final = root / split
-    tmp = root / f".{split}.assembling"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "lang_annotations").mkdir(parents=True)
+    tmp = new_split_dir(root, split)
     offset = 0
     ep_ids, ann, task_names, indx, scene_info = [], [], [], [], {}
     n_stats, robot_sum, robot_sq, scene_sum, scene_sq = 0, 0.0, 0.0, 0.0, 0.0
     act_min, act_max = np.full(7, np.inf), np.full(7, -np.inf)
     renderers = set()
     for unit in units:
-        src = work / split / f"{unit.name}.done"
-        meta = json.loads((src / "meta.json").read_text())
+        src, meta = read_meta(work, split, unit.name)
         renderers.add(meta["renderer"])
         n = meta["frames"]
         if n == 0:
             continue
-        for i in range(n):
-            os.link(src / f"episode_{i:07d}.npz", tmp / f"episode_{offset + i:07d}.npz")
+        link_frames(src, tmp, n, offset)
         ep_ids.append([offset, offset + n - 1])
         first, last = scene_info.get(f"calvin_scene_{unit.scene}", [offset, offset])
         scene_info[f"calvin_scene_{unit.scene}"] = [min(first, offset), max(last, offset + n - 1)]
@@ -293,13 +288,8 @@ def _assemble_split(root: Path, work: Path, split: str, units: list[Unit]) -> di
         offset += n
     if offset == 0:
         raise RuntimeError(f"generate: split '{split}' has no frames (every rollout failed)")
-    ep_ids = np.array(ep_ids, dtype=np.int64)
-    np.save(tmp / "ep_start_end_ids.npy", ep_ids)
-    np.save(tmp / "ep_lens.npy", ep_ids[:, 1] - ep_ids[:, 0] + 1)
+    ep_ids = write_index(tmp, ep_ids, ann, task_names, indx)
     np.save(tmp / "scene_info.npy", scene_info, allow_pickle=True)
-    lang = {"language": {"ann": ann, "task": task_names, "emb": np.zeros((len(ann), 1, EMB_DIM), np.float32)},
-            "info": {"indx": indx, "episodes": []}}
-    np.save(tmp / "lang_annotations" / "auto_lang_ann.npy", lang, allow_pickle=True)
 
     def normalize(total, sq):
         mean = total / n_stats
@@ -312,9 +302,7 @@ def _assemble_split(root: Path, work: Path, split: str, units: list[Unit]) -> di
     atomic_write_yaml(tmp / "statistics.yaml", stats)
     # The split says which robot recorded it, so readers need not assume CALVIN's.
     T.CALVIN.save(tmp / ROBOT_FILE)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    move_into_place(tmp, root / split)
     return {"frames": offset, "recordings": len(ep_ids), "annotations": len(ann), "scenes": scene_info,
             "renderers": sorted(renderers)}
 
@@ -330,36 +318,12 @@ def run(job: Job) -> int:
     tasks = list(job.tasks) or oracle.tasks
     oracle.check_names(tasks, source="generate.tasks")
     root = Path(job.root)
-    work = root / ".work"
-    job_file = work / "job.json"
-    job_record = asdict(job)
-    job_record.pop("workers")
-    job_record.pop("progress")
-    if job_file.is_file():
-        previous = json.loads(job_file.read_text())
-        if previous != job_record:
-            raise ValueError(f"{root}: holds an interrupted run of a different job ({job_file}); "
-                             f"delete {work} or rerun with the same settings")
-    work.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(job_file, job_record)
+    record = {k: v for k, v in asdict(job).items() if k not in ("workers", "progress")}
+    work = prepare_work(root, record, [split for split, _ in SPLITS])
     units = plan_units(job, tasks)
-    for split, _ in SPLITS:
-        (work / split).mkdir(exist_ok=True)
-        for stale in (work / split).glob("*.tmp*"):  # left by an interrupted worker
-            shutil.rmtree(stale, ignore_errors=True)
-    todo = [u for u in units if not (work / u.split / f"{u.name}.done").is_dir()]
-    bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="generate", unit="rollout",
-               disable=not job.progress)
-    args = [(job, u, tasks, work) for u in todo]
-    if job.workers > 1 and len(todo) > 1:
-        with mp.get_context("spawn").Pool(min(job.workers, len(todo))) as pool:
-            for _ in pool.imap_unordered(_work, args):
-                bar.update()
-    else:
-        for a in args:
-            _work(a)
-            bar.update()
-    bar.close()
+    todo = [u for u in units if not done_dir(work, u.split, u.name).is_dir()]
+    run_units(_work, [(job, u, tasks, work) for u in todo], len(units), job.workers, job.progress,
+              "generate", "rollout")
     summary = {}
     for split, attr in SPLITS:
         split_units = [u for u in units if u.split == split]
