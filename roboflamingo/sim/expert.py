@@ -41,6 +41,9 @@ class PlaceOn(Enum):
     BLOCK = "stack"  # on the nearest block on the table
 
 
+FREE_SPACE_TOL = 0.02  # m: a waypoint this loose is a way point in free space, not a contact
+
+
 @dataclass
 class Waypoint:
     pos: np.ndarray
@@ -120,7 +123,22 @@ class ScriptedExpert:
                 self._wp(self.neutral_pos, self.neutral_yaw, OPEN, tol=HOME_TOL / 2, settle=3)]
 
     # ------------------------------------------------------------------ waypoint following
+    @property
+    def in_free_space(self) -> bool:
+        """Heading for a free-space waypoint (loose tolerance), where a deviation costs nothing but
+        the way back; near contact (a handle, a block) the waypoints are tight."""
+        return self._plan is not None and self._i < len(self._plan) and self._plan[self._i].tol >= FREE_SPACE_TOL
+
+    def executed(self, action: np.ndarray) -> None:
+        """The robot was sent ``action`` instead of the action ``step`` just returned (DART's noise):
+        integrate that one into the target pose, as the simulator does, so that the next actions lead
+        the arm back to the plan from where it went."""
+        pos, euler = self._before
+        self.target_pos, self.target_euler = T.integrate_action(
+            pos, euler, np.asarray(action, dtype=float)[:6], self.ws_low, self.ws_high)
+
     def _act(self, robot_obs: np.ndarray) -> np.ndarray:
+        self._before = (self.target_pos.copy(), self.target_euler.copy())
         action = np.zeros(T.ACTION_DIM, dtype=np.float32)
         if self._i >= len(self._plan):
             action[T.GRIPPER_INDEX] = self._grip
@@ -271,7 +289,7 @@ class ScriptedExpert:
         plan = pre + body
         if self.noise > 0:
             for wp in plan[:-1]:
-                if wp.tol >= 0.02:  # perturb only free-space waypoints, never contact-critical ones
+                if wp.tol >= FREE_SPACE_TOL:  # perturb only free-space waypoints, never contact-critical ones
                     wp.pos = wp.pos + self.rng.normal(0, self.noise, 3) * np.array([1, 1, 0.5])
         return plan
 

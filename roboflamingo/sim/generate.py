@@ -73,6 +73,10 @@ class Job:
         episodes_per_task, val_episodes_per_task: ``single`` units per task and scene.
         chains_per_scene, val_chains_per_scene: ``chains`` units per scene.
         noise: std (m) of the jitter added to the expert's free-space waypoints, for diversity.
+        dart: std of Gaussian noise (in the action's [-1, 1] units; 1 is 2 cm) added to the position
+            deltas the robot is sent, the expert correcting from wherever the arm went and the
+            expert's own action recorded as the label (DART: demonstrations of recovering from the
+            drift a policy makes); 0 = none.
         handover: fraction of the ``single`` units whose task starts where another task (of another
             category, performed but not recorded) ended, as a chain's later subtasks start; the rest
             start from the neutral pose. A policy that saw only neutral starts rarely completes a
@@ -98,6 +102,7 @@ class Job:
     chains_per_scene: int = 100
     val_chains_per_scene: int = 20
     noise: float = 0.01
+    dart: float = 0.0
     handover: float = 0.0
     handover_home: bool = False
     workers: int = 2
@@ -111,7 +116,7 @@ class Job:
         # Zero is a valid count for the kind of unit that `both` mixes in, never for the only kind.
         for name, needed in (("episodes_per_task", "single"), ("chains_per_scene", "chains")):
             require_positive(name, getattr(self, name), allow_zero=self.mode != needed)
-        for name in ("val_episodes_per_task", "val_chains_per_scene", "noise"):
+        for name in ("val_episodes_per_task", "val_chains_per_scene", "noise", "dart"):
             require_positive(name, getattr(self, name), allow_zero=True)
         if not 0.0 <= self.handover <= 1.0:
             raise ValueError(f"handover must be a fraction in [0, 1], got {self.handover}")
@@ -196,11 +201,14 @@ def run_unit(job: Job, unit: Unit, tasks: list[str], out_dir: Path) -> dict:
     """Roll out one unit into ``out_dir`` (frames numbered from 0) and return its metadata."""
     from roboflamingo.sim.expert import ScriptedExpert
     from roboflamingo.sim.instructions import load_instructions
-    from roboflamingo.sim.rollout import reset_to_episode, run_subtask
+    from roboflamingo.sim.rollout import CorrectedNoise, reset_to_episode, run_subtask
     from roboflamingo.sim.tasks import TaskOracle
 
     split_id = [s for s, _ in SPLITS].index(unit.split)
-    rng = np.random.default_rng([job.seed, split_id, ord(unit.scene[0]) if unit.scene else 0, unit.index])
+    key = [job.seed, split_id, ord(unit.scene[0]) if unit.scene else 0, unit.index]
+    rng = np.random.default_rng(key)
+    # its own stream, so that the noise leaves every other draw (and so dart=0 data) as it was
+    dart_rng = np.random.default_rng([*key, 1]) if job.dart else None
     oracle = TaskOracle.default()
     sentences = load_instructions("train")
     env = _env(job, unit.scene)
@@ -214,15 +222,20 @@ def run_unit(job: Job, unit: Unit, tasks: list[str], out_dir: Path) -> dict:
     for k, task in enumerate(episode.tasks):
         buf: list[dict] = []
 
-        def record(o, a, nxt, buf=buf):
-            absolute = np.concatenate([nxt[T.ROBOT_OBS][T.TCP_POSE], [a[T.GRIPPER_INDEX]]])
-            buf.append({T.RGB_STATIC: o[T.RGB_STATIC], T.RGB_GRIPPER: o[T.RGB_GRIPPER],
-                        T.ROBOT_OBS: o[T.ROBOT_OBS], T.SCENE_OBS: o[T.SCENE_OBS],
-                        T.ACTIONS: absolute, T.REL_ACTIONS: np.asarray(a, dtype=np.float64)})
-
         recorded = k >= episode.unrecorded
         actor = homing if homing is not None and recorded else expert
         actor.set_task(task)
+        if dart_rng is not None:
+            actor = CorrectedNoise(actor, job.dart, dart_rng)
+
+        def record(o, a, nxt, buf=buf, actor=actor):
+            # with DART the label is the action the expert meant, not the noisy one the robot was sent
+            label = actor.clean if isinstance(actor, CorrectedNoise) else a
+            absolute = np.concatenate([nxt[T.ROBOT_OBS][T.TCP_POSE], [a[T.GRIPPER_INDEX]]])
+            buf.append({T.RGB_STATIC: o[T.RGB_STATIC], T.RGB_GRIPPER: o[T.RGB_GRIPPER],
+                        T.ROBOT_OBS: o[T.ROBOT_OBS], T.SCENE_OBS: o[T.SCENE_OBS],
+                        T.ACTIONS: absolute, T.REL_ACTIONS: np.asarray(label, dtype=np.float64)})
+
         ok, obs, _ = run_subtask(env, actor, oracle, task, task, obs, job.env.max_episode_steps,
                                  on_step=record if recorded else None)
         if not ok:

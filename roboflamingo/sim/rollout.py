@@ -82,6 +82,37 @@ def sample_handover(task: str, rng: np.random.Generator, oracle: TaskOracle, tas
     raise RuntimeError(f"no task of {tasks} (another category than {task!r}) leads to a state where {task!r} is valid")
 
 
+class CorrectedNoise:
+    """DART (Laskey et al. 2017) around a ``ScriptedExpert``: the robot is sent the expert's action
+    plus Gaussian noise on the position deltas (std ``std`` in the action's [-1, 1] units) while the
+    expert heads for a free-space waypoint (never near a contact, where a few mm decide a grasp), the
+    expert integrates what was sent, and ``clean`` keeps the action the expert meant, the label to
+    record. The demonstrations then visit states off the expert's path, each labelled with the
+    action that leads back to it: the states a policy drifts into, which plain demonstrations lack.
+    """
+
+    def __init__(self, expert, std: float, rng: np.random.Generator):
+        self.expert, self.std, self.rng = expert, float(std), rng
+        self.clean: np.ndarray | None = None
+
+    def set_task(self, name: str) -> None:
+        self.expert.set_task(name)
+
+    def reset(self) -> None:
+        self.expert.reset()
+
+    def step(self, obs, instruction: str) -> np.ndarray:
+        from roboflamingo.robots.calvin import ACTION_POS
+
+        self.clean = np.asarray(self.expert.step(obs, instruction), dtype=np.float32)
+        sent = self.clean.copy()
+        noise = self.rng.normal(0.0, self.std, 3)  # drawn at every step, so the stream never depends on the plan
+        if self.expert.in_free_space:
+            sent[ACTION_POS] = np.clip(sent[ACTION_POS] + noise, -1.0, 1.0)
+            self.expert.executed(sent)
+        return sent
+
+
 def reset_to_episode(env, episode: Episode, rng: np.random.Generator):
     robot_obs, scene_obs = initial_state_to_obs(episode.initial_state, env.scene, rng=rng)
     return env.reset(options={"robot_obs": robot_obs, "scene_obs": scene_obs})

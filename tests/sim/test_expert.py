@@ -99,3 +99,63 @@ def test_the_task_table_plans_every_task_of_the_oracle():
     held = {t for t, entry in TASK_PLANS.items() if entry.holding}
     # exactly the tasks whose every rule needs a grasped block start with one in the hand
     assert held == {t for t in ORACLE.tasks if all(r["condition"].get("grasped") == 1 for r in ORACLE.specs[t].rules)}
+
+
+@pytest.mark.parametrize("task", ["open_drawer", "move_slider_right"])
+def test_dart_noise_is_sent_the_expert_corrects_it_and_still_succeeds(env, task):
+    from roboflamingo.sim.rollout import CorrectedNoise
+
+    rng = np.random.default_rng(5)
+    episode = sample_episode(task, rng, ORACLE)
+    obs, _ = reset_to_episode(env, episode, rng)
+    actor = CorrectedNoise(ScriptedExpert("D", task=task), 0.3, np.random.default_rng(0))
+    sent, clean = [], []
+
+    def on_step(o, a, n):
+        sent.append(np.array(a))
+        clean.append(actor.clean.copy())
+
+    ok, _, _ = run_subtask(env, actor, ORACLE, task, task, obs, 360, on_step=on_step)
+    assert ok
+    sent, clean = np.stack(sent), np.stack(clean)
+    # the robot was sent noisy position deltas; orientation and gripper are the expert's
+    noisy = np.abs(sent[:, :3] - clean[:, :3]).max(axis=1) > 0
+    assert 0.3 < noisy.mean() < 1 and np.abs(sent[noisy, :3] - clean[noisy, :3]).mean() > 0.1
+    np.testing.assert_array_equal(sent[:, 3:], clean[:, 3:])
+    # the expert integrated what was sent, so its target is the simulator's ...
+    np.testing.assert_allclose(actor.expert.target_pos, env.target_pos, atol=1e-9)
+    # ... and its labels undo the noise: over the episode the clean deltas and the noise cancel
+    # step by step (each label steers back by what the last noise pushed off, capped by speed)
+    steps = noisy[:-1] & noisy[1:]
+    noise = (sent - clean)[:-1, :3][steps]
+    correction = (clean[1:, :3] - clean[:-1, :3])[steps]
+    assert np.corrcoef(noise.ravel(), correction.ravel())[0, 1] < -0.3
+
+
+def test_a_dart_unit_records_the_experts_labels_not_the_noisy_actions(tmp_path, monkeypatch):
+    from roboflamingo.sim import rollout
+    from roboflamingo.sim.generate import Job, Unit, run_unit
+
+    calls = []
+    step = rollout.CorrectedNoise.step
+
+    def spy(self, obs, instruction):
+        sent = step(self, obs, instruction)
+        calls.append((self.clean.copy(), sent.copy()))
+        return sent
+
+    monkeypatch.setattr(rollout.CorrectedNoise, "step", spy)
+    job = Job(root=str(tmp_path), mode="single", tasks=["open_drawer"], episodes_per_task=1, val_episodes_per_task=0,
+              dart=0.3, workers=1, progress=False, env=EnvConfig(render=False))
+    meta = run_unit(job, Unit("training", "A", 0), ["open_drawer"], tmp_path / "u")
+    n = meta["frames"]
+    assert n > 10 and len(calls) == n
+    rel = np.stack([np.load(tmp_path / "u" / f"episode_{i:07d}.npz")["rel_actions"] for i in range(n)])
+    np.testing.assert_allclose(rel, np.stack([c for c, _ in calls]), atol=1e-6)
+    assert np.abs(rel[:, :3] - np.stack([s for _, s in calls])[:, :3]).mean() > 0.03
+    # the noise has its own stream: the unit starts where, and is annotated as, the plain one is
+    calls.clear()
+    plain = run_unit(Job(**{**job.__dict__, "dart": 0.0}), Unit("training", "A", 0), ["open_drawer"], tmp_path / "p")
+    assert not calls and [s["ann"] for s in plain["segments"]] == [s["ann"] for s in meta["segments"]]
+    np.testing.assert_array_equal(np.load(tmp_path / "p" / "episode_0000000.npz")["robot_obs"],
+                                  np.load(tmp_path / "u" / "episode_0000000.npz")["robot_obs"])
