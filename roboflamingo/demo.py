@@ -319,6 +319,21 @@ def per_task_table(policies: list[tuple[int, dict[str, Any]]], expert: dict[str,
     return "\n".join(rows)
 
 
+def handover_table(policies: list[tuple[int, dict[str, Any]]], tasks: list[str]) -> str:
+    """Per task and seed, in the chains: successes as a chain's first subtask / as a later one (which
+    starts wherever the previous subtask left the arm)."""
+    heads = [f"seed {seed}" for seed, _ in policies]
+    rows = [f"| task | {' | '.join(heads)} |", "|" + "---|" * (len(heads) + 1)]
+    for task in tasks:
+        cells = []
+        for _, res in policies:
+            split = res["chains"].get("per_task_first_later", {}).get(task)
+            cells.append("- / -" if split is None else " / ".join(
+                f"{w['success']}/{w['total']}" if w["total"] else "-" for w in (split["first"], split["later"])))
+        rows.append(f"| {task} | {' | '.join(cells)} |")
+    return "\n".join(rows)
+
+
 def open_loop_table(policies: list[tuple[int, dict[str, Any]]], tasks: list[str]) -> str:
     """Per task and seed: pose error with the evaluation sentence / with the closest other task's."""
     heads = [f"seed {seed}" for seed, _ in policies]
@@ -387,6 +402,10 @@ def write_report(job: Job, report_dir: Path, policies: list[tuple[int, dict[str,
         + summary_table(policies, expert, job.model.name) + "\n\n"
         + per_task_table(policies, expert, job.tasks, job.model.name) + "\n"
     )
+    if all("per_task_first_later" in res["chains"] for _, res in policies):
+        md += ("\n## Chains: each task as the first subtask / as a later one\n\n"
+               "A later subtask starts wherever the previous one left the arm; a task that succeeds first "
+               "and fails later fails at the handover:\n\n" + handover_table(policies, job.tasks) + "\n")
     if all("open_loop" in res for _, res in policies):
         md += ("\n## Open-loop action error on the held-out demonstrations\n\n"
                "Mean |predicted - demonstrated| relative pose action per task, with the task's evaluation "

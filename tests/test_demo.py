@@ -113,8 +113,11 @@ def test_demo_rejects_a_bad_recipe_before_any_work(tmp_path):
 
 
 def _res(avg_len, rates, single, per_task):
+    first_later = {"open_drawer": {"first": {"success": 4, "total": 4, "rate": 1.0},
+                                   "later": {"success": 2, "total": 6, "rate": 1 / 3}}}
     return {"chains": {"avg_len": avg_len, "success_rates": rates, "num_chains": 10,
-                       "per_task": {"open_drawer": {"success": 6, "total": 10, "rate": 0.6}}},
+                       "per_task": {"open_drawer": {"success": 6, "total": 10, "rate": 0.6}},
+                       "per_task_first_later": first_later},
             "single_task": {"task_average": single, "success_rate": single, "num_episodes": 4,
                             "per_task": {t: {"success": k, "total": 2, "rate": k / 2} for t, k in per_task.items()}}}
 
@@ -138,6 +141,8 @@ def test_the_report_gives_each_seed_and_the_mean_and_sample_spread(tmp_path):
     assert "| custom policy, seed 1 | 80% | 60% | 40% | 20% | 0% | 2.00 | 25% |" in md
     assert "| mean ± std (2 seeds) | 70% ± 14% |" in md and "**1.50 ± 0.71**" in md
     assert "| close_drawer | 1/2 | 0/2 | 2/2 |" in md
+    # the chains split by where a task came: first subtask / later (after a handover), per seed
+    assert "| open_drawer | 4/4 / 2/6 | 4/4 / 2/6 |" in md and "| close_drawer | - / - | - / - |" in md
     # One seed: its own figures, the table as before, no spread to report.
     one = write_report(job, tmp_path / "one", seeds[:1], expert, dirs, {})
     assert one["avg_len"] == 1.0 and one["spread"]["avg_len"]["std"] is None

@@ -86,8 +86,23 @@ def per_task_counts(results: Iterable[ChainResult]) -> dict[str, dict[str, float
     }
 
 
+def first_and_later_counts(results: Iterable[ChainResult]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{task: {"first": {...}, "later": {...}}}``: a chain's first subtask starts from its initial
+    state, a later one wherever the previous subtask left the arm; a task that succeeds first and fails
+    later fails at the handover, not at the task."""
+    counts: dict[str, dict[str, list[int]]] = {}
+    for result in results:
+        for k, (task, ok) in enumerate(result.attempted):
+            entry = counts.setdefault(task, {"first": [0, 0], "later": [0, 0]})["first" if k == 0 else "later"]
+            entry[0] += int(ok)
+            entry[1] += 1
+    return {task: {where: {"success": s, "total": n, "rate": s / n if n else None} for where, (s, n) in c.items()}
+            for task, c in sorted(counts.items())}
+
+
 def summarize_chains(results: list[ChainResult], chain_len: int = CHAIN_LEN) -> dict[str, Any]:
-    """CALVIN's long-horizon summary: average length, success after 1..chain_len tasks, per task."""
+    """CALVIN's long-horizon summary: average length, success after 1..chain_len tasks, per task (also
+    split into first and later subtasks)."""
     n = len(results)
     lengths = [r.completed for r in results]
     rates = [sum(length >= i for length in lengths) / n if n else 0.0 for i in range(1, chain_len + 1)]
@@ -97,6 +112,7 @@ def summarize_chains(results: list[ChainResult], chain_len: int = CHAIN_LEN) -> 
         "avg_len": sum(lengths) / n if n else 0.0,
         "success_rates": rates,
         "per_task": per_task_counts(results),
+        "per_task_first_later": first_and_later_counts(results),
     }
 
 

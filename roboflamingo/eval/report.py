@@ -49,9 +49,17 @@ def markdown(summary: dict[str, Any], title: str = "Evaluation") -> str:
     if groups:  # Meta-World's difficulty groups: the mean of each group's task rates
         lines += ["", "| group | tasks | episodes | success (mean over tasks) |", "|---|---|---|---|"]
         lines += [f"| {g} | {c['tasks']} | {c['total']} | {_pct(c['rate'])} |" for g, c in groups.items()]
-    lines += ["", "| task | success | attempted | rate |", "|---|---|---|---|"]
+    split = summary.get("per_task_first_later")
+    if split:  # chains: the first subtask starts from the chain's initial state, later ones at a handover
+        lines += ["", "| task | success | attempted | rate | as first subtask | as a later one |", "|---|---|---|---|---|---|"]
+    else:
+        lines += ["", "| task | success | attempted | rate |", "|---|---|---|---|"]
     for task, c in summary["per_task"].items():
-        lines.append(f"| {task} | {c['success']} | {c['total']} | {_pct(c['rate'])} |")
+        row = f"| {task} | {c['success']} | {c['total']} | {_pct(c['rate'])} |"
+        if split:
+            row += "".join(f" {w['success']}/{w['total']} |" if w["total"] else " - |"
+                           for w in (split[task]["first"], split[task]["later"]))
+        lines.append(row)
     failures = summary.get("failure_videos")
     if failures:
         lines += ["", "Failure videos (the first of each failed task, by chain index):", ""]

@@ -26,6 +26,20 @@ def test_long_horizon_metrics_match_hand_computed_values():
         "d": {"success": 1, "total": 1, "rate": 1.0},
         "e": {"success": 1, "total": 1, "rate": 1.0},
     }
+    # b failed as chain 1's first subtask, succeeded as chain 0's second and failed as chain 2's third
+    split = s["per_task_first_later"]
+    assert split["b"] == {"first": {"success": 0, "total": 1, "rate": 0.0},
+                          "later": {"success": 1, "total": 2, "rate": 0.5}}
+    assert split["a"]["first"]["total"] == 2 and split["a"]["later"] == {"success": 0, "total": 0, "rate": None}
+    assert all(c["first"]["total"] + c["later"]["total"] == s["per_task"][t]["total"] for t, c in split.items())
+
+
+def test_the_chain_report_splits_each_task_into_first_and_later_subtasks():
+    from roboflamingo.eval.report import markdown
+
+    text = markdown(summarize_chains(chains()))
+    assert "| as first subtask | as a later one |" in text
+    assert "| b | 1 | 3 | 33.3% | 0/1 | 1/2 |" in text and "| a | 2 | 2 | 100.0% | 2/2 | - |" in text
 
 
 def test_success_rates_are_cumulative_over_chain_length():
