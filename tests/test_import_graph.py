@@ -170,6 +170,8 @@ LAYERS = [
     # foundation: vocabulary, config and file plumbing, shared loops
     {"roboflamingo", "roboflamingo.types", "roboflamingo.config", "roboflamingo.io", "roboflamingo.transforms",
      "roboflamingo.threads", "roboflamingo.process", "roboflamingo.subtask", "roboflamingo.batching",
+     # recording expert rollouts into our split layout: both generators (tabletop, Meta-World) use it
+     "roboflamingo.recording",
      # loading triton before Mesa's EGL: every simulator that renders through EGL needs it (tabletop, Meta-World)
      "roboflamingo.sim.egl"},
     # the parts: pure-torch models, datasets, the simulators (the tabletop, Meta-World), and the wire

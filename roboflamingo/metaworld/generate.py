@@ -36,7 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from roboflamingo.config import require_positive, save_yaml
-from roboflamingo.data.recording import (
+from roboflamingo.io import atomic_write_json
+from roboflamingo.metaworld.config import MetaWorldConfig
+from roboflamingo.recording import (
     done_dir,
     link_frames,
     move_into_place,
@@ -48,8 +50,6 @@ from roboflamingo.data.recording import (
     write_index,
     write_unit,
 )
-from roboflamingo.io import atomic_write_json
-from roboflamingo.metaworld.config import MetaWorldConfig
 from roboflamingo.robot import ROBOT_FILE
 
 SPLITS = ("training", "validation")
@@ -143,7 +143,10 @@ _ENV: dict = {}
 def _env(cfg: MetaWorldConfig):
     from roboflamingo.metaworld.env import MetaWorldEnv
 
-    if "env" not in _ENV:
+    cached = _ENV.get("env")
+    if cached is None or cached.cfg != cfg:  # another job's settings in this process: not reused
+        if cached is not None:
+            cached.close()
         _ENV["env"] = MetaWorldEnv(cfg=cfg)
     return _ENV["env"]
 

@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from roboflamingo.config import require_choice, require_positive
-from roboflamingo.data.recording import (
+from roboflamingo.io import atomic_write_json, atomic_write_yaml
+from roboflamingo.recording import (
     done_dir,
     link_frames,
     move_into_place,
@@ -49,7 +50,6 @@ from roboflamingo.data.recording import (
     write_index,
     write_unit,
 )
-from roboflamingo.io import atomic_write_json, atomic_write_yaml
 from roboflamingo.robot import ROBOT_FILE
 from roboflamingo.robots import calvin as T
 from roboflamingo.sim.config import EnvConfig
@@ -175,8 +175,14 @@ _ENVS: dict = {}
 def _env(job: Job, scene: str):
     from roboflamingo.sim.env import TabletopEnv
 
-    if scene not in _ENVS:
-        _ENVS[scene] = TabletopEnv(replace(job.env, scene=scene))
+    cfg = replace(job.env, scene=scene)
+    # kept per scene for the worker's next units, but only for the same settings: a process may run
+    # another job (the tests do), and its camera sizes or rendering must not come from the last one
+    cached = _ENVS.get(scene)
+    if cached is None or cached.cfg != cfg:
+        if cached is not None:
+            cached.close()
+        _ENVS[scene] = TabletopEnv(cfg)
     return _ENVS[scene]
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from roboflamingo.data.layout import load_split_index
-from roboflamingo.data.recording import (
+from roboflamingo.recording import (
     done_dir,
     link_frames,
     move_into_place,
