@@ -209,7 +209,8 @@ def make_specs(job: Job) -> tuple[MetaWorldPolicySpec, MetaWorldEnvSpec]:
     threads = cfg.torch_threads or default_torch_threads(cfg.workers, cfg.batch_size, cfg.batch_groups)
     policy = MetaWorldPolicySpec(job.policy, torch_threads=threads, precision=cfg.precision)
     if policy.kind is PolicyKind.checkpoint:
-        check_checkpoint(job.policy.checkpoint, sawyer_robot(job.env), "env=metaworld")
+        # the setting that decides the state is named, so a mismatch shows which one to change
+        check_checkpoint(job.policy.checkpoint, sawyer_robot(job.env), f"env=metaworld env.state={job.env.state}")
     return policy, MetaWorldEnvSpec(job.env)
 
 

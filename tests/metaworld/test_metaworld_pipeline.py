@@ -10,7 +10,7 @@ from roboflamingo import cli
 
 
 @pytest.mark.slow
-def test_one_task_generate_pack_train_eval_and_export(tmp_path):
+def test_one_task_generate_pack_train_eval_and_export(tmp_path, capsys):
     from roboflamingo.metaworld.config import MetaWorldConfig
     from roboflamingo.metaworld.env import sawyer_robot
     from roboflamingo.models.checkpoint import read_robot
@@ -28,6 +28,11 @@ def test_one_task_generate_pack_train_eval_and_export(tmp_path):
     summary = json.loads((out / "results.json").read_text())
     assert summary["per_task"]["reach-v3"]["total"] == 2 and summary["per_group"]["easy"]["tasks"] == 1
     assert summary["policy"]["kind"] == "checkpoint"
+    # a policy trained on the 4-d state, evaluated where the state is the full observation: refused
+    # up front, naming the setting that decides it
+    assert cli.main(["eval", "env=metaworld", f"checkpoint={ckpt}", "eval.tasks=[reach]", "env.size=32",
+                     "env.state=full", f"run_dir={tmp_path / 'full'}", "eval.progress=false"]) == 2
+    assert "env=metaworld env.state=full is for robot" in capsys.readouterr().err
 
     # LeRobot's naming for Meta-World (lerobot/metaworld_mt50: observation.image, 80 fps, robot_type metaworld)
     export = tmp_path / "lerobot"
