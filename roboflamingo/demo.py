@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -319,36 +320,37 @@ def per_task_table(policies: list[tuple[int, dict[str, Any]]], expert: dict[str,
     return "\n".join(rows)
 
 
+def _per_seed_table(policies: list[tuple[int, dict[str, Any]]], tasks: list[str],
+                    cell: Callable[[dict[str, Any], str], str]) -> str:
+    """A row per task, a column per seed, each cell ``cell(that seed's results, task)``."""
+    heads = [f"seed {seed}" for seed, _ in policies]
+    rows = [f"| task | {' | '.join(heads)} |", "|" + "---|" * (len(heads) + 1)]
+    rows += [f"| {task} | {' | '.join(cell(res, task) for _, res in policies)} |" for task in tasks]
+    return "\n".join(rows)
+
+
 def handover_table(policies: list[tuple[int, dict[str, Any]]], tasks: list[str]) -> str:
     """Per task and seed, in the chains: successes as a chain's first subtask / as a later one (which
     starts wherever the previous subtask left the arm)."""
-    heads = [f"seed {seed}" for seed, _ in policies]
-    rows = [f"| task | {' | '.join(heads)} |", "|" + "---|" * (len(heads) + 1)]
-    for task in tasks:
-        cells = []
-        for _, res in policies:
-            split = res["chains"].get("per_task_first_later", {}).get(task)
-            cells.append("- / -" if split is None else " / ".join(
-                f"{w['success']}/{w['total']}" if w["total"] else "-" for w in (split["first"], split["later"])))
-        rows.append(f"| {task} | {' | '.join(cells)} |")
-    return "\n".join(rows)
+    def cell(res: dict[str, Any], task: str) -> str:
+        split = res["chains"].get("per_task_first_later", {}).get(task)
+        if split is None:
+            return "- / -"
+        return " / ".join(f"{w['success']}/{w['total']}" if w["total"] else "-" for w in (split["first"], split["later"]))
+
+    return _per_seed_table(policies, tasks, cell)
 
 
 def open_loop_table(policies: list[tuple[int, dict[str, Any]]], tasks: list[str]) -> str:
     """Per task and seed: pose error with the evaluation sentence / with the closest other task's."""
-    heads = [f"seed {seed}" for seed, _ in policies]
-    rows = [f"| task | {' | '.join(heads)} |", "|" + "---|" * (len(heads) + 1)]
-    for task in tasks:
-        cells = []
-        for _, res in policies:
-            e = res["open_loop"]["per_task"].get(task)
-            if e is None:
-                cells.append("-")
-            else:
-                other = f" / {e['closest_other_pose_mae']:.3f} ({e['closest_other']})" if "closest_other" in e else ""
-                cells.append(f"{e['pose_mae']:.3f}{other}")
-        rows.append(f"| {task} | {' | '.join(cells)} |")
-    return "\n".join(rows)
+    def cell(res: dict[str, Any], task: str) -> str:
+        e = res["open_loop"]["per_task"].get(task)
+        if e is None:
+            return "-"
+        other = f" / {e['closest_other_pose_mae']:.3f} ({e['closest_other']})" if "closest_other" in e else ""
+        return f"{e['pose_mae']:.3f}{other}"
+
+    return _per_seed_table(policies, tasks, cell)
 
 
 def write_report(job: Job, report_dir: Path, policies: list[tuple[int, dict[str, Any]]], expert: dict[str, Any],

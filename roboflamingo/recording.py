@@ -61,6 +61,18 @@ def record_unit(work: Path, split: str, name: str, write: Callable[[Path], dict]
     return meta
 
 
+def worker_env(cache: dict[Any, Any], key: Any, cfg: Any, build: Callable[[Any], Any]) -> Any:
+    """The simulator ``build(cfg)`` a worker keeps under ``key`` for its next units, rebuilt (the old
+    one closed) when a unit asks for other settings: a process may run a second job (the tests do),
+    whose camera sizes or rendering must not come from the first one's."""
+    cached = cache.get(key)
+    if cached is None or cached.cfg != cfg:
+        if cached is not None:
+            cached.close()
+        cache[key] = build(cfg)
+    return cache[key]
+
+
 def run_units(work_fn: Callable[[Any], Any], args: Sequence[Any], total: int, workers: int, progress: bool,
               desc: str, unit: str, on_close: Callable[[], None] | None = None) -> None:
     """``work_fn(a)`` for each of ``args`` (the units still to do of ``total``), in ``workers`` spawned

@@ -15,6 +15,7 @@ from roboflamingo.recording import (
     read_meta,
     record_unit,
     run_units,
+    worker_env,
     write_index,
     write_unit,
 )
@@ -90,3 +91,19 @@ def test_an_assembled_split_reads_back_and_replaces_the_old_one_whole(tmp_path):
     assert index.instructions == ["open the drawer", "close it"]
     assert np.load(old / "episode_0000003.npz")["robot_obs"][0] == 10.0
     assert (np.load(old / "ep_lens.npy") == [3, 2]).all()
+
+
+def test_a_worker_keeps_its_simulator_only_for_the_same_settings():
+    class Sim:
+        def __init__(self, cfg):
+            self.cfg, self.closed = cfg, False
+
+        def close(self):
+            self.closed = True
+
+    cache: dict = {}
+    first = worker_env(cache, "A", {"size": 16}, Sim)
+    assert worker_env(cache, "A", {"size": 16}, Sim) is first
+    other = worker_env(cache, "A", {"size": 32}, Sim)
+    assert other is not first and first.closed and other.cfg == {"size": 32}
+    assert worker_env(cache, "B", {"size": 16}, Sim) is not other and not other.closed

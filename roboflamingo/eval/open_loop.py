@@ -34,7 +34,6 @@ from roboflamingo.config import require_choice, require_positive
 from roboflamingo.data.layout import (
     DatasetError,
     SplitIndex,
-    frame_keys,
     frame_path,
     load_split_index,
     read_frame,
@@ -123,6 +122,7 @@ def open_loop_errors(policy: Any, split_dir: str | Path, sentences: str = "eval"
     observed = (*robot.camera_names, robot.state.key)
     continuous = list(robot.action.continuous)
     gripper = robot.action.grippers[0] if robot.action.grippers else None
+    threshold = robot.action.gripper_threshold
     # Per task: summed |error| per instruction (own first, then each task's sentence), frames, gripper hits.
     sums: dict[str, dict[str, Any]] = {t: {"err": np.zeros(1 + len(others)), "frames": 0, "grip": 0, "segments": 0}
                                        for t in tasks}
@@ -132,13 +132,12 @@ def open_loop_errors(policy: Any, split_dir: str | Path, sentences: str = "eval"
         histories: list[Any] = [None] * len(instructions)
         acc = sums[task]
         for frame_id in range(first, last + 1):
-            frame = read_frame(frame_path(split_dir, frame_id), frame_keys(robot), robot=robot)
+            frame = read_frame(frame_path(split_dir, frame_id), robot=robot)
             obs = {key: frame[key] for key in observed}
             actions, histories = policy.step_batch([obs] * len(instructions), instructions, histories)
             target = frame[robot.action.key].astype(np.float64)
             acc["err"] += np.abs(actions[:, continuous] - target[continuous]).mean(axis=1)
             if gripper is not None:
-                threshold = robot.action.gripper_threshold
                 acc["grip"] += int((actions[0, gripper] > threshold) == (target[gripper] > threshold))
             acc["frames"] += 1
         acc["segments"] += 1

@@ -47,6 +47,7 @@ from roboflamingo.recording import (
     read_meta,
     record_unit,
     run_units,
+    worker_env,
     write_index,
     write_unit,
 )
@@ -126,7 +127,9 @@ def annotation(job: Job, unit: Unit) -> str:
     """The instruction a demonstration is annotated with (``Job.paraphrases``)."""
     from roboflamingo.metaworld.tasks import task_table
 
-    sentences = task_table().training_sentences(unit.task) if job.paraphrases else (task_table().train[unit.task],)
+    sentences = task_table().training_sentences(unit.task)  # LeRobot's description first
+    if not job.paraphrases:
+        sentences = sentences[:1]
     key = [job.seed, SPLITS.index(unit.split), unit.index, *unit.task.encode()]
     return sentences[int(np.random.default_rng(key).integers(len(sentences)))]
 
@@ -143,12 +146,7 @@ _ENV: dict = {}
 def _env(cfg: MetaWorldConfig):
     from roboflamingo.metaworld.env import MetaWorldEnv
 
-    cached = _ENV.get("env")
-    if cached is None or cached.cfg != cfg:  # another job's settings in this process: not reused
-        if cached is not None:
-            cached.close()
-        _ENV["env"] = MetaWorldEnv(cfg=cfg)
-    return _ENV["env"]
+    return worker_env(_ENV, "env", cfg, lambda c: MetaWorldEnv(cfg=c))
 
 
 def run_unit(job: Job, unit: Unit, task_index: int, out_dir: Path) -> dict:

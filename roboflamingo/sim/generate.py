@@ -47,6 +47,7 @@ from roboflamingo.recording import (
     read_meta,
     record_unit,
     run_units,
+    worker_env,
     write_index,
     write_unit,
 )
@@ -175,15 +176,7 @@ _ENVS: dict = {}
 def _env(job: Job, scene: str):
     from roboflamingo.sim.env import TabletopEnv
 
-    cfg = replace(job.env, scene=scene)
-    # kept per scene for the worker's next units, but only for the same settings: a process may run
-    # another job (the tests do), and its camera sizes or rendering must not come from the last one
-    cached = _ENVS.get(scene)
-    if cached is None or cached.cfg != cfg:
-        if cached is not None:
-            cached.close()
-        _ENVS[scene] = TabletopEnv(cfg)
-    return _ENVS[scene]
+    return worker_env(_ENVS, scene, replace(job.env, scene=scene), TabletopEnv)
 
 
 def _unit_tasks(job: Job, unit: Unit, tasks: list[str], rng: np.random.Generator, oracle):
