@@ -24,6 +24,7 @@ import threading
 import time
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
@@ -45,6 +46,9 @@ def summarize(value):
     if isinstance(value, list):
         return [summarize(v) for v in value]
     return value
+
+
+DISCOVERY_WAIT_S = 10.0
 
 
 class Probe:
@@ -82,10 +86,20 @@ class Probe:
             self.publishers[topic] = self.node.create_publisher(message_class(type_str), topic, qos)
         return self.publishers[topic]
 
-    def publish(self, topic: str, type_str: str, fields: dict, offset_s: float = 0.0) -> float:
+    def publish(self, topic: str, type_str: str, fields: dict, offset_s: float = 0.0, matched: bool = False) -> float:
+        """``matched``: wait (bounded) until a subscriber is matched, and after publishing until it has
+        acknowledged the message. A volatile message sent while discovery is still half done is lost,
+        and two topics' messages can arrive in either order, so a test's gripper command could miss the
+        step its target pose makes (seen in CI). Streams repeat, and may start before anyone listens."""
         msg = from_dict(message_class(type_str), fields, topic)
         stamp_msg(msg, offset_s)
-        self.publisher(topic, type_str).publish(msg)
+        publisher = self.publisher(topic, type_str)
+        deadline = time.time() + DISCOVERY_WAIT_S
+        while matched and publisher.get_subscription_count() == 0 and time.time() < deadline:
+            time.sleep(0.01)
+        publisher.publish(msg)
+        if matched:
+            publisher.wait_for_all_acked(Duration(seconds=DISCOVERY_WAIT_S))
         return time.time()
 
     def tick(self, name: str) -> None:
@@ -103,7 +117,8 @@ class Probe:
     def handle(self, req: dict) -> bool:
         op = req["op"]
         if op == "publish":
-            reply(req["id"], published=self.publish(req["topic"], req["type"], req["msg"], req.get("stamp_offset_s", 0.0)))
+            reply(req["id"], published=self.publish(req["topic"], req["type"], req["msg"], req.get("stamp_offset_s", 0.0),
+                                                   matched=True))
         elif op == "stream":
             for m in req["messages"]:
                 self.publisher(m["topic"], m["type"])
