@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Meta-World MT10 on a CPU (issue 27): the scripted experts' demonstrations, a small policy trained on
 # 2 cores, then 20 seeded episodes per task with the evaluation sentences (never a training one).
-#   scripts/metaworld_mt10.sh [run_dir] [training seed] [state]
+#   scripts/metaworld_mt10.sh [run_dir] [training seed] [state] [train overrides...]
 # state: hand (LeRobot's 4-d state; the image says where objects and goal are) or full (Meta-World's
 # 39-d observation, objects and goal included: privileged, not comparable with image-based results).
 # Stages are kept under run_dir and skipped on a rerun (delete a stage's folder to redo it); the last
-# line is the evaluation's JSON summary. Figures and timings: README and docs/metaworld.md.
+# line is the evaluation's JSON summary. Further arguments go to `train` (e.g. model.lm.pooling=mean).
+# Figures and timings: README and docs/metaworld.md.
 set -euo pipefail
 RUN=${1:-runs/metaworld_mt10}
 SEED=${2:-0}
 STATE=${3:-hand}
+shift $(( $# < 3 ? $# : 3 ))
 PY=${PYTHON:-.venv/bin/python}
 RF="$PY -m roboflamingo.cli"
 DATA=$RUN/data
@@ -31,7 +33,7 @@ if [ ! -e "$RUN/train/checkpoints/last" ] || [ ! -f "$RUN/train/done" ]; then
   $RF train data=metaworld data.root="$DATA" model=tiny_minilm head=lstm train=tiny \
     model.window=1 model.use_state=true model.lm.cross_attn_every_n_layers=6 \
     data.batch_size=32 data.num_workers=1 train.threads=1 train.steps=12000 train.val_every=3000 \
-    train.checkpoint_every=3000 train.progress=false seed="$SEED" run_dir="$RUN/train"
+    train.checkpoint_every=3000 train.progress=false seed="$SEED" run_dir="$RUN/train" "$@"
   touch "$RUN/train/done"
 fi
 
