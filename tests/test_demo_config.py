@@ -26,7 +26,7 @@ def test_the_demo_generates_what_it_was_measured_with(job):
     gen = asdict(job.generate_job(Path("runs/demo/data")))
     assert gen == {"root": "runs/demo/data", "train_scenes": ["D"], "val_scenes": ["D"], "mode": "both",
                    "tasks": TASKS, "episodes_per_task": 40, "val_episodes_per_task": 3, "chains_per_scene": 0,
-                   "val_chains_per_scene": 0, "noise": 0.01, "dart": 0.0, "handover": 0.3, "handover_home": False,
+                   "val_chains_per_scene": 0, "noise": 0.01, "dart": 0.3, "handover": 0.3, "handover_home": False,
                    "workers": 2, "seed": 0, "progress": True, "env": ENV}
 
 
