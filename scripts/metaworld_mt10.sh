@@ -39,3 +39,5 @@ fi
 
 $RF eval env=metaworld checkpoint="$RUN/train/checkpoints/last" "eval.tasks=[mt10]" eval.episodes_per_task=20 \
   env.size=64 env.state="$STATE" eval.workers=2 eval.failure_videos=1 eval.progress=false run_dir="$RUN/eval"
+# The summary as one JSON line (success pooled and averaged over tasks, episodes, per difficulty group).
+$PY -c 'import json, sys; r = json.load(open(sys.argv[1])); print(json.dumps({"success_rate": r["success_rate"], "task_average": r["task_average"], "num_episodes": r["num_episodes"], "per_group": {g: v["rate"] for g, v in r["per_group"].items()}}))' "$RUN/eval/results.json"
