@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import sys
 import threading
 import time
@@ -505,6 +506,16 @@ class ControlNode:
         }
 
 
+def interruptible() -> None:
+    """SIGINT and SIGTERM end the node as Ctrl-C does (summary written, commands stopped). A process
+    started in the background by a non-interactive shell inherits SIGINT ignored, and Python then
+    never raises KeyboardInterrupt: the node would ignore a launcher's stop and lose its summary."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def run(job: Job) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from roboflamingo.deploy.client import PolicyServerError
@@ -526,6 +537,7 @@ def run(job: Job) -> int:
     except (ImportError, ValueError) as e:  # rclpy missing (deploy.link=rclpy); a policy for another robot; the rosauth secret file
         print(f"roboflamingo ros: {e}", file=sys.stderr)
         return 2
+    interruptible()
     try:
         summary = node.run()
     except KeyboardInterrupt:

@@ -1,5 +1,8 @@
 """The control node: holds on stale data, e-stop and disconnects; commands through a real bridge."""
 
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -501,3 +504,23 @@ def test_the_node_reconnects_after_the_bridge_drops(bridge_setup):
     node.stop()
     thread.join(10)
     assert result["bridge_drops"] >= 1 and result["commands"] >= 4
+
+
+def test_sigint_and_sigterm_interrupt_the_node_even_when_it_starts_with_sigint_ignored():
+    # A shell's background job starts with SIGINT ignored; the node must still stop on a launcher's
+    # SIGINT or SIGTERM and write its summary (a make test run in the background lost node.json so).
+    code = textwrap.dedent("""
+        import os, signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        from roboflamingo.deploy.ros_node import interruptible
+        interruptible()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                os.kill(os.getpid(), sig)
+                time.sleep(10)
+                print("ignored", sig.name)
+            except KeyboardInterrupt:
+                print("interrupted", sig.name)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split("\n")[:2] == ["interrupted SIGINT", "interrupted SIGTERM"], out.stderr
