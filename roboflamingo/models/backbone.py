@@ -46,6 +46,19 @@ def _init_new_rows(lm: nn.Module, old_rows: int) -> None:
             bias[old_rows:] = bias[:old_rows].mean()
 
 
+def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """hidden (N, L, D), attention_mask (N, L) -> (N, D): ``model.lm.pooling`` over the real tokens."""
+    mask = attention_mask.bool()
+    if pooling == "last":
+        last = mask.long().sum(dim=1).clamp(min=1) - 1  # right padding: last real token
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if pooling == "mean":
+        weight = mask[..., None].to(hidden.dtype)
+        return (hidden * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
+    # Max over real tokens only; the original pooled over padding too.
+    return hidden.masked_fill(~mask[..., None], torch.finfo(hidden.dtype).min).amax(dim=1)
+
+
 class FlamingoBackbone(nn.Module):
     def __init__(self, cfg: ModelConfig, load_weights: bool = True):
         super().__init__()
@@ -155,15 +168,7 @@ class FlamingoBackbone(nn.Module):
         # hidden_states holds each layer's input (recorded before its cross-attention hook runs),
         # then the final normed output.
         hidden = out.hidden_states[-2] if block_input else out.last_hidden_state  # (N, L, D_lm)
-        mask = attention_mask.bool()
-        if self.cfg.lm.pooling == "last":
-            last = mask.long().sum(dim=1).clamp(min=1) - 1  # right padding: last real token
-            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        if self.cfg.lm.pooling == "mean":
-            weight = mask[..., None].to(hidden.dtype)
-            return (hidden * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)
-        # Max over real tokens only; the original pooled over padding too.
-        return hidden.masked_fill(~mask[..., None], torch.finfo(hidden.dtype).min).amax(dim=1)
+        return pool_tokens(hidden, attention_mask, self.cfg.lm.pooling)
 
     def forward(self, cameras: Sequence[torch.Tensor], input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
