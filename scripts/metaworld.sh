@@ -1,26 +1,35 @@
 #!/usr/bin/env bash
-# Meta-World MT10 on a CPU (issue 27): the scripted experts' demonstrations, a small policy trained on
-# 2 cores, then 20 seeded episodes per task with the evaluation sentences (never a training one).
-#   scripts/metaworld_mt10.sh [run_dir] [training seed] [state] [train overrides...]
+# Meta-World on a CPU (issue 27): the scripted experts' demonstrations, a small policy trained on
+# 2 cores, then seeded episodes per task with the evaluation sentences (never a training one).
+#   scripts/metaworld.sh [run_dir] [training seed] [state] [train overrides...]
+# The defaults are the MT10 recipe; the task set and budget come from the environment:
+#   TASKS (mt10; a group such as easy, or all), EPISODES (demonstrations per task, 100),
+#   EVAL_EPISODES (per task, 20), STEPS (training steps, 12000), THREADS (training threads, 1).
+#   The 50-task table: TASKS=all EPISODES=50 EVAL_EPISODES=10 STEPS=24000 THREADS=2.
 # state: hand (LeRobot's 4-d state; the image says where objects and goal are) or full (Meta-World's
 # 39-d observation, objects and goal included: privileged, not comparable with image-based results).
 # Stages are kept under run_dir and skipped on a rerun (delete a stage's folder to redo it); the last
 # line is the evaluation's JSON summary. Further arguments go to `train` (e.g. model.lm.pooling=mean).
 # Figures and timings: README and docs/metaworld.md.
 set -euo pipefail
-RUN=${1:-runs/metaworld_mt10}
+RUN=${1:-runs/metaworld_${TASKS:-mt10}}
 SEED=${2:-0}
 STATE=${3:-hand}
+TASKS=${TASKS:-mt10}
+EPISODES=${EPISODES:-100}
+EVAL_EPISODES=${EVAL_EPISODES:-20}
+STEPS=${STEPS:-12000}
+THREADS=${THREADS:-1}
 shift $(( $# < 3 ? $# : 3 ))
 PY=${PYTHON:-.venv/bin/python}
 RF="$PY -m roboflamingo.cli"
 DATA=$RUN/data
 mkdir -p "$RUN"
 
-# 100 demonstrations per task (LeRobot's MT50 set has 50), object and goal positions drawn anew each
+# EPISODES demonstrations per task (LeRobot's MT50 set has 50), object and goal positions drawn anew each
 # episode, each annotated with LeRobot's description or one of our paraphrases. 64 px, fast renderer.
 if [ ! -f "$DATA/manifest.json" ]; then
-  $RF generate env=metaworld root="$DATA" "tasks=[mt10]" episodes_per_task=100 val_episodes_per_task=2 \
+  $RF generate env=metaworld root="$DATA" "tasks=[$TASKS]" episodes_per_task="$EPISODES" val_episodes_per_task=2 \
     env.size=64 env.state="$STATE" workers=2 progress=false
 fi
 if [ ! -f "$DATA/validation/packed/manifest.json" ]; then
@@ -32,12 +41,12 @@ fi
 if [ ! -e "$RUN/train/checkpoints/last" ] || [ ! -f "$RUN/train/done" ]; then
   $RF train data=metaworld data.root="$DATA" model=tiny_minilm head=lstm train=tiny \
     model.window=1 model.use_state=true model.lm.cross_attn_every_n_layers=6 \
-    data.batch_size=32 data.num_workers=1 train.threads=1 train.steps=12000 train.val_every=3000 \
+    data.batch_size=32 data.num_workers=1 train.threads="$THREADS" train.steps="$STEPS" train.val_every=3000 \
     train.checkpoint_every=3000 train.progress=false seed="$SEED" run_dir="$RUN/train" "$@"
   touch "$RUN/train/done"
 fi
 
-$RF eval env=metaworld checkpoint="$RUN/train/checkpoints/last" "eval.tasks=[mt10]" eval.episodes_per_task=20 \
+$RF eval env=metaworld checkpoint="$RUN/train/checkpoints/last" "eval.tasks=[$TASKS]" eval.episodes_per_task="$EVAL_EPISODES" \
   env.size=64 env.state="$STATE" eval.workers=2 eval.failure_videos=1 eval.progress=false run_dir="$RUN/eval"
 # The summary as one JSON line (success pooled and averaged over tasks, episodes, per difficulty group).
 $PY -c 'import json, sys; r = json.load(open(sys.argv[1])); print(json.dumps({"success_rate": r["success_rate"], "task_average": r["task_average"], "num_episodes": r["num_episodes"], "per_group": {g: v["rate"] for g, v in r["per_group"].items()}}))' "$RUN/eval/results.json"
