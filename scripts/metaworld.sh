@@ -9,7 +9,7 @@
 # state: hand (LeRobot's 4-d state; the image says where objects and goal are) or full (Meta-World's
 # 39-d observation, objects and goal included: privileged, not comparable with image-based results).
 # Stages are kept under run_dir and skipped on a rerun (delete a stage's folder to redo it); the last
-# line is the evaluation's JSON summary. Further arguments go to `train` (e.g. model.lm.pooling=mean).
+# line is the evaluation's JSON headline. Further arguments go to `train` (e.g. model.lm.pooling=mean).
 # Figures and timings: README and docs/metaworld.md.
 set -euo pipefail
 RUN=${1:-runs/metaworld_${TASKS:-mt10}}
@@ -48,5 +48,3 @@ fi
 
 $RF eval env=metaworld checkpoint="$RUN/train/checkpoints/last" "eval.tasks=[$TASKS]" eval.episodes_per_task="$EVAL_EPISODES" \
   env.size=64 env.state="$STATE" eval.workers=2 eval.failure_videos=1 eval.progress=false run_dir="$RUN/eval"
-# The summary as one JSON line (success pooled and averaged over tasks, episodes, per difficulty group).
-$PY -c 'import json, sys; r = json.load(open(sys.argv[1])); print(json.dumps({"success_rate": r["success_rate"], "task_average": r["task_average"], "num_episodes": r["num_episodes"], "per_group": {g: v["rate"] for g, v in r["per_group"].items()}}))' "$RUN/eval/results.json"

@@ -156,6 +156,19 @@ def eval_info(summary: dict[str, Any], task_group: str = "calvin") -> dict[str, 
     }
 
 
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The figures a script reads from an evaluation's last output line: CALVIN's row for chains
+    (``avg_len``, ``success_rates``), success pooled and averaged over tasks for single-task episodes,
+    and each difficulty group's rate where the benchmark has groups (Meta-World)."""
+    if summary.get("mode") == "chains":
+        line = {k: summary[k] for k in ("avg_len", "success_rates", "num_chains")}
+    else:
+        line = {k: summary[k] for k in ("success_rate", "task_average", "num_episodes")}
+    if summary.get("per_group"):
+        line["per_group"] = {g: v["rate"] for g, v in summary["per_group"].items()}
+    return line
+
+
 def write_report(run_dir: str | Path, summary: dict[str, Any], title: str = "Evaluation") -> dict[str, Path]:
     """Write the report files (results.json/.md/.png, eval_info.json) atomically; return their paths."""
     run_dir = Path(run_dir)

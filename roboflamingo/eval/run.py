@@ -14,6 +14,7 @@ skipped. The report (``results.json``, ``results.md``, ``results.png``, ``videos
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from roboflamingo.eval.config import EvalConfig
 from roboflamingo.eval.envs import EnvSpec
 from roboflamingo.eval.items import build_items
 from roboflamingo.eval.policies import PolicySpec, default_torch_threads
-from roboflamingo.eval.report import markdown, write_report
+from roboflamingo.eval.report import headline, markdown, write_report
 from roboflamingo.eval.runner import evaluate_items
 from roboflamingo.models.towers import TowerNotFoundError
 from roboflamingo.policies import LOCAL_KINDS, PolicyKind, PolicySourceConfig
@@ -106,6 +107,7 @@ def evaluate_and_report(job: Any, items: list, policy_spec: Any, env_spec: Any, 
     paths = write_report(run_dir, summary, title)
     print(markdown(summary, title))
     print(f"report: {paths['json']}, {paths['md']}, {paths['png']}")
+    print(json.dumps(headline(summary)))
     return 0
 
 

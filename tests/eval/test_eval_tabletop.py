@@ -32,6 +32,14 @@ def expert_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_the_last_line_printed_is_the_headline_of_results_json(expert_run, capsys):
+    run_dir, results = expert_run
+    assert cli.main([*EXPERT_20, f"run_dir={run_dir}"]) == 0  # resumes: nothing left to run
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last == {k: results[k] for k in ("avg_len", "success_rates", "num_chains")}
+
+
+@pytest.mark.slow
 def test_expert_completes_at_least_four_tasks_per_chain_on_average(expert_run):
     run_dir, results = expert_run
     assert results["num_chains"] == 20

@@ -31,9 +31,12 @@ def test_items_seed_episode_k_of_every_task_alike_and_use_evaluation_sentences()
     assert items[3].instructions == [task_table().eval["push-v3"]] and items[3].tasks == ["push-v3"]
 
 
-def test_expert_scores_the_reference_row_with_a_difficulty_table(tmp_path):
+def test_expert_scores_the_reference_row_with_a_difficulty_table(tmp_path, capsys):
     run_dir = tmp_path / "run"
     summary = _eval(run_dir, "eval.num_videos=1")
+    # the last line printed is the headline a script reads
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last == {"success_rate": 1.0, "task_average": 1.0, "num_episodes": 4, "per_group": {"easy": 1.0}}
     assert summary["mode"] == "single_task" and summary["num_episodes"] == 4
     assert summary["success_rate"] == 1.0
     assert summary["per_group"] == {"easy": {"tasks": 2, "success": 4, "total": 4, "rate": 1.0}}
