@@ -119,7 +119,7 @@ def test_unbounded_limits_are_written_as_null():
 # Modules whose code serves every robot: they read shapes from a description and may name CALVIN only
 # as the default robot (``CALVIN``), never its shapes or keys.
 GENERIC = ["models/policy.py", "models/heads.py", "models/normalization.py", "models/backbone.py",
-           "models/checkpoint.py", "train/loop.py", "types.py", "robot.py", "batching.py", "subtask.py",
+           "models/checkpoint.py", "train/loop.py", "train/job.py", "types.py", "robot.py", "batching.py", "subtask.py",
            "data/dataset.py", "data/stats.py", "data/pack.py", "data/packed.py", "data/lerobot.py",
            "data/export_lerobot.py", "deploy/client.py", "deploy/robot_io.py", "deploy/protocols/openpi.py"]
 

@@ -139,7 +139,7 @@ def test_train_and_demo_refuse_a_chunk_longer_than_the_prediction_before_any_wor
 
 def _job_schema(command):
     if command == "train":
-        from roboflamingo.train.loop import Job
+        from roboflamingo.train.job import Job
     else:
         from roboflamingo.demo import Job
     return Job

@@ -13,7 +13,7 @@ from roboflamingo import cli
 from roboflamingo.config import ConfigError, load
 from roboflamingo.train import loggers
 from roboflamingo.train.config import TrainConfig
-from roboflamingo.train.loop import Job
+from roboflamingo.train.job import Job
 from roboflamingo.train.optim import build_optimizer, lr_factor
 
 

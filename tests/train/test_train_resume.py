@@ -147,7 +147,7 @@ def test_resume_from_the_run_directory_alone_trains_on_with_longer_steps_recorde
     records = [json.loads(line) for line in (run_dir / "resumes.jsonl").read_text().splitlines()]
     assert records == [{"step": 6, "changed": {"train.steps": [6, 12]}}]
     from roboflamingo.config import load_yaml
-    from roboflamingo.train.loop import Job
+    from roboflamingo.train.job import Job
 
     assert load_yaml(run_dir / "config.yaml", Job).train.steps == 12
     # Nothing to do: a resume at the final step changes nothing and records nothing.
@@ -190,7 +190,7 @@ def test_a_run_checkpointed_in_the_first_format_resumes(tmp_path, dataset):
     """A run directory whose checkpoint is flat (config.yaml, model.safetensors, trainer.pt) trains on,
     and its next checkpoint is written in the current layout."""
     from roboflamingo.config import load, save_yaml
-    from roboflamingo.train.loop import Job
+    from roboflamingo.train.job import Job
 
     run_dir = tmp_path / "run"
     save_yaml(load("train", Job, [*V1_OVERRIDES, f"data.root={dataset}", f"run_dir={run_dir}"]), run_dir / "config.yaml")
