@@ -26,3 +26,18 @@ def package_data_dir(name: str, override_env: str) -> Path:
         raise RuntimeError(f"roboflamingo/{name} is inside a zip archive ({found}); install the package "
                            f"unzipped (pip install) or set {override_env} to a copy of that directory")
     return found
+
+
+def resolve_path(value: str, key: str, hint: str = "") -> Path:
+    """A filesystem path, or ``package:<module>/<path>`` inside an installed Python package, so a config
+    can name a file a package ships wherever it is installed. ``key`` (the config key) and ``hint`` go
+    into the error when the package is missing."""
+    if not value.startswith("package:"):
+        return Path(value)
+    import importlib.util
+
+    module, _, sub = value[len("package:"):].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{key} '{value}': Python package '{module}' is not installed{hint}")
+    return Path(list(spec.submodule_search_locations)[0]) / sub

@@ -161,8 +161,9 @@ class DataConfig:
         augment: training-time image augmentation (the training split only).
         paraphrase: replace a segment's instruction by a random sentence of the same task (the
             original's ``--text_aug``), drawn from the split's own annotations and ``paraphrase_file``.
-        paraphrase_file: YAML/JSON mapping task name -> list of sentences, added to the paraphrases;
-            null: the split's own annotations only.
+        paraphrase_file: YAML/JSON mapping task name -> list of sentences, added to the paraphrases
+            (a path, or ``package:<module>/<path>`` for a file a package ships); null: the split's own
+            annotations only.
         use_packed: ``auto``: read the shards ``roboflamingo pack`` made when they exist, else the npz
             files; ``always``: fail without them; ``never``: always read the npz files.
         packed_root: the packed shards of split S live in ``<packed_root>/S``; null:

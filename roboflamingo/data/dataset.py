@@ -89,7 +89,9 @@ def build_windows(segments: np.ndarray, window: int, stride: int) -> np.ndarray:
 
 
 def _load_paraphrases(path: str) -> dict[str, list[str]]:
-    p = Path(path)
+    from roboflamingo.resources import resolve_path
+
+    p = resolve_path(path, "data.paraphrase_file")
     try:
         text = p.read_text()
         table = json.loads(text) if p.suffix == ".json" else __import__("yaml").safe_load(text)

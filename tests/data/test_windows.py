@@ -169,6 +169,18 @@ def test_paraphrase_draws_sentences_of_the_same_task(cfg, layout, tmp_path):
     assert val[0]["instruction"] == layout["annotations"][int(val.windows[0, 0])][3]
 
 
+def test_paraphrase_file_may_name_a_file_a_package_ships(cfg, layout):
+    from roboflamingo.sim.instructions import load_instructions
+
+    shipped = "package:roboflamingo/envs/instructions/train.yaml"
+    ds = CalvinDataset(dataclasses.replace(cfg, paraphrase=True, paraphrase_file=shipped), seed=0)
+    task = layout["annotations"][int(ds.windows[0, 0])][2]
+    drawn = {ds[(0, epoch)]["instruction"] for epoch in range(40)}
+    assert set(load_instructions("train")[task]) <= drawn | {layout["annotations"][int(ds.windows[0, 0])][3]}
+    with pytest.raises(FileNotFoundError, match="data.paraphrase_file 'package:no_such_pkg/x.yaml'.*not installed"):
+        CalvinDataset(dataclasses.replace(cfg, paraphrase=True, paraphrase_file="package:no_such_pkg/x.yaml"))
+
+
 def test_normalization_identity_for_calvin_scaled_actions(root):
     stats = compute_normalization(root / "training")
     assert set(stats) == {"action_mean", "action_std", "robot_obs_mean", "robot_obs_std"}
