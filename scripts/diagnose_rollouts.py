@@ -20,7 +20,9 @@ sits at +-pi, so a physically negligible rotation flips a policy input by two st
         --out runs/demo/diagnosis.json
 
 The episodes are the demo's single-task episodes (``eval.items.single_task_items``, seed 0) or, with
-``--chains N``, the first N of its chains (every subtask reached is diagnosed the same way). One
+``--chains N``, the first N of its chains (every subtask reached is diagnosed the same way), instructed
+with the evaluation sentences or, with ``--sentences train``, each task's first training sentence (the
+same episodes: a task that succeeds only then fails on the unseen wording, not on the motion). One
 thread, one process: it is meant to run beside other work on a small machine.
 """
 
@@ -165,6 +167,9 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=0, help="diagnose the first N chains instead")
     parser.add_argument("--ep-len", type=int, default=240)
     parser.add_argument("--reach", type=float, default=0.03, help="how close counts as reaching a contact point (m)")
+    parser.add_argument("--sentences", choices=("eval", "train"), default="eval",
+                        help="instruct with the evaluation sentences (unseen in training), or with each task's "
+                        "first training sentence: a task that fails only with the first is a language failure")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     import torch
@@ -180,7 +185,12 @@ def main() -> None:
     env_cfg = load_yaml(args.env_config, EnvConfig)
     env = make_env(EnvSpec("tabletop", env_cfg))
     policy = RoboFlamingoPolicy.from_pretrained(args.checkpoint)
-    sentences = evaluation_sentences()
+    if args.sentences == "train":
+        from roboflamingo.sim.instructions import load_instructions
+
+        sentences = {task: s[0] for task, s in load_instructions("train").items()}
+    else:
+        sentences = evaluation_sentences()
     if args.chains:
         items = chain_items(args.chains, 0, sentences, args.tasks)
     else:
