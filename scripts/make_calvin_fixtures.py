@@ -16,8 +16,9 @@ Writes ``tests/fixtures/calvin/``:
 
       python -m venv /tmp/np1 && /tmp/np1/bin/pip install "numpy<2"
       /tmp/np1/bin/python scripts/make_calvin_fixtures.py --calvin /tmp/calvin --lang-ann
-- ``new_playtable_validation.yaml``: CALVIN's evaluation sentences, copied byte for byte from
-  ``calvin_models/conf/annotations/`` (``envs/instructions/eval.yaml`` must give the same sentences).
+- ``new_playtable_validation.yaml`` and ``new_playtable.yaml``: CALVIN's evaluation and training
+  sentences, copied byte for byte from ``calvin_models/conf/annotations/``
+  (``envs/instructions/eval.yaml`` and ``calvin_train.yaml`` must give the same sentences).
 
 It must run where ``pyhash`` builds, which is not Python 3.11 (calvin.md pitfall 7):
 
@@ -43,6 +44,7 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "calvin"
 VALIDATION_SENTENCES = "new_playtable_validation.yaml"
+TRAINING_SENTENCES = "new_playtable.yaml"
 HASH_INPUTS = ["", "test", "dict_values([0, 1, 'right', 'open', 'table', 'slider_left', 'table', 0])", "é€😀"]
 
 
@@ -145,8 +147,8 @@ def main() -> None:
     (OUT / "initial_states.json").write_text(json.dumps(initial, indent=0) + "\n")
     (OUT / "sequences.json").write_text("[\n" + ",\n".join(json.dumps(s) for s in sequences) + "\n]\n")
     (OUT / "pyhash.json").write_text(json.dumps(hashes, indent=1, ensure_ascii=False) + "\n")
-    shutil.copyfile(Path(args.calvin) / "calvin_models" / "conf" / "annotations" / VALIDATION_SENTENCES,
-                    OUT / VALIDATION_SENTENCES)
+    for sentences in (VALIDATION_SENTENCES, TRAINING_SENTENCES):
+        shutil.copyfile(Path(args.calvin) / "calvin_models" / "conf" / "annotations" / sentences, OUT / sentences)
     print(json.dumps({"initial_states": len(initial), "sequences": len(sequences), "out": str(OUT)}))
 
 

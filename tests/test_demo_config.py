@@ -48,6 +48,8 @@ def test_the_demo_trains_the_recipe_it_was_measured_with(job):
     assert (m.vision.image_size, m.vision.width, m.vision.layers, m.lm.family) == (64, 128, 2, "bert")
     assert (job.head.type, job.head.num_layers, job.head.dropout) == ("lstm", 4, 0.1)
     assert (d.window, d.act_steps, d.batch_size, d.num_workers, d.image_size, d.augment.shift) == (1, 1, 32, 1, None, True)
+    # instructions drawn per sample from the demonstration's own and CALVIN's training sentences
+    assert (d.paraphrase, d.paraphrase_file) == (True, "package:roboflamingo/envs/instructions/calvin_train.yaml")
     assert (t.steps, t.lr, t.warmup_steps, t.schedule, t.val_every, t.checkpoint_every, t.grad_clip) == \
         (4000, 1e-3, 20, "cosine", 1000, 1000, 1.0)
     assert (t.weight_decay, t.betas, t.precision, t.val_batches) == (0.1, [0.9, 0.999], "auto", 4)

@@ -1,7 +1,8 @@
-"""The two sentence sets: evaluation sentences are CALVIN's own and never appear in training.
+"""The sentence sets: evaluation sentences are CALVIN's own and never appear in training; the training
+sentences are ours (``train.yaml``) and CALVIN's (``calvin_train.yaml``).
 
-``tests/fixtures/calvin/new_playtable_validation.yaml`` is CALVIN's file, copied byte for byte by
-``scripts/make_calvin_fixtures.py`` from ``calvin_models/conf/annotations/``.
+``tests/fixtures/calvin/new_playtable_validation.yaml`` and ``new_playtable.yaml`` are CALVIN's files,
+copied byte for byte by ``scripts/make_calvin_fixtures.py`` from ``calvin_models/conf/annotations/``.
 """
 
 from pathlib import Path
@@ -14,6 +15,8 @@ from roboflamingo.sim.instructions import load_instructions
 from roboflamingo.sim.scene import envs_dir
 
 CALVIN_VALIDATION = Path(__file__).resolve().parents[1] / "fixtures" / "calvin" / "new_playtable_validation.yaml"
+CALVIN_TRAINING = CALVIN_VALIDATION.with_name("new_playtable.yaml")
+TRAINING_FILES = ("train.yaml", "calvin_train.yaml")
 
 
 def _key(sentence: str) -> str:
@@ -27,12 +30,20 @@ def _calvin() -> dict[str, list[str]]:
 
 def test_no_evaluation_sentence_of_ours_or_calvins_is_a_training_sentence():
     """Read from the files themselves, so an edit to either YAML is checked, whatever the loader does."""
-    train = yaml.safe_load((envs_dir() / "instructions" / "train.yaml").read_text())
     ours = yaml.safe_load((envs_dir() / "instructions" / "eval.yaml").read_text())
-    trained = {_key(s): task for task, sentences in train.items() for s in sentences}
+    trained = {_key(s): task for name in TRAINING_FILES
+               for task, sentences in yaml.safe_load((envs_dir() / "instructions" / name).read_text()).items()
+               for s in sentences}
     evaluated = {(task, s) for task, s in ours.items()} | {(t, s) for t, ss in _calvin().items() for s in ss}
     leaked = sorted((task, s, trained[_key(s)]) for task, s in evaluated if _key(s) in trained)
     assert not leaked, f"evaluation sentences among the training annotations (task, sentence, trained for): {leaked}"
+
+
+def test_calvin_training_sentences_are_calvins_verbatim_for_every_task():
+    shipped = yaml.safe_load((envs_dir() / "instructions" / "calvin_train.yaml").read_text())
+    calvin = yaml.safe_load(CALVIN_TRAINING.read_text())
+    assert shipped == calvin  # same tasks, same sentences, same order
+    assert set(shipped) == set(load_instructions("train")) and sum(map(len, shipped.values())) == 389
 
 
 def test_evaluation_sentences_are_calvins_validation_sentences_verbatim():
