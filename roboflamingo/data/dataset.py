@@ -57,6 +57,7 @@ from roboflamingo.data.layout import (
 )
 from roboflamingo.data.packed import MANIFEST, PackedSplit, packed_dir_for
 from roboflamingo.data.stats import compute_normalization
+from roboflamingo.resources import resolve_path
 from roboflamingo.robot import RobotDescription
 from roboflamingo.types import ACTION_MASK, ACTIONS, INSTRUCTION
 
@@ -89,8 +90,6 @@ def build_windows(segments: np.ndarray, window: int, stride: int) -> np.ndarray:
 
 
 def _load_paraphrases(path: str) -> dict[str, list[str]]:
-    from roboflamingo.resources import resolve_path
-
     p = resolve_path(path, "data.paraphrase_file")
     try:
         text = p.read_text()
