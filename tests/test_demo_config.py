@@ -44,10 +44,10 @@ def test_the_demo_evaluates_with_the_protocol_it_was_measured_with(job, mode, vi
 
 def test_the_demo_trains_the_recipe_it_was_measured_with(job):
     m, d, t = job.model, job.data, job.train
-    assert (m.name, m.window, m.act_steps, m.use_state, m.lm.cross_attn_every_n_layers) == ("tiny_minilm", 1, 1, True, 6)
+    assert (m.name, m.window, m.act_steps, m.use_state, m.lm.cross_attn_every_n_layers) == ("tiny_minilm", 1, 10, True, 6)
     assert (m.vision.image_size, m.vision.width, m.vision.layers, m.lm.family) == (64, 128, 2, "bert")
     assert (job.head.type, job.head.num_layers, job.head.dropout) == ("lstm", 4, 0.1)
-    assert (d.window, d.act_steps, d.batch_size, d.num_workers, d.image_size, d.augment.shift) == (1, 1, 32, 1, None, True)
+    assert (d.window, d.act_steps, d.batch_size, d.num_workers, d.image_size, d.augment.shift) == (1, 10, 32, 1, None, True)
     # instructions drawn per sample from the demonstration's own and CALVIN's training sentences
     assert (d.paraphrase, d.paraphrase_file) == (True, "package:roboflamingo/envs/instructions/calvin_train.yaml")
     assert (t.steps, t.lr, t.warmup_steps, t.schedule, t.val_every, t.checkpoint_every, t.grad_clip) == \
@@ -55,8 +55,8 @@ def test_the_demo_trains_the_recipe_it_was_measured_with(job):
     assert (t.weight_decay, t.betas, t.precision, t.val_batches) == (0.1, [0.9, 0.999], "auto", 4)
     # A fixed thread count: torch's CPU sums change with it, so the figures would follow the load.
     assert t.threads == 1
-    # The first action of a fresh prediction at every step; one training seed.
-    assert job.head.chunking == ChunkingConfig() and (job.seed, job.seeds) == (0, 1)
+    # A chunk of 10 predicted per frame, executed with ACT's temporal ensembling; one training seed.
+    assert job.head.chunking == ChunkingConfig(ensemble=True) and (job.seed, job.seeds) == (0, 1)
 
 
 def test_abc_to_d_spreads_the_demonstrations_over_three_scenes():
