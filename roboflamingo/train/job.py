@@ -50,9 +50,11 @@ class Job:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
 
 
-# What a resumed run may change: how long it trains and how it reports (every train.* key), and where
-# and how fast it reads its data. Everything else decides what is trained: model, head, data, seed.
-RESUME_MAY_CHANGE = ("train.", "data.root", "data.packed_root", "data.use_packed", "data.check_files_on_open",
+# What a resumed run may change: how long it trains and how it reports (every train.* key), where and
+# how fast it reads its data, and how the policy will execute its action chunks (head.chunking is used
+# only at inference; checkpoints saved after the resume carry the new one). Everything else decides
+# what is trained: model, head, data, seed.
+RESUME_MAY_CHANGE = ("train.", "head.chunking.", "data.root", "data.packed_root", "data.use_packed", "data.check_files_on_open",
                      "data.batch_size", "data.num_workers", "data.pin_memory", "data.prefetch_factor",
                      "data.persistent_workers")
 # Where the run is, not what it is.

@@ -161,6 +161,7 @@ def _train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     if resume_from is not None:
         policy = _load_policy(resume_from)
         policy.robot.require_compatible(_robot(job.data), f"checkpoint {resume_from}", f"data.root={job.data.root}")
+        policy.set_chunking(job.head.chunking)  # the one head setting a resume may change (train/job.py)
     else:
         stats = _normalization(job.data) if master else None
         policy = _build_policy(job.model, job.head, distributed.broadcast_object(stats, info), _robot(job.data))

@@ -135,21 +135,24 @@ def test_resume_from_the_run_directory_alone_trains_on_with_longer_steps_recorde
     reference, tmp_path, train_args, final_weights, capsys
 ):
     """`train resume=<run_dir> train.steps=12` after a 6-step run: nothing else retyped, the same
-    weights and losses as the uninterrupted 12-step run, the change recorded."""
+    weights and losses as the uninterrupted 12-step run, the change recorded. How the chunks will be
+    executed may change too (inference only): the checkpoints saved after the resume carry it."""
     run_dir = tmp_path / "run"
     assert cli.main(["train", *train_args(run_dir, *RECIPE, "train.steps=6")]) == 0
     capsys.readouterr()
-    assert cli.main(["train", f"resume={run_dir}", "train.steps=12"]) == 0
+    assert cli.main(["train", f"resume={run_dir}", "train.steps=12", "head.chunking.ensemble=true"]) == 0
     err = capsys.readouterr().err
     assert "resumed from" in err and "at step 6" in err and "resume changes train.steps: 6 -> 12" in err
     _assert_same_weights(final_weights(run_dir), final_weights(reference))
     assert _losses(run_dir) == _losses(reference)
     records = [json.loads(line) for line in (run_dir / "resumes.jsonl").read_text().splitlines()]
-    assert records == [{"step": 6, "changed": {"train.steps": [6, 12]}}]
+    assert records == [{"step": 6, "changed": {"head.chunking.ensemble": [False, True], "train.steps": [6, 12]}}]
     from roboflamingo.config import load_yaml
+    from roboflamingo.models.policy import RoboFlamingoPolicy
     from roboflamingo.train.job import Job
 
     assert load_yaml(run_dir / "config.yaml", Job).train.steps == 12
+    assert RoboFlamingoPolicy.from_pretrained(run_dir / "checkpoints" / "last").head_config.chunking.ensemble
     # Nothing to do: a resume at the final step changes nothing and records nothing.
     assert cli.main(["train", f"resume={run_dir}"]) == 0
     assert len((run_dir / "resumes.jsonl").read_text().splitlines()) == 1
