@@ -159,9 +159,8 @@ def _train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     # ---- policy: identical initialisation on every rank, normalization from the training split
     _seed_everything(job.seed)
     if resume_from is not None:
-        policy = _load_policy(resume_from)
+        policy = _load_policy(resume_from, job.head)
         policy.robot.require_compatible(_robot(job.data), f"checkpoint {resume_from}", f"data.root={job.data.root}")
-        policy.set_chunking(job.head.chunking)  # the one head setting a resume may change (train/job.py)
     else:
         stats = _normalization(job.data) if master else None
         policy = _build_policy(job.model, job.head, distributed.broadcast_object(stats, info), _robot(job.data))
@@ -360,10 +359,12 @@ def _build_policy(model: ModelConfig, head: HeadConfig, stats: dict[str, np.ndar
     return RoboFlamingoPolicy.from_config(model, head, stats, robot=robot)
 
 
-def _load_policy(checkpoint: Path) -> torch.nn.Module:
+def _load_policy(checkpoint: Path, head: HeadConfig) -> torch.nn.Module:
     from roboflamingo.models.policy import RoboFlamingoPolicy
 
-    return RoboFlamingoPolicy.from_pretrained(checkpoint, map_location="cpu")
+    policy = RoboFlamingoPolicy.from_pretrained(checkpoint, map_location="cpu")
+    policy.set_chunking(head.chunking)  # the one head setting a resume may change (train/job.py)
+    return policy
 
 
 class ResumableSampler(WindowSampler):

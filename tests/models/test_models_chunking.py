@@ -132,9 +132,9 @@ def test_config_rules_name_the_key():
 
 
 def test_train_and_demo_refuse_a_chunk_longer_than_the_prediction_before_any_work():
-    for command in ("train", "demo"):
-        with pytest.raises(ConfigError, match=r"execute_steps \(4\) must be <= model.act_steps \(1\)"):
-            load(command, _job_schema(command), ["head.chunking.execute_steps=4"])
+    for command, act_steps in (("train", 1), ("demo", 10)):
+        with pytest.raises(ConfigError, match=rf"execute_steps \(11\) must be <= model.act_steps \({act_steps}\)"):
+            load(command, _job_schema(command), ["head.chunking.execute_steps=11"])
 
 
 def _job_schema(command):

@@ -64,7 +64,7 @@ class Double(nn.Module):
 
 def install(loop):
     loop._build_policy = lambda model, head, stats, robot: Double()
-    loop._load_policy = lambda checkpoint: Double.from_pretrained(checkpoint)
+    loop._load_policy = lambda checkpoint, head: Double.from_pretrained(checkpoint)
 '''
 
 # One rank: an FSDP run of 4 steps; then its last checkpoint is set aside and removed, and the run
