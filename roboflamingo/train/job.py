@@ -54,9 +54,9 @@ class Job:
 # how fast it reads its data, and how the policy will execute its action chunks (head.chunking is used
 # only at inference; checkpoints saved after the resume carry the new one). Everything else decides
 # what is trained: model, head, data, seed.
-RESUME_MAY_CHANGE = ("train.", "head.chunking.", "data.root", "data.packed_root", "data.use_packed", "data.check_files_on_open",
-                     "data.batch_size", "data.num_workers", "data.pin_memory", "data.prefetch_factor",
-                     "data.persistent_workers")
+RESUME_MAY_CHANGE = ("train.", "head.chunking.", "data.root", "data.packed_root", "data.use_packed",
+                     "data.check_files_on_open", "data.batch_size", "data.num_workers", "data.pin_memory",
+                     "data.prefetch_factor", "data.persistent_workers")
 # Where the run is, not what it is.
 _NOT_COMPARED = ("run_dir", "resume")
 RESUMES_FILE = "resumes.jsonl"
