@@ -209,6 +209,22 @@ def start_training_seeds(job: Job, data_root: Path, pool: Executor) -> dict[int,
     return {i: pool.submit(_train_seed, job, data_root, i) for i in pending}
 
 
+def start_expert_beside_training(job: Job, root: Path, modes: tuple[tuple[str, str], ...],
+                                 stack: ExitStack) -> dict[str, Future]:
+    """While the first seed trains in this process on ``train.threads`` of the ``workers`` cores, the
+    scripted expert (which does not depend on it) is evaluated on the cores it leaves free, in a
+    process of its own; its episodes are seeded, so their results do not depend on the worker count."""
+    free = job.workers - job.train.threads
+    if job.train.threads == 0 or free < 1 or (_last_step(root / "train") or 0) >= job.train.steps:
+        return {}
+    _banner("eval", f"expert policy beside the training, on {free} worker(s)")
+    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+    stack.callback(pool.shutdown, cancel_futures=True)
+    side = replace(job, workers=free, progress=False)
+    return {key: pool.submit(stage_eval, side, root / "eval" / f"expert_{key}", "expert", None, mode)
+            for mode, key in modes}
+
+
 def stage_eval(job: Job, out: Path, policy: str, checkpoint: Path | None, mode: str) -> dict[str, Any]:
     from roboflamingo.eval import run as eval_run
 
@@ -503,6 +519,7 @@ def run(job: Job) -> int:
             pool = ProcessPoolExecutor(min(job.workers, job.seeds), mp_context=get_context("spawn"))
             stack.callback(pool.shutdown, cancel_futures=True)
             training = start_training_seeds(job, data_root, pool)
+        expert_runs = start_expert_beside_training(job, root, modes, stack) if not training else {}
         expert: dict[str, Any] = {}
         policies: list[tuple[int, dict[str, Any]]] = []
         first_dirs: dict[str, Path] = {}
@@ -515,7 +532,8 @@ def run(job: Job) -> int:
             if index == 0:
                 # The scripted expert, once: it does not depend on the training seed.
                 for mode, key in modes:
-                    res = timed(f"eval_expert_{key}", stage_eval, job, root / "eval" / f"expert_{key}", "expert", None, mode)
+                    res = (timed(f"eval_expert_{key}", expert_runs[key].result) if key in expert_runs else
+                           timed(f"eval_expert_{key}", stage_eval, job, root / "eval" / f"expert_{key}", "expert", None, mode))
                     expert["chains" if mode == "chains" else "single_task"] = res
             results: dict[str, Any] = {}
             for mode, key in modes:

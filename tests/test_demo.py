@@ -106,6 +106,15 @@ def test_demo_runs_every_stage_then_skips_them_with_the_same_report(tmp_path, ca
     for sub in ("", "seed_1/"):
         assert (par / sub / weights).read_bytes() == (run_dir / sub / weights).read_bytes()
 
+    # One seed with two workers: the expert is evaluated in a process of its own while the seed trains
+    # on the other core, to the same figures as after it.
+    solo = tmp_path / "solo"
+    shutil.copytree(run_dir / "data", solo / "data")
+    assert cli.main(["demo", f"run_dir={solo}", *toy2]) == 0
+    assert "expert policy beside the training, on 1 worker(s)" in capsys.readouterr().out
+    beside = read_json(solo / "report" / "results.json")
+    assert {k: v for k, v in beside.items() if k not in drop} == {k: v for k, v in results.items() if k not in drop}
+
 
 def test_demo_rejects_a_bad_recipe_before_any_work(tmp_path):
     assert cli.main(["demo", f"run_dir={tmp_path / 'demo'}", "generate.handover=2"]) != 0
