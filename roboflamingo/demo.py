@@ -31,6 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import MISSING, dataclass, field, fields, replace
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -221,8 +222,13 @@ def start_expert_beside_training(job: Job, root: Path, modes: tuple[tuple[str, s
     pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
     stack.callback(pool.shutdown, cancel_futures=True)
     side = replace(job, workers=free, progress=False)
-    return {key: pool.submit(stage_eval, side, root / "eval" / f"expert_{key}", "expert", None, mode)
-            for mode, key in modes}
+    return {key: pool.submit(stage_expert, side, root, mode, key) for mode, key in modes}
+
+
+def stage_expert(job: Job, root: Path, mode: str, key: str) -> dict[str, Any]:
+    """The scripted expert under the demo's protocol, in ``eval/expert_<key>``: once per demo, as it
+    does not depend on the training seed."""
+    return stage_eval(job, root / "eval" / f"expert_{key}", "expert", None, mode)
 
 
 def stage_eval(job: Job, out: Path, policy: str, checkpoint: Path | None, mode: str) -> dict[str, Any]:
@@ -530,11 +536,9 @@ def run(job: Job) -> int:
                 timed(f"train_wait{tag}", training[index].result)
             checkpoint = timed(f"train{tag}", stage_train, job, data_root, base / "train", seed)
             if index == 0:
-                # The scripted expert, once: it does not depend on the training seed.
                 for mode, key in modes:
-                    res = (timed(f"eval_expert_{key}", expert_runs[key].result) if key in expert_runs else
-                           timed(f"eval_expert_{key}", stage_eval, job, root / "eval" / f"expert_{key}", "expert", None, mode))
-                    expert["chains" if mode == "chains" else "single_task"] = res
+                    run_expert = expert_runs[key].result if key in expert_runs else partial(stage_expert, job, root, mode, key)
+                    expert["chains" if mode == "chains" else "single_task"] = timed(f"eval_expert_{key}", run_expert)
             results: dict[str, Any] = {}
             for mode, key in modes:
                 out = base / "eval" / f"policy_{key}"
