@@ -12,6 +12,9 @@ Cross-attention is attached by composition: a forward pre-hook on each chosen de
 ``gated_cross_attn_layers[i]`` on the layer's input hidden states. The LM's own modules and
 ``state_dict`` keys are untouched; the visual latents reach the hooks only inside
 :meth:`FlamingoBackbone.conditioned_on`, which clears them in ``finally``.
+
+The layers below the first cross-attention block never see the image: while they are frozen they run
+once per distinct instruction and are skipped in the batched pass (``text_prefix.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from roboflamingo.models.config import BUILTIN_TOKENIZER, ModelConfig
 from roboflamingo.models.lm_adapters import build_lm, decoder_layers, get_adapter
 from roboflamingo.models.resampler import PerceiverResampler
 from roboflamingo.models.text import IMAGE_TOKEN, build_tokenizer
+from roboflamingo.models.text_prefix import TextPrefix
 from roboflamingo.models.vision import build_vision_encoder, vision_width
 from roboflamingo.models.xattn import GatedCrossAttentionBlock
 
@@ -105,6 +109,10 @@ class FlamingoBackbone(nn.Module):
                 f"no cross-attention would be inserted"
             )
         self._conditioning: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._prefix: torch.Tensor | None = None  # the cached prefix's output, inside encode_text
+        depth = next(i for i, block in enumerate(self.gated_cross_attn_layers) if block is not None)
+        # Kept off the module tree: the cache holds no weights of its own.
+        self.text_prefix = TextPrefix(self.lang_encoder, layers, depth, get_adapter(lm_cfg.family).layer_returns_tuple)
         for i, layer in enumerate(layers):
             if self.gated_cross_attn_layers[i] is not None:
                 layer.register_forward_pre_hook(partial(self._xattn_hook, i), with_kwargs=True)
@@ -117,6 +125,9 @@ class FlamingoBackbone(nn.Module):
             return None  # the LM used on its own
         media, attends = self._conditioning
         block = self.gated_cross_attn_layers[idx]
+        if self._prefix is not None and idx == self.text_prefix.depth:
+            # The skipped layers passed the embeddings through; the cached prefix replaces them.
+            args, kwargs = ((self._prefix, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": self._prefix})
 
         def attend(hidden: torch.Tensor) -> torch.Tensor:
             # The block's fp32 gates promote its output to fp32; a half-precision LM (eval.precision)
@@ -160,7 +171,14 @@ class FlamingoBackbone(nn.Module):
         if self.image_token_id is not None:
             attends = (input_ids == self.image_token_id).cumsum(dim=1) > 0
         block_input = self.cfg.lm.hidden_state == "last_block_input"
-        with self.conditioned_on(media, attends):
+        # last_block_input reads the layers' recorded inputs, which skipped layers would not hold.
+        cached = not block_input and self.text_prefix.usable()
+        with contextlib.ExitStack() as stack:
+            if cached:
+                self._prefix = self.text_prefix.hidden(input_ids, attention_mask)
+                stack.callback(setattr, self, "_prefix", None)
+                stack.enter_context(self.text_prefix.skipped())
+            stack.enter_context(self.conditioned_on(media, attends))
             out = self.lang_encoder.base_model(
                 input_ids=input_ids, attention_mask=attention_mask.long(), use_cache=False,
                 output_hidden_states=block_input,

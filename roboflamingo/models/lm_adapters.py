@@ -29,6 +29,8 @@ class LMAdapter:
     model_types: tuple[str, ...]  # HF config.model_type values of this family
     layers_path: str  # dotted path of the decoder-layer ModuleList inside the CausalLM
     make_config: Callable[[LMConfig, int], Any]
+    # A decoder layer's forward returns (hidden, attention weights) rather than hidden alone.
+    layer_returns_tuple: bool = False
 
 
 def _mpt(cfg: LMConfig, vocab: int):
@@ -89,7 +91,7 @@ def _bert(cfg: LMConfig, vocab: int):
 
 
 ADAPTERS: dict[str, LMAdapter] = {
-    "mpt": LMAdapter("mpt", ("mpt",), "transformer.blocks", _mpt),
+    "mpt": LMAdapter("mpt", ("mpt",), "transformer.blocks", _mpt, layer_returns_tuple=True),
     "llama": LMAdapter("llama", ("llama", "mistral"), "model.layers", _llama),
     "gpt_neox": LMAdapter("gpt_neox", ("gpt_neox",), "gpt_neox.layers", _gpt_neox),
     "gpt2": LMAdapter("gpt2", ("gpt2",), "transformer.h", _gpt2),
