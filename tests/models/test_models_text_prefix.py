@@ -134,3 +134,16 @@ def test_the_cache_is_bounded():
             _features(policy, [sentence], cached=True)
     assert prefix._floats <= prefix.max_floats + 32 * 16
     assert sum(v.numel() for v in prefix._cache.values()) == prefix._floats
+
+
+def test_a_prefix_cached_at_inference_trains_afterwards():
+    """Rollouts during training (train.rollout_every) step under inference mode; the instructions they
+    cache must still serve the next training step, whose backward saves the prefix."""
+    policy = _policy("bert").eval()
+    batch = make_batch(b=2, t=1, instructions=tuple(SENTENCES[:2]))
+    with torch.inference_mode():
+        _features(policy, SENTENCES[:2], cached=True)
+    policy.train()
+    loss, _ = policy(batch)
+    loss.backward()
+    assert all(p.grad is not None for p in policy.action_head.parameters() if p.requires_grad)
