@@ -109,7 +109,6 @@ class FlamingoBackbone(nn.Module):
                 f"no cross-attention would be inserted"
             )
         self._conditioning: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self._prefix: torch.Tensor | None = None  # the cached prefix's output, inside encode_text
         depth = next(i for i, block in enumerate(self.gated_cross_attn_layers) if block is not None)
         # Kept off the module tree: the cache holds no weights of its own.
         self.text_prefix = TextPrefix(self.lang_encoder, layers, depth, get_adapter(lm_cfg.family).layer_returns_tuple)
@@ -125,9 +124,6 @@ class FlamingoBackbone(nn.Module):
             return None  # the LM used on its own
         media, attends = self._conditioning
         block = self.gated_cross_attn_layers[idx]
-        if self._prefix is not None and idx == self.text_prefix.depth:
-            # The skipped layers passed the embeddings through; the cached prefix replaces them.
-            args, kwargs = ((self._prefix, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": self._prefix})
 
         def attend(hidden: torch.Tensor) -> torch.Tensor:
             # The block's fp32 gates promote its output to fp32; a half-precision LM (eval.precision)
@@ -175,9 +171,7 @@ class FlamingoBackbone(nn.Module):
         cached = not block_input and self.text_prefix.usable()
         with contextlib.ExitStack() as stack:
             if cached:
-                self._prefix = self.text_prefix.hidden(input_ids, attention_mask)
-                stack.callback(setattr, self, "_prefix", None)
-                stack.enter_context(self.text_prefix.skipped())
+                stack.enter_context(self.text_prefix.skipped(self.text_prefix.hidden(input_ids, attention_mask)))
             stack.enter_context(self.conditioned_on(media, attends))
             out = self.lang_encoder.base_model(
                 input_ids=input_ids, attention_mask=attention_mask.long(), use_cache=False,

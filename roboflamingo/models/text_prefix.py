@@ -107,13 +107,20 @@ class TextPrefix:
         return out
 
     @contextlib.contextmanager
-    def skipped(self) -> Iterator[None]:
-        """The prefix layers replaced by pass-throughs for the duration of the block."""
+    def skipped(self, prefix: torch.Tensor) -> Iterator[None]:
+        """For the duration of the block the prefix layers pass their input through and the first
+        cross-attention layer receives ``prefix`` (N, L, D) instead (before its block's hook runs)."""
+
+        def substitute(module, args, kwargs):
+            return ((prefix, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": prefix})
+
         saved = [self.layers[i] for i in range(self.depth)]
         for i in range(self.depth):
             self.layers[i] = self.skip
+        handle = self.layers[self.depth].register_forward_pre_hook(substitute, with_kwargs=True, prepend=True)
         try:
             yield
         finally:
+            handle.remove()
             for i, layer in enumerate(saved):
                 self.layers[i] = layer
