@@ -37,6 +37,9 @@ class TrainConfig:
         schedule: what follows warmup: constant | cosine | linear (decay to ``min_lr_ratio * lr``).
         min_lr_ratio: the floor of the cosine/linear decay as a fraction of ``lr``.
         grad_clip: max global gradient norm; 0 disables clipping.
+        ema_decay: keep an exponential moving average of the trainable weights with this decay
+            (diffusion_policy's EMA model; ``roboflamingo.train.ema``); validation, rollouts and every
+            checkpoint's policy use the average, the optimizer trains the raw weights. 0: off.
         precision: auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16 (autocast; refused on CPU).
         strategy: multi-process wrapper under torchrun: auto (= ddp) | ddp | fsdp (shards every
             submodule holding at least ``fsdp_min_params`` parameters; for the 9B backbone).
@@ -79,6 +82,7 @@ class TrainConfig:
     schedule: str = "constant"
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
+    ema_decay: float = 0.0
     precision: str = "auto"
     strategy: str = "auto"
     fsdp_min_params: int = 10_000_000
@@ -112,6 +116,8 @@ class TrainConfig:
         for name in ("weight_decay", "eps", "warmup_steps", "min_lr_ratio", "grad_clip", "val_every",
                      "keep_checkpoints", "threads", "fsdp_min_params", "rollout_every"):
             require_positive(f"train.{name}", getattr(self, name), allow_zero=True)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.min_lr_ratio > 1:
             raise ValueError(f"train.min_lr_ratio must be <= 1, got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -58,11 +58,12 @@ from roboflamingo.train.checkpoint import (
     write_checkpoint,
 )
 from roboflamingo.train.config import TrainConfig
+from roboflamingo.train.ema import WeightAverage
 from roboflamingo.train.job import Job, check_same_run, record_resume
 from roboflamingo.train.job import help_overrides as help_overrides  # the CLI reads these from this module
 from roboflamingo.train.job import load_job as load_job
 from roboflamingo.train.loggers import MetricLoggers, check_available, truncate_metrics
-from roboflamingo.train.optim import build_optimizer, build_scheduler
+from roboflamingo.train.optim import apply_hyperparameters, build_optimizer, build_scheduler
 
 # Fault hook for the resume tests: the run exits hard right after this step (and its checkpoint, if due).
 CRASH_AFTER_STEP_ENV = "ROBOFLAMINGO_TRAIN_CRASH_AFTER_STEP"
@@ -169,6 +170,7 @@ def _train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
     model = distributed.wrap(policy, cfg, info)
     optimizer = build_optimizer(policy, cfg)
     scheduler = build_scheduler(optimizer, cfg)
+    ema = _weight_average(policy, cfg, info)
 
     # ---- data: this rank's share of a (seed, epoch)-determined order
     train_loader = _train_loader(job, info)
@@ -195,7 +197,10 @@ def _train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
         state = load_trainer_state(resume_from)
         distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        apply_hyperparameters(optimizer, scheduler, policy, cfg)
         step, epoch, consumed = state["step"], state["epoch"], state["batches_in_epoch"]
+        if "raw_weights" in state:  # a run that kept an average saved it as the policy: train on the raw ones
+            (ema or WeightAverage(policy, 0.0)).restore_raw(state["raw_weights"], f"checkpoint {resume_from}")
         consumed = _rescale_position(state, consumed, job, info)
         _restore_rng(state["rng"], info, fallback_seed=job.seed + step)
         if master:
@@ -263,6 +268,8 @@ def _train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if ema is not None:
+            ema.update(step)
         window.add(time.perf_counter() - t0, data_s, global_batch)
 
         if step % cfg.log_every == 0 or step == cfg.steps:
@@ -281,20 +288,27 @@ def _train(job: Job, info: distributed.DistInfo) -> torch.nn.Module:
         if master:
             bar.update(1)
         if val_loader is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-            val_loss = _validate(model, val_loader, cfg, info, use_bf16)
+            with _averaged(ema):
+                val_loss = _validate(model, val_loader, cfg, info, use_bf16)
             if master and val_loss is not None:
                 loggers.log(step, {"val/loss": val_loss})
         if cfg.rollout_every and (step % cfg.rollout_every == 0 or step == cfg.steps):
             if rollouts is not None:
-                loggers.log(step, rollouts(policy))
+                with _averaged(ema):
+                    loggers.log(step, rollouts(policy))
             distributed.barrier(info)  # the other ranks wait for rank 0's rollouts
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _check_healthy(model, policy, batch, info, use_bf16, step, cfg.lr)
-            _save(model, policy, optimizer, scheduler, ckpt_root, cfg, info,
-                  {"step": step, "epoch": epoch, "batches_in_epoch": consumed, "seed": job.seed,
-                   "world_size": info.world_size, "batch_size": job.data.batch_size})
+            position = {"step": step, "epoch": epoch, "batches_in_epoch": consumed, "seed": job.seed,
+                        "world_size": info.world_size, "batch_size": job.data.batch_size}
+            if ema is not None:
+                position["raw_weights"] = ema.raw_state()
+            with _averaged(ema):
+                _check_healthy(model, policy, batch, info, use_bf16, step, cfg.lr)
+                _save(model, policy, optimizer, scheduler, ckpt_root, cfg, info, position)
         crash_check(step)
 
+    if ema is not None:
+        ema.install()
     if master:
         bar.close()
         loggers.close()
@@ -423,6 +437,20 @@ def _rollouts(job: Job, info: distributed.DistInfo):
         return None
     cfg = job.train
     return TrainingRollouts(job.data, cfg.rollout_episodes, cfg.rollout_ep_len, job.seed)
+
+
+def _weight_average(policy: torch.nn.Module, cfg: TrainConfig, info: distributed.DistInfo) -> WeightAverage | None:
+    if not cfg.ema_decay:
+        return None
+    if info.world_size > 1 and cfg.strategy == "fsdp":
+        raise ConfigError("train.ema_decay: the average is kept per full parameter, which FSDP shards; "
+                          "set train.ema_decay=0 or train with ddp")
+    return WeightAverage(policy, cfg.ema_decay)
+
+
+def _averaged(ema: WeightAverage | None) -> contextlib.AbstractContextManager:
+    """The averaged weights in the policy for the block, when the run keeps an average."""
+    return ema.applied() if ema is not None else contextlib.nullcontext()
 
 
 def _rescale_position(state: dict[str, Any], consumed: int, job: Job, info: distributed.DistInfo) -> int:

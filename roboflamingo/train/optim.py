@@ -47,3 +47,22 @@ def build_optimizer(policy: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                          policy: nn.Module, cfg: TrainConfig) -> None:
+    """After a resume loaded the optimizer's and scheduler's states: the run's own settings again.
+
+    Those states carry the hyperparameters they were saved with (the base learning rate, weight decay,
+    betas, eps), and a resume may change them (every ``train.*`` key): without this they would be
+    recorded as changed and silently not applied.
+    """
+    fresh = policy.optimizer_param_groups(cfg.weight_decay)
+    if len(fresh) != len(optimizer.param_groups):
+        raise ValueError(f"the resumed optimizer has {len(optimizer.param_groups)} parameter groups, "
+                         f"the policy {len(fresh)}")
+    factor = lr_factor(scheduler.last_epoch, cfg)
+    for group, spec in zip(optimizer.param_groups, fresh):
+        group.update(weight_decay=spec.get("weight_decay", 0.0), betas=tuple(cfg.betas), eps=cfg.eps,
+                     initial_lr=cfg.lr, lr=cfg.lr * factor)
+    scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)

@@ -210,3 +210,23 @@ def test_resume_names_a_run_that_is_not_there(tmp_path, capsys):
     assert f"resume={tmp_path / 'typo'}: no run to continue there ({tmp_path / 'typo' / 'config.yaml'} does not exist)" \
         in capsys.readouterr().err
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_resume_applies_a_changed_learning_rate_and_weight_decay(tmp_path, train_args):
+    """The optimizer's and scheduler's saved states carry the old hyperparameters; the resumed run
+    trains with the ones it was given (they are recorded as changed, so they must also apply)."""
+    from roboflamingo.train.config import TrainConfig
+    from roboflamingo.train.optim import lr_factor
+
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", *train_args(run_dir, "train.steps=3", "train.lr=1e-3", "train.log_every=1",
+                                          "train.warmup_steps=2", "train.schedule=cosine")]) == 0
+    assert cli.main(["train", f"resume={run_dir}", "train.steps=6", "train.lr=2e-4", "train.weight_decay=0.5"]) == 0
+    lrs = {r["step"]: r["train/lr"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+           if "train/lr" in r}
+    new = TrainConfig(steps=6, lr=2e-4, warmup_steps=2, schedule="cosine")
+    for step in (4, 5, 6):
+        assert lrs[step] == pytest.approx(2e-4 * lr_factor(step - 1, new), rel=1e-9)
+    state = torch.load(run_dir / "checkpoints" / "last" / "training_state" / "trainer.pt", weights_only=True)
+    decays = sorted(g["weight_decay"] for g in state["optimizer"]["param_groups"])
+    assert decays == [0.0, 0.5]
