@@ -21,6 +21,8 @@ Run directory::
 Exact resume: the sampler's order depends only on (seed, epoch) and every sample's augmentation only
 on (seed, epoch, index), so restoring (epoch, batches consumed), the optimizer, the scheduler and
 the RNG states of every rank reproduces the uninterrupted run bit for bit on the same hardware.
+Validation and rollouts leave those RNG states as they found them: the interrupted run may have
+made one the uninterrupted run did not (at the final step of a shorter run).
 """
 
 from __future__ import annotations
@@ -540,12 +542,16 @@ def _validate(model: torch.nn.Module, loader: DataLoader, cfg: TrainConfig, info
         return None
     model.eval()
     total = 0.0
-    for i, batch in enumerate(loader):
-        if i == n:
-            break
-        with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss, _ = model(_to_device(batch, info.device))
-        total += float(loss)
+    # Starting the loader draws its base seed from the global torch RNG. Forked, so that a validation
+    # the uninterrupted run did not make (the final one of a shorter run, later resumed) leaves the
+    # training's dropout masks as they were; the RNG state saved in the next checkpoint is the same.
+    with torch.random.fork_rng(devices=[]):
+        for i, batch in enumerate(loader):
+            if i == n:
+                break
+            with torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss, _ = model(_to_device(batch, info.device))
+            total += float(loss)
     model.train()
     return distributed.all_reduce_mean([total / n], info)[0]
 

@@ -158,6 +158,17 @@ def test_resume_from_the_run_directory_alone_trains_on_with_longer_steps_recorde
     assert len((run_dir / "resumes.jsonl").read_text().splitlines()) == 1
 
 
+def test_a_shorter_run_validated_at_its_end_resumes_to_the_uninterrupted_run(reference, tmp_path, train_args,
+                                                                             final_weights):
+    """A 3-step run validates at its final step 3, which the uninterrupted run (validating every 6)
+    does not; resumed to 12 steps, it still trains with the same dropout masks from step 4 on."""
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", *train_args(run_dir, *RECIPE, "train.steps=3")]) == 0
+    assert cli.main(["train", f"resume={run_dir}", "train.steps=12"]) == 0
+    _assert_same_weights(final_weights(run_dir), final_weights(reference))
+    assert _losses(run_dir) == _losses(reference)
+
+
 @pytest.mark.parametrize("override, named", [
     ("data.window_stride=2", "data.window_stride is 1 there, 2 now"),
     ("seed=8", "seed is 7 there, 8 now"),
