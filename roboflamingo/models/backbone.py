@@ -110,7 +110,6 @@ class FlamingoBackbone(nn.Module):
             )
         self._conditioning: tuple[torch.Tensor, torch.Tensor | None] | None = None
         depth = next(i for i, block in enumerate(self.gated_cross_attn_layers) if block is not None)
-        self._first_block = depth
         # Kept off the module tree: the cache holds no weights of its own.
         self.text_prefix = TextPrefix(self.lang_encoder, layers, depth, get_adapter(lm_cfg.family).layer_returns_tuple)
         for i, layer in enumerate(layers):
@@ -127,9 +126,6 @@ class FlamingoBackbone(nn.Module):
         block = self.gated_cross_attn_layers[idx]
 
         def attend(hidden: torch.Tensor) -> torch.Tensor:
-            if idx == self._first_block and self.training and self.cfg.lm.text_dropout > 0:
-                # Here, not inside the LM: the frozen layers below stay deterministic and cacheable.
-                hidden = nn.functional.dropout(hidden, self.cfg.lm.text_dropout, training=True)
             # The block's fp32 gates promote its output to fp32; a half-precision LM (eval.precision)
             # must get its own dtype back, or its half-precision LayerNorms refuse the fp32 input.
             return block(hidden, media, attends).to(hidden.dtype)

@@ -146,9 +146,6 @@ class LMConfig:
             norm) or ``last_block_input`` (the input of the last decoder layer, before its
             cross-attention): what the original's ``hidden_states[-1]`` is for MosaicGPT (MPT-1B's
             remote code), found by running it; converted MPT-1B checkpoints get it.
-        text_dropout: dropout on the instruction's hidden states where they enter the first
-            cross-attention block, in training only (the frozen LM itself runs without dropout, as
-            it must for its cached text prefix). 0: off; MiniLM was pretrained with 0.1 there.
     """
 
     family: str = "llama"
@@ -170,12 +167,9 @@ class LMConfig:
     max_text_length: int = 32
     pooling: str = "max"
     hidden_state: str = "final"
-    text_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         require_choice("model.lm.family", self.family, LM_FAMILIES)
-        if not 0.0 <= self.text_dropout < 1.0:
-            raise ValueError(f"model.lm.text_dropout must be in [0, 1), got {self.text_dropout}")
         require_choice("model.lm.pooling", self.pooling, POOLINGS)
         require_choice("model.lm.hidden_state", self.hidden_state, HIDDEN_STATES)
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions",

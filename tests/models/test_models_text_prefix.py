@@ -15,11 +15,10 @@ SENTENCES = ["open the drawer", "push the blue block to the left", "open the dra
              "turn on the light bulb please", "open the drawer"]
 
 
-def _policy(family: str, every: int = 3, layers: int = 3, text_dropout: float = 0.0, **model) -> RoboFlamingoPolicy:
+def _policy(family: str, every: int = 3, layers: int = 3, **model) -> RoboFlamingoPolicy:
     torch.manual_seed(0)
     base = micro_config(family).lm
-    lm = LMConfig(**{**base.__dict__, "num_layers": layers, "cross_attn_every_n_layers": every,
-                     "text_dropout": text_dropout})
+    lm = LMConfig(**{**base.__dict__, "num_layers": layers, "cross_attn_every_n_layers": every})
     policy = RoboFlamingoPolicy.from_config(micro_config(family, lm=lm, **model), micro_head(), make_stats())
     open_gates(policy)
     return policy
@@ -148,24 +147,3 @@ def test_a_prefix_cached_at_inference_trains_afterwards():
     loss, _ = policy(batch)
     loss.backward()
     assert all(p.grad is not None for p in policy.action_head.parameters() if p.requires_grad)
-
-
-def test_text_dropout_acts_in_training_only_and_on_the_cached_prefix_too():
-    """``model.lm.text_dropout`` drops the first block's input while training, with or without the
-    cached prefix (the same mask from the same seed), and never at inference."""
-    policy = _policy("bert", text_dropout=0.0).eval()
-    noisy = _policy("bert", text_dropout=0.3)
-    noisy.load_state_dict(policy.state_dict())
-    with torch.no_grad():
-        clean = _features(policy, SENTENCES, cached=True)
-        torch.testing.assert_close(_features(noisy.eval(), SENTENCES, cached=True), clean, rtol=0, atol=0)
-        noisy.train()
-        assert noisy.backbone.text_prefix.usable()
-        dropped = _features(noisy, SENTENCES, cached=True)
-        torch.testing.assert_close(_features(noisy, SENTENCES, cached=False), dropped, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(dropped, clean, atol=1e-3)
-
-
-def test_text_dropout_must_be_a_probability():
-    with pytest.raises(ValueError, match="model.lm.text_dropout"):
-        LMConfig(text_dropout=1.0)
