@@ -51,7 +51,7 @@ def test_the_demo_trains_the_recipe_it_was_measured_with(job):
     # instructions drawn per sample from the demonstration's own and CALVIN's training sentences
     assert (d.paraphrase, d.paraphrase_file) == (True, "package:roboflamingo/envs/instructions/calvin_train.yaml")
     assert (t.steps, t.lr, t.warmup_steps, t.schedule, t.val_every, t.checkpoint_every, t.grad_clip) == \
-        (4000, 1e-3, 20, "cosine", 1000, 1000, 1.0)
+        (5000, 1e-3, 20, "cosine", 1000, 1000, 1.0)
     assert (t.weight_decay, t.betas, t.precision, t.val_batches) == (0.1, [0.9, 0.999], "auto", 4)
     # A fixed thread count: torch's CPU sums change with it, so the figures would follow the load.
     assert t.threads == 1
