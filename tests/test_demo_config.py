@@ -55,8 +55,9 @@ def test_the_demo_trains_the_recipe_it_was_measured_with(job):
     assert (t.weight_decay, t.betas, t.precision, t.val_batches) == (0.1, [0.9, 0.999], "auto", 4)
     # A fixed thread count: torch's CPU sums change with it, so the figures would follow the load.
     assert t.threads == 1
-    # A chunk of 10 predicted per frame, executed with ACT's temporal ensembling; one training seed.
-    assert job.head.chunking == ChunkingConfig(ensemble=True) and (job.seed, job.seeds) == (0, 1)
+    # A chunk of 10 predicted per frame, executed with ACT's temporal ensembling weighted to the newest
+    # chunks; one training seed.
+    assert job.head.chunking == ChunkingConfig(ensemble=True, ensemble_decay=-0.5) and (job.seed, job.seeds) == (0, 1)
 
 
 def test_abc_to_d_spreads_the_demonstrations_over_three_scenes():
