@@ -36,7 +36,7 @@ class WeightAverage:
     def applied(self) -> Iterator[None]:
         """Inside the block the policy holds the averaged weights; after it, the raw ones again."""
         raw = [p.detach().clone() for p in self.params]
-        torch._foreach_copy_([p.data for p in self.params], self.average)
+        self.install()
         try:
             yield
         finally:
