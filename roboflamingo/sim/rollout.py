@@ -33,13 +33,15 @@ class Episode:
     unrecorded: int = 0
 
 
-def shortest_prefix(state: dict, task: str, oracle: TaskOracle, rng: np.random.Generator) -> list[str] | None:
-    """The shortest task sequence after which ``task`` is valid (ties broken by ``rng``), or None."""
+def shortest_prefix(state: dict, task: str, oracle: TaskOracle, rng: np.random.Generator,
+                    ends_with: Callable[[str], bool] | None = None) -> list[str] | None:
+    """The shortest task sequence after which ``task`` is valid (ties broken by ``rng``), or None.
+    With ``ends_with``, only a non-empty sequence whose last task it accepts."""
     queue: deque[tuple[dict, list[str]]] = deque([(state, [])])
     names = oracle.tasks
     while queue:
         cur, path = queue.popleft()
-        if len(next_states(cur, task, oracle)) == 1:
+        if len(next_states(cur, task, oracle)) == 1 and (ends_with is None or (path and ends_with(path[-1]))):
             return path
         if len(path) >= MAX_PREFIX:
             continue
@@ -68,7 +70,9 @@ def sample_handover(task: str, rng: np.random.Generator, oracle: TaskOracle, tas
     """``task`` starting where another task of ``tasks`` ended, as a chain's later subtasks start.
 
     The task before it is of another category (as in CALVIN's chains) and is performed, not recorded:
-    the arm starts by that task's object instead of at the neutral pose.
+    the arm starts by that task's object instead of at the neutral pose. A task that no single task
+    leads to from an initial state (``unstack_block`` needs a block lifted and stacked first) starts
+    after the shortest unrecorded prefix that ends with such a task.
     """
     states = initial_states(oracle)
     category = oracle.specs[task].category
@@ -79,6 +83,11 @@ def sample_handover(task: str, rng: np.random.Generator, oracle: TaskOracle, tas
         nxt = next_states(state, first, oracle) if first else []
         if len(nxt) == 1 and len(next_states(nxt[0], task, oracle)) == 1:
             return Episode(dict(state), [first, task], unrecorded=1)
+    for _ in range(100 if before else 0):
+        state = states[int(rng.integers(len(states)))]
+        prefix = shortest_prefix(state, task, oracle, rng, ends_with=set(before).__contains__)
+        if prefix is not None:
+            return Episode(dict(state), [*prefix, task], unrecorded=len(prefix))
     raise RuntimeError(f"no task of {tasks} (another category than {task!r}) leads to a state where {task!r} is valid")
 
 

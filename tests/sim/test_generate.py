@@ -149,6 +149,28 @@ def test_both_modes_mix_single_units_and_chains_over_a_task_subset(tmp_path):
         assert max(np.linalg.norm(np.load(frames[s])[T.ROBOT_OBS][:3] - neutral) for s in starts) > 0.05
 
 
+def test_a_handover_no_single_task_leads_to_starts_after_the_shortest_prefix():
+    """unstack_block needs a stack, which no task builds from an initial state: the handover performs
+    a lift and the stacking, both unrecorded (this raised before, stopping generation of all 34 tasks)."""
+    from roboflamingo.sim.chains import initial_states, next_states
+    from roboflamingo.sim.rollout import sample_handover
+    from roboflamingo.sim.tasks import TaskOracle
+
+    oracle = TaskOracle.default()
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        episode = sample_handover("unstack_block", rng, oracle, oracle.tasks)
+        assert episode.initial_state in initial_states(oracle)
+        assert len(episode.tasks) == 3 and episode.unrecorded == 2 and episode.tasks[-1] == "unstack_block"
+        assert oracle.specs[episode.tasks[-2]].category != oracle.specs["unstack_block"].category
+        state = episode.initial_state
+        for task in episode.tasks:  # each task valid where the one before it ended
+            (state,) = next_states(state, task, oracle)
+    # the task before it is one of the given tasks, as in every handover
+    episode = sample_handover("unstack_block", rng, oracle, ["unstack_block", "open_drawer"])
+    assert episode.tasks[-2] == "open_drawer" and episode.unrecorded == len(episode.tasks) - 1
+
+
 @pytest.mark.slow
 def test_handover_units_start_where_an_unrecorded_task_of_another_category_ended(tmp_path):
     from roboflamingo.sim.rollout import sample_handover
