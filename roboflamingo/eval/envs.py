@@ -60,8 +60,10 @@ def make_env(spec: EnvSpec) -> EvalEnv:
         return CalvinEnv(spec.calvin_dataset, spec.calvin_tasks_config)
     from roboflamingo.sim.chains import initial_state_to_obs
     from roboflamingo.sim.env import TabletopEnv
+    from roboflamingo.sim.expert import ScriptedExpert
     from roboflamingo.sim.tasks import TaskOracle
 
     env = TabletopEnv(spec.env)
     to_state = partial(initial_state_to_obs, scene=env.scene)
-    return GymOracleEnv(env, TaskOracle.default(), to_state, frames_from_obs=spec.env.render)
+    return GymOracleEnv(env, TaskOracle.default(), to_state, frames_from_obs=spec.env.render,
+                        expert=partial(ScriptedExpert, env.scene))

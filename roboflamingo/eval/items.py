@@ -3,9 +3,10 @@
 Chains come from ``roboflamingo.sim.chains.sample_chains``: exactly CALVIN's ``get_sequences`` with
 ``eval.sequences=calvin`` (the default in calvin_env), else our generator of the same distribution (192
 symbolic initial states, 5 tasks from 5 categories, each valid from the state reached before). A
-single-task episode starts from a generator state in which its task is valid, drawn per task with
-``chain_seed``, so the same config always evaluates the same episodes. The instruction is the task's
-evaluation sentence (``load_instructions('eval')`` or ``eval.calvin_instructions``).
+single-task episode starts from a generator state in which its task is valid (for the 7 tasks no
+such state allows, after the scripted expert's shortest setup), drawn per task with ``chain_seed``,
+so the same config always evaluates the same episodes. The instruction is the task's evaluation
+sentence (``load_instructions('eval')`` or ``eval.calvin_instructions``).
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ def chain_items(num: int, seed: int, sentences: dict[str, str], tasks: list[str]
 
 
 def single_task_items(tasks: list[str], episodes: int, seed: int, sentences: dict[str, str]) -> list[EvalItem]:
-    """``episodes`` one-task items per task, from generator states where the task is valid
-    (``sim.chains.single_task_states``)."""
-    from roboflamingo.sim.chains import single_task_states
+    """``episodes`` one-task items per task, from generator states where the task is valid, or after
+    the scripted expert's setup where none is (``sim.chains.single_task_episodes``)."""
+    from roboflamingo.sim.chains import single_task_episodes
     from roboflamingo.sim.tasks import TaskOracle
 
     oracle = TaskOracle.default()
@@ -69,10 +70,11 @@ def single_task_items(tasks: list[str], episodes: int, seed: int, sentences: dic
     for task in names:
         _sentences_for([task], sentences, "eval.tasks")
     try:
-        drawn = single_task_states(names, episodes, seed, oracle)
+        drawn = single_task_episodes(names, episodes, seed, oracle)
     except ValueError as e:
         raise ValueError(f"eval.{e}") from None
-    return [EvalItem(i, dict(state), [task], [sentences[task]]) for i, (task, state) in enumerate(drawn)]
+    return [EvalItem(i, dict(state), [task], [sentences[task]], list(setup))
+            for i, (task, state, setup) in enumerate(drawn)]
 
 
 def build_items(cfg: EvalConfig) -> list[EvalItem]:

@@ -46,12 +46,16 @@ class EvalItem:
 
     ``initial_state`` is the generator's symbolic state (``led``, ``lightbulb``, ``slider``,
     ``drawer``, ``red_block``, ...); each environment turns it into its own continuous state.
+    ``setup``: tasks the environment's scripted expert performs after the reset, unscored and
+    unrecorded, before the policy's first task: a single-task episode of a task that no initial state
+    allows (``place_in_drawer`` after a lift).
     """
 
     index: int
     initial_state: dict[str, Any]
     tasks: list[str]
     instructions: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if len(self.instructions) != len(self.tasks):
@@ -90,6 +94,12 @@ def chain_steps(
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     obs = env.reset_to(item.initial_state, seed=item.index)
+    if item.setup:
+        perform = getattr(env, "perform_setup", None)
+        if perform is None:
+            raise ValueError(f"item {item.index}: {item.tasks} starts after {item.setup}, performed by a scripted "
+                             f"expert, and {type(env).__name__} has none (the tabletop has)")
+        obs = perform(item.setup, obs, ep_len, item.index)
     times = StepTimes(env_s=time.perf_counter() - start)
     if on_obs is not None:
         on_obs(obs)
@@ -152,13 +162,27 @@ class GymOracleEnv(OracleEnv):
         oracle: Any,
         to_state: Callable[[dict[str, Any]], tuple[np.ndarray, np.ndarray]],
         frames_from_obs: bool = True,
+        expert: Callable[[], Policy] | None = None,
     ):
         super().__init__(env, oracle)
         self.to_state = to_state
         self.frames_from_obs = frames_from_obs
+        self.expert = expert
 
     def reset_to(self, initial_state: dict[str, Any], seed: int) -> Observation:
         return self.reset_state(*self.to_state(initial_state), seed=seed)
+
+    def perform_setup(self, tasks: list[str], obs: Observation, ep_len: int, index: int) -> Observation:
+        """An item's ``setup``: ``expert()`` performs each task in turn, under the subtask loop."""
+        if self.expert is None:
+            raise ValueError(f"item {index}: starts after {tasks}, and this environment was given no scripted expert")
+        expert = self.expert()
+        for task in tasks:
+            success, obs, _ = drive(subtask_steps(self, task, task, obs, ep_len), expert)
+            if not success:
+                raise RuntimeError(f"item {index}: the scripted expert failed {task!r} of the setup {tasks}, "
+                                   f"so the item's task cannot start")
+        return obs
 
     def frame(self, obs: Observation) -> np.ndarray:
         if self.frames_from_obs:

@@ -19,6 +19,8 @@ import itertools
 import json
 import os
 import tempfile
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,22 +137,72 @@ def next_states(state: dict, task: str, oracle: TaskOracle | None = None) -> lis
     return out
 
 
-def single_task_states(tasks: list[str], episodes: int, seed: int, oracle: TaskOracle | None = None
-                       ) -> list[tuple[str, dict]]:
-    """(task, initial state) of ``episodes`` single-task episodes per task, task by task: generator
-    states in which the task is valid, drawn per task (its position ``t`` in ``tasks``) with
-    ``RandomState(seed * 1000 + t)``, so the same arguments always give the same episodes."""
+# The longest sequence of other tasks searched for a state in which a task is valid.
+MAX_PREFIX = 3
+
+
+def shortest_prefix(state: dict, task: str, oracle: TaskOracle, rng: np.random.Generator,
+                    ends_with: Callable[[str], bool] | None = None) -> list[str] | None:
+    """The shortest task sequence after which ``task`` is valid (ties broken by ``rng``), or None.
+    With ``ends_with``, only a non-empty sequence whose last task it accepts."""
+    queue: deque[tuple[dict, list[str]]] = deque([(state, [])])
+    names = oracle.tasks
+    while queue:
+        cur, path = queue.popleft()
+        if len(next_states(cur, task, oracle)) == 1 and (ends_with is None or (path and ends_with(path[-1]))):
+            return path
+        if len(path) >= MAX_PREFIX:
+            continue
+        for i in rng.permutation(len(names)):
+            nxt = next_states(cur, names[i], oracle)
+            if len(nxt) == 1 and names[i] != task:
+                queue.append((nxt[0], [*path, names[i]]))
+    return None
+
+
+def single_task_episodes(tasks: list[str], episodes: int, seed: int, oracle: TaskOracle | None = None
+                         ) -> list[tuple[str, dict, list[str]]]:
+    """(task, initial state, setup) of ``episodes`` single-task episodes per task, task by task:
+    generator states in which the task is valid, drawn per task (its position ``t`` in ``tasks``) with
+    ``RandomState(seed * 1000 + t)``, so the same arguments always give the same episodes; ``setup``
+    is empty. A task that no generator state allows (``place_in_drawer`` needs a block in the hand,
+    ``unstack_block`` a stack) starts from a drawn state after ``setup``, the shortest sequence of
+    other tasks that leads to it, for the scripted expert to perform first (CALVIN's chains reach
+    these tasks the same way)."""
     oracle = oracle or TaskOracle.default()
     oracle.check_names(list(tasks), source="tasks")
     states = initial_states(oracle)
     out = []
     for t, task in enumerate(tasks):
         feasible = [s for s in states if len(next_states(s, task, oracle)) == 1]
-        if not feasible:
+        if feasible:
+            rng = np.random.RandomState(seed * 1000 + t)
+            picks = rng.choice(len(feasible), size=episodes, replace=episodes > len(feasible))
+            out += [(task, feasible[p], []) for p in picks]
+            continue
+        gen = np.random.default_rng(seed * 1000 + t)
+        for _ in range(episodes):
+            for _attempt in range(100):
+                state = states[int(gen.integers(len(states)))]
+                setup = shortest_prefix(state, task, oracle, gen)
+                if setup is not None:
+                    break
+            else:
+                raise ValueError(f"tasks: no sequence of at most {MAX_PREFIX} tasks from a generator state "
+                                 f"leads to '{task}'")
+            out.append((task, state, setup))
+    return out
+
+
+def single_task_states(tasks: list[str], episodes: int, seed: int, oracle: TaskOracle | None = None
+                       ) -> list[tuple[str, dict]]:
+    """(task, initial state) of ``single_task_episodes`` where no episode needs a setup: a task that no
+    generator state allows is refused."""
+    out = []
+    for task, state, setup in single_task_episodes(tasks, episodes, seed, oracle):
+        if setup:
             raise ValueError(f"tasks: no initial state of the generator allows '{task}'")
-        rng = np.random.RandomState(seed * 1000 + t)
-        picks = rng.choice(len(feasible), size=episodes, replace=episodes > len(feasible))
-        out += [(task, feasible[p]) for p in picks]
+        out.append((task, state))
     return out
 
 

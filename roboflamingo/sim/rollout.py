@@ -8,17 +8,14 @@ through the shortest symbolic prefix of other tasks (for example ``lift_red_bloc
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from roboflamingo.sim.chains import initial_state_to_obs, initial_states, next_states
+from roboflamingo.sim.chains import initial_state_to_obs, initial_states, next_states, shortest_prefix
 from roboflamingo.sim.tasks import TaskOracle
 from roboflamingo.subtask import OracleEnv, drive, subtask_steps
-
-MAX_PREFIX = 3
 
 
 @dataclass
@@ -31,25 +28,6 @@ class Episode:
     initial_state: dict
     tasks: list[str] = field(default_factory=list)
     unrecorded: int = 0
-
-
-def shortest_prefix(state: dict, task: str, oracle: TaskOracle, rng: np.random.Generator,
-                    ends_with: Callable[[str], bool] | None = None) -> list[str] | None:
-    """The shortest task sequence after which ``task`` is valid (ties broken by ``rng``), or None.
-    With ``ends_with``, only a non-empty sequence whose last task it accepts."""
-    queue: deque[tuple[dict, list[str]]] = deque([(state, [])])
-    names = oracle.tasks
-    while queue:
-        cur, path = queue.popleft()
-        if len(next_states(cur, task, oracle)) == 1 and (ends_with is None or (path and ends_with(path[-1]))):
-            return path
-        if len(path) >= MAX_PREFIX:
-            continue
-        for i in rng.permutation(len(names)):
-            nxt = next_states(cur, names[i], oracle)
-            if len(nxt) == 1 and names[i] != task:
-                queue.append((nxt[0], [*path, names[i]]))
-    return None
 
 
 def sample_episode(task: str, rng: np.random.Generator, oracle: TaskOracle) -> Episode:

@@ -72,3 +72,33 @@ def test_side_by_side_scales_the_wrist_view():
     obs = {"rgb_static": np.zeros((10, 10, 3), np.uint8), "rgb_gripper": np.full((5, 5, 3), 7, np.uint8)}
     frame = side_by_side(obs)
     assert frame.shape == (10, 20, 3) and frame[:, 10:].min() == 7
+
+
+def test_a_setup_is_performed_by_the_envs_expert_before_the_policys_task():
+    raw = CounterEnv()
+    expert = PushPolicy()
+    env = GymOracleEnv(raw, CounterOracle(3), counter_state, expert=lambda: expert)
+    policy = PushPolicy()
+    item = EvalItem(0, {"start": 0}, ["task_0"], ["do it"], setup=["lift", "stack"])
+    result = rollout_chain(env, policy, item, ep_len=5)
+    assert [c for c in expert.calls if c[0] == "step"] == [("step", "lift")] * 3 + [("step", "stack")] * 3
+    # the policy's task is scored from where the setup left the scene, and only it is scored
+    assert result.completed == 1 and result.steps == [3] and result.tasks == ["task_0"]
+    assert raw.progress == 9 and raw.resets == 1
+
+
+def test_a_failed_setup_or_an_env_without_an_expert_is_refused_by_name():
+    item = EvalItem(4, {"start": 0}, ["task_0"], ["do it"], setup=["hard_lift"])
+    env = GymOracleEnv(CounterEnv(), CounterOracle(3), counter_state, expert=PushPolicy)
+    with pytest.raises(RuntimeError, match=r"item 4: the scripted expert failed 'hard_lift'"):
+        rollout_chain(env, PushPolicy(), item, ep_len=5)
+    _, bare = make_env()
+    with pytest.raises(ValueError, match="item 4: starts after"):
+        rollout_chain(bare, PushPolicy(), item, ep_len=5)
+
+    class NoSetup:  # an EvalEnv without perform_setup (as calvin_env's adapter)
+        def reset_to(self, initial_state, seed):
+            return {}
+
+    with pytest.raises(ValueError, match=r"starts after \['hard_lift'\], performed by a scripted expert, and NoSetup"):
+        rollout_chain(NoSetup(), PushPolicy(), item, ep_len=5)

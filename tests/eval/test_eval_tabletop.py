@@ -123,6 +123,17 @@ def test_single_task_mode_reports_success_per_task(tmp_path):
     assert results["success_rate"] >= 0.5
 
 
+def test_single_task_episodes_of_tasks_no_initial_state_allows_run_after_the_experts_setup(tmp_path):
+    """place_in_drawer needs a block in the hand, unstack_block a stack: the scripted expert performs
+    the setup, then the evaluated policy (here the expert too) does the task."""
+    args = ["eval", "policy=expert", "eval.mode=single_task", "eval.tasks=[place_in_drawer,unstack_block]",
+            "eval.episodes_per_task=1", "eval.ep_len=360", *FAST, f"run_dir={tmp_path}"]
+    assert cli.main(args) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {t: (c["success"], c["total"]) for t, c in results["per_task"].items()} == {
+        "place_in_drawer": (1, 1), "unstack_block": (1, 1)}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
