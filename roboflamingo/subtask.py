@@ -116,6 +116,19 @@ def drive(steps: Generator[ActionRequest, np.ndarray, R], policy: Policy) -> R:
         return done.value
 
 
+def perform_setup(env: SubtaskEnv, expert: Policy, tasks: list[str], obs: Observation, ep_len: int,
+                  where: str) -> Observation:
+    """``expert`` (a scripted one) performs each of ``tasks`` in turn, unscored, to bring the scene into a
+    state no initial state gives (a block in the hand for ``place_in_drawer``); returns the observation
+    after the last. A failed task raises, naming ``where`` (the episode) and the task."""
+    for task in tasks:
+        success, obs, _ = drive(subtask_steps(env, task, task, obs, ep_len), expert)
+        if not success:
+            raise RuntimeError(f"{where}: the scripted expert failed {task!r} of the setup {tasks}, so the "
+                               f"episode's task cannot start")
+    return obs
+
+
 class OracleEnv:
     """A Gymnasium environment with our CALVIN-style API plus a task oracle, as a ``SubtaskEnv``.
 

@@ -31,6 +31,7 @@ from roboflamingo.subtask import (
     StepTimes,
     SubtaskEnv,
     drive,
+    perform_setup,
     subtask_steps,
 )
 from roboflamingo.types import Observation, Policy
@@ -176,13 +177,7 @@ class GymOracleEnv(OracleEnv):
         """An item's ``setup``: ``expert()`` performs each task in turn, under the subtask loop."""
         if self.expert is None:
             raise ValueError(f"item {index}: starts after {tasks}, and this environment was given no scripted expert")
-        expert = self.expert()
-        for task in tasks:
-            success, obs, _ = drive(subtask_steps(self, task, task, obs, ep_len), expert)
-            if not success:
-                raise RuntimeError(f"item {index}: the scripted expert failed {task!r} of the setup {tasks}, "
-                                   f"so the item's task cannot start")
-        return obs
+        return perform_setup(self, self.expert(), tasks, obs, ep_len, f"item {index}")
 
     def frame(self, obs: Observation) -> np.ndarray:
         if self.frames_from_obs:

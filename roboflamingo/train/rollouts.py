@@ -40,7 +40,7 @@ class TrainingRollouts:
     """
 
     def __init__(self, data: DataConfig, episodes: int, ep_len: int, seed: int):
-        from roboflamingo.sim.chains import single_task_states
+        from roboflamingo.sim.chains import single_task_episodes
         from roboflamingo.sim.config import EnvConfig
         from roboflamingo.sim.instructions import load_instructions
         from roboflamingo.sim.tasks import TaskOracle
@@ -64,8 +64,9 @@ class TrainingRollouts:
                               f"does not know: {unknown}")
         self.tasks = [t for t in self.oracle.tasks if t in set(annotated)]
         sentences = load_instructions("eval")
-        self.episodes = [(task, state, sentences[task][0])
-                         for task, state in single_task_states(self.tasks, episodes, seed, self.oracle)]
+        # a task no initial state allows starts after the scripted expert's setup, as in the evaluator
+        self.episodes = [(task, state, setup, sentences[task][0])
+                         for task, state, setup in single_task_episodes(self.tasks, episodes, seed, self.oracle)]
         self.ep_len = ep_len
         self._env: Any = None
 
@@ -73,7 +74,8 @@ class TrainingRollouts:
         """Roll ``policy`` (the unwrapped ``RoboFlamingoPolicy``) out; returns the metrics to log."""
         from roboflamingo.sim.chains import initial_state_to_obs
         from roboflamingo.sim.env import TabletopEnv
-        from roboflamingo.subtask import OracleEnv, drive, subtask_steps
+        from roboflamingo.sim.expert import ScriptedExpert
+        from roboflamingo.subtask import OracleEnv, drive, perform_setup, subtask_steps
 
         if self._env is None:
             self._env = OracleEnv(TabletopEnv(self.env_config), self.oracle)
@@ -83,8 +85,11 @@ class TrainingRollouts:
         policy.eval()
         successes: dict[str, list[bool]] = {task: [] for task in self.tasks}
         try:
-            for index, (task, state, sentence) in enumerate(self.episodes):
+            for index, (task, state, setup, sentence) in enumerate(self.episodes):
                 obs = self._env.reset_state(*initial_state_to_obs(state, self._env.env.scene), seed=index)
+                if setup:
+                    obs = perform_setup(self._env, ScriptedExpert(self._env.env.scene), setup, obs, self.ep_len,
+                                        f"rollout episode {index} ({task})")
                 ok, _, _ = drive(subtask_steps(self._env, task, sentence, obs, self.ep_len), policy)
                 successes[task].append(ok)
         finally:
