@@ -67,6 +67,28 @@ def test_abc_to_d_spreads_the_demonstrations_over_three_scenes():
     assert (gen.handover, gen.chains_per_scene, job.run_dir) == (0.3, 0, "runs/abc_to_d")
 
 
+def test_all_tasks_can_demonstrate_and_evaluate_every_one_of_the_34_tasks():
+    """Every task gets its handover episodes and its single-task episodes, the 7 that no initial state
+    allows included (the experiment stopped at generation, and its evaluation would have, before)."""
+    import numpy as np
+
+    from roboflamingo.eval.items import build_items
+    from roboflamingo.sim.rollout import sample_handover
+    from roboflamingo.sim.tasks import TaskOracle
+
+    job = load("demo", demo.Job, ["+experiment=all_tasks"])
+    oracle = TaskOracle.default()
+    assert sorted(job.tasks) == sorted(oracle.tasks) and job.generate_job(Path("d")).handover == 0.3
+    rng = np.random.default_rng(0)
+    for task in job.tasks:
+        assert sample_handover(task, rng, oracle, list(job.tasks)).tasks[-1] == task
+    items = build_items(job.eval_config("single_task", videos=False))
+    assert [it.tasks[0] for it in items[::10]] == list(job.tasks) and len(items) == 340
+    assert {it.tasks[0] for it in items if it.setup} == {
+        "lift_red_block_drawer", "lift_blue_block_drawer", "lift_pink_block_drawer", "place_in_slider",
+        "place_in_drawer", "stack_block", "unstack_block"}
+
+
 @pytest.mark.parametrize("override, match", [
     ("generate.seed=3", "generate.seed is set by the demo"),
     ("eval.workers=4", "eval.workers is set by the demo"),
