@@ -582,7 +582,9 @@ def evaluate_items(
         raise ValueError("chain indices must be unique")
     rank, world, _ = torchrun_ranks()
     run_dir = Path(run_dir)
-    chains = [[it.index, it.initial_state, it.tasks, it.instructions] for it in items]
+    # an item's setup is part of what it evaluates; items without one keep the fingerprints they had
+    chains = [[it.index, it.initial_state, it.tasks, it.instructions, *([it.setup] if it.setup else [])]
+              for it in items]
     protocol = {"mode": cfg.mode, "ep_len": cfg.ep_len, "items": chains}
     fp = fingerprint({"identity": identity, "protocol": protocol})
     store = ResultStore(run_dir, fp, rank)

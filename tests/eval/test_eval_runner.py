@@ -61,6 +61,17 @@ def test_a_different_evaluation_in_the_same_dir_is_refused_unless_overwrite(tmp_
     assert s["num_chains"] == 8 and s["speed"]["chains_this_run"] == 8
 
 
+def test_items_that_differ_in_their_setup_are_different_evaluations(tmp_path):
+    from dataclasses import replace
+
+    from roboflamingo.eval.protocol import EvalItem
+
+    plain = [EvalItem(0, {"start": 0}, ["task_0"], ["do it"])]
+    run(tmp_path, cfg(), items=plain)
+    with pytest.raises(ValueError, match="different evaluation"):
+        run(tmp_path, cfg(), items=[replace(plain[0], setup=["lift"])])
+
+
 def test_worker_error_surfaces_with_its_traceback_and_finished_chains_stay_recorded(tmp_path):
     with pytest.raises(RuntimeError, match="policy exploded on start 500"):
         run(tmp_path, cfg(workers=2), policy=PushPolicyFactory(fail_on_chain=500))
