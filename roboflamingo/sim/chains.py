@@ -182,28 +182,24 @@ def single_task_episodes(tasks: list[str], episodes: int, seed: int, oracle: Tas
             continue
         gen = np.random.default_rng(seed * 1000 + t)
         for _ in range(episodes):
-            for _attempt in range(100):
-                state = states[int(gen.integers(len(states)))]
-                setup = shortest_prefix(state, task, oracle, gen)
-                if setup is not None:
-                    break
-            else:
+            state, setup = sample_setup(task, gen, oracle)
+            if setup is None:
                 raise ValueError(f"tasks: no sequence of at most {MAX_PREFIX} tasks from a generator state "
                                  f"leads to '{task}'")
             out.append((task, state, setup))
     return out
 
 
-def single_task_states(tasks: list[str], episodes: int, seed: int, oracle: TaskOracle | None = None
-                       ) -> list[tuple[str, dict]]:
-    """(task, initial state) of ``single_task_episodes`` where no episode needs a setup: a task that no
-    generator state allows is refused."""
-    out = []
-    for task, state, setup in single_task_episodes(tasks, episodes, seed, oracle):
-        if setup:
-            raise ValueError(f"tasks: no initial state of the generator allows '{task}'")
-        out.append((task, state))
-    return out
+def sample_setup(task: str, rng: np.random.Generator, oracle: TaskOracle) -> tuple[dict, list[str] | None]:
+    """A random generator state and the shortest prefix after which ``task`` is valid from it (100
+    draws at most; the prefix is None if none of them has one)."""
+    states = initial_states(oracle)
+    for _ in range(100):
+        state = states[int(rng.integers(len(states)))]
+        prefix = shortest_prefix(state, task, oracle, rng)
+        if prefix is not None:
+            return state, prefix
+    return state, None
 
 
 def check_sequence(state: dict, tasks: list[str], oracle: TaskOracle | None = None) -> bool:

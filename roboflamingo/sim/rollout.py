@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from roboflamingo.sim.chains import initial_state_to_obs, initial_states, next_states, shortest_prefix
+from roboflamingo.sim.chains import (
+    initial_state_to_obs,
+    initial_states,
+    next_states,
+    sample_setup,
+    shortest_prefix,
+)
 from roboflamingo.sim.tasks import TaskOracle
 from roboflamingo.subtask import OracleEnv, drive, subtask_steps
 
@@ -36,11 +42,9 @@ def sample_episode(task: str, rng: np.random.Generator, oracle: TaskOracle) -> E
     direct = [s for s in states if len(next_states(s, task, oracle)) == 1]
     if direct:
         return Episode(dict(direct[int(rng.integers(len(direct)))]), [task])
-    for _ in range(100):
-        state = states[int(rng.integers(len(states)))]
-        prefix = shortest_prefix(state, task, oracle, rng)
-        if prefix is not None:
-            return Episode(dict(state), [*prefix, task])
+    state, prefix = sample_setup(task, rng, oracle)
+    if prefix is not None:
+        return Episode(dict(state), [*prefix, task])
     raise RuntimeError(f"no symbolic initial state leads to task {task!r}")
 
 
