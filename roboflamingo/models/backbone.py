@@ -99,7 +99,7 @@ class FlamingoBackbone(nn.Module):
         # Indexed like the decoder layers (None where a layer has no block), as OpenFlamingo does.
         self.gated_cross_attn_layers = nn.ModuleList(
             GatedCrossAttentionBlock(self.lm_dim, self.vis_dim, lm_cfg.xattn_dim_head, lm_cfg.xattn_heads,
-                                     lm_cfg.xattn_ff_mult)
+                                     lm_cfg.xattn_ff_mult, lm_cfg.xattn_gate_init)
             if (i + 1) % every == 0 else None
             for i in range(len(layers))
         )

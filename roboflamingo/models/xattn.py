@@ -1,7 +1,8 @@
 """Gated cross-attention from text tokens to visual latents (OpenFlamingo's GatedCrossAttentionBlock).
 
-``tanh`` gates start at zero, so an untrained block is the identity and the frozen LM's output is
-unchanged until training opens the gates. Parameter names follow the original.
+``tanh`` gates start at zero (the original's; ``model.lm.xattn_gate_init`` changes it), so an untrained
+block is the identity and the frozen LM's output is unchanged until training opens the gates.
+Parameter names follow the original.
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ class MaskedCrossAttention(nn.Module):
 
 
 class GatedCrossAttentionBlock(nn.Module):
-    def __init__(self, dim: int, dim_visual: int, dim_head: int = 64, heads: int = 8, ff_mult: int = 4):
+    def __init__(self, dim: int, dim_visual: int, dim_head: int = 64, heads: int = 8, ff_mult: int = 4,
+                 gate_init: float = 0.0):
         super().__init__()
         self.attn = MaskedCrossAttention(dim, dim_visual, dim_head, heads)
-        self.attn_gate = nn.Parameter(torch.tensor([0.0]))
+        self.attn_gate = nn.Parameter(torch.tensor([float(gate_init)]))
         self.ff = feed_forward(dim, ff_mult)
-        self.ff_gate = nn.Parameter(torch.tensor([0.0]))
+        self.ff_gate = nn.Parameter(torch.tensor([float(gate_init)]))
 
     def forward(self, x: torch.Tensor, media: torch.Tensor, text_attends: torch.Tensor | None) -> torch.Tensor:
         x = self.attn(x, media, text_attends) * self.attn_gate.tanh() + x

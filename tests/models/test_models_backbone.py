@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from model_helpers import make_batch, make_stats, micro_config, micro_head, open_gates
@@ -67,6 +69,30 @@ def test_gates_at_zero_leave_the_lm_output_unchanged(family):
         opened = _lm_states(bb, ids, mask, media)
     assert (opened - plain).abs().max() > 1e-3
     assert bb._conditioning is None  # cleared on exit
+
+
+def test_gate_init_opens_the_visual_path_from_the_first_step():
+    """At 0 (the original's) an untrained policy's actions ignore the images; at xattn_gate_init != 0
+    they depend on them before any training, and both gates start there."""
+    def actions_for(gate_init: float, images: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(0)
+        lm = replace(micro_config().lm, xattn_gate_init=gate_init)
+        policy = RoboFlamingoPolicy.from_config(micro_config(lm=lm), micro_head(), make_stats()).eval()
+        blocks = [b for b in policy.backbone.gated_cross_attn_layers if b is not None]
+        assert all(b.attn_gate.item() == b.ff_gate.item() == gate_init for b in blocks)
+        batch = make_batch() | {"rgb_static": images}
+        with torch.no_grad():
+            return policy.predict(batch)[0]
+
+    batch = make_batch()
+    other = torch.roll(batch["rgb_static"], shifts=1, dims=0)
+    torch.testing.assert_close(actions_for(0.0, batch["rgb_static"]), actions_for(0.0, other), atol=0, rtol=0)
+    assert (actions_for(0.5, batch["rgb_static"]) - actions_for(0.5, other)).abs().max() > 1e-4
+
+
+def test_gate_init_must_be_finite():
+    with pytest.raises(ValueError, match="model.lm.xattn_gate_init"):
+        LMConfig(xattn_gate_init=float("nan"))
 
 
 def test_conditioning_is_cleared_when_the_lm_raises():
