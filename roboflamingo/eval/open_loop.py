@@ -16,6 +16,10 @@ Figures per task: ``pose_mae`` (mean |predicted - demonstrated| over the continu
 all frames, in the action's own units: CALVIN's relative action clipped to [-1, 1], Meta-World's
 delta xyz and gripper effort), ``gripper_acc`` (frames whose open/close matches; absent for a robot
 without a binary gripper), and with ``contrast`` ``closest_other`` / ``closest_other_pose_mae``.
+``swap_images`` adds ``image_effect``: each frame is replayed once more with the same state,
+sentence and history but the cameras of the next segment (another demonstration, at the same offset),
+and the mean |action difference| is reported: near 0, the policy does not look at its cameras
+(docs/model.md, "Is the policy looking?").
 Cameras, state and action are read as the split's ``robot.json`` names them, and the evaluation
 sentences are those of the benchmark the split's tasks belong to (the tabletop's or Meta-World's).
 """
@@ -57,6 +61,9 @@ class Job:
         contrast: also replay every segment with each other task's evaluation sentence (one batched
             forward) and report the closest other task and its error.
         max_segments_per_task: replay at most this many segments per task; 0 replays them all.
+        swap_images: also replay every frame with the next segment's camera images (same state,
+            sentence and history) and report ``image_effect``, the mean |action difference|: whether
+            the policy looks at its cameras at all.
         out: a JSON file for the figures; empty prints them only.
         device: where the policy runs (``auto``: CUDA when available).
         torch_threads: intra-op threads; 0 uses the cores other processes leave free.
@@ -67,6 +74,7 @@ class Job:
     sentences: str = "eval"
     contrast: bool = True
     max_segments_per_task: int = 0
+    swap_images: bool = False
     out: str = ""
     device: str = "auto"
     torch_threads: int = 0
@@ -108,7 +116,7 @@ def evaluation_sentences_for(tasks: list[str], where: str) -> dict[str, str]:
 
 
 def open_loop_errors(policy: Any, split_dir: str | Path, sentences: str = "eval", contrast: bool = True,
-                     max_segments_per_task: int = 0) -> dict[str, Any]:
+                     max_segments_per_task: int = 0, swap_images: bool = False) -> dict[str, Any]:
     """Replay ``split_dir``'s segments through ``policy`` (a ``RoboFlamingoPolicy`` in eval mode, or
     anything with its ``step_batch``); see the module docstring for the figures."""
     require_choice("sentences", sentences, SENTENCES)
@@ -124,18 +132,27 @@ def open_loop_errors(policy: Any, split_dir: str | Path, sentences: str = "eval"
     gripper = robot.action.grippers[0] if robot.action.grippers else None
     threshold = robot.action.gripper_threshold
     # Per task: summed |error| per instruction (own first, then each task's sentence), frames, gripper hits.
-    sums: dict[str, dict[str, Any]] = {t: {"err": np.zeros(1 + len(others)), "frames": 0, "grip": 0, "segments": 0}
-                                       for t in tasks}
-    for task, annotation, first, last in segments:
+    sums: dict[str, dict[str, Any]] = {t: {"err": np.zeros(1 + len(others)), "frames": 0, "grip": 0, "segments": 0,
+                                           "swap": 0.0} for t in tasks}
+    swap = swap_images and len(segments) > 1
+    for k, (task, annotation, first, last) in enumerate(segments):
         own = eval_sentence[task] if sentences == "eval" else annotation
-        instructions = [own] + [eval_sentence[o] for o in others]
+        instructions = [own] + [eval_sentence[o] for o in others] + ([own] if swap else [])
         histories: list[Any] = [None] * len(instructions)
         acc = sums[task]
-        for frame_id in range(first, last + 1):
+        _, _, other_first, other_last = segments[(k + 1) % len(segments)]
+        for offset, frame_id in enumerate(range(first, last + 1)):
             frame = read_frame(frame_path(split_dir, frame_id), robot=robot)
             obs = {key: frame[key] for key in observed}
-            actions, histories = policy.step_batch([obs] * len(instructions), instructions, histories)
+            batch = [obs] * (1 + len(others))
+            if swap:
+                elsewhere = read_frame(frame_path(split_dir, min(other_first + offset, other_last)), robot=robot)
+                batch.append(obs | {key: elsewhere[key] for key in robot.camera_names})
+            actions, histories = policy.step_batch(batch, instructions, histories)
             target = frame[robot.action.key].astype(np.float64)
+            if swap:
+                acc["swap"] += float(np.abs(actions[-1, continuous] - actions[0, continuous]).mean())
+                actions = actions[:-1]
             acc["err"] += np.abs(actions[:, continuous] - target[continuous]).mean(axis=1)
             if gripper is not None:
                 acc["grip"] += int((actions[0, gripper] > threshold) == (target[gripper] > threshold))
@@ -152,6 +169,8 @@ def open_loop_errors(policy: Any, split_dir: str | Path, sentences: str = "eval"
             if rivals:
                 best, name = min(rivals)
                 entry |= {"closest_other": name, "closest_other_pose_mae": best}
+        if swap:
+            entry["image_effect"] = acc["swap"] / acc["frames"]
         per_task[task] = entry
     return {
         "split_dir": str(split_dir),
@@ -161,19 +180,23 @@ def open_loop_errors(policy: Any, split_dir: str | Path, sentences: str = "eval"
         "gripper_acc": (float(np.mean([e["gripper_acc"] for e in per_task.values()]))
                         if gripper is not None else None),
         "per_task": per_task,
-    }
+    } | ({"image_effect": float(np.mean([e["image_effect"] for e in per_task.values()]))} if swap else {})
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The per-task table of :func:`open_loop_errors`' figures."""
     contrast = any("closest_other" in e for e in result["per_task"].values())
-    head = "| task | segments | pose MAE | gripper acc |" + (" closest other task's sentence | its pose MAE |" if contrast else "")
-    rows = [head, "|" + "---|" * (6 if contrast else 4)]
+    swapped = any("image_effect" in e for e in result["per_task"].values())
+    head = ("| task | segments | pose MAE | gripper acc |" + (" closest other task's sentence | its pose MAE |" if contrast else "")
+            + (" image effect |" if swapped else ""))
+    rows = [head, "|" + "---|" * (4 + 2 * contrast + swapped)]
     for task, e in result["per_task"].items():
         grip = "-" if e["gripper_acc"] is None else f"{e['gripper_acc']:.0%}"
         row = f"| {task} | {e['segments']} | {e['pose_mae']:.3f} | {grip} |"
         if contrast:
             row += f" {e.get('closest_other', '-')} | {e['closest_other_pose_mae']:.3f} |" if "closest_other" in e else " - | - |"
+        if swapped:
+            row += f" {e['image_effect']:.2e} |"
         rows.append(row)
     return "\n".join(rows)
 
@@ -189,7 +212,8 @@ def run(job: Job) -> int:
         from roboflamingo.threads import choose_threads
 
         model = build_policy(source, torch_threads=choose_threads(job.torch_threads))
-        result = open_loop_errors(model, job.split_dir, job.sentences, job.contrast, job.max_segments_per_task)
+        result = open_loop_errors(model, job.split_dir, job.sentences, job.contrast, job.max_segments_per_task,
+                                  job.swap_images)
     except (DatasetError, ValueError, FileNotFoundError) as e:
         print(f"roboflamingo action-error: {e}", file=sys.stderr)
         return 2
@@ -197,5 +221,5 @@ def run(job: Job) -> int:
     if job.out:
         atomic_write_json(Path(job.out), result)
     print(markdown(result))
-    print(json.dumps({k: result[k] for k in ("pose_mae", "gripper_acc")}))
+    print(json.dumps({k: result[k] for k in ("pose_mae", "gripper_acc", "image_effect") if k in result}))
     return 0

@@ -13,7 +13,7 @@ from roboflamingo import cli
 from roboflamingo.data.layout import frame_path
 from roboflamingo.data.synthetic import write_split
 from roboflamingo.eval.items import evaluation_sentences
-from roboflamingo.eval.open_loop import open_loop_errors
+from roboflamingo.eval.open_loop import markdown, open_loop_errors
 
 EPISODES = [(0, 29), (30, 49)]
 SEGMENTS = [(0, 9, "open_drawer", "open the drawer"), (10, 19, "close_drawer", "close the drawer"),
@@ -80,6 +80,44 @@ def test_annotation_sentences_and_a_segment_cap(split):
     assert [c[1] for c in policy.calls if c[0] == [None]] == [[s] for _, _, _, s in SEGMENTS[:2] + SEGMENTS[3:]]
     with pytest.raises(ValueError, match="sentences must be one of"):
         open_loop_errors(policy, split, sentences="mine")
+
+
+class LookingPolicy(FixedPolicy):
+    """Adds the static camera's mean brightness / 255 to every pose dim when ``looks``."""
+
+    def __init__(self, looks: bool):
+        super().__init__()
+        self.looks = looks
+
+    def step_batch(self, observations, instructions, histories):
+        actions, histories = super().step_batch(observations, instructions, histories)
+        if self.looks:
+            actions[:, :6] += np.array([o["rgb_static"].mean() / 255.0 for o in observations], dtype=np.float32)[:, None]
+        return actions, histories
+
+
+def test_swapped_images_tell_a_policy_that_looks_from_one_that_does_not(split):
+    blind = open_loop_errors(LookingPolicy(looks=False), split, contrast=False, swap_images=True)
+    assert blind["image_effect"] == 0.0 and all(e["image_effect"] == 0.0 for e in blind["per_task"].values())
+    # The extra replay does not change the errors themselves.
+    plain = open_loop_errors(LookingPolicy(looks=False), split, contrast=False)
+    assert [e["pose_mae"] for e in blind["per_task"].values()] == [e["pose_mae"] for e in plain["per_task"].values()]
+    assert "image_effect" not in plain
+
+    policy = LookingPolicy(looks=True)
+    looking = open_loop_errors(policy, split, contrast=False, swap_images=True)
+    # Segment k is replayed with segment k+1's images (same offset, clamped to its last frame).
+    expected: dict[str, list[float]] = {}
+    for k, (first, last, task, _) in enumerate(SEGMENTS):
+        o_first, o_last = SEGMENTS[(k + 1) % len(SEGMENTS)][:2]
+        for offset, frame in enumerate(range(first, last + 1)):
+            own = np.load(frame_path(split, frame))["rgb_static"].mean() / 255.0
+            other = np.load(frame_path(split, min(o_first + offset, o_last)))["rgb_static"].mean() / 255.0
+            expected.setdefault(task, []).append(abs(np.float32(own) - np.float32(other)))
+    for task, entry in looking["per_task"].items():
+        assert entry["image_effect"] == pytest.approx(np.mean(expected[task]), rel=1e-4)
+        assert entry["image_effect"] > 0
+    assert "image effect" in markdown(looking)
 
 
 def test_the_command_replays_a_checkpoint_and_writes_its_figures(split, tmp_path, capsys):
