@@ -17,9 +17,9 @@ all frames, in the action's own units: CALVIN's relative action clipped to [-1, 
 delta xyz and gripper effort), ``gripper_acc`` (frames whose open/close matches; absent for a robot
 without a binary gripper), and with ``contrast`` ``closest_other`` / ``closest_other_pose_mae``.
 ``swap_images`` adds ``image_effect``: each frame is replayed once more with the same state,
-sentence and history but the cameras of the next segment (another demonstration, at the same offset),
-and the mean |action difference| is reported: near 0, the policy does not look at its cameras
-(docs/model.md, "Is the policy looking?").
+sentence and history but the cameras of the next segment (another stretch of demonstration, often
+another episode, at the same offset), and the mean |action difference| is reported: near 0, the
+policy does not look at its cameras (docs/model.md, "Is the policy looking?").
 Cameras, state and action are read as the split's ``robot.json`` names them, and the evaluation
 sentences are those of the benchmark the split's tasks belong to (the tabletop's or Meta-World's).
 """
