@@ -117,6 +117,11 @@ class FlamingoBackbone(nn.Module):
                 layer.register_forward_pre_hook(partial(self._xattn_hook, i), with_kwargs=True)
         self.train_vision = False
 
+    def attn_gate_openness(self) -> torch.Tensor:
+        """Mean |tanh| of the cross-attention gates: 0 when the LM's output ignores the images."""
+        gates = [block.attn_gate for block in self.gated_cross_attn_layers if block is not None]
+        return torch.cat(gates).detach().tanh().abs().mean()
+
     # -- cross-attention plumbing -------------------------------------------------------------------
 
     def _xattn_hook(self, idx: int, module: nn.Module, args: tuple, kwargs: dict):

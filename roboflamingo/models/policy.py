@@ -259,6 +259,10 @@ class RoboFlamingoPolicy(nn.Module):
                 acc = (((grip.argmax(-1) == grip_target).float().mean(dim=-1)) * weight).sum() / count
             names += ["gripper_loss", "gripper_acc"]
             figures += [grip_loss, acc]
+        # Whether the policy can see at all: a gate that stays near 0 leaves the action blind to the
+        # cameras (docs/model.md, "Is the policy looking?").
+        names.append("attn_gate")
+        figures.append(self.backbone.attn_gate_openness().to(loss.device))
         with torch.no_grad():
             # One device-to-host transfer for all the figures.
             values = torch.stack([loss, *figures]).tolist()

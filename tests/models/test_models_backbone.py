@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -88,6 +89,16 @@ def test_gate_init_opens_the_visual_path_from_the_first_step():
     other = torch.roll(batch["rgb_static"], shifts=1, dims=0)
     torch.testing.assert_close(actions_for(0.0, batch["rgb_static"]), actions_for(0.0, other), atol=0, rtol=0)
     assert (actions_for(0.5, batch["rgb_static"]) - actions_for(0.5, other)).abs().max() > 1e-4
+
+
+def test_training_logs_how_open_the_attention_gates_are():
+    """train/attn_gate is the mean |tanh| of the attention gates: 0 for a shut visual path."""
+    for gate_init in (0.0, 0.5, -0.5):
+        torch.manual_seed(0)
+        lm = replace(micro_config().lm, xattn_gate_init=gate_init)
+        policy = RoboFlamingoPolicy.from_config(micro_config(lm=lm), micro_head(), make_stats())
+        _, logs = policy(make_batch())
+        assert logs["attn_gate"] == pytest.approx(abs(math.tanh(gate_init)), abs=1e-7)
 
 
 def test_gate_init_must_be_finite():

@@ -94,7 +94,7 @@ def test_joint_space_robot_without_binary_gripper_returns_positions_in_its_bound
     batch["actions"] = batch["actions"] * 100
     policy.train()
     loss, logs = policy(batch)
-    assert set(logs) == {"loss", "pose_loss"} and torch.isfinite(loss)
+    assert set(logs) == {"loss", "pose_loss", "attn_gate"} and torch.isfinite(loss)
     policy.eval()
     action = policy.step(_obs(robot, batch, 0, 0), "pick up the cube")
     assert action.shape == (6,)
