@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from roboflamingo.models.config import BUILTIN_TOKENIZER, ModelConfig
+from roboflamingo.models.keypoints import SpatialSoftmax
 from roboflamingo.models.lm_adapters import build_lm, decoder_layers, get_adapter
 from roboflamingo.models.resampler import PerceiverResampler
 from roboflamingo.models.text import IMAGE_TOKEN, build_tokenizer
@@ -70,6 +71,7 @@ class FlamingoBackbone(nn.Module):
         self.vision_encoder = build_vision_encoder(cfg.vision, load_weights=load_weights)
         self.vis_dim = vision_width(cfg.vision)
         self.perceiver = PerceiverResampler(self.vis_dim, cfg.resampler)
+        self.keypoints = SpatialSoftmax(self.vis_dim, cfg.keypoints) if cfg.keypoints else None
 
         lm_cfg = cfg.lm
         # Real configs name a tokenizer directory that may be empty while only inspecting sizes.
@@ -154,17 +156,19 @@ class FlamingoBackbone(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------
 
-    def encode_images(self, *cameras: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, *cameras: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One (N, 3, S, S) preprocessed batch per camera, in image-slot order -> visual latents
-        (N, M, D_v): ``post`` fusion concatenates each camera's latents, ``pre`` their patch tokens."""
+        (N, M, D_v) (``post`` fusion concatenates each camera's latents, ``pre`` their patch tokens)
+        and, with ``model.keypoints``, each camera's keypoints side by side (N, cameras * 2K)."""
         n = cameras[0].shape[0]
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_vision):
             # All cameras in one batch: one ViT call per frame instead of one per camera.
             tokens = self.vision_encoder(torch.cat(cameras, dim=0))[1]  # (K*N, v, D_v)
+        points = None if self.keypoints is None else torch.cat(self.keypoints(tokens).split(n), dim=1)
         if self.cfg.fusion == "pre":
-            return self.perceiver(torch.cat(tokens.split(n), dim=1))  # (N, latents, D_v)
+            return self.perceiver(torch.cat(tokens.split(n), dim=1)), points  # (N, latents, D_v)
         latents = self.perceiver(tokens)  # (K*N, latents, D_v)
-        return torch.cat(latents.split(n), dim=1)  # (N, K*latents, D_v)
+        return torch.cat(latents.split(n), dim=1), points  # (N, K*latents, D_v)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, media: torch.Tensor) -> torch.Tensor:
         """input_ids, attention_mask (N, L), media (N, M, D_v) -> pooled last hidden states (N, D_lm)."""
@@ -189,5 +193,8 @@ class FlamingoBackbone(nn.Module):
 
     def forward(self, cameras: Sequence[torch.Tensor], input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
-        """One feature per frame: each camera's images (N, 3, S, S), tokens (N, L) -> (N, D_lm)."""
-        return self.encode_text(input_ids, attention_mask, self.encode_images(*cameras))
+        """One feature per frame: each camera's images (N, 3, S, S), tokens (N, L) -> (N, D_lm), with
+        ``model.keypoints`` followed by the cameras' keypoints (N, D_lm + cameras * 2K)."""
+        media, points = self.encode_images(*cameras)
+        feature = self.encode_text(input_ids, attention_mask, media)
+        return feature if points is None else torch.cat((feature, points.to(feature.dtype)), dim=-1)

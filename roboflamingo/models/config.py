@@ -212,6 +212,11 @@ class ModelConfig:
         train_embeddings: the LM's input embeddings are trainable (the original's default).
         freeze_resampler: keep the resampler frozen (the original's ``--freeze_sampler``).
         unfreeze_vision: train the vision encoder too (``--unfreeze_vit``).
+        keypoints: K > 0 adds a spatial-softmax readout (Levine et al. 2016; robomimic,
+            diffusion_policy): K learned heatmaps over each camera's patch tokens, their expected
+            (x, y) given to the head beside the LM's feature, so where things are in the image reaches
+            the action without passing the resampler and the gated cross-attention. 0 (default) is
+            RoboFlamingo's path alone (docs/model.md, "Is the policy looking?").
     """
 
     name: str = "custom"
@@ -225,10 +230,13 @@ class ModelConfig:
     train_embeddings: bool = False
     freeze_resampler: bool = False
     unfreeze_vision: bool = False
+    keypoints: int = 0
 
     def __post_init__(self) -> None:
         require_positive("model.window", self.window)
         require_positive("model.act_steps", self.act_steps)
+        if not isinstance(self.keypoints, int) or isinstance(self.keypoints, bool) or self.keypoints < 0:
+            raise ValueError(f"model.keypoints must be an integer >= 0 (0: no keypoint readout), got {self.keypoints!r}")
         require_choice("model.fusion", self.fusion, FUSIONS)
 
 

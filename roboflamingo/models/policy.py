@@ -50,8 +50,9 @@ class RoboFlamingoPolicy(nn.Module):
         self.backbone = FlamingoBackbone(model_config, load_weights=load_weights)
         self.model_config = model_config
         self.head_config = head_config.resolved(self.backbone.lm_dim)
+        feature_dim = self.backbone.lm_dim + len(robot.camera_names) * 2 * model_config.keypoints
         self.action_head = build_head(
-            self.head_config, self.backbone.lm_dim, model_config.act_steps, model_config.window,
+            self.head_config, feature_dim, model_config.act_steps, model_config.window,
             len(robot.state.used) if model_config.use_state else None,
             (len(robot.action.continuous), len(robot.action.grippers)),
         )
@@ -79,6 +80,8 @@ class RoboFlamingoPolicy(nn.Module):
         }
         if not cfg.freeze_resampler:
             parts["perceiver"] = bb.perceiver
+        if bb.keypoints is not None:
+            parts["keypoints"] = bb.keypoints
         if cfg.train_embeddings:
             parts["lm_input_embeddings"] = bb.lang_encoder.get_input_embeddings().weight
         if cfg.unfreeze_vision:

@@ -177,8 +177,8 @@ def test_fusion_pre_uses_one_resampler_pass_for_both_cameras(stats):
     x = torch.randn(3, 3, 32, 32)
     latents = micro_config().resampler.num_latents
     with torch.no_grad():
-        assert post.backbone.encode_images(x, x).shape[1] == 2 * latents
-        assert pre.backbone.encode_images(x, x).shape[1] == latents
+        assert post.backbone.encode_images(x, x)[0].shape[1] == 2 * latents
+        assert pre.backbone.encode_images(x, x)[0].shape[1] == latents
         loss, _ = pre(make_batch())
     assert torch.isfinite(loss)
 

@@ -57,7 +57,7 @@ def test_a_robot_with_one_or_three_cameras_trains_and_steps(cameras):
     policy = RoboFlamingoPolicy.from_config(micro_config(use_state=True), micro_head(), _stats(robot), robot=robot)
     # post fusion: one set of resampler latents per camera.
     x = torch.zeros(1, 3, 32, 32)
-    assert policy.backbone.encode_images(*[x] * cameras).shape[1] == cameras * policy.model_config.resampler.num_latents
+    assert policy.backbone.encode_images(*[x] * cameras)[0].shape[1] == cameras * policy.model_config.resampler.num_latents
     policy.train()
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
     batch = _batch(robot)
