@@ -41,6 +41,8 @@ def summarize(policy) -> dict:
         "gated_cross_attn_layers": _count(bb.gated_cross_attn_layers.parameters()),
         "action_head": _count(policy.action_head.parameters()),
     }
+    if bb.keypoints is not None:
+        parts["keypoints"] = _count(bb.keypoints.parameters())
     trainable = {name: _count([part] if isinstance(part, nn.Parameter) else part.parameters())
                  for name, part in policy.trainable_modules().items()}
     return {

@@ -41,6 +41,13 @@ def test_inspect_tiny_prints_one_json_line_last(capsys):
     assert 0 < out["trainable_params"] < out["total_params"] < 20_000_000
 
 
+def test_inspect_counts_the_keypoint_readout(capsys):
+    assert cli.main(["inspect", "model=tiny", "model.keypoints=4"]) == 0
+    out = _last_json(capsys)
+    width = 128  # tiny's ViT: a LayerNorm (2 x 128) and a 128 -> 4 projection with bias
+    assert out["params_by_part"]["keypoints"] == out["trainable_by_part"]["keypoints"] == 2 * width + width * 4 + 4
+
+
 def test_inspect_of3b_matches_the_original_trainable_count(capsys):
     assert cli.main(["inspect", "model=of3b_mpt1b"]) == 0
     out = _last_json(capsys)
