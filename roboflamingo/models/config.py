@@ -142,8 +142,9 @@ class LMConfig:
         xattn_gate_init: the starting value of the cross-attention blocks' tanh gates. 0 (OpenFlamingo's)
             makes an untrained block the identity; the released checkpoints bring their own gates.
             Trained from scratch at 0, the small configs' gates stayed shut (|tanh| <= 0.03 at the end
-            of every run measured) and the policy acts the same whatever its cameras show; a nonzero start lets
-            the image take part from the first step (docs/model.md, "Is the policy looking?").
+            of every run measured) and the policy acts the same whatever its cameras show. A nonzero start
+            kept the gate open (ABC->D, seed 0, 1000 steps) but did not make the policy look: the resampler before it
+            passes little of the image (``model.keypoints`` does; docs/model.md, "Is the policy looking?").
         max_text_length: instructions are truncated to this many tokens (32 in the original).
         pooling: ``max`` over the real (non-padding) tokens' last hidden states, ``last`` token, or
             ``mean`` over the real tokens (the original's ``--pooling avg``, without the padding).
